@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mosaic-cluster/mosaic/internal/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Benchmarks whose figures are in docs/BENCHMARKS.md",
+	}
+	var d bench.DisseminationConfig
+	var sizes string
+	diss := &cobra.Command{
+		Use:   "dissemination [--nodes 16,64,256,1024]",
+		Short: "Age of load information vs cluster size, simulated with the real gossip core",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if d.Sizes, err = parseList(sizes, strconv.Atoi); err != nil {
+				return err
+			}
+			return bench.Dissemination(cmd.OutOrStdout(), d)
+		},
+	}
+	diss.Flags().StringVar(&sizes, "nodes", "16,64,256,1024", "cluster sizes")
+	diss.Flags().IntVar(&d.Window, "window", 16, "load reports per message")
+	diss.Flags().IntVar(&d.Intervals, "intervals", 200, "intervals measured after warm-up")
+	diss.Flags().Int64Var(&d.Seed, "seed", 1, "random seed")
+	diss.Flags().BoolVar(&d.JSON, "json", false, "print JSON")
+
+	var l bench.LiveConfig
+	live := &cobra.Command{
+		Use:   "live [--nodes 8]",
+		Short: "A real local cluster at rest: daemon CPU, RSS, gossip traffic, age of load information (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := needRoot(); err != nil {
+				return err
+			}
+			var err error
+			l.Binary, err = os.Executable()
+			if err != nil {
+				return err
+			}
+			return bench.Live(cmd.Context(), cmd.OutOrStdout(), l)
+		},
+	}
+	live.Flags().IntVar(&l.Nodes, "nodes", 8, "nodes")
+	live.Flags().BoolVar(&l.NetNS, "netns", true, "each node in its own network namespace")
+	live.Flags().DurationVar(&l.Idle, "idle", 30*time.Second, "idle period for CPU and traffic")
+	live.Flags().DurationVar(&l.Sample, "sample", 30*time.Second, "period of sampling the views")
+
+	var u bench.UpConfig
+	upc := &cobra.Command{
+		Use:   "up [--nodes 4] [--runs 5]",
+		Short: "Time from `mosaic up` to every node alive (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := needRoot(); err != nil {
+				return err
+			}
+			var err error
+			u.Binary, err = os.Executable()
+			if err != nil {
+				return err
+			}
+			return bench.Up(cmd.Context(), cmd.OutOrStdout(), u)
+		},
+	}
+	upc.Flags().IntVar(&u.Nodes, "nodes", 4, "nodes")
+	upc.Flags().IntVar(&u.Runs, "runs", 5, "runs")
+	upc.Flags().BoolVar(&u.NetNS, "netns", false, "each node in its own network namespace")
+
+	var f bench.FailureConfig
+	fail := &cobra.Command{
+		Use:   "failure [--nodes 4] [--runs 5]",
+		Short: "Time from SIGKILL of a daemon to dead at every node, and from restart to alive (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := needRoot(); err != nil {
+				return err
+			}
+			var err error
+			f.Binary, err = os.Executable()
+			if err != nil {
+				return err
+			}
+			return bench.Failure(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	fail.Flags().IntVar(&f.Nodes, "nodes", 4, "nodes")
+	fail.Flags().IntVar(&f.Runs, "runs", 5, "runs")
+	fail.Flags().BoolVar(&f.NetNS, "netns", true, "each node in its own network namespace")
+
+	cmd.AddCommand(diss, live, upc, fail)
+	return cmd
+}
+
+func needRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("this benchmark starts a local cluster and needs root")
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+// Command mosaic is the single-system-image cluster: its daemon (`mosaic
+// node`), a local cluster in one command (`mosaic up`) and the CLI that
+// talks to a node's daemon. This file and its siblings only parse flags and
+// print; the work is done in internal/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/version"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "mosaic:", err)
+		os.Exit(1)
+	}
+}
+
+// exitError makes the command exit with a status without printing more.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// globals are the flags every client command shares.
+type globals struct {
+	socket string
+}
+
+func (g *globals) sock() string { return api.SocketPath(g.socket) }
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "mosaic",
+		Short: "A single-system-image cluster: many Linux machines used as one",
+		Long: `mosaic makes a handful of Linux machines feel like one big computer.
+
+Each machine runs one daemon (mosaic node). Nodes join a cluster with a
+token, find each other and learn how loaded every node is by gossip, and
+talk to each other only over mutual TLS.
+
+Start here:
+  mosaic up --nodes 4                  a whole cluster on this machine (root)
+  source /tmp/mosaic-up/env            point the CLI at it
+  mosaic nodes                         who is there, how loaded, how fresh
+
+On real machines:
+  mosaic init --dir /var/lib/mosaic    first node: creates the cluster and its CA
+  mosaic node --dir /var/lib/mosaic    run it
+  mosaic token create                  a join token for the next machine
+  mosaic node --dir /var/lib/mosaic --join FIRST:7700 --token TOKEN   on the next machine
+
+The CLI talks to the daemon of its node through a Unix socket
+(` + api.DefaultSocket + `, or --socket, or $` + api.SocketEnv + `).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version.String(),
+	}
+	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the daemon's socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
+	root.AddCommand(
+		newInitCmd(),
+		newNodeCmd(g),
+		newTokenCmd(g),
+		newNodesCmd(g),
+		newStatusCmd(g),
+		newUpCmd(),
+		newBenchCmd(),
+		&cobra.Command{
+			Use:   "version",
+			Short: "Print the version of this mosaic",
+			Args:  cobra.NoArgs,
+			Run: func(cmd *cobra.Command, args []string) {
+				fmt.Fprintln(cmd.OutOrStdout(), "mosaic", version.String())
+			},
+		},
+	)
+	return root
+}

@@ -1,0 +1,94 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"syscall"
+)
+
+// SocketPath picks the socket: the flag if given, else $MOSAIC_SOCKET, else
+// the default.
+func SocketPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv(SocketEnv); env != "" {
+		return env
+	}
+	return DefaultSocket
+}
+
+// Dial connects to the daemon at path. When no daemon is there the error
+// says how to start one or where to point the CLI.
+func Dial(ctx context.Context, path string) (*Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+			return nil, fmt.Errorf("no mosaic daemon is running at %s: start one with `mosaic node --dir DIR` (or `mosaic up`), "+
+				"or point the CLI at a running node with --socket or %s (for `mosaic up`, `source DIR/env`)", path, SocketEnv)
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, fmt.Errorf("cannot reach the mosaic daemon at %s: permission denied", path)
+		}
+		return nil, fmt.Errorf("connect to the mosaic daemon at %s: %w", path, err)
+	}
+	return &Conn{uc: c.(*net.UnixConn)}, nil
+}
+
+// Call sends one request and decodes its result into out (if not nil).
+// fds, if any, travel with the request.
+func Call(ctx context.Context, path, op string, args, out any, fds ...int) error {
+	c, err := Dial(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := contextCloser(ctx, c)
+	defer stop()
+	if err := c.Send(op, args, fds...); err != nil {
+		return err
+	}
+	return c.Receive(ctx, out)
+}
+
+// Send writes a request.
+func (c *Conn) Send(op string, args any, fds ...int) error {
+	req := Request{Op: op}
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return fmt.Errorf("encode %s request: %w", op, err)
+		}
+		req.Args = b
+	}
+	if err := c.WriteJSON(req, fds...); err != nil {
+		return fmt.Errorf("send %s request to the daemon: %w", op, err)
+	}
+	return nil
+}
+
+// Receive reads a response and decodes its result into out.
+func (c *Conn) Receive(ctx context.Context, out any) error {
+	var resp Response
+	if err := c.ReadJSON(&resp); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("read the daemon's answer: %w (did the daemon stop?)", err)
+	}
+	if resp.Error != "" {
+		return &Error{Msg: resp.Error}
+	}
+	if out != nil && len(resp.Result) > 0 {
+		if err := json.Unmarshal(resp.Result, out); err != nil {
+			return fmt.Errorf("decode the daemon's answer: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,377 @@
+// Package daemon is the mosaic node: one process per node that serves its
+// peers over mutual TLS, takes part in membership and load dissemination,
+// runs or reaches the cluster store, and answers the local CLI.
+//
+// The daemon owns time, sockets and goroutines; the protocols it runs
+// (internal/gossip, internal/load's Meter) are pure state machines it
+// feeds.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/cgroup"
+	"github.com/mosaic-cluster/mosaic/internal/cluster"
+	"github.com/mosaic-cluster/mosaic/internal/gossip"
+	"github.com/mosaic-cluster/mosaic/internal/load"
+	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/store"
+	"github.com/mosaic-cluster/mosaic/internal/version"
+)
+
+// Config is how a daemon runs (its identity is in its data directory).
+type Config struct {
+	Dir    string // data directory
+	Socket string // local API socket
+
+	// Capacity caps the CPU time of the node's processes, in cores
+	// (0.5 = half of one core); 0 = no cap.
+	Capacity float64
+	// Memory caps the memory the node offers, in bytes; 0 = the machine's.
+	Memory uint64
+	// Speed is the per-core speed relative to the reference; 0 = measure.
+	Speed float64
+	// Shared says several nodes share this machine: the node's load counts
+	// only the processes in its own cgroup, not the machine's run queue.
+	Shared bool
+
+	Interval       time.Duration // gossip: probe and load dissemination period
+	SampleInterval time.Duration // run-queue sampling period
+	Window         int           // load reports sent per message
+	LoadExpiry     time.Duration // load reports older than this are dropped
+
+	CgroupRoot string
+	Seeds      []string // extra peer addresses to contact at start
+	Log        *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Interval <= 0 {
+		c.Interval = time.Second
+	}
+	if c.SampleInterval <= 0 {
+		c.SampleInterval = 250 * time.Millisecond
+	}
+	if c.Window <= 0 {
+		c.Window = 16
+	}
+	if c.LoadExpiry <= 0 {
+		c.LoadExpiry = 60 * c.Interval
+	}
+	if c.CgroupRoot == "" {
+		c.CgroupRoot = cgroup.DefaultRoot
+	}
+	if c.Socket == "" {
+		c.Socket = api.DefaultSocket
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+}
+
+// Daemon is a running node.
+type Daemon struct {
+	cfg   Config
+	node  *cluster.Node
+	log   *slog.Logger
+	start time.Time
+	uid   int // the daemon's owner: may administer it like root
+
+	mu   sync.Mutex // guards core and selfLoad
+	core *gossip.Core
+	self selfLoad
+
+	pool  *peerPool
+	group *cgroup.Group // nil when the node has no cgroup
+	probe load.Probe
+	speed float64
+	cores int
+
+	admitMu sync.Mutex // serializes admissions of new nodes
+
+	storeMu  sync.Mutex
+	st       *store.Store
+	member   *store.Member
+	storeErr error // why the store is not usable yet
+
+	gossipBytes atomic.Uint64 // bytes of gossip messages sent
+	gossipMsgs  atomic.Uint64
+
+	leave    chan struct{} // closed by the leave operation
+	leaveOne sync.Once
+	sends    sync.WaitGroup // outstanding gossip sends
+}
+
+// selfLoad is this node's latest measurement.
+type selfLoad struct {
+	export, local float64
+	runQueue      int
+	procs         int
+	memTotal      uint64
+	memFree       uint64
+}
+
+// Run starts the node in dir and serves until ctx ends (a graceful leave)
+// or the leave operation is called. It returns only after everything it
+// started has stopped.
+func Run(ctx context.Context, cfg Config) (err error) {
+	cfg.setDefaults()
+	node, err := cluster.Load(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	unlock, err := lockDir(node.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	d := &Daemon{cfg: cfg, node: node, log: cfg.Log.With("node", node.Name), start: time.Now(), uid: os.Getuid(),
+		pool: newPeerPool(node.ID), leave: make(chan struct{}), cores: load.Cores()}
+	defer d.pool.close()
+
+	// Everything that can fail because of the environment comes first, in
+	// the order a user can fix it, before anything is announced.
+	ln, err := net.Listen("tcp", node.Addr)
+	if err != nil {
+		return listenError(node.Addr, err)
+	}
+	defer ln.Close()
+	if err := checkSeeds(ctx, node.ID, node.ClusterID, d.seeds()); err != nil {
+		return err
+	}
+	if err := d.setupCgroup(); err != nil {
+		return err
+	}
+	if d.group != nil {
+		defer func() {
+			if err := d.group.Destroy(); err != nil {
+				d.log.Warn("remove node cgroup", "err", err)
+			}
+		}()
+	}
+	d.speed = cfg.Speed
+	if d.speed <= 0 {
+		d.speed = load.MeasureSpeed(100 * time.Millisecond)
+	}
+	if err := d.openStore(ctx); err != nil {
+		return err
+	}
+	defer d.closeStore()
+
+	inc, err := node.NextIncarnation()
+	if err != nil {
+		return err
+	}
+	total, free, err := d.probe.Memory()
+	if err != nil {
+		return err
+	}
+	d.self.memTotal, d.self.memFree = total, free
+	core, err := gossip.New(gossip.Config{
+		Name: node.Name, Addr: node.Addr, Meta: d.meta(), Incarnation: inc,
+		Interval: cfg.Interval, WindowSize: cfg.Window, LoadExpiry: cfg.LoadExpiry,
+		Seed: time.Now().UnixNano(),
+	}, time.Now())
+	if err != nil {
+		return fmt.Errorf("start membership: %w", err)
+	}
+	d.core = core
+
+	srv := newPeerServer(node.ID)
+	peerpb.RegisterJoinServer(srv, joinServer{d: d})
+	peerpb.RegisterPeerServer(srv, gossipServer{d: d})
+	apiSrv, err := api.Listen(cfg.Socket, d.handlers(), d.log)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	fatal := make(chan error, 4)
+	goFn := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil && ctx.Err() == nil {
+				fatal <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goFn("peer server", func() error { return srv.Serve(ln) })
+	goFn("local API", func() error { return apiSrv.Serve(ctx) })
+	goFn("load sampler", func() error { return d.sampleLoop(ctx) })
+	goFn("gossip", func() error { return d.gossipLoop(ctx) })
+	goFn("store", func() error { return d.storeLoop(ctx) })
+
+	d.log.Info("node started", "cluster", node.ClusterID, "addr", node.Addr, "socket", cfg.Socket,
+		"incarnation", inc, "cores", d.cores, "capacity", cfg.Capacity, "speed", fmt.Sprintf("%.2f", d.speed),
+		"shared", cfg.Shared, "store_member", node.StoreMember, "version", version.Version)
+	d.send(d.withCore(func(c *gossip.Core) []gossip.Message { return c.Join(time.Now(), d.seeds()) }))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("stopping: leaving the cluster")
+	case <-d.leave:
+		d.log.Info("leaving the cluster on request")
+	case runErr = <-fatal:
+		d.log.Error("stopping after a failure", "err", runErr)
+	}
+	d.goodbye()
+	cancel()
+	apiSrv.Close()
+	stopGRPC(srv)
+	wg.Wait()
+	d.sends.Wait()
+	d.log.Info("node stopped")
+	return runErr
+}
+
+// goodbye tells peers this node is leaving and records it in the registry.
+func (d *Daemon) goodbye() {
+	msgs := d.withCore(func(c *gossip.Core) []gossip.Message { return c.Leave(time.Now()) })
+	d.send(msgs)
+	done := make(chan struct{})
+	go func() { d.sends.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	if st := d.store(); st != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		err := st.UpdateNode(ctx, d.node.Name, func(n *store.Node) {
+			n.State = "left"
+			n.LastLeave = time.Now().UTC()
+		})
+		if err != nil {
+			d.log.Warn("record leave in the registry", "err", err)
+		}
+	}
+}
+
+func stopGRPC(srv *grpc.Server) {
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		srv.Stop()
+		<-done
+	}
+}
+
+// withCore runs fn with the gossip core locked.
+func (d *Daemon) withCore(fn func(*gossip.Core) []gossip.Message) []gossip.Message {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fn(d.core)
+}
+
+// seeds are the peer addresses to contact at start: the ones saved in the
+// data directory (the node it joined through, the members alive when it
+// last ran) and any given on the command line.
+func (d *Daemon) seeds() []string {
+	var out []string
+	for _, s := range append(slices.Clone(d.node.Seeds), d.cfg.Seeds...) {
+		if s != d.node.Addr && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// meta is what this node announces about itself.
+func (d *Daemon) meta() *peerpb.NodeMeta {
+	m := &peerpb.NodeMeta{
+		Cores: uint32(d.cores), Capacity: d.cfg.Capacity, Speed: d.speed, MemTotal: d.self.memTotal,
+		Version: version.Version, Shared: d.cfg.Shared, Ca: d.node.CA.Key != nil,
+	}
+	if d.node.StoreMember {
+		m.StoreClientUrl, _ = cluster.StoreURLs(d.node.Addr)
+	}
+	return m
+}
+
+func (d *Daemon) requestLeave() { d.leaveOne.Do(func() { close(d.leave) }) }
+
+// lockDir makes sure only one daemon runs from a data directory.
+func lockDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, "daemon.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cannot write to data directory %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		pid := string(b)
+		if pid == "" {
+			pid = "?"
+		}
+		return nil, fmt.Errorf("a mosaic daemon (pid %s) is already running from %s: stop it first (`mosaic node leave`), or use another --dir", trimNL(pid), dir)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() {
+		f.Truncate(0)
+		f.Close()
+	}, nil
+}
+
+func trimNL(s string) string {
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("cannot listen on %s: the port is in use (is another mosaic node running with this address?): stop it, or move this node", addr)
+	}
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		return fmt.Errorf("cannot listen on %s: no network interface of this machine has that address", addr)
+	}
+	return fmt.Errorf("cannot listen on %s: %w", addr, err)
+}
+
+// setupCgroup creates the node's control group. Shared mode and a CPU cap
+// need it; otherwise the node runs without one if cgroups are unusable.
+func (d *Daemon) setupCgroup() error {
+	rel := filepath.Join("mosaic", d.node.ClusterID, d.node.Name)
+	need := d.cfg.Shared || d.cfg.Capacity > 0
+	g, err := cgroup.Create(d.cfg.CgroupRoot, rel, d.cfg.Capacity)
+	if err != nil {
+		if need {
+			return fmt.Errorf("node cgroup (needed for --capacity and shared mode): %w", err)
+		}
+		d.log.Warn("running without a node cgroup", "err", err)
+		d.probe = load.MachineProbe{MemCap: d.cfg.Memory}
+		return nil
+	}
+	d.group = g
+	if d.cfg.Shared {
+		d.probe = load.GroupProbe{Group: g, MemCap: d.cfg.Memory}
+	} else {
+		d.probe = load.MachineProbe{MemCap: d.cfg.Memory}
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/cluster"
+	"github.com/mosaic-cluster/mosaic/internal/token"
+)
+
+// etcd and gRPC keep a few goroutines of their own for the life of the
+// process; everything the daemon starts must be gone.
+var leakOpts = []goleak.Option{
+	goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+	goleak.IgnoreAnyFunction("go.etcd.io/etcd/client/pkg/v3/logutil.(*MergeLogger).outputLoop"),
+	goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+	goleak.IgnoreAnyFunction("go.etcd.io/etcd/pkg/v3/schedule.(*fifo).run"),
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for i := 2; i < 250; i++ {
+		addr := fmt.Sprintf("127.79.%d.1:7700", i)
+		if cluster.CheckPortsFree(addr, true) == nil {
+			return addr
+		}
+	}
+	t.Fatal("no free loopback address")
+	return ""
+}
+
+// TestDaemonLifecycle runs a one-node cluster in this process: it starts,
+// serves the local API, makes tokens, and stops on cancel leaving no
+// goroutine behind.
+func TestDaemonLifecycle(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	dir := filepath.Join(t.TempDir(), "n1")
+	if _, err := cluster.Init(cluster.InitParams{Dir: dir, Name: "n1", Addr: freeAddr(t), StoreSize: 1}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "mosaic.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Socket: sock, Speed: 1, Interval: 200 * time.Millisecond,
+			Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	}()
+	stopped := false
+	defer func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	}()
+
+	deadline := time.Now().Add(30 * time.Second)
+	var st api.Status
+	for {
+		err := api.Call(context.Background(), sock, api.OpStatus, nil, &st)
+		if err == nil && st.StoreOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready: %v %+v", err, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.Name != "n1" || !st.CA || !st.StoreMember {
+		t.Fatalf("status = %+v", st)
+	}
+
+	var view []api.NodeInfo
+	if err := api.Call(context.Background(), sock, api.OpNodes, nil, &view); err != nil {
+		t.Fatal(err)
+	}
+	if len(view) != 1 || view[0].Name != "n1" || view[0].State != "alive" || !view[0].Self {
+		t.Fatalf("nodes = %+v", view)
+	}
+
+	var tok api.TokenCreated
+	if err := api.Call(context.Background(), sock, api.OpTokenCreate, api.TokenCreateArgs{TTL: time.Hour}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := token.Parse(tok.Token); err != nil {
+		t.Fatalf("created token %q: %v", tok.Token, err)
+	}
+	err := api.Call(context.Background(), sock, api.OpTokenCreate, api.TokenCreateArgs{TTL: 30 * 24 * time.Hour}, nil)
+	if err == nil || !strings.Contains(err.Error(), "out of range") {
+		t.Fatalf("a 30-day token: %v", err)
+	}
+
+	cancel()
+	stopped = true
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not stop")
+	}
+	if _, err := os.Stat(sock); err == nil {
+		t.Fatal("socket left behind")
+	}
+}
+
+// TestThreeNodes runs three daemons in this process (so that the race
+// detector sees their goroutines): the second and third join with a token,
+// become store members, and all see each other alive and then left.
+func TestThreeNodes(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	base := t.TempDir()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	type node struct {
+		name, dir, sock string
+		cancel          context.CancelFunc
+		done            chan error
+	}
+	start := func(n *node) {
+		ctx, cancel := context.WithCancel(context.Background())
+		n.cancel, n.done = cancel, make(chan error, 1)
+		go func() {
+			n.done <- Run(ctx, Config{Dir: n.dir, Socket: n.sock, Speed: 1, Interval: 200 * time.Millisecond, Log: logger.With("test", n.name)})
+		}()
+	}
+	waitStatus := func(n *node, ok func(api.Status) bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var st api.Status
+			err := api.Call(context.Background(), n.sock, api.OpStatus, nil, &st)
+			if err == nil && ok(st) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not ready: %v %+v", n.name, err, st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var nodes []*node
+	defer func() {
+		for _, n := range nodes {
+			if n.cancel != nil {
+				n.cancel()
+				<-n.done
+			}
+		}
+	}()
+	for _, name := range []string{"n1", "n2", "n3"} {
+		nodes = append(nodes, &node{name: name, dir: filepath.Join(base, name), sock: filepath.Join(base, name+".sock")})
+	}
+	addr1 := freeAddr(t)
+	if _, err := cluster.Init(cluster.InitParams{Dir: nodes[0].dir, Name: "n1", Addr: addr1, StoreSize: 3}); err != nil {
+		t.Fatal(err)
+	}
+	start(nodes[0])
+	waitStatus(nodes[0], func(s api.Status) bool { return s.StoreOK })
+	var tok api.TokenCreated
+	if err := api.Call(context.Background(), nodes[0].sock, api.OpTokenCreate, api.TokenCreateArgs{TTL: time.Minute, MaxUses: 2}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes[1:] {
+		j, err := cluster.Join(context.Background(), cluster.JoinParams{Dir: n.dir, Name: n.name, Addr: freeAddr(t), Via: addr1, Token: tok.Token})
+		if err != nil {
+			t.Fatalf("join %s: %v", n.name, err)
+		}
+		if !j.StoreMember {
+			t.Fatalf("%s did not become a store member", n.name)
+		}
+		start(n)
+		waitStatus(n, func(s api.Status) bool { return s.StoreOK })
+	}
+	// The token allowed two joins: a third is refused.
+	_, err := cluster.Join(context.Background(), cluster.JoinParams{Dir: filepath.Join(base, "n4"), Name: "n4", Addr: freeAddr(t), Via: addr1, Token: tok.Token})
+	if err == nil || !strings.Contains(err.Error(), "used as many times") {
+		t.Fatalf("third use of a two-use token: %v", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range nodes {
+		for {
+			var view []api.NodeInfo
+			if err := api.Call(context.Background(), n.sock, api.OpNodes, nil, &view); err != nil {
+				t.Fatal(err)
+			}
+			alive := 0
+			for _, v := range view {
+				if v.State == "alive" && v.HasLoad {
+					alive++
+				}
+			}
+			if alive == 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s sees %+v", n.name, view)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// n3 leaves; the others see it.
+	nodes[2].cancel()
+	if err := <-nodes[2].done; err != nil {
+		t.Fatalf("n3: %v", err)
+	}
+	nodes[2].cancel = nil
+	for {
+		var view []api.NodeInfo
+		api.Call(context.Background(), nodes[0].sock, api.OpNodes, nil, &view)
+		if len(view) == 3 && view[2].State == "left" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 sees %+v", view)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
