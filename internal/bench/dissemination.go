@@ -42,9 +42,16 @@ func Dissemination(w io.Writer, cfg DisseminationConfig) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "nodes\twindow\tmean age\tp99 age\tmax age\tmissing\texpected mean\texpected max\tspread (int.)\texpected spread\tB/node/s\tmsgs/node/s\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f%%\t%s\t%s\t%.1f\t%.1f\t%.0f\t%.1f\t\n",
+		// With a window smaller than the cluster, news can be crowded out
+		// of the windows before it reaches everyone; say so rather than
+		// print a mean of the few trials that finished.
+		spread := fmt.Sprintf("%.1f", r.SpreadIntervals)
+		if r.SpreadUnfinished > 0 {
+			spread = fmt.Sprintf("%d/%d unfinished", r.SpreadUnfinished, r.SpreadTrials+r.SpreadUnfinished)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.1f%%\t%s\t%s\t%s\t%.1f\t%.0f\t%.1f\t\n",
 			r.Nodes, r.Window, secs(r.MeanAge), secs(r.P99Age), secs(r.MaxAge), 100*r.Missing,
-			secs(r.ExpectedMeanAge), secs(r.ExpectedMaxAge), r.SpreadIntervals, r.ExpectedSpread,
+			secs(r.ExpectedMeanAge), secs(r.ExpectedMaxAge), spread, r.ExpectedSpread,
 			r.BytesPerNodePerSec, r.MessagesPerNodePerSec)
 	}
 	return tw.Flush()

@@ -150,6 +150,11 @@ type simNode struct {
 	name  string
 	core  *gossip.Core
 	ticks int
+	// loadTick is the tick of each interval at which the node measures its
+	// load. As in the daemon, where the load meter and the probe schedule
+	// run on independent clocks, it is random relative to the probes: a
+	// node's own report is on average half an interval old when it is sent.
+	loadTick int
 }
 
 // spreadTrial follows one fresh report from source until every other node
@@ -222,6 +227,7 @@ func (d *dissemination) startNodes() error {
 		core.Preload(d.base, table)
 		core.Events() // membership changes are not measured here; drop them
 		d.nodes[i].core = core
+		d.nodes[i].loadTick = d.rng.IntN(ticksPerInterval)
 		// A node's phase is its first tick; its reports, probes and
 		// timeouts then fall on its own grid of ticks.
 		phase := time.Duration(d.rng.Int64N(int64(d.cfg.Interval)))
@@ -254,7 +260,7 @@ func (d *dissemination) run() {
 		switch ev.kind {
 		case evTick:
 			n := &d.nodes[ev.node]
-			if n.ticks%ticksPerInterval == 0 {
+			if n.ticks%ticksPerInterval == n.loadTick {
 				n.core.SetLocalLoad(now, &peerpb.LoadReport{
 					Load:    d.rng.Float64() * 4,
 					FreeMem: uint64(d.rng.Int64N(32 << 30)),

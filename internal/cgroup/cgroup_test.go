@@ -1,0 +1,94 @@
+package cgroup
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func needCgroups(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates cgroups")
+	}
+	if err := Available(DefaultRoot); err != nil {
+		t.Skipf("no cgroup v1 cpu and memory controllers here: %v", err)
+	}
+}
+
+func TestGroupLifecycle(t *testing.T) {
+	needCgroups(t)
+	top := fmt.Sprintf("mosaic-test-cgroup-%d", os.Getpid())
+	rel := filepath.Join(top, "cluster", "n1")
+	g, err := Create(DefaultRoot, rel, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Destroy()
+	quota, _ := os.ReadFile(filepath.Join(g.CPUPath(), "cpu.cfs_quota_us"))
+	if strings.TrimSpace(string(quota)) != "50000" {
+		t.Fatalf("quota = %q, want 50000 (half of a 100000 µs period)", quota)
+	}
+	// Memory is charged to the group it is allocated in: the process
+	// allocates (exec) only after it was moved.
+	cmd := exec.Command("sh", "-c", "sleep 0.3; exec sleep 60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { cmd.Wait(); close(waited) }()
+	if err := g.AddProc(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	procs, err := g.Procs()
+	if err != nil || !slices.Contains(procs, cmd.Process.Pid) {
+		t.Fatalf("Procs = %v, %v; want %d", procs, err, cmd.Process.Pid)
+	}
+	tasks, _ := g.Tasks()
+	if !slices.Contains(tasks, cmd.Process.Pid) {
+		t.Fatalf("Tasks = %v", tasks)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		u, err := g.MemoryUsage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the group's memory use stays 0 after its process allocated")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := g.SetQuota(0); err != nil {
+		t.Fatal(err)
+	}
+	quota, _ = os.ReadFile(filepath.Join(g.CPUPath(), "cpu.cfs_quota_us"))
+	if strings.TrimSpace(string(quota)) != "-1" {
+		t.Fatalf("unlimited quota = %q", quota)
+	}
+	if err := g.SetQuota(0.001); err == nil {
+		t.Fatal("a quota below the kernel's minimum was accepted")
+	}
+
+	// Destroy kills what runs inside and removes the group and its empty parents.
+	if err := g.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	<-waited
+	for _, c := range []string{"cpu", "memory"} {
+		if _, err := os.Stat(filepath.Join(DefaultRoot, c, top)); err == nil {
+			t.Errorf("%s/%s left behind", c, top)
+		}
+	}
+	if err := g.Destroy(); err != nil {
+		t.Fatalf("second Destroy: %v", err)
+	}
+}
