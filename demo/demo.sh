@@ -41,6 +41,10 @@ sed -n '/cluster up/,/Ctrl-C/p' "$UPLOG"
 source "$DIR/env"
 
 say "Every node knows every other: n1 joined the others with a token, all traffic is mutual TLS"
+for _ in $(seq 100); do  # until n1 has heard every node's load
+	[ "$("$MOSAIC" nodes --json | grep -c '"has_load": true')" = 4 ] && break
+	sleep 0.1
+done
 show "$MOSAIC" nodes
 
 say "Start two CPU-bound processes inside node n3 (half a core): its load rises, as n1 and n4 see"

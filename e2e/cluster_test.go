@@ -342,6 +342,34 @@ func TestCluster(t *testing.T) {
 	})
 }
 
+// TestWholeClusterRestart kills every daemon, restarts all but one, and
+// checks that the cluster forms again and lists the missing node as dead
+// (it knows of it from the registry in the store).
+func TestWholeClusterRestart(t *testing.T) {
+	c := startCluster(t, 4)
+	for _, n := range c.Nodes {
+		if err := c.Kill(n.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if err := c.Restart(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "n1 lists n4 as dead", func() (bool, string) {
+		v := nodes(t, c.Node("n1").Socket)
+		return v["n4"].State == "dead", jsonString(v["n4"])
+	})
+	r := mosaic(t, "--socket", c.Node("n2").Socket, "token", "create", "-q")
+	if r.code != 0 {
+		t.Fatalf("the store did not come back with its quorum: %s", r)
+	}
+}
+
 // joinFromRoot runs `mosaic node --join` against n1 from a fresh network
 // namespace host of its own on the cluster's bridge: the joining machine.
 func joinFromRoot(t *testing.T, c *up.Cluster, dir, name, tok string) result {

@@ -42,12 +42,8 @@ func newBenchCmd() *cobra.Command {
 		Short: "A real local cluster at rest: daemon CPU, RSS, gossip traffic, age of load information (root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := needRoot(); err != nil {
-				return err
-			}
 			var err error
-			l.Binary, err = os.Executable()
-			if err != nil {
+			if l.Binary, err = rootAndSelf(); err != nil {
 				return err
 			}
 			return bench.Live(cmd.Context(), cmd.OutOrStdout(), l)
@@ -64,12 +60,8 @@ func newBenchCmd() *cobra.Command {
 		Short: "Time from `mosaic up` to every node alive (root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := needRoot(); err != nil {
-				return err
-			}
 			var err error
-			u.Binary, err = os.Executable()
-			if err != nil {
+			if u.Binary, err = rootAndSelf(); err != nil {
 				return err
 			}
 			return bench.Up(cmd.Context(), cmd.OutOrStdout(), u)
@@ -85,12 +77,8 @@ func newBenchCmd() *cobra.Command {
 		Short: "Time from SIGKILL of a daemon to dead at every node, and from restart to alive (root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := needRoot(); err != nil {
-				return err
-			}
 			var err error
-			f.Binary, err = os.Executable()
-			if err != nil {
+			if f.Binary, err = rootAndSelf(); err != nil {
 				return err
 			}
 			return bench.Failure(cmd.Context(), cmd.OutOrStdout(), f)
@@ -104,9 +92,11 @@ func newBenchCmd() *cobra.Command {
 	return cmd
 }
 
-func needRoot() error {
+// rootAndSelf checks that a cluster benchmark may run and returns the
+// binary to start the daemons with: this one.
+func rootAndSelf() (string, error) {
 	if os.Geteuid() != 0 {
-		return errors.New("this benchmark starts a local cluster and needs root")
+		return "", errors.New("this benchmark starts a local cluster and needs root")
 	}
-	return nil
+	return os.Executable()
 }

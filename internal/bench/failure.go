@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"time"
 
@@ -25,16 +24,11 @@ type FailureConfig struct {
 // node declares it dead, then restarts it and times until every node sees
 // it alive again; it prints both beside the bound the protocol guarantees.
 func Failure(ctx context.Context, w io.Writer, cfg FailureConfig) error {
-	dir, err := os.MkdirTemp("", "mosaic-bench-failure-")
+	c, stop, err := startCluster(ctx, w, cfg.Nodes, cfg.NetNS, cfg.Binary)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: cfg.Nodes, NetNS: cfg.NetNS, Binary: cfg.Binary, Out: w})
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
+	defer stop()
 	bound := gossip.DeadBound(gossip.Config{}, cfg.Nodes)
 	var deads, backs []time.Duration
 	for i := range cfg.Runs {

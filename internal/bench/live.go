@@ -30,16 +30,11 @@ type LiveConfig struct {
 // node's view to measure the age of load information, as the simulator
 // does.
 func Live(ctx context.Context, w io.Writer, cfg LiveConfig) error {
-	dir, err := os.MkdirTemp("", "mosaic-bench-")
+	c, stop, err := startCluster(ctx, w, cfg.Nodes, cfg.NetNS, cfg.Binary)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: cfg.Nodes, NetNS: cfg.NetNS, Binary: cfg.Binary, Out: w})
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
+	defer stop()
 	fmt.Fprintln(w, "warming up for 10s ...")
 	if err := sleep(ctx, 10*time.Second); err != nil {
 		return err
@@ -145,6 +140,24 @@ func Live(ctx context.Context, w io.Writer, cfg LiveConfig) error {
 		cfg.Nodes, secs(sum/time.Duration(len(ages))), secs(ages[len(ages)*99/100]), secs(ages[len(ages)-1]),
 		100*float64(missing)/float64(samples), samples)
 	return nil
+}
+
+// startCluster starts a throw-away cluster; stop stops it and removes its
+// directory.
+func startCluster(ctx context.Context, w io.Writer, nodes int, netns bool, binary string) (_ *up.Cluster, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "mosaic-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: nodes, NetNS: netns, Binary: binary, Out: w})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return c, func() {
+		c.Stop()
+		os.RemoveAll(dir)
+	}, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,6 +29,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/gossip"
 	"github.com/mosaic-cluster/mosaic/internal/load"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/pidlock"
 	"github.com/mosaic-cluster/mosaic/internal/store"
 	"github.com/mosaic-cluster/mosaic/internal/version"
 )
@@ -314,33 +314,15 @@ func (d *Daemon) requestLeave() { d.leaveOne.Do(func() { close(d.leave) }) }
 
 // lockDir makes sure only one daemon runs from a data directory.
 func lockDir(dir string) (unlock func(), err error) {
-	path := filepath.Join(dir, "daemon.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
+	release, err := pidlock.Acquire(filepath.Join(dir, "daemon.lock"))
+	var held *pidlock.HeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, fmt.Errorf("a mosaic daemon (pid %s) is already running from %s: stop it first (`mosaic node leave`), or use another --dir", held.PID, dir)
+	case err != nil:
 		return nil, fmt.Errorf("cannot write to data directory %s: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
-		f.Close()
-		pid := string(b)
-		if pid == "" {
-			pid = "?"
-		}
-		return nil, fmt.Errorf("a mosaic daemon (pid %s) is already running from %s: stop it first (`mosaic node leave`), or use another --dir", trimNL(pid), dir)
-	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return func() {
-		f.Truncate(0)
-		f.Close()
-	}, nil
-}
-
-func trimNL(s string) string {
-	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
-		s = s[:len(s)-1]
-	}
-	return s
+	return release, nil
 }
 
 func listenError(addr string, err error) error {

@@ -150,9 +150,9 @@ func (d *Daemon) register(ctx context.Context) bool {
 		n.LastStart = d.start.UTC()
 	})
 	d.storeMu.Lock()
-	defer d.storeMu.Unlock()
 	if err != nil {
 		d.storeErr = err
+		d.storeMu.Unlock()
 		d.log.Debug("registry not reachable yet", "err", err)
 		return false
 	}
@@ -160,7 +160,37 @@ func (d *Daemon) register(ctx context.Context) bool {
 		d.log.Info("cluster store reachable")
 	}
 	d.storeErr = nil
+	d.storeMu.Unlock()
+	d.preloadRegistry(ctx)
 	return true
+}
+
+// preloadRegistry tells the gossip core of every registered node, so that
+// a node that is down when this one starts is listed (as dead, or left)
+// rather than unknown. The entries carry incarnation 0: any announcement of
+// the node itself overrides them.
+func (d *Daemon) preloadRegistry(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	nodes, err := d.st.Nodes(rctx)
+	if err != nil {
+		d.log.Debug("read the registry", "err", err)
+		return
+	}
+	var table []*peerpb.MemberUpdate
+	for _, n := range nodes {
+		if n.Name == d.node.Name {
+			continue
+		}
+		st := peerpb.State_DEAD
+		if n.State == "left" {
+			st = peerpb.State_LEFT
+		}
+		table = append(table, &peerpb.MemberUpdate{Name: n.Name, Addr: n.Addr, State: st})
+	}
+	d.mu.Lock()
+	d.core.Preload(time.Now(), table)
+	d.mu.Unlock()
 }
 
 // syncPeers points the store client at the store members gossip knows

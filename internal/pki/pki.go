@@ -308,15 +308,11 @@ func EncodeKey(k crypto.Signer) ([]byte, error) {
 
 // ReadCert reads a PEM certificate file.
 func ReadCert(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	der, err := readPEM(path, "CERTIFICATE", "certificate")
 	if err != nil {
 		return nil, err
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: not a PEM certificate", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
+	c, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -325,15 +321,11 @@ func ReadCert(path string) (*x509.Certificate, error) {
 
 // ReadKey reads a PEM private key file.
 func ReadKey(path string) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
+	der, err := readPEM(path, "PRIVATE KEY", "private key")
 	if err != nil {
 		return nil, err
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("%s: not a PEM private key", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -342,4 +334,18 @@ func ReadKey(path string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("%s: key cannot sign", path)
 	}
 	return s, nil
+}
+
+// readPEM returns the DER bytes of the first PEM block of a file, which
+// must be of the given type.
+func readPEM(path, typ, what string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != typ {
+		return nil, fmt.Errorf("%s: not a PEM %s", path, what)
+	}
+	return blk.Bytes, nil
 }

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/cluster"
 	"github.com/mosaic-cluster/mosaic/internal/load"
 	"github.com/mosaic-cluster/mosaic/internal/netns"
+	"github.com/mosaic-cluster/mosaic/internal/pidlock"
 )
 
 // Config describes a local cluster.
@@ -261,20 +261,15 @@ func exists(path string) bool {
 
 // lock makes sure one `mosaic up` runs per directory.
 func lock(dir string) (func(), error) {
-	path := filepath.Join(dir, "up.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
+	release, err := pidlock.Acquire(filepath.Join(dir, "up.lock"))
+	var held *pidlock.HeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, fmt.Errorf("a cluster is already running from %s (mosaic up, pid %s): stop it with Ctrl-C in its terminal, or use another --dir", dir, held.PID)
+	case err != nil:
 		return nil, fmt.Errorf("cannot write to %s: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
-		f.Close()
-		return nil, fmt.Errorf("a cluster is already running from %s (mosaic up, pid %s): stop it with Ctrl-C in its terminal, or use another --dir",
-			dir, strings.TrimSpace(string(b)))
-	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return func() { f.Truncate(0); f.Close() }, nil
+	return release, nil
 }
 
 // loadLayout reads D/up.json, or makes a new layout for an empty D.
@@ -665,10 +660,4 @@ func (c *Cluster) cleanCgroups() error {
 		errs = append(errs, cgroup.Open(cgroup.DefaultRoot, filepath.Join("mosaic", cfg.ClusterID, n.Name)).Destroy())
 	}
 	return errors.Join(errs...)
-}
-
-// Addr returns a node's peer address as a TCP address.
-func (n *Node) TCPAddr() *net.TCPAddr {
-	ap := netip.MustParseAddrPort(n.Addr)
-	return net.TCPAddrFromAddrPort(ap)
 }

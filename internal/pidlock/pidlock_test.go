@@ -1,0 +1,51 @@
+package pidlock
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	// Re-exec mode: try to take the lock from another process.
+	if path := os.Getenv("PIDLOCK_TEST_PATH"); path != "" {
+		_, err := Acquire(path)
+		var held *HeldError
+		if errors.As(err, &held) && held.PID == os.Getenv("PIDLOCK_TEST_HOLDER") {
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestExclusiveAcrossProcesses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	release, err := Acquire(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	try := func() int {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "PIDLOCK_TEST_PATH="+path, "PIDLOCK_TEST_HOLDER="+strconv.Itoa(os.Getpid()))
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	}
+	if code := try(); code != 3 {
+		t.Fatalf("another process took a held lock (exit %d), or was not told the holder's pid", code)
+	}
+	release()
+	if code := try(); code != 0 {
+		t.Fatalf("another process could not take a released lock (exit %d)", code)
+	}
+}
