@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -214,41 +215,46 @@ func TestSingleNode(t *testing.T) {
 	}
 }
 
+// TestUpTwice starts `mosaic up`, refuses a second one on the same
+// directory, stops the first, and starts the same cluster again from its
+// directory (a restart needs a quorum of the three store members at once).
 func TestUpTwice(t *testing.T) {
 	dir := t.TempDir()
-	first := exec.Command(bin, "up", "--nodes", "1", "--dir", dir)
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "up.log"))
-	first.Stdout, first.Stderr = logf, logf
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- first.Wait() }()
-	eventually(t, 60*time.Second, "first cluster up", func() (bool, string) {
-		b, _ := os.ReadFile(logf.Name())
-		return strings.Contains(string(b), "Ctrl-C stops the cluster"), string(b)
-	})
-	r := mosaic(t, "up", "--nodes", "1", "--dir", dir)
-	expectFail(t, r, "already running from "+dir)
-
-	first.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("mosaic up exited with %v", err)
+	for round := range 2 {
+		up := exec.Command(bin, "up", "--nodes", "3", "--dir", dir)
+		logf, _ := os.Create(filepath.Join(t.TempDir(), "up.log"))
+		up.Stdout, up.Stderr = logf, logf
+		if err := up.Start(); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("mosaic up did not stop")
+		exited := make(chan error, 1)
+		go func() { exited <- up.Wait() }()
+		eventually(t, 60*time.Second, fmt.Sprintf("cluster up (round %d)", round+1), func() (bool, string) {
+			b, _ := os.ReadFile(logf.Name())
+			return strings.Contains(string(b), "Ctrl-C stops the cluster"), string(b)
+		})
+		if round == 0 {
+			r := mosaic(t, "up", "--nodes", "3", "--dir", dir)
+			expectFail(t, r, "already running from "+dir)
+		}
+		up.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Fatalf("mosaic up exited with %v", err)
+			}
+		case <-time.After(40 * time.Second):
+			t.Fatal("mosaic up did not stop")
+		}
+		b, _ := os.ReadFile(logf.Name())
+		if !strings.Contains(string(b), "stopped") {
+			t.Fatalf("mosaic up output:\n%s", b)
+		}
+		out, _ := exec.Command("pgrep", "-f", "mosaic node --dir "+dir).Output()
+		if len(strings.TrimSpace(string(out))) > 0 {
+			t.Fatalf("daemons left running: %s", out)
+		}
 	}
-	b, _ := os.ReadFile(logf.Name())
-	if !strings.Contains(string(b), "stopped") {
-		t.Fatalf("mosaic up output:\n%s", b)
-	}
-	out, _ := exec.Command("pgrep", "-f", "mosaic node --dir "+dir).Output()
-	if len(strings.TrimSpace(string(out))) > 0 {
-		t.Fatalf("daemons left running: %s", out)
-	}
-	// The same cluster starts again from the same directory.
-	second := mosaic(t, "up", "--nodes", "2", "--dir", dir)
-	expectFail(t, second, "holds a cluster of 1 nodes")
+	r := mosaic(t, "up", "--nodes", "2", "--dir", dir)
+	expectFail(t, r, "holds a cluster of 3 nodes")
 }

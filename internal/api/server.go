@@ -15,6 +15,9 @@ import (
 	"time"
 )
 
+// requestTimeout bounds the wait for a request after a connection opens.
+const requestTimeout = 10 * time.Second
+
 // Handler serves one operation. It returns the result to send (marshaled as
 // JSON) or an error whose text the user will read. A handler that streams
 // may use conn directly and return (nil, nil) after writing its response.
@@ -136,8 +139,13 @@ func (s *Server) serveConn(ctx context.Context, c *Conn) {
 		s.log.Warn("reject local connection", "err", err)
 		return
 	}
+	// A client has a few seconds to say what it wants; it cannot hold a
+	// connection (and a goroutine) open without asking anything.
+	c.uc.SetReadDeadline(time.Now().Add(requestTimeout))
 	var req Request
-	if err := c.ReadJSON(&req); err != nil {
+	err = c.ReadJSON(&req)
+	c.uc.SetReadDeadline(time.Time{})
+	if err != nil {
 		if !errors.Is(err, net.ErrClosed) {
 			c.WriteJSON(Response{Error: fmt.Sprintf("read request: %v", err)})
 		}

@@ -204,13 +204,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	fatal := make(chan error, 4)
+	fatal := make(chan error, 1) // the first failure stops the node; later ones are logged
 	goFn := func(name string, fn func() error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := fn(); err != nil && ctx.Err() == nil {
-				fatal <- fmt.Errorf("%s: %w", name, err)
+				err = fmt.Errorf("%s: %w", name, err)
+				select {
+				case fatal <- err:
+				default:
+					d.log.Error("failure while stopping", "err", err)
+				}
 			}
 		}()
 	}

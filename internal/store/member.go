@@ -7,7 +7,6 @@ package store
 import (
 	"fmt"
 	"net/url"
-	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -100,19 +99,11 @@ func (m *Member) Ready() <-chan struct{} { return m.e.Server.ReadyNotify() }
 // Err reports a fatal error of the member.
 func (m *Member) Err() <-chan error { return m.e.Err() }
 
-// Close stops the member.
+// Close stops the member. It does not hand its leadership over first
+// (etcd's graceful stop): nodes of one cluster often stop together, and a
+// transfer to a member that is stopping too only waits for its timeout. The
+// remaining members elect a new leader within an election timeout.
 func (m *Member) Close() {
-	done := make(chan struct{})
-	go func() {
-		m.e.Close()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		// etcd's Close can wait a long time for a quorum that is gone
-		// (the other members stopped first); give up on a clean stop.
-		m.e.Server.HardStop()
-		<-done
-	}
+	m.e.Server.HardStop()
+	m.e.Close()
 }

@@ -203,29 +203,30 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("create the cluster's first node: %w", err)
 		}
 	}
-	if err := c.startNode(first, nil); err != nil {
-		return nil, err
-	}
-	if err := c.waitStore(ctx, first); err != nil {
-		return nil, err
-	}
-	var joinArgs []string
-	for _, n := range c.Nodes[1:] {
-		if !exists(filepath.Join(n.Dir, cluster.ConfigFile)) {
-			if joinArgs == nil {
-				var tok api.TokenCreated
-				if err := api.Call(ctx, first.Socket, api.OpTokenCreate, api.TokenCreateArgs{TTL: 10 * time.Minute, MaxUses: cfg.Nodes - 1, Note: "mosaic up"}, &tok); err != nil {
-					return nil, fmt.Errorf("create a join token on %s: %w", first.Name, err)
-				}
-				joinArgs = []string{"--join", first.Addr, "--token", tok.Token}
-			}
-			if err := c.startNode(n, append([]string{"--name", n.Name, "--listen", n.Addr}, joinArgs...)); err != nil {
-				return nil, err
-			}
+	// Nodes that exist already start first, all together: a store that
+	// has several members needs a quorum of them before it answers.
+	var joiners []*Node
+	for _, n := range c.Nodes {
+		if n != first && !exists(filepath.Join(n.Dir, cluster.ConfigFile)) {
+			joiners = append(joiners, n)
 			continue
 		}
 		if err := c.startNode(n, nil); err != nil {
 			return nil, err
+		}
+	}
+	if len(joiners) > 0 {
+		if err := c.waitStore(ctx, first); err != nil {
+			return nil, err
+		}
+		var tok api.TokenCreated
+		if err := api.Call(ctx, first.Socket, api.OpTokenCreate, api.TokenCreateArgs{TTL: 10 * time.Minute, MaxUses: len(joiners), Note: "mosaic up"}, &tok); err != nil {
+			return nil, fmt.Errorf("create a join token on %s: %w", first.Name, err)
+		}
+		for _, n := range joiners {
+			if err := c.startNode(n, []string{"--name", n.Name, "--listen", n.Addr, "--join", first.Addr, "--token", tok.Token}); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := c.writeEnv(); err != nil {
