@@ -34,7 +34,11 @@ import (
 // left behind.
 func startCluster(t *testing.T, n int, capacities ...float64) *up.Cluster {
 	t.Helper()
-	dir := t.TempDir()
+	return startClusterIn(t, t.TempDir(), n, capacities...)
+}
+
+func startClusterIn(t *testing.T, dir string, n int, capacities ...float64) *up.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: n, NetNS: true, Binary: bin, Capacities: capacities, Out: testWriter{t}})

@@ -79,6 +79,9 @@ The CLI talks to the daemon of its node through a Unix socket
 		newTokenCmd(g),
 		newNodesCmd(g),
 		newStatusCmd(g),
+		newRunCmd(g),
+		newPsCmd(g),
+		newKillCmd(g),
 		newUpCmd(),
 		newBenchCmd(),
 		&cobra.Command{

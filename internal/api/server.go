@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -134,6 +135,13 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) serveConn(ctx context.Context, c *Conn) {
+	// A bug in one operation must not take the node down with it.
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("local API operation panicked", "panic", r, "stack", string(debug.Stack()))
+			c.WriteJSON(Response{Error: fmt.Sprintf("internal error in the daemon: %v (its log has the details)", r)})
+		}
+	}()
 	caller, err := peerCred(c.uc)
 	if err != nil {
 		s.log.Warn("reject local connection", "err", err)

@@ -107,8 +107,26 @@ func (g *Group) AddProc(pid int) error {
 	return nil
 }
 
-// Procs lists the processes in the group.
-func (g *Group) Procs() ([]int, error) { return readIDs(filepath.Join(g.dir("cpu"), "cgroup.procs")) }
+// AddThread moves one thread into the group. A process forked by that
+// thread starts in the group: this is how a daemon places the processes it
+// starts without a window in which they run outside it (cgroup v1 has no
+// CLONE_INTO_CGROUP).
+func (g *Group) AddThread(tid int) error {
+	for _, c := range controllers {
+		if err := writeFile(filepath.Join(g.dir(c), "tasks"), strconv.Itoa(tid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Procs lists the processes in the group, other than the caller's (a
+// thread of which may be in it, see AddThread).
+func (g *Group) Procs() ([]int, error) {
+	pids, err := readIDs(filepath.Join(g.dir("cpu"), "cgroup.procs"))
+	self := os.Getpid()
+	return slices.DeleteFunc(pids, func(p int) bool { return p == self }), err
+}
 
 // Tasks lists the threads in the group.
 func (g *Group) Tasks() ([]int, error) { return readIDs(filepath.Join(g.dir("cpu"), "tasks")) }
@@ -152,11 +170,15 @@ func (g *Group) Destroy() error {
 // until none is left, so that the group can be removed.
 func killAll(dir string) error {
 	deadline := time.Now().Add(5 * time.Second)
+	self := os.Getpid()
 	for {
 		pids, err := readIDs(filepath.Join(dir, "cgroup.procs"))
 		if err != nil {
 			return err
 		}
+		// A thread of the caller may be in the group (see AddThread): it
+		// leaves by itself; the caller is not one of the group's processes.
+		pids = slices.DeleteFunc(pids, func(p int) bool { return p == self })
 		if len(pids) == 0 {
 			return nil
 		}

@@ -316,3 +316,22 @@ func DefaultAddr() string {
 	}
 	return "127.0.0.1:" + strconv.Itoa(DefaultPort)
 }
+
+// ProcIDsFile keeps the first process number not yet handed out.
+const ProcIDsFile = "procids"
+
+// ReserveProcIDs reserves n process numbers and returns the first: numbers
+// are never handed out twice, across restarts, because the end of each
+// reserved block is saved before any number in it is used.
+func (n *Node) ReserveProcIDs(count uint64) (uint64, error) {
+	first := uint64(1)
+	if b, err := os.ReadFile(n.Path(ProcIDsFile)); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 {
+			first = v
+		}
+	}
+	if err := writeAtomic(n.Path(ProcIDsFile), []byte(strconv.FormatUint(first+count, 10)+"\n"), 0o644); err != nil {
+		return 0, err
+	}
+	return first, nil
+}

@@ -26,10 +26,13 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/cgroup"
 	"github.com/mosaic-cluster/mosaic/internal/cluster"
+	"github.com/mosaic-cluster/mosaic/internal/executor"
 	"github.com/mosaic-cluster/mosaic/internal/gossip"
+	"github.com/mosaic-cluster/mosaic/internal/home"
 	"github.com/mosaic-cluster/mosaic/internal/load"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/pidlock"
+	"github.com/mosaic-cluster/mosaic/internal/spawn"
 	"github.com/mosaic-cluster/mosaic/internal/store"
 	"github.com/mosaic-cluster/mosaic/internal/version"
 )
@@ -96,8 +99,12 @@ type Daemon struct {
 	core *gossip.Core
 	self selfLoad
 
-	pool  *peerPool
-	group *cgroup.Group // nil when the node has no cgroup
+	pool    *peerPool
+	group   *cgroup.Group // nil when the node has no cgroup
+	spawner *spawn.Spawner
+	exec    *executor.Executor // runs processes here
+	home    *home.Home         // answers for the processes started here
+	placed  placements
 	probe load.Probe
 	speed float64
 	cores int
@@ -165,6 +172,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}()
 	}
+	var place func(int) error
+	if d.group != nil {
+		place = d.group.AddThread
+	}
+	if d.spawner, err = spawn.New(place); err != nil {
+		return err
+	}
+	// Before the group is removed: the spawning thread is in it.
+	defer d.spawner.Close()
+	d.exec = executor.New(node.Name, d.spawner, d.log)
+	d.home = home.New(home.Config{
+		Node: node.Name, Log: d.log, ReserveIDs: node.ReserveProcIDs, Connect: d.connect,
+		Place: d.place, CheckNode: d.checkNode, Placed: func(n string) { d.placed.add(n, time.Now()) },
+	})
 	d.speed = cfg.Speed
 	if d.speed <= 0 {
 		d.speed = load.MeasureSpeed(100 * time.Millisecond)
@@ -196,6 +217,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	srv := newPeerServer(node.ID)
 	peerpb.RegisterJoinServer(srv, joinServer{d: d})
 	peerpb.RegisterPeerServer(srv, gossipServer{d: d})
+	peerpb.RegisterExecServer(srv, execServer{d: d})
 	apiSrv, err := api.Listen(cfg.Socket, d.handlers(), d.log)
 	if err != nil {
 		return err
@@ -240,6 +262,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		d.log.Error("stopping after a failure", "err", runErr)
 	}
 	d.goodbye()
+	// The processes this node answers for die with it (their users'
+	// clients are told), and so do the ones it runs for others.
+	d.home.Close()
+	d.exec.Close()
 	cancel()
 	apiSrv.Close()
 	stopGRPC(srv)

@@ -34,6 +34,9 @@ func (d *Daemon) handlers() map[string]api.Handler {
 		api.OpTokenRevoke: d.opTokenRevoke,
 		api.OpLeave:       d.opLeave,
 		api.OpNodeRemove:  d.opNodeRemove,
+		api.OpRun:         d.opRun,
+		api.OpPs:          d.opPs,
+		api.OpKill:        d.opKill,
 	}
 }
 

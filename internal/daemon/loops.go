@@ -47,6 +47,7 @@ func (d *Daemon) logEvent(e gossip.Event) {
 	}
 	if e.New == peerpb.State_DEAD || e.New == peerpb.State_LEFT {
 		d.pool.forget(e.Name)
+		d.home.NodeDown(e.Name)
 	}
 }
 

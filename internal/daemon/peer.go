@@ -58,14 +58,23 @@ func newPeerServer(id *pki.Identity) *grpc.Server {
 			return h(ctx, req)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if _, err := authenticate(ss.Context(), info.FullMethod); err != nil {
+			ctx, err := authenticate(ss.Context(), info.FullMethod)
+			if err != nil {
 				return err
 			}
-			return h(srv, ss)
+			return h(srv, authedStream{ss, ctx})
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{PermitWithoutStream: true}),
 	)
 }
+
+// authedStream is a server stream whose context names its caller.
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s authedStream) Context() context.Context { return s.ctx }
 
 // peerPool keeps one gRPC connection per peer (by node name and address).
 // gRPC connections reconnect by themselves; the pool only creates them

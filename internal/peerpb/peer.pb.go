@@ -133,6 +133,61 @@ func (Kind) EnumDescriptor() ([]byte, []int) {
 	return file_peer_proto_rawDescGZIP(), []int{1}
 }
 
+type FailureKind int32
+
+const (
+	FailureKind_FAILURE_OTHER  FailureKind = 0
+	FailureKind_NOT_FOUND      FailureKind = 1 // the program is not on this node
+	FailureKind_NOT_EXECUTABLE FailureKind = 2 // it is, but the user may not run it
+	FailureKind_NO_CWD         FailureKind = 3 // the working directory is not on this node
+	FailureKind_REFUSED        FailureKind = 4 // the node does not take this process
+)
+
+// Enum value maps for FailureKind.
+var (
+	FailureKind_name = map[int32]string{
+		0: "FAILURE_OTHER",
+		1: "NOT_FOUND",
+		2: "NOT_EXECUTABLE",
+		3: "NO_CWD",
+		4: "REFUSED",
+	}
+	FailureKind_value = map[string]int32{
+		"FAILURE_OTHER":  0,
+		"NOT_FOUND":      1,
+		"NOT_EXECUTABLE": 2,
+		"NO_CWD":         3,
+		"REFUSED":        4,
+	}
+)
+
+func (x FailureKind) Enum() *FailureKind {
+	p := new(FailureKind)
+	*p = x
+	return p
+}
+
+func (x FailureKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailureKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_peer_proto_enumTypes[2].Descriptor()
+}
+
+func (FailureKind) Type() protoreflect.EnumType {
+	return &file_peer_proto_enumTypes[2]
+}
+
+func (x FailureKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailureKind.Descriptor instead.
+func (FailureKind) EnumDescriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{2}
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -686,6 +741,1153 @@ func (x *Envelope) GetFromAddr() string {
 	return ""
 }
 
+// ExecStart describes the process to start. Credentials are the caller's
+// as the home's kernel reported them (SO_PEERCRED) and its account lists.
+type ExecStart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`     // cluster-wide process ID, e.g. n1.4121
+	Home          string                 `protobuf:"bytes,2,opt,name=home,proto3" json:"home,omitempty"` // must be the node that opens the stream
+	Argv          []string               `protobuf:"bytes,3,rep,name=argv,proto3" json:"argv,omitempty"`
+	Env           []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Uid           uint32                 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,7,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups        []uint32               `protobuf:"varint,8,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Umask         uint32                 `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
+	Rlimits       []*Rlimit              `protobuf:"bytes,10,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	Tty           *Tty                   `protobuf:"bytes,11,opt,name=tty,proto3" json:"tty,omitempty"`   // set: run on a pseudo-terminal with these modes
+	User          string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"` // the user's name, for listings
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_peer_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ExecStart) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ExecStart) GetHome() string {
+	if x != nil {
+		return x.Home
+	}
+	return ""
+}
+
+func (x *ExecStart) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ExecStart) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ExecStart) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *ExecStart) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ExecStart) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *ExecStart) GetGroups() []uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ExecStart) GetUmask() uint32 {
+	if x != nil {
+		return x.Umask
+	}
+	return 0
+}
+
+func (x *ExecStart) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+func (x *ExecStart) GetTty() *Tty {
+	if x != nil {
+		return x.Tty
+	}
+	return nil
+}
+
+func (x *ExecStart) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      int32                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	Cur           uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
+	Max           uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_peer_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Rlimit) GetResource() int32 {
+	if x != nil {
+		return x.Resource
+	}
+	return 0
+}
+
+func (x *Rlimit) GetCur() uint64 {
+	if x != nil {
+		return x.Cur
+	}
+	return 0
+}
+
+func (x *Rlimit) GetMax() uint64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+// Tty is a terminal's size and modes (struct termios, field by field).
+type Tty struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	Iflag         uint32                 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`
+	Oflag         uint32                 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
+	Cflag         uint32                 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
+	Lflag         uint32                 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
+	Cc            []byte                 `protobuf:"bytes,7,opt,name=cc,proto3" json:"cc,omitempty"`
+	Ispeed        uint32                 `protobuf:"varint,8,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
+	Ospeed        uint32                 `protobuf:"varint,9,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
+	HasModes      bool                   `protobuf:"varint,10,opt,name=has_modes,json=hasModes,proto3" json:"has_modes,omitempty"` // false: only the size (a resize)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tty) Reset() {
+	*x = Tty{}
+	mi := &file_peer_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tty) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tty) ProtoMessage() {}
+
+func (x *Tty) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tty.ProtoReflect.Descriptor instead.
+func (*Tty) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Tty) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *Tty) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *Tty) GetIflag() uint32 {
+	if x != nil {
+		return x.Iflag
+	}
+	return 0
+}
+
+func (x *Tty) GetOflag() uint32 {
+	if x != nil {
+		return x.Oflag
+	}
+	return 0
+}
+
+func (x *Tty) GetCflag() uint32 {
+	if x != nil {
+		return x.Cflag
+	}
+	return 0
+}
+
+func (x *Tty) GetLflag() uint32 {
+	if x != nil {
+		return x.Lflag
+	}
+	return 0
+}
+
+func (x *Tty) GetCc() []byte {
+	if x != nil {
+		return x.Cc
+	}
+	return nil
+}
+
+func (x *Tty) GetIspeed() uint32 {
+	if x != nil {
+		return x.Ispeed
+	}
+	return 0
+}
+
+func (x *Tty) GetOspeed() uint32 {
+	if x != nil {
+		return x.Ospeed
+	}
+	return 0
+}
+
+func (x *Tty) GetHasModes() bool {
+	if x != nil {
+		return x.HasModes
+	}
+	return false
+}
+
+type Signal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Number        int32                  `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	Group         bool                   `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"` // to the process group, as a terminal would
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Signal) Reset() {
+	*x = Signal{}
+	mi := &file_peer_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Signal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Signal) ProtoMessage() {}
+
+func (x *Signal) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Signal.ProtoReflect.Descriptor instead.
+func (*Signal) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Signal) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Signal) GetGroup() bool {
+	if x != nil {
+		return x.Group
+	}
+	return false
+}
+
+type ExecIn struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecIn_Start
+	//	*ExecIn_Stdin
+	//	*ExecIn_StdinEof
+	//	*ExecIn_Signal
+	//	*ExecIn_Resize
+	//	*ExecIn_StdoutClosed
+	//	*ExecIn_StderrClosed
+	Msg           isExecIn_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecIn) Reset() {
+	*x = ExecIn{}
+	mi := &file_peer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecIn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecIn) ProtoMessage() {}
+
+func (x *ExecIn) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecIn.ProtoReflect.Descriptor instead.
+func (*ExecIn) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ExecIn) GetMsg() isExecIn_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecIn) GetStart() *ExecStart {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetStdinEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_StdinEof); ok {
+			return x.StdinEof
+		}
+	}
+	return false
+}
+
+func (x *ExecIn) GetSignal() *Signal {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Signal); ok {
+			return x.Signal
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetResize() *Tty {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetStdoutClosed() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_StdoutClosed); ok {
+			return x.StdoutClosed
+		}
+	}
+	return false
+}
+
+func (x *ExecIn) GetStderrClosed() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_StderrClosed); ok {
+			return x.StderrClosed
+		}
+	}
+	return false
+}
+
+type isExecIn_Msg interface {
+	isExecIn_Msg()
+}
+
+type ExecIn_Start struct {
+	Start *ExecStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecIn_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecIn_StdinEof struct {
+	StdinEof bool `protobuf:"varint,3,opt,name=stdin_eof,json=stdinEof,proto3,oneof"`
+}
+
+type ExecIn_Signal struct {
+	Signal *Signal `protobuf:"bytes,4,opt,name=signal,proto3,oneof"`
+}
+
+type ExecIn_Resize struct {
+	Resize *Tty `protobuf:"bytes,5,opt,name=resize,proto3,oneof"`
+}
+
+type ExecIn_StdoutClosed struct {
+	// The reader of the user's stdout (stderr) is gone: close the pipe,
+	// so that the process gets EPIPE or SIGPIPE as it would at home.
+	StdoutClosed bool `protobuf:"varint,6,opt,name=stdout_closed,json=stdoutClosed,proto3,oneof"`
+}
+
+type ExecIn_StderrClosed struct {
+	StderrClosed bool `protobuf:"varint,7,opt,name=stderr_closed,json=stderrClosed,proto3,oneof"`
+}
+
+func (*ExecIn_Start) isExecIn_Msg() {}
+
+func (*ExecIn_Stdin) isExecIn_Msg() {}
+
+func (*ExecIn_StdinEof) isExecIn_Msg() {}
+
+func (*ExecIn_Signal) isExecIn_Msg() {}
+
+func (*ExecIn_Resize) isExecIn_Msg() {}
+
+func (*ExecIn_StdoutClosed) isExecIn_Msg() {}
+
+func (*ExecIn_StderrClosed) isExecIn_Msg() {}
+
+type Failure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          FailureKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=mosaic.peer.v1.FailureKind" json:"kind,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Failure) Reset() {
+	*x = Failure{}
+	mi := &file_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Failure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Failure) ProtoMessage() {}
+
+func (x *Failure) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Failure.ProtoReflect.Descriptor instead.
+func (*Failure) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Failure) GetKind() FailureKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FailureKind_FAILURE_OTHER
+}
+
+func (x *Failure) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type Exit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`     // exit status, when signal is 0
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"` // the signal that killed it
+	CoreDumped    bool                   `protobuf:"varint,3,opt,name=core_dumped,json=coreDumped,proto3" json:"core_dumped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Exit) Reset() {
+	*x = Exit{}
+	mi := &file_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Exit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Exit) ProtoMessage() {}
+
+func (x *Exit) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Exit.ProtoReflect.Descriptor instead.
+func (*Exit) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Exit) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Exit) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *Exit) GetCoreDumped() bool {
+	if x != nil {
+		return x.CoreDumped
+	}
+	return false
+}
+
+type ExecOut struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecOut_Started
+	//	*ExecOut_Stdout
+	//	*ExecOut_Stderr
+	//	*ExecOut_StdoutEof
+	//	*ExecOut_StderrEof
+	//	*ExecOut_Stopped
+	//	*ExecOut_Continued
+	//	*ExecOut_Exit
+	//	*ExecOut_Failure
+	Msg           isExecOut_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecOut) Reset() {
+	*x = ExecOut{}
+	mi := &file_peer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecOut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecOut) ProtoMessage() {}
+
+func (x *ExecOut) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecOut.ProtoReflect.Descriptor instead.
+func (*ExecOut) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExecOut) GetMsg() isExecOut_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecOut) GetStarted() int32 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Started); ok {
+			return x.Started
+		}
+	}
+	return 0
+}
+
+func (x *ExecOut) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ExecOut) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ExecOut) GetStdoutEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_StdoutEof); ok {
+			return x.StdoutEof
+		}
+	}
+	return false
+}
+
+func (x *ExecOut) GetStderrEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_StderrEof); ok {
+			return x.StderrEof
+		}
+	}
+	return false
+}
+
+func (x *ExecOut) GetStopped() int32 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Stopped); ok {
+			return x.Stopped
+		}
+	}
+	return 0
+}
+
+func (x *ExecOut) GetContinued() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Continued); ok {
+			return x.Continued
+		}
+	}
+	return false
+}
+
+func (x *ExecOut) GetExit() *Exit {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+func (x *ExecOut) GetFailure() *Failure {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Failure); ok {
+			return x.Failure
+		}
+	}
+	return nil
+}
+
+type isExecOut_Msg interface {
+	isExecOut_Msg()
+}
+
+type ExecOut_Started struct {
+	Started int32 `protobuf:"varint,1,opt,name=started,proto3,oneof"` // the pid on the running node
+}
+
+type ExecOut_Stdout struct {
+	Stdout []byte `protobuf:"bytes,2,opt,name=stdout,proto3,oneof"`
+}
+
+type ExecOut_Stderr struct {
+	Stderr []byte `protobuf:"bytes,3,opt,name=stderr,proto3,oneof"`
+}
+
+type ExecOut_StdoutEof struct {
+	StdoutEof bool `protobuf:"varint,4,opt,name=stdout_eof,json=stdoutEof,proto3,oneof"`
+}
+
+type ExecOut_StderrEof struct {
+	StderrEof bool `protobuf:"varint,5,opt,name=stderr_eof,json=stderrEof,proto3,oneof"`
+}
+
+type ExecOut_Stopped struct {
+	Stopped int32 `protobuf:"varint,6,opt,name=stopped,proto3,oneof"` // stopped by this signal
+}
+
+type ExecOut_Continued struct {
+	Continued bool `protobuf:"varint,7,opt,name=continued,proto3,oneof"`
+}
+
+type ExecOut_Exit struct {
+	Exit *Exit `protobuf:"bytes,8,opt,name=exit,proto3,oneof"`
+}
+
+type ExecOut_Failure struct {
+	Failure *Failure `protobuf:"bytes,9,opt,name=failure,proto3,oneof"` // it did not start
+}
+
+func (*ExecOut_Started) isExecOut_Msg() {}
+
+func (*ExecOut_Stdout) isExecOut_Msg() {}
+
+func (*ExecOut_Stderr) isExecOut_Msg() {}
+
+func (*ExecOut_StdoutEof) isExecOut_Msg() {}
+
+func (*ExecOut_StderrEof) isExecOut_Msg() {}
+
+func (*ExecOut_Stopped) isExecOut_Msg() {}
+
+func (*ExecOut_Continued) isExecOut_Msg() {}
+
+func (*ExecOut_Exit) isExecOut_Msg() {}
+
+func (*ExecOut_Failure) isExecOut_Msg() {}
+
+// ProcInfo describes a mosaic process, as its home or the node running it
+// knows it.
+type ProcInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	Home          string                 `protobuf:"bytes,4,opt,name=home,proto3" json:"home,omitempty"`
+	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`   // where it runs now
+	Pid           int32                  `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`    // on that node
+	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"` // running, stopped, lost, starting, exited
+	StartedUnixMs int64                  `protobuf:"varint,8,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
+	CpuSeconds    float64                `protobuf:"fixed64,9,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	Rss           uint64                 `protobuf:"varint,10,opt,name=rss,proto3" json:"rss,omitempty"`
+	Argv          []string               `protobuf:"bytes,11,rep,name=argv,proto3" json:"argv,omitempty"`
+	Cwd           string                 `protobuf:"bytes,12,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Tty           bool                   `protobuf:"varint,13,opt,name=tty,proto3" json:"tty,omitempty"`
+	ProcState     string                 `protobuf:"bytes,14,opt,name=proc_state,json=procState,proto3" json:"proc_state,omitempty"` // the kernel's state letter (R, S, D, T, Z)
+	FromHome      bool                   `protobuf:"varint,15,opt,name=from_home,json=fromHome,proto3" json:"from_home,omitempty"`   // this entry comes from the home's table
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcInfo) Reset() {
+	*x = ProcInfo{}
+	mi := &file_peer_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcInfo) ProtoMessage() {}
+
+func (x *ProcInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
+func (*ProcInfo) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ProcInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetHome() string {
+	if x != nil {
+		return x.Home
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetStartedUnixMs() int64 {
+	if x != nil {
+		return x.StartedUnixMs
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetRss() uint64 {
+	if x != nil {
+		return x.Rss
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ProcInfo) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ProcInfo) GetProcState() string {
+	if x != nil {
+		return x.ProcState
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetFromHome() bool {
+	if x != nil {
+		return x.FromHome
+	}
+	return false
+}
+
+type ListProcsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"` // the caller, as its node's kernel says
+	All           bool                   `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"` // every user's (the caller is root)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProcsRequest) Reset() {
+	*x = ListProcsRequest{}
+	mi := &file_peer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProcsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProcsRequest) ProtoMessage() {}
+
+func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProcsRequest.ProtoReflect.Descriptor instead.
+func (*ListProcsRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListProcsRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ListProcsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type ListProcsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Procs         []*ProcInfo            `protobuf:"bytes,1,rep,name=procs,proto3" json:"procs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProcsResponse) Reset() {
+	*x = ListProcsResponse{}
+	mi := &file_peer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProcsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProcsResponse) ProtoMessage() {}
+
+func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProcsResponse.ProtoReflect.Descriptor instead.
+func (*ListProcsResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListProcsResponse) GetProcs() []*ProcInfo {
+	if x != nil {
+		return x.Procs
+	}
+	return nil
+}
+
+type SignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"` // the caller, as its node's kernel says
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_peer_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SignalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SignalRequest) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
 var File_peer_proto protoreflect.FileDescriptor
 
 const file_peer_proto_rawDesc = "" +
@@ -738,7 +1940,98 @@ const file_peer_proto_rawDesc = "" +
 	"targetAddr\x126\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1c.mosaic.peer.v1.MemberUpdateR\aupdates\x120\n" +
 	"\x05loads\x18\a \x03(\v2\x1a.mosaic.peer.v1.LoadReportR\x05loads\x12\x1b\n" +
-	"\tfrom_addr\x18\b \x01(\tR\bfromAddr*3\n" +
+	"\tfrom_addr\x18\b \x01(\tR\bfromAddr\"\xa6\x02\n" +
+	"\tExecStart\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04home\x18\x02 \x01(\tR\x04home\x12\x12\n" +
+	"\x04argv\x18\x03 \x03(\tR\x04argv\x12\x10\n" +
+	"\x03env\x18\x04 \x03(\tR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x10\n" +
+	"\x03uid\x18\x06 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\a \x01(\rR\x03gid\x12\x16\n" +
+	"\x06groups\x18\b \x03(\rR\x06groups\x12\x14\n" +
+	"\x05umask\x18\t \x01(\rR\x05umask\x120\n" +
+	"\arlimits\x18\n" +
+	" \x03(\v2\x16.mosaic.peer.v1.RlimitR\arlimits\x12%\n" +
+	"\x03tty\x18\v \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x12\n" +
+	"\x04user\x18\f \x01(\tR\x04user\"H\n" +
+	"\x06Rlimit\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
+	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\x04R\x03max\"\xe2\x01\n" +
+	"\x03Tty\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\x12\x14\n" +
+	"\x05iflag\x18\x03 \x01(\rR\x05iflag\x12\x14\n" +
+	"\x05oflag\x18\x04 \x01(\rR\x05oflag\x12\x14\n" +
+	"\x05cflag\x18\x05 \x01(\rR\x05cflag\x12\x14\n" +
+	"\x05lflag\x18\x06 \x01(\rR\x05lflag\x12\x0e\n" +
+	"\x02cc\x18\a \x01(\fR\x02cc\x12\x16\n" +
+	"\x06ispeed\x18\b \x01(\rR\x06ispeed\x12\x16\n" +
+	"\x06ospeed\x18\t \x01(\rR\x06ospeed\x12\x1b\n" +
+	"\thas_modes\x18\n" +
+	" \x01(\bR\bhasModes\"6\n" +
+	"\x06Signal\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\bR\x05group\"\xa8\x02\n" +
+	"\x06ExecIn\x121\n" +
+	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
+	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x120\n" +
+	"\x06signal\x18\x04 \x01(\v2\x16.mosaic.peer.v1.SignalH\x00R\x06signal\x12-\n" +
+	"\x06resize\x18\x05 \x01(\v2\x13.mosaic.peer.v1.TtyH\x00R\x06resize\x12%\n" +
+	"\rstdout_closed\x18\x06 \x01(\bH\x00R\fstdoutClosed\x12%\n" +
+	"\rstderr_closed\x18\a \x01(\bH\x00R\fstderrClosedB\x05\n" +
+	"\x03msg\"T\n" +
+	"\aFailure\x12/\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1b.mosaic.peer.v1.FailureKindR\x04kind\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"S\n" +
+	"\x04Exit\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n" +
+	"\vcore_dumped\x18\x03 \x01(\bR\n" +
+	"coreDumped\"\xbf\x02\n" +
+	"\aExecOut\x12\x1a\n" +
+	"\astarted\x18\x01 \x01(\x05H\x00R\astarted\x12\x18\n" +
+	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12\x1f\n" +
+	"\n" +
+	"stdout_eof\x18\x04 \x01(\bH\x00R\tstdoutEof\x12\x1f\n" +
+	"\n" +
+	"stderr_eof\x18\x05 \x01(\bH\x00R\tstderrEof\x12\x1a\n" +
+	"\astopped\x18\x06 \x01(\x05H\x00R\astopped\x12\x1e\n" +
+	"\tcontinued\x18\a \x01(\bH\x00R\tcontinued\x12*\n" +
+	"\x04exit\x18\b \x01(\v2\x14.mosaic.peer.v1.ExitH\x00R\x04exit\x123\n" +
+	"\afailure\x18\t \x01(\v2\x17.mosaic.peer.v1.FailureH\x00R\afailureB\x05\n" +
+	"\x03msg\"\xdf\x02\n" +
+	"\bProcInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x12\n" +
+	"\x04home\x18\x04 \x01(\tR\x04home\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x10\n" +
+	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12&\n" +
+	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x12\x1f\n" +
+	"\vcpu_seconds\x18\t \x01(\x01R\n" +
+	"cpuSeconds\x12\x10\n" +
+	"\x03rss\x18\n" +
+	" \x01(\x04R\x03rss\x12\x12\n" +
+	"\x04argv\x18\v \x03(\tR\x04argv\x12\x10\n" +
+	"\x03cwd\x18\f \x01(\tR\x03cwd\x12\x10\n" +
+	"\x03tty\x18\r \x01(\bR\x03tty\x12\x1d\n" +
+	"\n" +
+	"proc_state\x18\x0e \x01(\tR\tprocState\x12\x1b\n" +
+	"\tfrom_home\x18\x0f \x01(\bR\bfromHome\"6\n" +
+	"\x10ListProcsRequest\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\"C\n" +
+	"\x11ListProcsResponse\x12.\n" +
+	"\x05procs\x18\x01 \x03(\v2\x18.mosaic.peer.v1.ProcInfoR\x05procs\"I\n" +
+	"\rSignalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid*3\n" +
 	"\x05State\x12\t\n" +
 	"\x05ALIVE\x10\x00\x12\v\n" +
 	"\aSUSPECT\x10\x01\x12\b\n" +
@@ -749,11 +2042,22 @@ const file_peer_proto_rawDesc = "" +
 	"\x03ACK\x10\x01\x12\f\n" +
 	"\bPING_REQ\x10\x02\x12\r\n" +
 	"\tPUSH_PULL\x10\x03\x12\x13\n" +
-	"\x0fPUSH_PULL_REPLY\x10\x042I\n" +
+	"\x0fPUSH_PULL_REPLY\x10\x04*\\\n" +
+	"\vFailureKind\x12\x11\n" +
+	"\rFAILURE_OTHER\x10\x00\x12\r\n" +
+	"\tNOT_FOUND\x10\x01\x12\x12\n" +
+	"\x0eNOT_EXECUTABLE\x10\x02\x12\n" +
+	"\n" +
+	"\x06NO_CWD\x10\x03\x12\v\n" +
+	"\aREFUSED\x10\x042I\n" +
 	"\x04Join\x12A\n" +
-	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2A\n" +
+	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\xd3\x01\n" +
 	"\x04Peer\x129\n" +
-	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.EmptyB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
+	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.Empty\x12P\n" +
+	"\tListProcs\x12 .mosaic.peer.v1.ListProcsRequest\x1a!.mosaic.peer.v1.ListProcsResponse\x12>\n" +
+	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.Empty2B\n" +
+	"\x04Exec\x12:\n" +
+	"\x03Run\x12\x16.mosaic.peer.v1.ExecIn\x1a\x17.mosaic.peer.v1.ExecOut(\x010\x01B2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -767,34 +2071,62 @@ func file_peer_proto_rawDescGZIP() []byte {
 	return file_peer_proto_rawDescData
 }
 
-var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_peer_proto_goTypes = []any{
-	(State)(0),           // 0: mosaic.peer.v1.State
-	(Kind)(0),            // 1: mosaic.peer.v1.Kind
-	(*Empty)(nil),        // 2: mosaic.peer.v1.Empty
-	(*JoinRequest)(nil),  // 3: mosaic.peer.v1.JoinRequest
-	(*JoinResponse)(nil), // 4: mosaic.peer.v1.JoinResponse
-	(*NodeMeta)(nil),     // 5: mosaic.peer.v1.NodeMeta
-	(*MemberUpdate)(nil), // 6: mosaic.peer.v1.MemberUpdate
-	(*LoadReport)(nil),   // 7: mosaic.peer.v1.LoadReport
-	(*Envelope)(nil),     // 8: mosaic.peer.v1.Envelope
+	(State)(0),                // 0: mosaic.peer.v1.State
+	(Kind)(0),                 // 1: mosaic.peer.v1.Kind
+	(FailureKind)(0),          // 2: mosaic.peer.v1.FailureKind
+	(*Empty)(nil),             // 3: mosaic.peer.v1.Empty
+	(*JoinRequest)(nil),       // 4: mosaic.peer.v1.JoinRequest
+	(*JoinResponse)(nil),      // 5: mosaic.peer.v1.JoinResponse
+	(*NodeMeta)(nil),          // 6: mosaic.peer.v1.NodeMeta
+	(*MemberUpdate)(nil),      // 7: mosaic.peer.v1.MemberUpdate
+	(*LoadReport)(nil),        // 8: mosaic.peer.v1.LoadReport
+	(*Envelope)(nil),          // 9: mosaic.peer.v1.Envelope
+	(*ExecStart)(nil),         // 10: mosaic.peer.v1.ExecStart
+	(*Rlimit)(nil),            // 11: mosaic.peer.v1.Rlimit
+	(*Tty)(nil),               // 12: mosaic.peer.v1.Tty
+	(*Signal)(nil),            // 13: mosaic.peer.v1.Signal
+	(*ExecIn)(nil),            // 14: mosaic.peer.v1.ExecIn
+	(*Failure)(nil),           // 15: mosaic.peer.v1.Failure
+	(*Exit)(nil),              // 16: mosaic.peer.v1.Exit
+	(*ExecOut)(nil),           // 17: mosaic.peer.v1.ExecOut
+	(*ProcInfo)(nil),          // 18: mosaic.peer.v1.ProcInfo
+	(*ListProcsRequest)(nil),  // 19: mosaic.peer.v1.ListProcsRequest
+	(*ListProcsResponse)(nil), // 20: mosaic.peer.v1.ListProcsResponse
+	(*SignalRequest)(nil),     // 21: mosaic.peer.v1.SignalRequest
 }
 var file_peer_proto_depIdxs = []int32{
-	0, // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
-	5, // 1: mosaic.peer.v1.MemberUpdate.meta:type_name -> mosaic.peer.v1.NodeMeta
-	1, // 2: mosaic.peer.v1.Envelope.kind:type_name -> mosaic.peer.v1.Kind
-	6, // 3: mosaic.peer.v1.Envelope.updates:type_name -> mosaic.peer.v1.MemberUpdate
-	7, // 4: mosaic.peer.v1.Envelope.loads:type_name -> mosaic.peer.v1.LoadReport
-	3, // 5: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
-	8, // 6: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
-	4, // 7: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	2, // 8: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
+	6,  // 1: mosaic.peer.v1.MemberUpdate.meta:type_name -> mosaic.peer.v1.NodeMeta
+	1,  // 2: mosaic.peer.v1.Envelope.kind:type_name -> mosaic.peer.v1.Kind
+	7,  // 3: mosaic.peer.v1.Envelope.updates:type_name -> mosaic.peer.v1.MemberUpdate
+	8,  // 4: mosaic.peer.v1.Envelope.loads:type_name -> mosaic.peer.v1.LoadReport
+	11, // 5: mosaic.peer.v1.ExecStart.rlimits:type_name -> mosaic.peer.v1.Rlimit
+	12, // 6: mosaic.peer.v1.ExecStart.tty:type_name -> mosaic.peer.v1.Tty
+	10, // 7: mosaic.peer.v1.ExecIn.start:type_name -> mosaic.peer.v1.ExecStart
+	13, // 8: mosaic.peer.v1.ExecIn.signal:type_name -> mosaic.peer.v1.Signal
+	12, // 9: mosaic.peer.v1.ExecIn.resize:type_name -> mosaic.peer.v1.Tty
+	2,  // 10: mosaic.peer.v1.Failure.kind:type_name -> mosaic.peer.v1.FailureKind
+	16, // 11: mosaic.peer.v1.ExecOut.exit:type_name -> mosaic.peer.v1.Exit
+	15, // 12: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
+	18, // 13: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
+	4,  // 14: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
+	9,  // 15: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
+	19, // 16: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
+	21, // 17: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
+	14, // 18: mosaic.peer.v1.Exec.Run:input_type -> mosaic.peer.v1.ExecIn
+	5,  // 19: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 20: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	20, // 21: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 22: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	17, // 23: mosaic.peer.v1.Exec.Run:output_type -> mosaic.peer.v1.ExecOut
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -802,15 +2134,35 @@ func file_peer_proto_init() {
 	if File_peer_proto != nil {
 		return
 	}
+	file_peer_proto_msgTypes[11].OneofWrappers = []any{
+		(*ExecIn_Start)(nil),
+		(*ExecIn_Stdin)(nil),
+		(*ExecIn_StdinEof)(nil),
+		(*ExecIn_Signal)(nil),
+		(*ExecIn_Resize)(nil),
+		(*ExecIn_StdoutClosed)(nil),
+		(*ExecIn_StderrClosed)(nil),
+	}
+	file_peer_proto_msgTypes[14].OneofWrappers = []any{
+		(*ExecOut_Started)(nil),
+		(*ExecOut_Stdout)(nil),
+		(*ExecOut_Stderr)(nil),
+		(*ExecOut_StdoutEof)(nil),
+		(*ExecOut_StderrEof)(nil),
+		(*ExecOut_Stopped)(nil),
+		(*ExecOut_Continued)(nil),
+		(*ExecOut_Exit)(nil),
+		(*ExecOut_Failure)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   7,
+			NumEnums:      3,
+			NumMessages:   19,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_peer_proto_goTypes,
 		DependencyIndexes: file_peer_proto_depIdxs,

@@ -129,7 +129,9 @@ var Join_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Peer_Gossip_FullMethodName = "/mosaic.peer.v1.Peer/Gossip"
+	Peer_Gossip_FullMethodName    = "/mosaic.peer.v1.Peer/Gossip"
+	Peer_ListProcs_FullMethodName = "/mosaic.peer.v1.Peer/ListProcs"
+	Peer_Signal_FullMethodName    = "/mosaic.peer.v1.Peer/Signal"
 )
 
 // PeerClient is the client API for Peer service.
@@ -141,6 +143,11 @@ type PeerClient interface {
 	// Gossip delivers one message of the membership and load-dissemination
 	// protocol. It is one-way: replies travel as separate Gossip calls.
 	Gossip(ctx context.Context, in *Envelope, opts ...grpc.CallOption) (*Empty, error)
+	// ListProcs lists the mosaic processes this node is home of or runs.
+	ListProcs(ctx context.Context, in *ListProcsRequest, opts ...grpc.CallOption) (*ListProcsResponse, error)
+	// Signal asks a process's home to signal it on behalf of a user of the
+	// calling node; the home checks that the user owns it.
+	Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type peerClient struct {
@@ -161,6 +168,26 @@ func (c *peerClient) Gossip(ctx context.Context, in *Envelope, opts ...grpc.Call
 	return out, nil
 }
 
+func (c *peerClient) ListProcs(ctx context.Context, in *ListProcsRequest, opts ...grpc.CallOption) (*ListProcsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListProcsResponse)
+	err := c.cc.Invoke(ctx, Peer_ListProcs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Peer_Signal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -170,6 +197,11 @@ type PeerServer interface {
 	// Gossip delivers one message of the membership and load-dissemination
 	// protocol. It is one-way: replies travel as separate Gossip calls.
 	Gossip(context.Context, *Envelope) (*Empty, error)
+	// ListProcs lists the mosaic processes this node is home of or runs.
+	ListProcs(context.Context, *ListProcsRequest) (*ListProcsResponse, error)
+	// Signal asks a process's home to signal it on behalf of a user of the
+	// calling node; the home checks that the user owns it.
+	Signal(context.Context, *SignalRequest) (*Empty, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -182,6 +214,12 @@ type UnimplementedPeerServer struct{}
 
 func (UnimplementedPeerServer) Gossip(context.Context, *Envelope) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Gossip not implemented")
+}
+func (UnimplementedPeerServer) ListProcs(context.Context, *ListProcsRequest) (*ListProcsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListProcs not implemented")
+}
+func (UnimplementedPeerServer) Signal(context.Context, *SignalRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Signal not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -222,6 +260,42 @@ func _Peer_Gossip_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_ListProcs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListProcsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).ListProcs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_ListProcs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).ListProcs(ctx, req.(*ListProcsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_Signal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Signal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Signal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Signal(ctx, req.(*SignalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -233,7 +307,123 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Gossip",
 			Handler:    _Peer_Gossip_Handler,
 		},
+		{
+			MethodName: "ListProcs",
+			Handler:    _Peer_ListProcs_Handler,
+		},
+		{
+			MethodName: "Signal",
+			Handler:    _Peer_Signal_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
+	Metadata: "peer.proto",
+}
+
+const (
+	Exec_Run_FullMethodName = "/mosaic.peer.v1.Exec/Run"
+)
+
+// ExecClient is the client API for Exec service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Exec runs a process for its home node. The home opens one stream per
+// process; everything about the process travels on it, and only on it: a
+// signal reaches a guest only from the node that started it (its home).
+// When the stream breaks, the guest is killed (its home is gone), and the
+// home declares the process lost (its node is gone).
+type ExecClient interface {
+	Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecIn, ExecOut], error)
+}
+
+type execClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewExecClient(cc grpc.ClientConnInterface) ExecClient {
+	return &execClient{cc}
+}
+
+func (c *execClient) Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecIn, ExecOut], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Exec_ServiceDesc.Streams[0], Exec_Run_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecIn, ExecOut]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Exec_RunClient = grpc.BidiStreamingClient[ExecIn, ExecOut]
+
+// ExecServer is the server API for Exec service.
+// All implementations must embed UnimplementedExecServer
+// for forward compatibility.
+//
+// Exec runs a process for its home node. The home opens one stream per
+// process; everything about the process travels on it, and only on it: a
+// signal reaches a guest only from the node that started it (its home).
+// When the stream breaks, the guest is killed (its home is gone), and the
+// home declares the process lost (its node is gone).
+type ExecServer interface {
+	Run(grpc.BidiStreamingServer[ExecIn, ExecOut]) error
+	mustEmbedUnimplementedExecServer()
+}
+
+// UnimplementedExecServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedExecServer struct{}
+
+func (UnimplementedExecServer) Run(grpc.BidiStreamingServer[ExecIn, ExecOut]) error {
+	return status.Error(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedExecServer) mustEmbedUnimplementedExecServer() {}
+func (UnimplementedExecServer) testEmbeddedByValue()              {}
+
+// UnsafeExecServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ExecServer will
+// result in compilation errors.
+type UnsafeExecServer interface {
+	mustEmbedUnimplementedExecServer()
+}
+
+func RegisterExecServer(s grpc.ServiceRegistrar, srv ExecServer) {
+	// If the following call panics, it indicates UnimplementedExecServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Exec_ServiceDesc, srv)
+}
+
+func _Exec_Run_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ExecServer).Run(&grpc.GenericServerStream[ExecIn, ExecOut]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Exec_RunServer = grpc.BidiStreamingServer[ExecIn, ExecOut]
+
+// Exec_ServiceDesc is the grpc.ServiceDesc for Exec service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Exec_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "mosaic.peer.v1.Exec",
+	HandlerType: (*ExecServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Run",
+			Handler:       _Exec_Run_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "peer.proto",
 }

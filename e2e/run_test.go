@@ -1,0 +1,531 @@
+//go:build cluster
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/pty"
+	"github.com/mosaic-cluster/mosaic/internal/up"
+)
+
+// startPublicCluster is startCluster in a directory other users may enter
+// (their CLIs must reach the sockets).
+func startPublicCluster(t *testing.T, n int) *up.Cluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mosaic-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return startClusterIn(t, dir, n)
+}
+
+// runCLI runs `mosaic run` (or any mosaic command) with a socket, stdin and
+// an optional shell prefix, and returns its output and how it ended.
+type runResult struct {
+	stdout, stderr string
+	code           int
+	signal         syscall.Signal
+}
+
+func (r runResult) String() string {
+	return fmt.Sprintf("code %d signal %v\nstdout: %q\nstderr: %q", r.code, r.signal, r.stdout, r.stderr)
+}
+
+func runOn(t *testing.T, sock string, stdin io.Reader, cred *userCred, args ...string) runResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--socket", sock}, args...)...)
+	cmd.Stdin = stdin
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if cred != nil {
+		cmd.SysProcAttr = cred.attr()
+	}
+	err := cmd.Run()
+	r := runResult{stdout: o.String(), stderr: e.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		ws := ee.Sys().(syscall.WaitStatus)
+		r.code, r.signal = ws.ExitStatus(), ws.Signal()
+		if ws.Signaled() {
+			r.code = 128 + int(ws.Signal())
+		}
+	case err != nil:
+		t.Fatalf("mosaic %v: %v", args, err)
+	}
+	return r
+}
+
+func TestRun(t *testing.T) {
+	c := startPublicCluster(t, 3)
+	n1 := c.Node("n1").Socket
+	clusterID := readClusterID(t, c)
+
+	t.Run("output, errors and status come home", func(t *testing.T) {
+		r := runOn(t, n1, nil, nil, "run", "--on", "n2", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+		if r.code != 7 || r.stdout != "out\n" || r.stderr != "err\n" {
+			t.Fatal(r)
+		}
+	})
+
+	t.Run("it runs where it was sent, in that node's cgroup", func(t *testing.T) {
+		for _, node := range []string{"n1", "n2", "n3"} {
+			r := runOn(t, n1, nil, nil, "run", "-v", "--on", node, "--", "cat", "/proc/self/cgroup")
+			want := fmt.Sprintf(":cpu:/mosaic/%s/%s\n", clusterID, node)
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Fatalf("--on %s: want %q in\n%s", node, want, r)
+			}
+			if !regexp.MustCompile(`mosaic: n1\.[0-9]+ runs on ` + node + ` \(pid [0-9]+ there\)`).MatchString(r.stderr) {
+				t.Fatalf("-v did not say where it ran: %s", r)
+			}
+		}
+	})
+
+	t.Run("binary-safe pipes with end of file both ways", func(t *testing.T) {
+		data := make([]byte, 24<<20)
+		rand.Read(data)
+		sum := sha256.Sum256(data)
+		r := runOn(t, n1, bytes.NewReader(data), nil, "run", "--on", "n3", "--", "sha256sum")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, hex.EncodeToString(sum[:])) {
+			t.Fatalf("sha256sum of stdin through n3: %s", r)
+		}
+		// `cat` back: the output is the input, byte for byte.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, "--socket", n1, "run", "--on", "n2", "--", "cat")
+		cmd.Stdin = bytes.NewReader(data)
+		out, err := cmd.Output()
+		if err != nil || !bytes.Equal(out, data) {
+			t.Fatalf("cat through n2: %v, %d bytes back of %d", err, len(out), len(data))
+		}
+	})
+
+	t.Run("a reader that goes away gives the writer SIGPIPE", func(t *testing.T) {
+		// As `yes | head -1` at home: yes dies of SIGPIPE, and so does the job.
+		cmd := exec.Command("bash", "-c", fmt.Sprintf("%s --socket %s run --on n2 -- yes | head -1; echo ${PIPESTATUS[0]}", bin, n1))
+		out, err := cmd.Output()
+		if err != nil || string(out) != "y\n141\n" {
+			t.Fatalf("yes | head -1 through n2: %q, %v", out, err)
+		}
+	})
+
+	t.Run("environment, directory, umask and limits come along", func(t *testing.T) {
+		dir, _ := os.MkdirTemp("", "mosaic-cwd-")
+		defer os.RemoveAll(dir)
+		cmd := exec.Command("sh", "-c", fmt.Sprintf(`cd %s && umask 027 && ulimit -n 321 && GREETING=hi %s --socket %s run --on n3 -- sh -c 'pwd; umask; ulimit -n; echo $GREETING'`, dir, bin, n1))
+		out, err := cmd.Output()
+		if want := fmt.Sprintf("%s\n0027\n321\nhi\n", dir); err != nil || string(out) != want {
+			t.Fatalf("got %q (%v), want %q", out, err, want)
+		}
+	})
+
+	t.Run("it runs as the caller, with its account's groups", func(t *testing.T) {
+		// The client runs as uid 1 with an extra group (27) its account
+		// does not have: the program must get the account's groups only.
+		cred := &userCred{uid: 1, gid: 1}
+		attr := cred.attr()
+		attr.Credential.Groups = []uint32{1, 27}
+		cmd := exec.Command(bin, "--socket", n1, "run", "--on", "n2", "--", "id")
+		cmd.SysProcAttr = attr
+		cmd.Dir = "/"
+		out, err := cmd.Output()
+		if err != nil || strings.TrimSpace(string(out)) != "uid=1(daemon) gid=1(daemon) groups=1(daemon)" {
+			t.Fatalf("id through n2 as daemon: %q, %v", out, err)
+		}
+	})
+
+	t.Run("death by signal looks the same at home", func(t *testing.T) {
+		r := runOn(t, n1, nil, nil, "run", "--on", "n2", "--", "sh", "-c", "kill -SEGV $$")
+		if r.signal != syscall.SIGSEGV {
+			t.Fatalf("want death by SIGSEGV: %s", r)
+		}
+	})
+
+	t.Run("signals to the client reach the program", func(t *testing.T) {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1} {
+			cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n3", "--", "sleep", "100")
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 10*time.Second, "started", func() (bool, string) {
+				return strings.Contains(stderr.String(), "runs on n3"), stderr.String()
+			})
+			cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != sig {
+				t.Fatalf("after %v the client ended with %v", sig, err)
+			}
+		}
+	})
+
+	t.Run("a killed client takes its program with it", func(t *testing.T) {
+		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "started", func() (bool, string) {
+			return strings.Contains(stderr.String(), "runs on n2"), stderr.String()
+		})
+		pid := pidOf(t, stderr.String())
+		cmd.Process.Kill()
+		cmd.Wait()
+		eventually(t, 10*time.Second, "the program on n2 is gone", func() (bool, string) {
+			return !alive(pid), fmt.Sprint("pid ", pid, " still runs")
+		})
+	})
+
+	t.Run("ps and kill work from any node", func(t *testing.T) {
+		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		cmd.Start()
+		eventually(t, 10*time.Second, "started", func() (bool, string) {
+			return strings.Contains(stderr.String(), "runs on n2"), stderr.String()
+		})
+		id := regexp.MustCompile(`n1\.[0-9]+`).FindString(stderr.String())
+		for _, n := range c.Nodes {
+			var procs []api.ProcInfo
+			if err := api.Call(context.Background(), n.Socket, api.OpPs, api.PsArgs{}, &procs); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, p := range procs {
+				if p.ID == id {
+					found = p.Node == "n2" && p.Home == "n1" && p.User == "root" && p.State == "running" && p.PID > 0 && p.Argv[0] == "sleep"
+				}
+			}
+			if !found {
+				t.Fatalf("ps on %s does not show %s running on n2: %s", n.Name, id, jsonString(procs))
+			}
+		}
+		r := runOn(t, c.Node("n3").Socket, nil, nil, "ps", id)
+		if r.code != 0 || !strings.Contains(r.stdout, "runs on    n2") {
+			t.Fatalf("ps ID: %s", r)
+		}
+		r = runOn(t, c.Node("n3").Socket, nil, nil, "kill", "-KILL", id)
+		if r.code != 0 {
+			t.Fatalf("kill from n3: %s", r)
+		}
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("after mosaic kill -KILL the client ended with %v", err)
+		}
+	})
+
+	t.Run("users see and signal only their own processes", func(t *testing.T) {
+		alice, bob := &userCred{1, 1}, nobody
+		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n3", "--", "sleep", "100")
+		cmd.SysProcAttr = alice.attr()
+		cmd.Dir = "/"
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		cmd.Start()
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		eventually(t, 10*time.Second, "started", func() (bool, string) {
+			return strings.Contains(stderr.String(), "runs on n3"), stderr.String()
+		})
+		id := regexp.MustCompile(`n1\.[0-9]+`).FindString(stderr.String())
+		if r := runOn(t, n1, nil, alice, "ps"); !strings.Contains(r.stdout, id) {
+			t.Fatalf("alice does not see her process: %s", r)
+		}
+		if r := runOn(t, c.Node("n2").Socket, nil, bob, "ps"); strings.Contains(r.stdout, id) {
+			t.Fatalf("bob sees alice's process: %s", r)
+		}
+		r := runOn(t, c.Node("n2").Socket, nil, bob, "kill", id)
+		if r.code == 0 || !strings.Contains(r.stderr, "belongs to another user") {
+			t.Fatalf("bob killing alice's process: %s", r)
+		}
+		r = runOn(t, n1, nil, bob, "ps", "--json", id)
+		if r.code == 0 {
+			t.Fatalf("bob reading alice's process in detail: %s", r)
+		}
+		if r := runOn(t, c.Node("n2").Socket, nil, alice, "kill", id); r.code != 0 {
+			t.Fatalf("alice killing her own process from n2: %s", r)
+		}
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		gone, _ := os.MkdirTemp("", "mosaic-gone-")
+		os.Remove(gone)
+		cases := []struct {
+			args []string
+			dir  string
+			code int
+			want string
+		}{
+			{[]string{"run"}, "", 125, "no program given"},
+			{[]string{"run", "--"}, "", 125, "no program given"},
+			{[]string{"run", "--on", "n9", "--", "true"}, "", 125, `node "n9" is not known`},
+			{[]string{"run", "--on", "n2", "--here", "--", "true"}, "", 125, "contradict"},
+			{[]string{"run", "--on", "n2", "--", "no-such-program-anywhere"}, "", 127, "no-such-program-anywhere: command not found (on node n2)"},
+			{[]string{"run", "--", "/no/such/program"}, "", 127, "no node could run /no/such/program"},
+			{[]string{"kill", "n1.999999"}, "", 1, "no process n1.999999"},
+			{[]string{"kill", "nonsense"}, "", 1, "is not a process ID"},
+			{[]string{"kill", "-NOPE", "n1.1"}, "", 1, "is not a signal"},
+			{[]string{"ps", "n2.424242"}, "", 1, "no process n2.424242"},
+		}
+		for _, tc := range cases {
+			r := runOn(t, n1, nil, nil, tc.args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("mosaic %v: want code %d and %q: %s", tc.args, tc.code, tc.want, r)
+			}
+		}
+		// A working directory that no node has.
+		cmd := exec.Command("sh", "-c", fmt.Sprintf("mkdir %s && cd %s && rmdir %s && %s --socket %s run -- true", gone, gone, gone, bin, n1))
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 126 || !strings.Contains(string(out), "does not exist here") {
+			t.Errorf("missing working directory: %v: %s", err, out)
+		}
+	})
+}
+
+// TestRunTerminal drives programs on a terminal: a real pseudo-terminal
+// plays the user's, with an interactive bash for job control.
+func TestRunTerminal(t *testing.T) {
+	c := startPublicCluster(t, 2)
+	n1 := c.Node("n1").Socket
+
+	t.Run("the program gets a terminal like the user's, and follows resizes", func(t *testing.T) {
+		term := newTerm(t, 30, 90, bin, "--socket", n1, "run", "--on", "n2", "--", "sh", "-c", `stty size; tty; stty -a | grep -o "icanon"; read x; stty size`)
+		term.expect("30 90")
+		term.expect("/dev/pts/")
+		term.expect("icanon")
+		term.resize(40, 100)
+		time.Sleep(300 * time.Millisecond)
+		term.send("\r")
+		term.expect("40 100")
+		if code := term.wait(); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+	})
+
+	t.Run("interactive python, line editing and Ctrl-C", func(t *testing.T) {
+		if _, err := exec.LookPath("python3"); err != nil {
+			t.Skip("needs python3")
+		}
+		term := newTerm(t, 24, 80, bin, "--socket", n1, "run", "--on", "n2", "--", "python3", "-q", "-i")
+		term.expect(">>> ")
+		term.send("6*7\r")
+		term.expect("42")
+		// Line editing: type a typo, erase it, finish the line.
+		term.send("1+2x\x7f\r")
+		term.expect("3")
+		term.send("import time; time.sleep(30)\r")
+		time.Sleep(500 * time.Millisecond)
+		term.send("\x03") // Ctrl-C
+		term.expect("KeyboardInterrupt")
+		term.send("exit(5)\r")
+		if code := term.wait(); code != 5 {
+			t.Fatalf("python exited %d, want 5", code)
+		}
+	})
+
+	t.Run("Ctrl-Z stops it, fg continues it", func(t *testing.T) {
+		term := newTerm(t, 24, 80, "bash", "--norc", "--noprofile", "-i")
+		term.send("PS1='$ '\r")
+		term.send(fmt.Sprintf("%s --socket %s run -v --on n2 -- sleep 100\r", bin, n1))
+		term.expect("runs on n2")
+		time.Sleep(300 * time.Millisecond)
+		id := regexp.MustCompile(`n1\.[0-9]+`).FindString(term.output())
+		term.send("\x1a") // Ctrl-Z
+		term.expect("Stopped")
+		eventually(t, 5*time.Second, "stopped on n2", func() (bool, string) {
+			p := psOne(t, n1, id)
+			return p.State == "stopped" && p.ProcState == "T", jsonString(p)
+		})
+		term.send("fg\r")
+		eventually(t, 5*time.Second, "running again", func() (bool, string) {
+			p := psOne(t, n1, id)
+			return p.State == "running" && p.ProcState == "S", jsonString(p)
+		})
+		term.send("\x03") // Ctrl-C
+		eventually(t, 5*time.Second, "the program is gone", func() (bool, string) {
+			var procs []api.ProcInfo
+			err := api.Call(context.Background(), n1, api.OpPs, api.PsArgs{}, &procs)
+			return err == nil && len(procs) == 0, jsonString(procs)
+		})
+		time.Sleep(200 * time.Millisecond) // the client restores the terminal and exits
+		term.send("echo status=$?\r")
+		term.expect("status=130")
+		term.send("exit\r")
+		term.wait()
+	})
+}
+
+func psOne(t *testing.T, sock, id string) api.ProcInfo {
+	t.Helper()
+	var procs []api.ProcInfo
+	if err := api.Call(context.Background(), sock, api.OpPs, api.PsArgs{ID: id}, &procs); err != nil || len(procs) != 1 {
+		t.Fatalf("ps %s: %v %v", id, procs, err)
+	}
+	return procs[0]
+}
+
+// term is a program running on a pseudo-terminal that the test types into.
+type term struct {
+	t    *testing.T
+	m    *os.File
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	seen int
+	done chan struct{}
+}
+
+func newTerm(t *testing.T, rows, cols uint16, argv ...string) *term {
+	t.Helper()
+	m, s, err := pty.Open(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pty.SetSize(int(m.Fd()), rows, cols)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	cmd.Env = append(os.Environ(), "TERM=xterm")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	tm := &term{t: t, m: m, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		defer close(tm.done)
+		r := bufio.NewReader(m)
+		buf := make([]byte, 4096)
+		for {
+			n, err := r.Read(buf)
+			tm.mu.Lock()
+			tm.out.Write(buf[:n])
+			tm.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		m.Close()
+		<-tm.done
+	})
+	return tm
+}
+
+func (tm *term) output() string {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return tm.out.String()
+}
+
+func (tm *term) send(s string) {
+	tm.t.Helper()
+	if _, err := tm.m.WriteString(s); err != nil {
+		tm.t.Fatal(err)
+	}
+}
+
+// expect waits for want to appear after what earlier expects consumed.
+func (tm *term) expect(want string) {
+	tm.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		tm.mu.Lock()
+		rest := tm.out.String()[tm.seen:]
+		if i := strings.Index(rest, want); i >= 0 {
+			tm.seen += i + len(want)
+			tm.mu.Unlock()
+			return
+		}
+		tm.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	tm.t.Fatalf("terminal never showed %q; it shows:\n%s", want, tm.output())
+}
+
+func (tm *term) resize(rows, cols uint16) {
+	pty.SetSize(int(tm.m.Fd()), rows, cols)
+	// The kernel signals the terminal's foreground group (the client).
+}
+
+func (tm *term) wait() int {
+	tm.t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- tm.cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		return 0
+	case <-time.After(30 * time.Second):
+		tm.t.Fatalf("program on the terminal did not end; it shows:\n%s", tm.output())
+		return -1
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func pidOf(t *testing.T, verbose string) int {
+	t.Helper()
+	m := regexp.MustCompile(`\(pid ([0-9]+) there\)`).FindStringSubmatch(verbose)
+	if m == nil {
+		t.Fatalf("no pid in %q", verbose)
+	}
+	var pid int
+	fmt.Sscan(m[1], &pid)
+	return pid
+}
+
+// alive reports whether a process exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(b), ") Z ")
+}
+
+var _ = filepath.Join

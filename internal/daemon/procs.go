@@ -1,0 +1,379 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/executor"
+	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/policy"
+)
+
+// This file connects the process machinery (internal/home, the home side;
+// internal/executor, the running side) to the daemon: the local API
+// operations run, ps and kill, the peer RPCs that carry them between nodes,
+// and placement from the gossiped view.
+
+// execServer serves Exec.Run: a home opens one stream per process.
+type execServer struct {
+	peerpb.UnimplementedExecServer
+	d *Daemon
+}
+
+func (s execServer) Run(stream grpc.BidiStreamingServer[peerpb.ExecIn, peerpb.ExecOut]) error {
+	return s.d.exec.Serve(peerName(stream.Context()), stream)
+}
+
+// connect opens the stream of a new process to node's executor.
+func (d *Daemon) connect(ctx context.Context, node string) (executor.Conn, error) {
+	if node == d.node.Name {
+		return d.exec.Local(ctx, d.node.Name), nil
+	}
+	m, ok := d.peer(node)
+	if !ok {
+		return nil, fmt.Errorf("node %s is not known", node)
+	}
+	conn, err := d.pool.conn(node, m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	return peerpb.NewExecClient(conn).Run(ctx)
+}
+
+// checkNode says why a process cannot be sent to a node the user named.
+func (d *Daemon) checkNode(name string) error {
+	m, ok := d.peer(name)
+	if !ok {
+		var names []string
+		for _, m := range d.members() {
+			names = append(names, m.Name)
+		}
+		return fmt.Errorf("node %q is not known: the cluster has %s", name, strings.Join(names, ", "))
+	}
+	if m.State != peerpb.State_ALIVE {
+		return fmt.Errorf("node %q is %s: choose another with --on, or omit --on", name, stateName(m.State))
+	}
+	return nil
+}
+
+// placements remembers where this node recently sent processes, so that
+// placement counts them until the gossiped load can show them.
+type placements struct {
+	mu    sync.Mutex
+	times map[string][]time.Time
+}
+
+// keepPlacements is how long a placement is remembered; load reports
+// older than that are not used for placement anyway.
+const keepPlacements = time.Minute
+
+func (p *placements) add(node string, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.times == nil {
+		p.times = map[string][]time.Time{}
+	}
+	p.times[node] = append(p.times[node], now)
+}
+
+// since counts placements on node after t, forgetting old ones.
+func (p *placements) since(node string, t, now time.Time) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ts := slices.DeleteFunc(p.times[node], func(x time.Time) bool { return now.Sub(x) > keepPlacements })
+	if len(ts) == 0 {
+		delete(p.times, node)
+		return 0
+	}
+	p.times[node] = ts
+	n := 0
+	for _, x := range ts {
+		if x.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// place ranks the alive nodes for a new process (policy.Place on the
+// gossiped view).
+func (d *Daemon) place() []string {
+	now := time.Now()
+	d.mu.Lock()
+	members := d.core.Members()
+	loads := d.core.Loads(now)
+	self := d.self
+	d.mu.Unlock()
+	byNode := map[string]*peerpb.LoadReport{}
+	ages := map[string]time.Duration{}
+	for _, l := range loads {
+		byNode[l.Report.GetNode()] = l.Report
+		ages[l.Report.GetNode()] = l.Age
+	}
+	var nodes []policy.Node
+	for _, m := range members {
+		if m.State != peerpb.State_ALIVE {
+			continue
+		}
+		n := policy.Node{Name: m.Name, Capacity: m.Meta.GetCapacity(), Speed: m.Meta.GetSpeed(), Self: m.Name == d.node.Name}
+		if n.Capacity <= 0 {
+			n.Capacity = float64(m.Meta.GetCores())
+		}
+		if r, ok := byNode[m.Name]; ok {
+			n.HasLoad, n.Load, n.FreeMem, n.Age = true, r.GetLoad(), r.GetFreeMem(), ages[m.Name]
+		}
+		if n.Self {
+			n.HasLoad, n.Load, n.FreeMem, n.Age = true, self.export, self.memFree, 0
+		}
+		// A report shows the processes that ran during the period it
+		// averages (one interval) before it was measured.
+		measured := now.Add(-n.Age - d.cfg.Interval)
+		n.Pending = d.placed.since(m.Name, measured, now)
+		nodes = append(nodes, n)
+	}
+	var out []string
+	for _, c := range policy.Place(nodes, policy.Request{}) {
+		out = append(out, c.Node)
+	}
+	return out
+}
+
+func (d *Daemon) members() []gossipMember {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []gossipMember
+	for _, m := range d.core.Members() {
+		out = append(out, gossipMember{Name: m.Name, Addr: m.Addr, State: m.State})
+	}
+	return out
+}
+
+type gossipMember struct {
+	Name, Addr string
+	State      peerpb.State
+}
+
+func (d *Daemon) peer(name string) (gossipMember, bool) {
+	for _, m := range d.members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return gossipMember{}, false
+}
+
+func (d *Daemon) opRun(ctx context.Context, c api.Caller, args json.RawMessage, conn *api.Conn) (any, error) {
+	fds := conn.TakeFDs()
+	var a api.RunArgs
+	if err := decode(args, &a); err != nil {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+		return nil, err
+	}
+	d.home.Run(ctx, c, a, conn, fds)
+	return nil, nil // the run wrote its own frames
+}
+
+// listProcs is this node's part of `mosaic ps`: what it is home of and
+// what it runs.
+func (d *Daemon) listProcs(uid uint32, all bool) []*peerpb.ProcInfo {
+	return append(d.home.List(uid, all), d.exec.List(uid, all)...)
+}
+
+func (d *Daemon) opPs(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.PsArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	all := c.IsRoot()
+	if a.All && !all {
+		return nil, errors.New("permission denied: only root may list every user's processes")
+	}
+	if a.ID != "" {
+		if _, err := parseID(a.ID); err != nil {
+			return nil, err
+		}
+	}
+	entries := d.listProcs(c.UID, all)
+	// Ask every other live node, at once.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range d.members() {
+		if m.Name == d.node.Name || m.State != peerpb.State_ALIVE {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := d.pool.conn(m.Name, m.Addr)
+			if err != nil {
+				return
+			}
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			resp, err := peerpb.NewPeerClient(conn).ListProcs(cctx, &peerpb.ListProcsRequest{Uid: c.UID, All: all})
+			if err != nil {
+				d.log.Debug("list processes", "node", m.Name, "err", err)
+				return
+			}
+			mu.Lock()
+			entries = append(entries, resp.Procs...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	procs := mergeProcs(entries, time.Now())
+	if a.ID != "" {
+		for _, p := range procs {
+			if p.ID == a.ID {
+				return []api.ProcInfo{p}, nil
+			}
+		}
+		return nil, fmt.Errorf("no process %s among yours: `mosaic ps` lists them", a.ID)
+	}
+	return procs, nil
+}
+
+// mergeProcs joins what homes and running nodes say of each process: the
+// home knows who and what, the running node how it is doing.
+func mergeProcs(entries []*peerpb.ProcInfo, now time.Time) []api.ProcInfo {
+	byID := map[string]*api.ProcInfo{}
+	var order []string
+	get := func(id string) *api.ProcInfo {
+		p := byID[id]
+		if p == nil {
+			p = &api.ProcInfo{ID: id}
+			byID[id] = p
+			order = append(order, id)
+		}
+		return p
+	}
+	for _, e := range entries {
+		p := get(e.Id)
+		if e.FromHome {
+			p.UID, p.User, p.Argv, p.Cwd, p.Tty = e.Uid, e.User, e.Argv, e.Cwd, e.Tty
+			p.Home, p.Started, p.State = homeOf(e.Id), time.UnixMilli(e.StartedUnixMs), e.State
+			if p.Node == "" {
+				p.Node, p.PID = e.Node, int(e.Pid)
+			}
+			continue
+		}
+		// The running node's view: measured, authoritative for where and how.
+		p.Node, p.PID, p.CPUSeconds, p.RSS, p.ProcState = e.Node, int(e.Pid), e.CpuSeconds, e.Rss, e.ProcState
+		if p.User == "" { // the home did not answer (yet)
+			p.UID, p.User, p.Argv, p.Cwd, p.Tty, p.Home = e.Uid, e.User, e.Argv, e.Cwd, e.Tty, e.Home
+			p.Started, p.State = time.UnixMilli(e.StartedUnixMs), e.State
+		}
+		if e.State == "stopped" {
+			p.State = "stopped"
+		}
+	}
+	out := make([]api.ProcInfo, 0, len(order))
+	for _, id := range order {
+		p := byID[id]
+		if el := now.Sub(p.Started).Seconds(); el > 0 {
+			p.CPUPercent = 100 * p.CPUSeconds / el
+		}
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b api.ProcInfo) int {
+		if c := strings.Compare(a.Home, b.Home); c != 0 {
+			return c
+		}
+		return cmpIDNum(a.ID, b.ID)
+	})
+	return out
+}
+
+var idRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?)\.([0-9]+)$`)
+
+// parseID checks a process ID (home.number) and returns its home.
+func parseID(id string) (string, error) {
+	m := idRE.FindStringSubmatch(id)
+	if m == nil {
+		return "", fmt.Errorf("%q is not a process ID: IDs look like n1.4121 (node, dot, number); `mosaic ps` lists them", id)
+	}
+	return m[1], nil
+}
+
+func homeOf(id string) string {
+	h, _ := parseID(id)
+	return h
+}
+
+func cmpIDNum(a, b string) int {
+	na, nb := a[strings.LastIndexByte(a, '.')+1:], b[strings.LastIndexByte(b, '.')+1:]
+	if len(na) != len(nb) {
+		return len(na) - len(nb)
+	}
+	return strings.Compare(na, nb)
+}
+
+func (d *Daemon) opKill(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.KillArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	home, err := parseID(a.ID)
+	if err != nil {
+		return nil, err
+	}
+	if a.Signal < 0 || a.Signal > 64 {
+		return nil, fmt.Errorf("signal %d is not a signal number (1 to 64)", a.Signal)
+	}
+	if home == d.node.Name {
+		if err := d.home.Signal(a.ID, syscall.Signal(a.Signal), c.UID); err != nil {
+			return nil, err
+		}
+		return map[string]string{"signalled": a.ID}, nil
+	}
+	m, ok := d.peer(home)
+	if !ok {
+		return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
+	}
+	if m.State != peerpb.State_ALIVE {
+		return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
+	}
+	conn, err := d.pool.conn(m.Name, m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = peerpb.NewPeerClient(conn).Signal(cctx, &peerpb.SignalRequest{Id: a.ID, Signal: int32(a.Signal), Uid: c.UID})
+	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
+			return nil, errors.New(st.Message())
+		}
+		return nil, fmt.Errorf("signal %s through its home %s: %w", a.ID, home, err)
+	}
+	return map[string]string{"signalled": a.ID}, nil
+}
+
+// ListProcs and Signal of the Peer service: a caller node asks on behalf of
+// one of its users, whose uid its kernel told it (nodes trust each other's
+// word on their own users, as they trust each other's certificates).
+func (s gossipServer) ListProcs(ctx context.Context, req *peerpb.ListProcsRequest) (*peerpb.ListProcsResponse, error) {
+	return &peerpb.ListProcsResponse{Procs: s.d.listProcs(req.Uid, req.All)}, nil
+}
+
+func (s gossipServer) Signal(ctx context.Context, req *peerpb.SignalRequest) (*peerpb.Empty, error) {
+	if err := s.d.home.Signal(req.Id, syscall.Signal(req.Signal), req.Uid); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerpb.Empty{}, nil
+}

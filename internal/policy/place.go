@@ -1,0 +1,101 @@
+// Package policy decides where processes run. It is pure: it takes a view
+// of the cluster (what gossip says of each node, what this node knows of
+// its own recent decisions) and returns decisions, with no clock, socket
+// or state of its own, so that the daemon and the simulator run the same
+// code.
+package policy
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// Node is what placement knows of one candidate node.
+type Node struct {
+	Name     string
+	Load     float64       // runnable processes per reference core (MOSIX load, as gossiped)
+	Capacity float64       // cores' worth of CPU the node offers (its quota, or its cores)
+	Speed    float64       // per-core speed relative to the reference
+	FreeMem  uint64        // bytes free for new processes; 0 with HasLoad unset = unknown
+	HasLoad  bool          // Load and FreeMem are known
+	Age      time.Duration // how old the load information is
+	// Pending is the number of processes this node placed there that the
+	// load information cannot show yet (placed after it was measured).
+	Pending int
+	Self    bool
+}
+
+// Request is what is known of the process to place.
+type Request struct {
+	Mem uint64 // bytes it will need; 0 = unknown
+}
+
+// Choice is a candidate node with the load it would have with the process.
+type Choice struct {
+	Node         string
+	ExpectedLoad float64
+}
+
+// Place ranks the nodes for a new process, best first: the least expected
+// load after the process is added (its share of the node's capacity, as
+// MOSIX counts a process's load on a node), among the nodes with the memory
+// it needs. Nodes whose load is unknown come last; ties go to this node
+// (no remote start), then to fresher information, then by name.
+func Place(nodes []Node, req Request) []Choice {
+	type scored struct {
+		Node
+		expected float64
+	}
+	var cands []scored
+	for _, n := range nodes {
+		if req.Mem > 0 && n.HasLoad && n.FreeMem < req.Mem {
+			continue
+		}
+		unit := unitLoad(n)
+		expected := n.Load + float64(n.Pending+1)*unit
+		cands = append(cands, scored{n, expected})
+	}
+	slices.SortStableFunc(cands, func(a, b scored) int {
+		if a.HasLoad != b.HasLoad {
+			if a.HasLoad {
+				return -1
+			}
+			return 1
+		}
+		if c := cmp.Compare(round(a.expected), round(b.expected)); c != 0 {
+			return c
+		}
+		if a.Self != b.Self {
+			if a.Self {
+				return -1
+			}
+			return 1
+		}
+		if c := cmp.Compare(a.Age, b.Age); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Name, b.Name)
+	})
+	out := make([]Choice, len(cands))
+	for i, c := range cands {
+		out[i] = Choice{Node: c.Name, ExpectedLoad: c.expected}
+	}
+	return out
+}
+
+// unitLoad is the load one more CPU-bound process adds to a node.
+func unitLoad(n Node) float64 {
+	capacity, speed := n.Capacity, n.Speed
+	if capacity <= 0 {
+		capacity = 1
+	}
+	if speed <= 0 {
+		speed = 1
+	}
+	return 1 / (capacity * speed)
+}
+
+// round compares loads to two decimals: gossip reports are noisy and
+// smaller differences should not outweigh locality.
+func round(x float64) int64 { return int64(x*100 + 0.5) }

@@ -1,0 +1,338 @@
+// Package spawn starts the processes a node runs for mosaic: as their user,
+// in the node's cgroup, with their umask and resource limits, from the first
+// instruction on.
+//
+// Go cannot run code of ours between fork and exec, and a re-executed
+// helper would cost milliseconds of Go start-up on every run. So the
+// Spawner keeps one OS thread for all its work: the thread sits in the
+// node's cgroup (a child forked by it starts there); the umask is set
+// around the fork (it is per process, and the Spawner is the only code of
+// the daemon that changes it); and resource limits are applied while the
+// new program is stopped at its first instruction (PTRACE_TRACEME makes
+// exec stop it; the Spawner sets the limits with prlimit and detaches).
+package spawn
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Rlimit is one resource limit.
+type Rlimit struct {
+	Resource int
+	Cur, Max uint64
+}
+
+// Spec is a process to start.
+type Spec struct {
+	Argv    []string // Argv[0] is resolved with the PATH of Env
+	Env     []string
+	Dir     string
+	UID     uint32
+	GID     uint32
+	Groups  []uint32
+	Umask   uint32
+	Rlimits []Rlimit
+	// Files become the child's descriptors 0, 1, 2, ...
+	Files []*os.File
+	// Terminal: the child starts a session whose controlling terminal is
+	// Files[0]. Otherwise it leads a process group of its own.
+	Terminal bool
+}
+
+// Kind classifies why a process did not start.
+type Kind int
+
+const (
+	Other         Kind = iota
+	NotFound           // no such program on this node
+	NotExecutable      // the user may not run it
+	NoDir              // no such working directory on this node
+)
+
+// Error is a failure to start, classified.
+type Error struct {
+	Kind Kind
+	Err  error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Spawner starts processes from one dedicated OS thread.
+type Spawner struct {
+	reqs chan request
+	done chan struct{}
+
+	once  sync.Once
+	begun chan struct{} // closed once a thread other than the main one serves
+}
+
+func (s *Spawner) started() chan struct{} {
+	s.once.Do(func() { s.begun = make(chan struct{}) })
+	return s.begun
+}
+
+func (s *Spawner) markStarted() { close(s.started()) }
+
+type request struct {
+	spec  Spec
+	reply chan result
+}
+
+type result struct {
+	p   *os.Process
+	err error
+}
+
+// New starts a Spawner. place, if not nil, is called once on the
+// Spawner's thread with its thread id, to move it into a cgroup.
+func New(place func(tid int) error) (*Spawner, error) {
+	s := &Spawner{reqs: make(chan request), done: make(chan struct{})}
+	ready := make(chan error)
+	go s.loop(place, ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Spawner) loop(place func(int) error, ready chan<- error) {
+	// The thread stays locked until the Spawner closes: it is the parent
+	// of every process it started and their tracer while they stop at
+	// exec.
+	runtime.LockOSThread()
+	if unix.Gettid() == os.Getpid() {
+		// This is the main thread, whose cgroup decides where the whole
+		// process's memory is charged. Hold it while another goroutine
+		// (necessarily on another thread) becomes the Spawner.
+		go s.loop(place, ready)
+		<-s.started()
+		runtime.UnlockOSThread()
+		return
+	}
+	if place != nil {
+		if err := place(unix.Gettid()); err != nil {
+			ready <- fmt.Errorf("place the spawning thread: %w", err)
+			// Let the thread die rather than return it to the scheduler
+			// in the wrong cgroup.
+			return
+		}
+	}
+	s.markStarted()
+	defer close(s.done)
+	ready <- nil
+	for r := range s.reqs {
+		p, err := start(r.spec)
+		r.reply <- result{p, err}
+	}
+	// Returning while locked ends the thread (and takes it out of the
+	// cgroup).
+}
+
+// Start starts a process and returns once it runs the program, with its
+// limits in place.
+func (s *Spawner) Start(spec Spec) (*os.Process, error) {
+	r := request{spec: spec, reply: make(chan result, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.done:
+		return nil, errors.New("the node is shutting down")
+	}
+	res := <-r.reply
+	return res.p, res.err
+}
+
+// Close stops the Spawner. Processes it started go on running; they are
+// killed (PDEATHSIG) if the daemon's process dies.
+func (s *Spawner) Close() {
+	close(s.reqs)
+	<-s.done
+}
+
+func start(spec Spec) (*os.Process, error) {
+	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
+		return nil, &Error{Other, errors.New("no program given")}
+	}
+	if st, err := os.Stat(spec.Dir); err != nil || !st.IsDir() {
+		return nil, &Error{NoDir, fmt.Errorf("working directory %s does not exist here", spec.Dir)}
+	}
+	path, err := LookPath(spec.Argv[0], envPath(spec.Env), spec.Dir)
+	if err != nil {
+		return nil, err
+	}
+	groups := make([]uint32, len(spec.Groups))
+	copy(groups, spec.Groups)
+	attr := &os.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   spec.Env,
+		Files: spec.Files,
+		Sys: &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups},
+			Pdeathsig:  syscall.SIGKILL,
+			Ptrace:     len(spec.Rlimits) > 0,
+		},
+	}
+	if spec.Terminal {
+		attr.Sys.Setsid, attr.Sys.Setctty, attr.Sys.Ctty = true, true, 0
+	} else {
+		attr.Sys.Setpgid = true
+	}
+	old := syscall.Umask(int(spec.Umask & 0o777))
+	p, err := os.StartProcess(path, spec.Argv, attr)
+	syscall.Umask(old)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, &Error{NotExecutable, fmt.Errorf("%s: permission denied (to run it, or to enter %s)", spec.Argv[0], spec.Dir)}
+		}
+		return nil, &Error{Other, fmt.Errorf("start %s: %w", spec.Argv[0], err)}
+	}
+	if attr.Sys.Ptrace {
+		if err := applyLimits(p.Pid, spec.UID, spec.GID, spec.Rlimits); err != nil {
+			p.Kill()
+			var ws syscall.WaitStatus
+			syscall.Wait4(p.Pid, &ws, 0, nil)
+			p.Release()
+			return nil, &Error{Other, err}
+		}
+	}
+	return p, nil
+}
+
+// applyLimits sets the limits of a child stopped at its exec, then lets it
+// run. It runs on the thread that forked the child (its tracer).
+//
+// prlimit on another user's process needs CAP_SYS_RESOURCE, which root
+// lacks in some containers; it is also allowed when the caller's real
+// user and group IDs are the target's. So the thread (only this thread:
+// raw setresuid/setresgid, not Go's process-wide wrappers) takes the user's
+// real IDs for the call, keeping its effective root, and gives them back.
+func applyLimits(pid int, uid, gid uint32, limits []Rlimit) error {
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, syscall.WALL, nil); err != nil {
+		return fmt.Errorf("wait for the new process to stop at exec: %w", err)
+	}
+	if !ws.Stopped() {
+		return fmt.Errorf("the new process did not stop at exec (%v)", ws)
+	}
+	var errs []error
+	if err := setThreadRealIDs(uid, gid); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, l := range limits {
+			if err := setLimit(pid, l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := setThreadRealIDs(0, 0); err != nil {
+			// The thread must not go on with another user's IDs.
+			panic(fmt.Sprintf("spawn: cannot restore the spawning thread's IDs: %v", err))
+		}
+	}
+	if err := syscall.PtraceDetach(pid); err != nil {
+		errs = append(errs, fmt.Errorf("let the new process run: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// setLimit applies one limit. A hard limit above what the process has
+// cannot be granted without CAP_SYS_RESOURCE: it keeps the one it has.
+func setLimit(pid int, l Rlimit) error {
+	var cur unix.Rlimit
+	if err := unix.Prlimit(pid, l.Resource, nil, &cur); err != nil {
+		return fmt.Errorf("read limit %d: %w", l.Resource, err)
+	}
+	lim := unix.Rlimit{Cur: l.Cur, Max: min(l.Max, cur.Max)}
+	lim.Cur = min(lim.Cur, lim.Max)
+	if lim == cur {
+		return nil
+	}
+	if err := unix.Prlimit(pid, l.Resource, &lim, nil); err != nil {
+		return fmt.Errorf("set limit %d to %d/%d: %w", l.Resource, lim.Cur, lim.Max, err)
+	}
+	return nil
+}
+
+// setThreadRealIDs sets the calling thread's real user and group IDs,
+// keeping its effective and saved ones.
+func setThreadRealIDs(uid, gid uint32) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESGID, uintptr(gid), ^uintptr(0), ^uintptr(0)); e != 0 {
+		return fmt.Errorf("set the spawning thread's real group: %w", e)
+	}
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, uintptr(uid), ^uintptr(0), ^uintptr(0)); e != 0 {
+		return fmt.Errorf("set the spawning thread's real user: %w", e)
+	}
+	return nil
+}
+
+func envPath(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], "PATH="); ok {
+			return v
+		}
+	}
+	return "/usr/local/bin:/usr/bin:/bin"
+}
+
+// LookPath finds a program as a shell of the user would: a name with a
+// slash is taken as it is (relative to dir), others are searched in path.
+func LookPath(name, path, dir string) (string, error) {
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		if err := executable(p); err != nil {
+			return "", classify(name, err)
+		}
+		return p, nil
+	}
+	var firstErr error
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, name)
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		err := executable(p)
+		if err == nil {
+			return p, nil
+		}
+		if firstErr == nil && !errors.Is(err, fs.ErrNotExist) {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return "", classify(name, firstErr)
+	}
+	return "", &Error{NotFound, fmt.Errorf("%s: command not found", name)}
+}
+
+func executable(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return fs.ErrPermission
+	}
+	return nil
+}
+
+func classify(name string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Error{NotFound, fmt.Errorf("%s: no such file", name)}
+	}
+	return &Error{NotExecutable, fmt.Errorf("%s: not an executable file", name)}
+}

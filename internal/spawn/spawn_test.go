@@ -1,0 +1,230 @@
+package spawn
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/cgroup"
+	"github.com/mosaic-cluster/mosaic/internal/pty"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: starts processes as another user")
+	}
+}
+
+func wait(t *testing.T, p *os.Process) syscall.WaitStatus {
+	t.Helper()
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(p.Pid, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.Release()
+	return ws
+}
+
+// run starts spec with a pipe as stdout and stderr and returns the output.
+func run(t *testing.T, s *Spawner, spec Spec) (string, syscall.WaitStatus) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	devnull, _ := os.Open(os.DevNull)
+	defer devnull.Close()
+	spec.Files = []*os.File{devnull, w, w}
+	p, err := s.Start(spec)
+	w.Close()
+	if err != nil {
+		r.Close()
+		t.Fatalf("Start: %v", err)
+	}
+	out, _ := io.ReadAll(r)
+	r.Close()
+	return string(out), wait(t, p)
+}
+
+func TestStartAsUserWithLimitsAndUmask(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir, err := os.MkdirTemp("", "mosaic-spawn-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	out, ws := run(t, s, Spec{
+		Argv: []string{"sh", "-c", `umask; ulimit -Sn; ulimit -Hn; id -u; id -g; id -G; pwd; echo "$GREETING"; exit 3`},
+		Env:  []string{"PATH=/usr/bin:/bin", "GREETING=hello"},
+		Dir:  dir, UID: 65534, GID: 65534, Groups: []uint32{65534, 100},
+		Umask:   0o027,
+		Rlimits: []Rlimit{{Resource: unix.RLIMIT_NOFILE, Cur: 100, Max: 200}},
+	})
+	want := fmt.Sprintf("0027\n100\n200\n65534\n65534\n65534 100\n%s\nhello\n", dir)
+	if out != want {
+		t.Fatalf("output:\n%q\nwant:\n%q", out, want)
+	}
+	if ws.ExitStatus() != 3 {
+		t.Fatalf("exit status %v, want 3", ws)
+	}
+}
+
+func TestStartFailures(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "data")
+	os.WriteFile(notExec, []byte("x"), 0o644)
+	cases := []struct {
+		spec Spec
+		kind Kind
+		want string
+	}{
+		{Spec{Argv: []string{"no-such-program-here"}, Dir: dir}, NotFound, "command not found"},
+		{Spec{Argv: []string{"/no/such/program"}, Dir: dir}, NotFound, "no such file"},
+		{Spec{Argv: []string{notExec}, Dir: dir}, NotExecutable, "not an executable"},
+		{Spec{Argv: []string{"true"}, Dir: filepath.Join(dir, "gone")}, NoDir, "does not exist here"},
+		{Spec{Argv: nil, Dir: dir}, Other, "no program"},
+	}
+	for _, c := range cases {
+		c.spec.Env = []string{"PATH=/usr/bin:/bin"}
+		_, err := s.Start(c.spec)
+		var se *Error
+		if !errors.As(err, &se) || se.Kind != c.kind || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Start(%v in %s) = %v, want kind %d with %q", c.spec.Argv, c.spec.Dir, err, c.kind, c.want)
+		}
+	}
+}
+
+func TestStartsInTheThreadsCgroup(t *testing.T) {
+	needRoot(t)
+	if err := cgroup.Available(cgroup.DefaultRoot); err != nil {
+		t.Skipf("no cgroup v1: %v", err)
+	}
+	g, err := cgroup.Create(cgroup.DefaultRoot, fmt.Sprintf("mosaic-test-spawn-%d", os.Getpid()), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Destroy()
+	s, err := New(g.AddThread)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, _ := run(t, s, Spec{Argv: []string{"cat", "/proc/self/cgroup"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/"})
+	for _, ctl := range []string{"cpu", "memory"} {
+		if !strings.Contains(out, ":"+ctl+":/mosaic-test-spawn-") {
+			t.Errorf("child is not in the %s group:\n%s", ctl, out)
+		}
+	}
+	// The daemon itself stays where it was.
+	self, _ := os.ReadFile("/proc/self/cgroup")
+	if strings.Contains(string(self), "mosaic-test-spawn") {
+		t.Errorf("placing the spawning thread moved the whole process:\n%s", self)
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, sl, err := pty.Open(65534, 65534)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := pty.SetSize(int(m.Fd()), 33, 77); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Start(Spec{
+		Argv: []string{"sh", "-c", "stty size; tty; test -t 0 && echo isatty"}, Env: []string{"PATH=/bin:/usr/bin"},
+		Dir: "/", UID: 65534, GID: 65534, Files: []*os.File{sl, sl, sl}, Terminal: true,
+	})
+	sl.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(m) // EIO once the slave is closed everywhere
+	wait(t, p)
+	if !strings.Contains(string(out), "33 77") || !strings.Contains(string(out), "/dev/pts/") || !strings.Contains(string(out), "isatty") {
+		t.Fatalf("on a terminal the child saw:\n%s", out)
+	}
+}
+
+// TestChildrenDieWithTheDaemon starts a process from a Spawner in another
+// process (this test binary, re-executed), kills that process with
+// SIGKILL, and checks that the child died too: a daemon that crashes leaves
+// no process of a user behind.
+func TestChildrenDieWithTheDaemon(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SPAWN_TEST_DAEMON=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatalf("read the child's pid: %v", err)
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatalf("child %d is not running", pid)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		// It is a zombie until init reaps it; it is dead either way.
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z") {
+			break
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("child %d outlived the process that started it", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("SPAWN_TEST_DAEMON") != "" {
+		s, err := New(nil)
+		if err != nil {
+			os.Exit(2)
+		}
+		devnull, _ := os.Open(os.DevNull)
+		p, err := s.Start(Spec{Argv: []string{"sleep", "60"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", Files: []*os.File{devnull, devnull, devnull}})
+		if err != nil {
+			os.Exit(3)
+		}
+		fmt.Println(p.Pid)
+		time.Sleep(time.Hour)
+	}
+	os.Exit(m.Run())
+}
