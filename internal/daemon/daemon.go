@@ -105,9 +105,9 @@ type Daemon struct {
 	exec    *executor.Executor // runs processes here
 	home    *home.Home         // answers for the processes started here
 	placed  placements
-	probe load.Probe
-	speed float64
-	cores int
+	probe   load.Probe
+	speed   float64
+	cores   int
 
 	admitMu sync.Mutex // serializes admissions of new nodes
 

@@ -354,4 +354,3 @@ func (o *sender) send(m *peerpb.ExecOut) error {
 	o.err = o.s.Send(m)
 	return o.err
 }
-

@@ -33,7 +33,7 @@ func TestPlace(t *testing.T) {
 		{
 			name: "a process weighs more on a small node",
 			nodes: []Node{
-				{Name: "big", Load: 0.5, Capacity: 2, Speed: 1, HasLoad: true},   // 0.5 + 0.5
+				{Name: "big", Load: 0.5, Capacity: 2, Speed: 1, HasLoad: true},    // 0.5 + 0.5
 				{Name: "small", Load: 0, Capacity: 0.25, Speed: 1, HasLoad: true}, // 0 + 4
 			},
 			want: []string{"big", "small"},
