@@ -529,3 +529,183 @@ func alive(pid int) bool {
 }
 
 var _ = filepath.Join
+
+// TestRunFailures: what becomes of a process when the node running it, or
+// its home, fails.
+func TestRunFailures(t *testing.T) {
+	c := startPublicCluster(t, 3)
+	n1 := c.Node("n1").Socket
+
+	start := func(t *testing.T, sock, node string) (*exec.Cmd, *syncBuffer, string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, "--socket", sock, "run", "-v", "--on", node, "--", "sleep", "1000")
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "started", func() (bool, string) {
+			return strings.Contains(stderr.String(), "runs on "+node), stderr.String()
+		})
+		return cmd, &stderr, regexp.MustCompile(`n[0-9]+\.[0-9]+`).FindString(stderr.String()), pidOf(t, stderr.String())
+	}
+	exitOf := func(t *testing.T, cmd *exec.Cmd) int {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return ee.ExitCode()
+			}
+			return 0
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			t.Fatal("the client did not end")
+			return -1
+		}
+	}
+
+	t.Run("the running node dies: the process is lost, the client says so", func(t *testing.T) {
+		cmd, stderr, id, pid := start(t, n1, "n3")
+		if err := c.Kill("n3"); err != nil {
+			t.Fatal(err)
+		}
+		if code := exitOf(t, cmd); code != api.StatusLost || !strings.Contains(stderr.String(), "is lost: node n3, where it ran") {
+			t.Fatalf("client ended %d: %s", code, stderr.String())
+		}
+		if p := psOne(t, n1, id); p.State != "lost" {
+			t.Fatalf("ps shows %s as %s, want lost", id, p.State)
+		}
+		// The program died with its node's daemon, not orphaned.
+		eventually(t, 5*time.Second, "the program on n3 is gone", func() (bool, string) {
+			return !alive(pid), fmt.Sprint("pid ", pid, " runs")
+		})
+		if err := c.Restart("n3"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("the home dies: the process dies with it, no orphan", func(t *testing.T) {
+		cmd, stderr, _, pid := start(t, c.Node("n2").Socket, "n3")
+		if err := c.Kill("n2"); err != nil {
+			t.Fatal(err)
+		}
+		if code := exitOf(t, cmd); code != api.StatusLost || !strings.Contains(stderr.String(), "lost the connection to the node's daemon") {
+			t.Fatalf("client ended %d: %s", code, stderr.String())
+		}
+		eventually(t, 10*time.Second, "the program on n3 is gone", func() (bool, string) {
+			return !alive(pid), fmt.Sprint("pid ", pid, " runs")
+		})
+		if err := c.Restart("n2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a partition: each side gives up on the other", func(t *testing.T) {
+		cmd, stderr, _, pid := start(t, n1, "n3")
+		if err := c.Host("n3").SetLinkUp(false); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Host("n3").SetLinkUp(true)
+		// n1 declares n3 dead: the process is lost for its user...
+		if code := exitOf(t, cmd); code != api.StatusLost || !strings.Contains(stderr.String(), "is lost") {
+			t.Fatalf("client ended %d: %s", code, stderr.String())
+		}
+		// ...and n3, which declares its home dead, kills it.
+		eventually(t, 30*time.Second, "the program on n3 is gone", func() (bool, string) {
+			return !alive(pid), fmt.Sprint("pid ", pid, " runs")
+		})
+		c.Host("n3").SetLinkUp(true)
+		if err := c.WaitAlive(context.Background(), 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestManyRuns starts 200 programs at once from every node of a 4-node
+// cluster and checks every output and status, then that the daemons kept
+// no descriptor or process of theirs.
+func TestManyRuns(t *testing.T) {
+	c := startPublicCluster(t, 4)
+	fdsBefore := map[string]int{}
+	for _, n := range c.Nodes {
+		fdsBefore[n.Name] = countFDs(t, n.PID())
+	}
+	const runs = 200
+	type outcome struct {
+		i    int
+		r    runResult
+		node string
+	}
+	results := make(chan outcome, runs)
+	var wg sync.WaitGroup
+	for i := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			home := c.Nodes[i%len(c.Nodes)]
+			r := runOn(t, home.Socket, strings.NewReader(fmt.Sprintf("input-%d\n", i)), nil,
+				"run", "-v", "--", "sh", "-c", `read line; echo "$line from $1"; echo "err $1" >&2; exit $(($1 % 7))`, "sh", fmt.Sprint(i))
+			node := ""
+			if m := regexp.MustCompile(`runs on (n[0-9]+)`).FindStringSubmatch(r.stderr); m != nil {
+				node = m[1]
+			}
+			results <- outcome{i, r, node}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	where := map[string]int{}
+	for o := range results {
+		want := fmt.Sprintf("input-%d from %d\n", o.i, o.i)
+		if o.r.stdout != want || o.r.code != o.i%7 || !strings.Contains(o.r.stderr, fmt.Sprintf("err %d\n", o.i)) {
+			t.Errorf("run %d: want %q and exit %d: %s", o.i, want, o.i%7, o.r)
+		}
+		where[o.node]++
+	}
+	t.Logf("200 runs went to %v", where)
+	if len(where) < 2 {
+		t.Errorf("200 runs all went to one node: %v", where)
+	}
+	// Nothing left behind: no process in any node's group, no process in
+	// ps, the daemons' descriptors back to where they were.
+	clusterID := readClusterID(t, c)
+	eventually(t, 10*time.Second, "no process left", func() (bool, string) {
+		for _, n := range c.Nodes {
+			b, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu/mosaic", clusterID, n.Name, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if f != fmt.Sprint(n.PID()) {
+					return false, n.Name + " still runs pid " + f
+				}
+			}
+		}
+		var procs []api.ProcInfo
+		api.Call(context.Background(), c.Nodes[0].Socket, api.OpPs, api.PsArgs{}, &procs)
+		return len(procs) == 0, jsonString(procs)
+	})
+	eventually(t, 10*time.Second, "descriptors released", func() (bool, string) {
+		for _, n := range c.Nodes {
+			if now := countFDs(t, n.PID()); now > fdsBefore[n.Name]+3 {
+				return false, fmt.Sprintf("%s has %d descriptors open, %d before", n.Name, now, fdsBefore[n.Name])
+			}
+		}
+		return true, ""
+	})
+}
+
+func countFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

@@ -94,16 +94,22 @@ func runProgram(ctx context.Context, g *globals, f *runFlags, argv []string) int
 		devnull.Close()
 	}
 
-	events := make(chan api.RunEvent, 16)
-	readErr := make(chan error, 1)
+	// Events and the end of the connection come in one channel, in the
+	// order they happened: an exit followed by the daemon closing must read
+	// as an exit.
+	type eventOrEnd struct {
+		e   api.RunEvent
+		err error
+	}
+	events := make(chan eventOrEnd, 16)
 	go func() {
 		for {
 			var e api.RunEvent
-			if err := conn.ReadJSON(&e); err != nil {
-				readErr <- err
+			err := conn.ReadJSON(&e)
+			events <- eventOrEnd{e, err}
+			if err != nil {
 				return
 			}
-			events <- e
 		}
 	}()
 	ctl := func(c api.RunControl) { conn.WriteJSON(c) }
@@ -118,7 +124,16 @@ func runProgram(ctx context.Context, g *globals, f *runFlags, argv []string) int
 	defer poll.Stop()
 	for {
 		select {
-		case e := <-events:
+		case ev := <-events:
+			if err := ev.err; err != nil {
+				term.restore()
+				if ctx.Err() != nil {
+					return api.StatusLost
+				}
+				fmt.Fprintf(stderr, "mosaic: lost the connection to the node's daemon (%v): the program was killed with it\n", err)
+				return api.StatusLost
+			}
+			e := ev.e
 			switch {
 			case e.Started != nil:
 				if f.verbose {
@@ -146,13 +161,6 @@ func runProgram(ctx context.Context, g *globals, f *runFlags, argv []string) int
 				}
 				return e.Status
 			}
-		case err := <-readErr:
-			term.restore()
-			if ctx.Err() != nil {
-				return api.StatusLost
-			}
-			fmt.Fprintf(stderr, "mosaic: lost the connection to the node's daemon (%v): the program was killed with it\n", err)
-			return api.StatusLost
 		case s := <-sigs:
 			sig := s.(syscall.Signal)
 			switch sig {

@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,6 +123,54 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 }
 
+// runVia runs a program through the daemon at sock as a client would,
+// with pipes for its stdio, and returns its output and exit.
+func runVia(sock, on, input string, argv ...string) (string, api.RunExit, error) {
+	var files [3][2]*os.File
+	for i := range files {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return "", api.RunExit{}, err
+		}
+		files[i] = [2]*os.File{r, w}
+		defer r.Close()
+		defer w.Close()
+	}
+	conn, err := api.Dial(context.Background(), sock)
+	if err != nil {
+		return "", api.RunExit{}, err
+	}
+	defer conn.Close()
+	args := api.RunArgs{Argv: argv, Env: []string{"PATH=/usr/bin:/bin"}, Cwd: "/", On: on}
+	if err := conn.Send(api.OpRun, args, int(files[0][0].Fd()), int(files[1][1].Fd()), int(files[2][1].Fd())); err != nil {
+		return "", api.RunExit{}, err
+	}
+	files[0][0].Close()
+	files[1][1].Close()
+	files[2][1].Close()
+	go func() {
+		files[0][1].WriteString(input + "\n")
+		files[0][1].Close()
+	}()
+	outc := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(files[1][0])
+		outc <- string(b)
+	}()
+	for {
+		var e api.RunEvent
+		if err := conn.ReadJSON(&e); err != nil {
+			return "", api.RunExit{}, err
+		}
+		if e.Error != "" {
+			return "", api.RunExit{}, errors.New(e.Error)
+		}
+		if e.Exit != nil {
+			return <-outc, *e.Exit, nil
+		}
+	}
+}
+
 // TestThreeNodes runs three daemons in this process (so that the race
 // detector sees their goroutines): the second and third join with a token,
 // become store members, and all see each other alive and then left.
@@ -214,6 +265,22 @@ func TestThreeNodes(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	// Programs run on every node from every node, concurrently; their
+	// goroutines must be gone when the daemons stop (goleak, above).
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			home, on := nodes[i%3], nodes[(i+1)%3].name
+			out, exit, err := runVia(home.sock, on, fmt.Sprintf("in-%d", i), "sh", "-c", "read x; echo $x; exit 3")
+			if err != nil || out != fmt.Sprintf("in-%d\n", i) || exit.Code != 3 {
+				t.Errorf("run %d from %s on %s: %q %+v %v", i, home.name, on, out, exit, err)
+			}
+		}()
+	}
+	wg.Wait()
+
 	// n3 leaves; the others see it.
 	nodes[2].cancel()
 	if err := <-nodes[2].done; err != nil {

@@ -45,9 +45,13 @@ func (d *Daemon) logEvent(e gossip.Event) {
 	default:
 		d.log.Info("member "+stateName(e.New), "member", e.Name, "was", stateName(e.Old), "incarnation", e.Incarnation, "by", e.From)
 	}
+	if e.New == peerpb.State_ALIVE {
+		d.pool.revived(e.Name)
+	}
 	if e.New == peerpb.State_DEAD || e.New == peerpb.State_LEFT {
 		d.pool.forget(e.Name)
 		d.home.NodeDown(e.Name)
+		d.exec.HomeDown(e.Name)
 	}
 }
 

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
@@ -102,12 +104,52 @@ func (p *peerPool) conn(name, addr string) (*grpc.ClientConn, error) {
 	}
 	c, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(p.id.ClientConfig(name))),
+		// Peers come back (a restart takes about a second): retry soon
+		// rather than after gRPC's default of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		}),
 	)
 	if err != nil {
 		return nil, err
 	}
 	p.conns[k] = c
 	return c, nil
+}
+
+// revived is called when a node is alive again: a connection to it that
+// waits to retry is replaced by a fresh one, which dials at once. (Not
+// ClientConn.ResetConnectBackoff: in gRPC 1.85 it races with the balancer.)
+// A connection that works is kept: streams of processes may be on it.
+func (p *peerPool) revived(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, c := range p.conns {
+		if k.name == name && c.GetState() == connectivity.TransientFailure {
+			c.Close()
+			delete(p.conns, k)
+		}
+	}
+}
+
+// ready waits until conn is connected, for at most timeout: a stream
+// opened on a connection that is not ready fails at once with its last
+// error, while one that waits for readiness would wait for the stream's
+// whole life.
+func ready(ctx context.Context, conn *grpc.ClientConn, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn.Connect()
+	for {
+		st := conn.GetState()
+		if st == connectivity.Ready {
+			return nil
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return fmt.Errorf("no connection (%s) within %s", strings.ToLower(st.String()), timeout)
+		}
+	}
 }
 
 // forget closes and drops connections to a node (it changed address, or

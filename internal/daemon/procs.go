@@ -50,6 +50,9 @@ func (d *Daemon) connect(ctx context.Context, node string) (executor.Conn, error
 	if err != nil {
 		return nil, err
 	}
+	if err := ready(ctx, conn, 3*time.Second); err != nil {
+		return nil, fmt.Errorf("node %s: %w", node, err)
+	}
 	return peerpb.NewExecClient(conn).Run(ctx)
 }
 

@@ -265,6 +265,24 @@ func (e *Executor) remove(id string) {
 	e.wg.Done()
 }
 
+// HomeDown kills the processes whose home membership declared dead or
+// gone: nobody is left to answer for them (their streams may take much
+// longer to break, behind a partition).
+func (e *Executor) HomeDown(home string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, g := range e.procs {
+		if g.start.Home != home {
+			continue
+		}
+		if pid := g.livePID(); pid > 0 {
+			e.log.Info("home gone: killing its process", "id", id, "pid", pid, "home", home)
+			syscall.Kill(-pid, syscall.SIGKILL)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 // Close refuses new processes, kills the running ones and waits for them.
 func (e *Executor) Close() {
 	e.mu.Lock()
