@@ -8,7 +8,7 @@ export CGO_ENABLED ?= 1
 .PHONY: build demo test test-unit test-cluster lint clean
 
 build:
-	$(GO) build -o bin/mosaic ./cmd/mosaic
+	$(GO) build -o bin/ ./cmd/mosaic ./cmd/mosaicd
 
 demo: build
 	./demo/demo.sh
@@ -27,7 +27,7 @@ test-unit:
 	$(GO) test -race -count=1 ./...
 
 test-cluster: build
-	MOSAIC_BIN=$(CURDIR)/bin/mosaic $(GO) test -tags cluster -count=1 -timeout 20m -v ./e2e/ 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
+	MOSAIC_BIN_DIR=$(CURDIR)/bin $(GO) test -tags cluster -count=1 -timeout 20m -v ./e2e/ 2>&1 | tee e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:' ; exit $${PIPESTATUS[0]}
 
 clean:
 	rm -rf bin e2e.log

@@ -41,7 +41,7 @@ func startClusterIn(t *testing.T, dir string, n int, capacities ...float64) *up.
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: n, NetNS: true, Binary: bin, Capacities: capacities, Out: testWriter{t}})
+	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: n, NetNS: true, Binary: daemonBin, Capacities: capacities, Out: testWriter{t}})
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}

@@ -21,8 +21,9 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/api"
 )
 
-// bin is the mosaic binary under test, in a directory every user may read.
-var bin string
+// bin and daemonBin are the binaries under test (mosaic, mosaicd), in a
+// directory every user may read.
+var bin, daemonBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -40,18 +41,20 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
-	bin = filepath.Join(dir, "mosaic")
-	if pre := os.Getenv("MOSAIC_BIN"); pre != "" {
-		b, err := os.ReadFile(pre)
-		if err == nil {
-			err = os.WriteFile(bin, b, 0o755)
-		}
-		if err != nil {
-			fmt.Println("copy MOSAIC_BIN:", err)
-			return 1
+	bin, daemonBin = filepath.Join(dir, "mosaic"), filepath.Join(dir, "mosaicd")
+	if pre := os.Getenv("MOSAIC_BIN_DIR"); pre != "" {
+		for _, name := range []string{"mosaic", "mosaicd"} {
+			b, err := os.ReadFile(filepath.Join(pre, name))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, name), b, 0o755)
+			}
+			if err != nil {
+				fmt.Println("copy the binaries from MOSAIC_BIN_DIR:", err)
+				return 1
+			}
 		}
 	} else {
-		cmd := exec.Command("go", "build", "-o", bin, "../cmd/mosaic")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/mosaic", "../cmd/mosaicd")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Println("build mosaic:", err)

@@ -42,8 +42,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "A real local cluster at rest: daemon CPU, RSS, gossip traffic, age of load information (root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var err error
-			if l.Binary, err = rootAndSelf(); err != nil {
+			if _, err := rootAndSelf(); err != nil {
 				return err
 			}
 			return bench.Live(cmd.Context(), cmd.OutOrStdout(), l)
@@ -77,8 +76,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Time from SIGKILL of a daemon to dead at every node, and from restart to alive (root)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var err error
-			if f.Binary, err = rootAndSelf(); err != nil {
+			if _, err := rootAndSelf(); err != nil {
 				return err
 			}
 			return bench.Failure(cmd.Context(), cmd.OutOrStdout(), f)

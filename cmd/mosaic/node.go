@@ -2,19 +2,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"strings"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/cluster"
-	"github.com/mosaic-cluster/mosaic/internal/daemon"
-	"github.com/mosaic-cluster/mosaic/internal/netns"
+	"github.com/mosaic-cluster/mosaic/internal/up"
 )
 
 const defaultDir = "/var/lib/mosaic"
@@ -32,6 +30,12 @@ The node listens for its peers on IP:PORT and runs a member of the cluster
 store on the next two ports.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.Name == "" {
+				p.Name = cluster.DefaultName()
+			}
+			if p.Addr == "" {
+				p.Addr = cluster.DefaultAddr()
+			}
 			n, err := cluster.Init(p)
 			if err != nil {
 				return err
@@ -44,142 +48,37 @@ store on the next two ports.`,
 		},
 	}
 	cmd.Flags().StringVar(&p.Dir, "dir", defaultDir, "data directory to create")
-	cmd.Flags().StringVar(&p.Name, "name", defaultName(), "this node's name")
-	cmd.Flags().StringVar(&p.Addr, "listen", cluster.DefaultAddr(), "IP:PORT this node listens on for its peers")
+	cmd.Flags().StringVar(&p.Name, "name", "", "this node's name (default: the host name)")
+	cmd.Flags().StringVar(&p.Addr, "listen", "", "IP:PORT this node listens on for its peers (default: this machine's first address, port 7700)")
 	cmd.Flags().IntVar(&p.StoreSize, "store-size", cluster.DefaultStoreSize, "how many of the first nodes run a member of the cluster store (1, 3 or 5)")
 	return cmd
 }
 
-// defaultName is the host name, made a valid node name if possible.
-func defaultName() string {
-	h, err := os.Hostname()
-	if err != nil {
-		return "node1"
-	}
-	h = strings.ToLower(strings.SplitN(h, ".", 2)[0])
-	if cluster.CheckName(h) != nil {
-		return "node1"
-	}
-	return h
-}
-
-type nodeFlags struct {
-	cfg      daemon.Config
-	join     string
-	token    string
-	name     string
-	listen   string
-	memory   string
-	netns    string
-	logLevel string
-}
-
+// newNodeCmd runs the daemon: `mosaic node ARGS` is `mosaicd ARGS`. The
+// daemon is a binary of its own because it carries the embedded store,
+// whose packages take some 10 ms to initialize: every `mosaic run` would
+// pay them.
 func newNodeCmd(g *globals) *cobra.Command {
-	f := &nodeFlags{}
 	cmd := &cobra.Command{
-		Use:   "node [--dir DIR] [--join IP:PORT --token TOKEN]",
-		Short: "Run this machine's mosaic daemon (or: node leave, node remove)",
-		Long: `Run the daemon of a node in the foreground until it is told to leave
-(SIGINT, SIGTERM or 'mosaic node leave'), which it then does gracefully.
-
-A new machine joins with a token from 'mosaic token create':
-  mosaic node --dir DIR --join IP:PORT --token TOKEN [--name NAME] [--listen IP:PORT]
-It gets its certificate from the cluster and keeps it in DIR; from then on
-'mosaic node --dir DIR' starts it again and it rejoins by itself.
-
---capacity and --memory cap what the node offers, to emulate a smaller
-machine: its processes get a cgroup CPU quota of that many cores, and the
-node reports at most that much memory. --shared is for several nodes on one
-machine ('mosaic up' uses it): each node then counts only the processes in
-its own cgroup, not the machine's run queue.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return runNode(cmd, g, f) },
+		Use:   "node [--dir DIR] [--join IP:PORT --token TOKEN] [flags]",
+		Short: "Run this machine's mosaic daemon (mosaicd); or: node leave, node remove",
+		Long: `Run the daemon of a node (the mosaicd binary, installed beside mosaic) in
+the foreground until it is told to leave. 'mosaic node --help' shows the
+daemon's flags. The subcommands leave and remove act on a running cluster.`,
+		DisableFlagParsing: true, // the daemon's flags are the daemon's
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, err := up.DaemonBinary()
+			if err != nil {
+				return err
+			}
+			if g.socket != "" && !slices.Contains(args, "--socket") {
+				args = append(args, "--socket", g.socket)
+			}
+			return syscall.Exec(path, append([]string{"mosaicd"}, args...), os.Environ())
+		},
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.cfg.Dir, "dir", defaultDir, "data directory of this node")
-	fl.StringVar(&f.join, "join", "", "IP:PORT of a node of the cluster (to join, or as a first contact)")
-	fl.StringVar(&f.token, "token", "", "join token (only to join for the first time)")
-	fl.StringVar(&f.name, "name", defaultName(), "this node's name when joining")
-	fl.StringVar(&f.listen, "listen", cluster.DefaultAddr(), "IP:PORT to listen on when joining")
-	fl.Float64Var(&f.cfg.Capacity, "capacity", 0, "CPU the node's processes may use, in cores (0.5 = half a core); 0 = no cap")
-	fl.StringVar(&f.memory, "memory", "", "memory the node offers (e.g. 2GiB); default: the machine's")
-	fl.Float64Var(&f.cfg.Speed, "speed", 0, "per-core speed relative to the reference; default: measured at start")
-	fl.BoolVar(&f.cfg.Shared, "shared", false, "several nodes share this machine: count only this node's cgroup")
-	fl.DurationVar(&f.cfg.Interval, "interval", time.Second, "gossip period: each period the node sends its load window to one random node")
-	fl.IntVar(&f.cfg.Window, "window", 16, "load reports per gossip message (the MOSIX window)")
-	fl.StringVar(&f.netns, "netns", "", "run inside this network namespace (a path such as /run/netns/NAME)")
-	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(newLeaveCmd(g), newRemoveCmd(g))
 	return cmd
-}
-
-func runNode(cmd *cobra.Command, g *globals, f *nodeFlags) error {
-	if f.netns != "" {
-		// Re-execute inside the namespace, without the flag. ExecIn does
-		// not return on success.
-		argv := withoutFlag(os.Args, "--netns")
-		self, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		return netns.ExecIn(f.netns, self, argv, os.Environ())
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: use debug, info, warn or error", f.logLevel)
-	}
-	f.cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	f.cfg.Socket = g.sock()
-	if f.memory != "" {
-		m, err := parseBytes(f.memory)
-		if err != nil {
-			return fmt.Errorf("--memory: %w", err)
-		}
-		f.cfg.Memory = m
-	}
-	if f.cfg.Capacity < 0 {
-		return errors.New("--capacity must be positive (cores, e.g. 0.5)")
-	}
-	if f.cfg.Window < 2 {
-		return errors.New("--window must be at least 2")
-	}
-	if f.cfg.Interval < 10*time.Millisecond {
-		return errors.New("--interval must be at least 10ms")
-	}
-	ctx := cmd.Context()
-	_, err := os.Stat(f.cfg.Dir + "/" + cluster.ConfigFile)
-	if err == nil && f.token != "" {
-		f.cfg.Log.Info("this node has joined already; --token is not needed", "dir", f.cfg.Dir)
-	}
-	if err != nil && f.token != "" {
-		if f.join == "" {
-			return errors.New("--token needs --join IP:PORT (a node of the cluster)")
-		}
-		n, err := cluster.Join(ctx, cluster.JoinParams{Dir: f.cfg.Dir, Name: f.name, Addr: f.listen, Via: f.join, Token: f.token})
-		if err != nil {
-			return err
-		}
-		f.cfg.Log.Info("joined the cluster", "cluster", n.ClusterID, "node", n.Name, "via", f.join)
-	}
-	if f.join != "" {
-		f.cfg.Seeds = []string{f.join}
-	}
-	return daemon.Run(ctx, f.cfg)
-}
-
-// withoutFlag removes a flag and its value from an argument list.
-func withoutFlag(args []string, flag string) []string {
-	var out []string
-	for i := 0; i < len(args); i++ {
-		switch {
-		case args[i] == flag:
-			i++ // and its value
-		case strings.HasPrefix(args[i], flag+"="):
-		default:
-			out = append(out, args[i])
-		}
-	}
-	return out
 }
 
 func newLeaveCmd(g *globals) *cobra.Command {

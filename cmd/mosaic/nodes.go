@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
 )
 
 func newNodesCmd(g *globals) *cobra.Command {
@@ -61,7 +62,7 @@ func printNodes(out io.Writer, nodes []api.NodeInfo) error {
 		ld, free, procs, age := "-", "-", "-", "-"
 		if n.HasLoad {
 			ld = fmt.Sprintf("%.2f", n.Load)
-			free = humanBytes(n.MemFree) + "/" + humanBytes(n.MemTotal)
+			free = bytesize.Format(n.MemFree) + "/" + bytesize.Format(n.MemTotal)
 			procs = strconv.Itoa(int(n.Procs))
 			age = (time.Duration(n.AgeMs) * time.Millisecond).Round(100 * time.Millisecond).String()
 		}
@@ -105,7 +106,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(out, "store      %s (%s)\n", role, store)
 			fmt.Fprintf(out, "capacity   %s of %d, speed %.2f, shared=%v\n", capacity, st.Cores, st.Speed, st.Shared)
 			fmt.Fprintf(out, "load       %.2f (local %.2f, run queue %d)\n", st.Load, st.LocalLoad, st.RunQueue)
-			fmt.Fprintf(out, "gossip     %d messages, %s sent; window %d every %dms\n", st.GossipMsgs, humanBytes(st.GossipBytes), st.GossipWindow, st.GossipEveryMs)
+			fmt.Fprintf(out, "gossip     %d messages, %s sent; window %d every %dms\n", st.GossipMsgs, bytesize.Format(st.GossipBytes), st.GossipWindow, st.GossipEveryMs)
 			fmt.Fprintf(out, "data       %s\n", st.DataDir)
 			if st.Cgroup != "" {
 				fmt.Fprintf(out, "cgroup     %s\n", st.Cgroup)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
 )
 
 func newPsCmd(g *globals) *cobra.Command {
@@ -57,7 +58,7 @@ func printProcs(out io.Writer, procs []api.ProcInfo) error {
 	fmt.Fprintln(w, "ID\tUSER\tHOME\tWHERE\tSTATE\tCPU%\tRSS\tTIME\tCOMMAND")
 	for _, p := range procs {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\n", p.ID, p.User, p.Home, p.Node, p.State,
-			p.CPUPercent, humanBytes(p.RSS), elapsed(time.Since(p.Started)), command(p.Argv, 60))
+			p.CPUPercent, bytesize.Format(p.RSS), elapsed(time.Since(p.Started)), command(p.Argv, 60))
 	}
 	return w.Flush()
 }
@@ -74,7 +75,7 @@ func printProc(out io.Writer, p api.ProcInfo) {
 	fmt.Fprintf(out, "state      %s\n", state)
 	fmt.Fprintf(out, "started    %s (%s ago)\n", p.Started.Local().Format(time.DateTime), elapsed(time.Since(p.Started)))
 	fmt.Fprintf(out, "cpu        %.2fs (%.0f%%)\n", p.CPUSeconds, p.CPUPercent)
-	fmt.Fprintf(out, "rss        %s\n", humanBytes(p.RSS))
+	fmt.Fprintf(out, "rss        %s\n", bytesize.Format(p.RSS))
 	fmt.Fprintf(out, "cwd        %s\n", p.Cwd)
 	fmt.Fprintf(out, "terminal   %v\n", p.Tty)
 	fmt.Fprintf(out, "command    %s\n", command(p.Argv, 0))

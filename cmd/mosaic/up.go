@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
 	"github.com/mosaic-cluster/mosaic/internal/up"
 )
 
@@ -40,7 +41,7 @@ Point the CLI at the nodes with 'source DIR/env' (node n1) or
 			if cfg.Capacities, err = parseList(capacities, func(s string) (float64, error) { return strconv.ParseFloat(s, 64) }); err != nil {
 				return fmt.Errorf("--capacity: %w", err)
 			}
-			if cfg.Memories, err = parseList(memories, parseBytes); err != nil {
+			if cfg.Memories, err = parseList(memories, bytesize.Parse); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
 			if base != "" {

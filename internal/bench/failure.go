@@ -17,7 +17,7 @@ type FailureConfig struct {
 	Nodes  int
 	Runs   int
 	NetNS  bool
-	Binary string
+	Binary string // the daemon binary; default: up.DaemonBinary
 }
 
 // Failure kills a node's daemon with SIGKILL and times until every other

@@ -22,7 +22,7 @@ type LiveConfig struct {
 	NetNS  bool
 	Idle   time.Duration // untouched period over which CPU and traffic are measured
 	Sample time.Duration // period over which ages are sampled through the API
-	Binary string
+	Binary string        // the daemon binary; default: up.DaemonBinary
 }
 
 // Live starts a real cluster with `mosaic up`'s machinery, leaves it idle to

@@ -18,7 +18,7 @@ type UpConfig struct {
 	Nodes  int
 	Runs   int
 	NetNS  bool
-	Binary string
+	Binary string // the mosaic CLI
 }
 
 // Up times `mosaic up --nodes N` as a user sees it: from starting the

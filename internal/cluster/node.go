@@ -335,3 +335,17 @@ func (n *Node) ReserveProcIDs(count uint64) (uint64, error) {
 	}
 	return first, nil
 }
+
+// DefaultName is this machine's host name as a node name, or node1 if the
+// host name is not a valid node name.
+func DefaultName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "node1"
+	}
+	h = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+	if CheckName(h) != nil {
+		return "node1"
+	}
+	return h
+}

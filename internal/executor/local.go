@@ -32,16 +32,24 @@ func (e *Executor) Local(ctx context.Context, home string) Conn {
 }
 
 type localPipe struct {
-	ctx       context.Context
-	cancel    context.CancelFunc
-	in        chan *peerpb.ExecIn
-	out       chan *peerpb.ExecOut
-	closeOnce sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	in     chan *peerpb.ExecIn
+	out    chan *peerpb.ExecOut
+
+	mu     sync.Mutex // guards closing in against sends, as gRPC does
+	closed bool
 }
 
 type localClient struct{ p *localPipe }
 
+// Send, like a gRPC stream's, fails after CloseSend rather than panic.
 func (c localClient) Send(m *peerpb.ExecIn) error {
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	if c.p.closed {
+		return io.EOF
+	}
 	select {
 	case c.p.in <- m:
 		return nil
@@ -63,7 +71,12 @@ func (c localClient) Recv() (*peerpb.ExecOut, error) {
 }
 
 func (c localClient) CloseSend() error {
-	c.p.closeOnce.Do(func() { close(c.p.in) })
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	if !c.p.closed {
+		c.p.closed = true
+		close(c.p.in)
+	}
 	return nil
 }
 

@@ -427,20 +427,31 @@ type stream struct {
 	node   string
 	pid    int
 
-	mu sync.Mutex
+	mu     sync.Mutex
+	closed bool
 }
+
+var errStreamClosed = errors.New("the process's stream is closed")
 
 func (s *stream) send(m *peerpb.ExecIn) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return errStreamClosed
+	}
 	return s.conn.Send(m)
 }
 
+// close ends the stream. The context goes first: it unblocks a send that
+// waits for room (which holds the lock), and the process is over anyway.
 func (s *stream) close() {
-	s.mu.Lock()
-	s.conn.CloseSend()
-	s.mu.Unlock()
 	s.cancel()
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.conn.CloseSend()
+	}
+	s.mu.Unlock()
 }
 
 // eventWriter sends events to the client, one at a time.

@@ -170,6 +170,7 @@ func start(spec Spec) (*os.Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits := changedLimits(spec.Rlimits)
 	groups := make([]uint32, len(spec.Groups))
 	copy(groups, spec.Groups)
 	attr := &os.ProcAttr{
@@ -179,7 +180,7 @@ func start(spec Spec) (*os.Process, error) {
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups},
 			Pdeathsig:  syscall.SIGKILL,
-			Ptrace:     len(spec.Rlimits) > 0,
+			Ptrace:     len(limits) > 0,
 		},
 	}
 	if spec.Terminal {
@@ -197,7 +198,7 @@ func start(spec Spec) (*os.Process, error) {
 		return nil, &Error{Other, fmt.Errorf("start %s: %w", spec.Argv[0], err)}
 	}
 	if attr.Sys.Ptrace {
-		if err := applyLimits(p.Pid, spec.UID, spec.GID, spec.Rlimits); err != nil {
+		if err := applyLimits(p.Pid, spec.UID, spec.GID, limits); err != nil {
 			p.Kill()
 			var ws syscall.WaitStatus
 			syscall.Wait4(p.Pid, &ws, 0, nil)
@@ -206,6 +207,20 @@ func start(spec Spec) (*os.Process, error) {
 		}
 	}
 	return p, nil
+}
+
+// changedLimits keeps the limits that differ from this process's own: the
+// others the child inherits as they are, and when none differs it need not
+// stop at exec at all.
+func changedLimits(limits []Rlimit) []Rlimit {
+	var out []Rlimit
+	for _, l := range limits {
+		var own unix.Rlimit
+		if unix.Getrlimit(l.Resource, &own) != nil || own.Cur != l.Cur || own.Max != l.Max {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // applyLimits sets the limits of a child stopped at its exec, then lets it

@@ -1,0 +1,160 @@
+// Command mosaicd is the daemon of a mosaic node (`mosaic node` runs it).
+// It is a binary of its own, apart from the mosaic CLI, because it carries
+// the embedded store (etcd), whose packages take some 10 ms to initialize
+// at every start of a process that links them. This file only parses flags;
+// the daemon is internal/daemon.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
+	"github.com/mosaic-cluster/mosaic/internal/cluster"
+	"github.com/mosaic-cluster/mosaic/internal/daemon"
+	"github.com/mosaic-cluster/mosaic/internal/netns"
+	"github.com/mosaic-cluster/mosaic/internal/version"
+)
+
+const defaultDir = "/var/lib/mosaic"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRoot().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "mosaic:", err)
+		os.Exit(1)
+	}
+}
+
+type nodeFlags struct {
+	cfg      daemon.Config
+	join     string
+	token    string
+	name     string
+	listen   string
+	memory   string
+	netns    string
+	logLevel string
+}
+
+func newRoot() *cobra.Command {
+	f := &nodeFlags{}
+	cmd := &cobra.Command{
+		Use:   "mosaicd [--dir DIR] [--join IP:PORT --token TOKEN]",
+		Short: "The mosaic daemon of a node (also: mosaic node)",
+		Long: `Run the daemon of a node in the foreground until it is told to leave
+(SIGINT, SIGTERM or 'mosaic node leave'), which it then does gracefully.
+
+A new machine joins with a token from 'mosaic token create':
+  mosaic node --dir DIR --join IP:PORT --token TOKEN [--name NAME] [--listen IP:PORT]
+It gets its certificate from the cluster and keeps it in DIR; from then on
+'mosaic node --dir DIR' starts it again and it rejoins by itself.
+
+--capacity and --memory cap what the node offers, to emulate a smaller
+machine: its processes get a cgroup CPU quota of that many cores, and the
+node reports at most that much memory. --shared is for several nodes on one
+machine ('mosaic up' uses it): each node then counts only the processes in
+its own cgroup, not the machine's run queue.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version.String(),
+		RunE:          func(cmd *cobra.Command, args []string) error { return runNode(cmd, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.cfg.Dir, "dir", defaultDir, "data directory of this node")
+	fl.StringVar(&f.join, "join", "", "IP:PORT of a node of the cluster (to join, or as a first contact)")
+	fl.StringVar(&f.token, "token", "", "join token (only to join for the first time)")
+	fl.StringVar(&f.name, "name", cluster.DefaultName(), "this node's name when joining")
+	fl.StringVar(&f.listen, "listen", cluster.DefaultAddr(), "IP:PORT to listen on when joining")
+	fl.Float64Var(&f.cfg.Capacity, "capacity", 0, "CPU the node's processes may use, in cores (0.5 = half a core); 0 = no cap")
+	fl.StringVar(&f.memory, "memory", "", "memory the node offers (e.g. 2GiB); default: the machine's")
+	fl.Float64Var(&f.cfg.Speed, "speed", 0, "per-core speed relative to the reference; default: measured at start")
+	fl.BoolVar(&f.cfg.Shared, "shared", false, "several nodes share this machine: count only this node's cgroup")
+	fl.DurationVar(&f.cfg.Interval, "interval", time.Second, "gossip period: each period the node sends its load window to one random node")
+	fl.IntVar(&f.cfg.Window, "window", 16, "load reports per gossip message (the MOSIX window)")
+	fl.StringVar(&f.netns, "netns", "", "run inside this network namespace (a path such as /run/netns/NAME)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.cfg.Socket, "socket", "", "local API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
+	return cmd
+}
+
+func runNode(cmd *cobra.Command, f *nodeFlags) error {
+	if f.netns != "" {
+		// Re-execute inside the namespace, without the flag. ExecIn does
+		// not return on success.
+		argv := withoutFlag(os.Args, "--netns")
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		return netns.ExecIn(f.netns, self, argv, os.Environ())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", f.logLevel)
+	}
+	f.cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	f.cfg.Socket = api.SocketPath(f.cfg.Socket)
+	if f.memory != "" {
+		m, err := bytesize.Parse(f.memory)
+		if err != nil {
+			return fmt.Errorf("--memory: %w", err)
+		}
+		f.cfg.Memory = m
+	}
+	if f.cfg.Capacity < 0 {
+		return errors.New("--capacity must be positive (cores, e.g. 0.5)")
+	}
+	if f.cfg.Window < 2 {
+		return errors.New("--window must be at least 2")
+	}
+	if f.cfg.Interval < 10*time.Millisecond {
+		return errors.New("--interval must be at least 10ms")
+	}
+	ctx := cmd.Context()
+	_, err := os.Stat(f.cfg.Dir + "/" + cluster.ConfigFile)
+	if err == nil && f.token != "" {
+		f.cfg.Log.Info("this node has joined already; --token is not needed", "dir", f.cfg.Dir)
+	}
+	if err != nil && f.token != "" {
+		if f.join == "" {
+			return errors.New("--token needs --join IP:PORT (a node of the cluster)")
+		}
+		n, err := cluster.Join(ctx, cluster.JoinParams{Dir: f.cfg.Dir, Name: f.name, Addr: f.listen, Via: f.join, Token: f.token})
+		if err != nil {
+			return err
+		}
+		f.cfg.Log.Info("joined the cluster", "cluster", n.ClusterID, "node", n.Name, "via", f.join)
+	}
+	if f.join != "" {
+		f.cfg.Seeds = []string{f.join}
+	}
+	return daemon.Run(ctx, f.cfg)
+}
+
+// withoutFlag removes a flag and its value from an argument list.
+func withoutFlag(args []string, flag string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		switch {
+		case args[i] == flag:
+			i++ // and its value
+		case strings.HasPrefix(args[i], flag+"="):
+		default:
+			out = append(out, args[i])
+		}
+	}
+	return out
+}
