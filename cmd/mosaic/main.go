@@ -74,7 +74,8 @@ The CLI talks to the daemon of its node through a Unix socket
 	}
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the daemon's socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	root.AddCommand(
-		newInitCmd(),
+		delegate(g, "init", "--dir DIR [--name NAME] [--listen IP:PORT]", "Create a new cluster: its CA and its first node",
+			"Create a new cluster in DIR: its CA, its ID and its first node's certificate (mosaicd init).\n'mosaic init --help' shows the flags."),
 		newNodeCmd(g),
 		newTokenCmd(g),
 		newNodesCmd(g),
@@ -82,8 +83,12 @@ The CLI talks to the daemon of its node through a Unix socket
 		newRunCmd(g),
 		newPsCmd(g),
 		newKillCmd(g),
-		newUpCmd(),
-		newBenchCmd(),
+		delegate(g, "up", "--nodes N [--capacity 1,1,0.5,0.25] [--dir DIR] [--netns]",
+			"Run a whole cluster on this machine, in the foreground (root)",
+			"Start N real daemons on this machine and keep them running until Ctrl-C (mosaicd up).\n'mosaic up --help' shows the flags."),
+		delegate(g, "bench", "dissemination|live|up|failure|relay|jobs [flags]",
+			"Benchmarks whose figures are in docs/BENCHMARKS.md",
+			"Run a benchmark (mosaicd bench). 'mosaic bench --help' lists them."),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print the version of this mosaic",

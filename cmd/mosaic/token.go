@@ -39,7 +39,7 @@ it is talking to this cluster before it sends the token. It is valid for
 			}
 			fmt.Fprintln(out, t.Token)
 			fmt.Fprintf(out, "\nid %s, valid until %s. Join a machine with:\n  mosaic node --dir %s --join %s --token %s\n",
-				t.ID, t.Expires.Local().Format(time.DateTime), defaultDir, t.Join, t.Token)
+				t.ID, t.Expires.Local().Format(time.DateTime), "/var/lib/mosaic", t.Join, t.Token)
 			return nil
 		},
 	}

@@ -31,7 +31,18 @@ const defaultDir = "/var/lib/mosaic"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newRoot().ExecuteContext(ctx); err != nil {
+	root := &cobra.Command{
+		Use:   "mosaicd",
+		Short: "The mosaic daemon and the tools that start daemons (mosaic node, up, init, bench run these)",
+		Long: `mosaicd is the daemon of a mosaic node, and the commands that start
+daemons or whole clusters. The mosaic CLI hands 'node', 'up', 'init' and
+'bench' over to it; the rest of the CLI talks to a running daemon.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version.String(),
+	}
+	root.AddCommand(newNodeCmd(), newUpCmd(), newInitCmd(), newBenchCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "mosaic:", err)
 		os.Exit(1)
 	}
@@ -48,11 +59,11 @@ type nodeFlags struct {
 	logLevel string
 }
 
-func newRoot() *cobra.Command {
+func newNodeCmd() *cobra.Command {
 	f := &nodeFlags{}
 	cmd := &cobra.Command{
-		Use:   "mosaicd [--dir DIR] [--join IP:PORT --token TOKEN]",
-		Short: "The mosaic daemon of a node (also: mosaic node)",
+		Use:   "node [--dir DIR] [--join IP:PORT --token TOKEN]",
+		Short: "Run this machine's mosaic daemon in the foreground",
 		Long: `Run the daemon of a node in the foreground until it is told to leave
 (SIGINT, SIGTERM or 'mosaic node leave'), which it then does gracefully.
 
@@ -66,11 +77,8 @@ machine: its processes get a cgroup CPU quota of that many cores, and the
 node reports at most that much memory. --shared is for several nodes on one
 machine ('mosaic up' uses it): each node then counts only the processes in
 its own cgroup, not the machine's run queue.`,
-		Args:          cobra.NoArgs,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       version.String(),
-		RunE:          func(cmd *cobra.Command, args []string) error { return runNode(cmd, f) },
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runNode(cmd, f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.cfg.Dir, "dir", defaultDir, "data directory of this node")

@@ -214,10 +214,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	d.core = core
 
-	srv := newPeerServer(node.ID)
+	srv := newPeerServer()
 	peerpb.RegisterJoinServer(srv, joinServer{d: d})
 	peerpb.RegisterPeerServer(srv, gossipServer{d: d})
-	peerpb.RegisterExecServer(srv, execServer{d: d})
 	apiSrv, err := api.Listen(cfg.Socket, d.handlers(), d.log)
 	if err != nil {
 		return err
@@ -241,7 +240,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}()
 	}
-	goFn("peer server", func() error { return srv.Serve(ln) })
+	pl := newPeerListener(ln, node.ID, d.serveProc)
+	goFn("peer listener", pl.serve)
+	goFn("peer server", func() error { return srv.Serve(pl.grpc) })
 	goFn("local API", func() error { return apiSrv.Serve(ctx) })
 	goFn("load sampler", func() error { return d.sampleLoop(ctx) })
 	goFn("gossip", func() error { return d.gossipLoop(ctx) })
@@ -268,6 +269,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	d.exec.Close()
 	cancel()
 	apiSrv.Close()
+	pl.close()
 	stopGRPC(srv)
 	wg.Wait()
 	d.sends.Wait()

@@ -49,9 +49,9 @@ func authenticate(ctx context.Context, method string) (context.Context, error) {
 	return context.WithValue(ctx, peerNameKey{}, name), nil
 }
 
-func newPeerServer(id *pki.Identity) *grpc.Server {
+func newPeerServer() *grpc.Server {
 	return grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(id.ServerConfig())),
+		grpc.Creds(secured{}), // the peer listener did the TLS handshake
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			ctx, err := authenticate(ctx, info.FullMethod)
 			if err != nil {
@@ -129,25 +129,6 @@ func (p *peerPool) revived(name string) {
 		if k.name == name && c.GetState() == connectivity.TransientFailure {
 			c.Close()
 			delete(p.conns, k)
-		}
-	}
-}
-
-// ready waits until conn is connected, for at most timeout: a stream
-// opened on a connection that is not ready fails at once with its last
-// error, while one that waits for readiness would wait for the stream's
-// whole life.
-func ready(ctx context.Context, conn *grpc.ClientConn, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn.Connect()
-	for {
-		st := conn.GetState()
-		if st == connectivity.Ready {
-			return nil
-		}
-		if !conn.WaitForStateChange(ctx, st) {
-			return fmt.Errorf("no connection (%s) within %s", strings.ToLower(st.String()), timeout)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,14 +13,15 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/executor"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/pki"
 	"github.com/mosaic-cluster/mosaic/internal/policy"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
 
 // This file connects the process machinery (internal/home, the home side;
@@ -27,14 +29,20 @@ import (
 // operations run, ps and kill, the peer RPCs that carry them between nodes,
 // and placement from the gossiped view.
 
-// execServer serves Exec.Run: a home opens one stream per process.
-type execServer struct {
-	peerpb.UnimplementedExecServer
-	d *Daemon
-}
-
-func (s execServer) Run(stream grpc.BidiStreamingServer[peerpb.ExecIn, peerpb.ExecOut]) error {
-	return s.d.exec.Serve(peerName(stream.Context()), stream)
+// serveProc serves a process stream: a home (the TLS peer) runs a process
+// here.
+func (d *Daemon) serveProc(tc *tls.Conn) {
+	state := tc.ConnectionState()
+	from := pki.PeerName(&state)
+	if from == "" {
+		tc.Close() // no node certificate: nothing for it here
+		return
+	}
+	s := procstream.NewServer(context.Background(), tc)
+	defer s.Close()
+	if err := d.exec.Serve(from, s); err != nil {
+		d.log.Debug("process stream", "from", from, "err", err)
+	}
 }
 
 // connect opens the stream of a new process to node's executor.
@@ -46,14 +54,11 @@ func (d *Daemon) connect(ctx context.Context, node string) (executor.Conn, error
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
 	}
-	conn, err := d.pool.conn(node, m.Addr)
+	tc, err := dialProc(ctx, d.node.ID, node, m.Addr)
 	if err != nil {
-		return nil, err
-	}
-	if err := ready(ctx, conn, 3*time.Second); err != nil {
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}
-	return peerpb.NewExecClient(conn).Run(ctx)
+	return procstream.NewClient(ctx, tc), nil
 }
 
 // checkNode says why a process cannot be sent to a node the user named.

@@ -24,11 +24,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
 
-// chunk is the most bytes of output or input per message.
-const chunk = 32 << 10
+// chunk is the most bytes of output per message: large enough that a
+// program writing fast is relayed in few messages.
+const chunk = procstream.MaxData
 
 // drainAfterExit is how long output is still relayed after the process
 // exited while something it started keeps its pipes open. A shell reports a
@@ -361,6 +363,33 @@ type sender struct {
 	mu  sync.Mutex
 	s   ServerStream
 	err error
+}
+
+// dataSender is a stream that sends output already in a buffer after a
+// header's room, without copying it (procstream.Server).
+type dataSender interface {
+	SendData(fd int, buf []byte) error
+}
+
+// sendData sends output that is in buf[procstream.HeaderSize:]; buf may be
+// reused once it returns.
+func (o *sender) sendData(fd int, buf []byte) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return o.err
+	}
+	if ds, ok := o.s.(dataSender); ok {
+		o.err = ds.SendData(fd, buf)
+		return o.err
+	}
+	data := append([]byte(nil), buf[procstream.HeaderSize:]...)
+	m := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Stdout{Stdout: data}}
+	if fd == 2 {
+		m = &peerpb.ExecOut{Msg: &peerpb.ExecOut_Stderr{Stderr: data}}
+	}
+	o.err = o.s.Send(m)
+	return o.err
 }
 
 func (o *sender) send(m *peerpb.ExecOut) error {

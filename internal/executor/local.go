@@ -8,8 +8,10 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 )
 
-// Conn is the home's end of a process's stream: the gRPC client stream of
-// Exec.Run, or an in-process pipe to this node's executor (Local).
+// Conn is the home's end of a process's stream: a process stream to
+// another node (internal/procstream), or an in-process pipe to this node's
+// executor (Local). The bytes of a Stdout or Stderr message received are
+// valid until the next Recv.
 type Conn interface {
 	Send(*peerpb.ExecIn) error
 	Recv() (*peerpb.ExecOut, error)

@@ -7,9 +7,14 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
 )
+
+const pipeSize = 1 << 20
 
 // stdio is a process's standard descriptors as this node holds them: three
 // pipes, or one pseudo-terminal.
@@ -55,6 +60,12 @@ func newStdio(st *peerpb.ExecStart) (*stdio, error) {
 		}
 		pipes[i] = [2]*os.File{r, w}
 	}
+	// Pipes of 1 MiB (the kernel's default is 64 KiB): a program that
+	// writes fast fills them while the relay sends, and every read takes
+	// more at a time. Where the system does not allow it, the default does.
+	for _, p := range pipes {
+		unix.FcntlInt(p[0].Fd(), unix.F_SETPIPE_SZ, pipeSize)
+	}
 	s.stdin, s.stdout, s.stderr = pipes[0][1], pipes[1][0], pipes[2][0]
 	s.child = []*os.File{pipes[0][0], pipes[1][1], pipes[2][1]}
 	return s, nil
@@ -95,18 +106,13 @@ func (s *stdio) readers() []outReader {
 // relay sends the output until it ends (EOF; EIO on a terminal whose last
 // user is gone; closed or cut by us), then says so.
 func (r outReader) relay(out *sender) {
-	buf := make([]byte, chunk)
+	// Read after room for a frame header, so that a stream that can send
+	// a buffer as it is (procstream) does not copy it.
+	buf := make([]byte, procstream.HeaderSize+chunk)
 	for {
-		n, err := r.f.Read(buf)
-		if n > 0 {
-			data := append([]byte(nil), buf[:n]...)
-			m := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Stdout{Stdout: data}}
-			if r.fd == 2 {
-				m = &peerpb.ExecOut{Msg: &peerpb.ExecOut_Stderr{Stderr: data}}
-			}
-			if out.send(m) != nil {
-				return
-			}
+		n, err := r.f.Read(buf[procstream.HeaderSize:])
+		if n > 0 && out.sendData(r.fd, buf[:procstream.HeaderSize+n]) != nil {
+			return
 		}
 		if err != nil {
 			break

@@ -2055,9 +2055,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x04Peer\x129\n" +
 	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.Empty\x12P\n" +
 	"\tListProcs\x12 .mosaic.peer.v1.ListProcsRequest\x1a!.mosaic.peer.v1.ListProcsResponse\x12>\n" +
-	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.Empty2B\n" +
-	"\x04Exec\x12:\n" +
-	"\x03Run\x12\x16.mosaic.peer.v1.ExecIn\x1a\x17.mosaic.peer.v1.ExecOut(\x010\x01B2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
+	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.EmptyB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -2116,14 +2114,12 @@ var file_peer_proto_depIdxs = []int32{
 	9,  // 15: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
 	19, // 16: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
 	21, // 17: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
-	14, // 18: mosaic.peer.v1.Exec.Run:input_type -> mosaic.peer.v1.ExecIn
-	5,  // 19: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	3,  // 20: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	20, // 21: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
-	3,  // 22: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
-	17, // 23: mosaic.peer.v1.Exec.Run:output_type -> mosaic.peer.v1.ExecOut
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
+	5,  // 18: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 19: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	20, // 20: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 21: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -2162,7 +2158,7 @@ func file_peer_proto_init() {
 			NumEnums:      3,
 			NumMessages:   19,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   2,
 		},
 		GoTypes:           file_peer_proto_goTypes,
 		DependencyIndexes: file_peer_proto_depIdxs,

@@ -39,7 +39,7 @@ type Config struct {
 	Capacities []float64 // per node, in cores; one value applies to all; default 1 each
 	Memories   []uint64  // per node, in bytes; one value applies to all; default none
 	NetNS      bool      // each node in its own network namespace (root only)
-	Binary     string    // the daemon binary (mosaicd); default: DaemonBinary
+	Binary     string    // the daemon binary (mosaicd); default: the running one
 	Speed      float64   // per-core speed all nodes report; 0 = measure once here
 	Interval   time.Duration
 	Window     int
@@ -255,17 +255,12 @@ func (c *Cluster) Node(name string) *Node {
 // Host returns a node's network namespace host (nil without --netns).
 func (c *Cluster) Host(name string) *netns.Host { return c.hosts[name] }
 
-// DaemonBinary finds mosaicd: beside the running binary, else on PATH.
+// DaemonBinary is the daemon to start: mosaicd, which is what runs this
+// package (`mosaic up` hands over to `mosaicd up`).
 func DaemonBinary() (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "mosaicd")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath("mosaicd")
+	p, err := os.Executable()
 	if err != nil {
-		return "", errors.New("cannot find the daemon binary mosaicd beside mosaic or on PATH: install both (`make build` puts them in bin/)")
+		return "", fmt.Errorf("find the mosaicd binary: %w", err)
 	}
 	return p, nil
 }
@@ -405,7 +400,7 @@ func (c *Cluster) inNetns(n *Node, fn func() error) error {
 // command is the daemon's command line, without the one-time join flags.
 func (c *Cluster) command(n *Node) []string {
 	i := slices.Index(c.Nodes, n)
-	args := []string{"--dir", n.Dir, "--socket", n.Socket, "--shared",
+	args := []string{"node", "--dir", n.Dir, "--socket", n.Socket, "--shared",
 		"--capacity", strconv.FormatFloat(c.cfg.capacity(i), 'g', -1, 64),
 		"--speed", strconv.FormatFloat(c.speed, 'f', 3, 64)}
 	if m := c.cfg.memory(i); m > 0 {

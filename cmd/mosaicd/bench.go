@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mosaic-cluster/mosaic/internal/bench"
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -86,7 +88,45 @@ func newBenchCmd() *cobra.Command {
 	fail.Flags().IntVar(&f.Runs, "runs", 5, "runs")
 	fail.Flags().BoolVar(&f.NetNS, "netns", true, "each node in its own network namespace")
 
-	cmd.AddCommand(diss, live, upc, fail)
+	var r bench.RelayConfig
+	var size string
+	relay := &cobra.Command{
+		Use:   "relay [--bytes 1GiB]",
+		Short: "Throughput of a program's stdout through the home relay vs a local pipe (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := rootAndSelf(); err != nil {
+				return err
+			}
+			b, err := bytesize.Parse(size)
+			if err != nil {
+				return fmt.Errorf("--bytes: %w", err)
+			}
+			r.Bytes = int64(b)
+			return bench.Relay(cmd.Context(), cmd.OutOrStdout(), r)
+		},
+	}
+	relay.Flags().StringVar(&size, "bytes", "1GiB", "bytes the program writes")
+	relay.Flags().IntVar(&r.Runs, "runs", 5, "runs of each path")
+
+	var j bench.JobsConfig
+	jobs := &cobra.Command{
+		Use:   "jobs [--jobs 1000] [--nodes 4]",
+		Short: "Many short jobs launched from one node: total time and where they ran (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := rootAndSelf(); err != nil {
+				return err
+			}
+			return bench.Jobs(cmd.Context(), cmd.OutOrStdout(), j)
+		},
+	}
+	jobs.Flags().IntVar(&j.Jobs, "jobs", 1000, "jobs")
+	jobs.Flags().IntVar(&j.Nodes, "nodes", 4, "nodes")
+	jobs.Flags().IntVar(&j.Parallel, "parallel", 32, "jobs launched at a time")
+	jobs.Flags().StringVar(&j.Work, "work", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done", "each job: a shell command line")
+
+	cmd.AddCommand(diss, live, upc, fail, relay, jobs)
 	return cmd
 }
 

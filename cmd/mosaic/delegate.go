@@ -1,0 +1,53 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// The commands that start daemons or clusters (node, up, init, bench) live
+// in mosaicd, the binary that carries the daemon and its embedded store:
+// keeping them out of this one keeps every `mosaic run` free of the store's
+// start-up cost (its packages take some 10 ms to initialize). Here they are
+// handed over as they were typed.
+
+// delegate makes a command that runs `mosaicd NAME ARGS...`.
+func delegate(g *globals, name, use, short, long string) *cobra.Command {
+	return &cobra.Command{
+		Use:                name + " " + use,
+		Short:              short,
+		Long:               long,
+		DisableFlagParsing: true, // the flags are mosaicd's
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, err := daemonBinary()
+			if err != nil {
+				return err
+			}
+			if g.socket != "" && name == "node" && !slices.Contains(args, "--socket") {
+				args = append(args, "--socket", g.socket)
+			}
+			return syscall.Exec(path, append([]string{"mosaicd", name}, args...), os.Environ())
+		},
+	}
+}
+
+// daemonBinary finds mosaicd: beside this binary, else on PATH.
+func daemonBinary() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "mosaicd")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("mosaicd")
+	if err != nil {
+		return "", errors.New("cannot find mosaicd (the daemon) beside mosaic or on PATH: install both binaries (`make build` puts them in bin/)")
+	}
+	return p, nil
+}
