@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The mosaic demo: a heterogeneous 4-node cluster on this machine.
-# Shows secure join, membership, MOSIX load dissemination, and a node that
-# fails and comes back. Needs root (cgroups, network namespaces).
+# Shows secure join, membership, MOSIX load dissemination, programs started
+# on one node running on others as if they ran at home (output, pipes,
+# exit status, Ctrl-C, ps, kill), placement by load, and a node that fails
+# and comes back. Needs root (cgroups, network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOSAIC=${MOSAIC:-$PWD/bin/mosaic}
@@ -47,17 +49,41 @@ for _ in $(seq 100); do  # until n1 has heard every node's load
 done
 show "$MOSAIC" nodes
 
-say "Start two CPU-bound processes inside node n3 (half a core): its load rises, as n1 and n4 see"
-for _ in 1 2; do
-	sh -c 'while :; do :; done' &
+say "Run a program from n1 on n3: its output, input and exit status stay at home"
+show "$MOSAIC" run -v --on n3 -- sh -c 'echo "hello from $(grep -o "mosaic/[^/]*/n[0-9]*" /proc/self/cgroup | head -1)"; exit 3' || echo "(exit status $?)"
+printf '\033[2m$ seq 1 100 | mosaic run --on n2 -- awk "{s+=\$1} END {print s}"\033[0m\n'
+seq 1 100 | "$MOSAIC" run --on n2 -- awk '{s+=$1} END {print s}'
+
+say "Ctrl-C reaches the program where it runs; mosaic ps sees it from any node"
+"$MOSAIC" run -v --on n4 -- sleep 100 &
+SLEEPER=$!
+sleep 1
+show "$MOSAIC" --socket "$MOSAIC_SOCKET_N2" ps
+show kill -INT "$SLEEPER"
+wait "$SLEEPER" || echo "(mosaic run ended with status $?: 130 = died of SIGINT, as sleep would at home)"
+
+say "Without --on, each program goes where it adds the least load: n1 and n2 have a core each, n3 half, n4 a quarter"
+for i in 1 2 3 4; do
+	"$MOSAIC" run -- sh -c 'while :; do :; done' &
 	BUSY+=($!)
-	echo "$!" > "$("$MOSAIC" --socket "$MOSAIC_SOCKET_N3" status --json | sed -n 's/.*"cgroup": "\(.*\)".*/\1/p')/cgroup.procs"
+	sleep 0.3
+done
+sleep 2
+show "$MOSAIC" ps
+ID=$("$MOSAIC" ps --json | sed -n 's/.*"id": "\(n1\.[0-9]*\)".*/\1/p' | head -1)
+show "$MOSAIC" --socket "$MOSAIC_SOCKET_N4" kill "$ID"
+kill "${BUSY[@]}" 2>/dev/null; wait "${BUSY[@]}" 2>/dev/null || true; BUSY=()
+
+say "Two CPU-bound programs on node n3 (half a core): its load rises, as n1 and n4 see by gossip"
+for _ in 1 2; do
+	"$MOSAIC" run --on n3 -- sh -c 'while :; do :; done' &
+	BUSY+=($!)
 done
 sleep 5
 show "$MOSAIC" --socket "$MOSAIC_SOCKET_N1" nodes
 show "$MOSAIC" --socket "$MOSAIC_SOCKET_N4" nodes
 echo "(load = runnable processes per core of capacity: 2 processes on half a core = 4; the news is a few seconds old)"
-kill "${BUSY[@]}"; BUSY=()
+kill "${BUSY[@]}" 2>/dev/null; wait "${BUSY[@]}" 2>/dev/null || true; BUSY=()
 
 say "Kill node n2's daemon with SIGKILL: the others suspect it, then declare it dead"
 show kill -9 "$(cat "$DIR/n2/daemon.lock")"

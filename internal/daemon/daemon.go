@@ -104,7 +104,6 @@ type Daemon struct {
 	spawner *spawn.Spawner
 	exec    *executor.Executor // runs processes here
 	home    *home.Home         // answers for the processes started here
-	placed  placements
 	probe   load.Probe
 	speed   float64
 	cores   int
@@ -184,7 +183,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	d.exec = executor.New(node.Name, d.spawner, d.log)
 	d.home = home.New(home.Config{
 		Node: node.Name, Log: d.log, ReserveIDs: node.ReserveProcIDs, Connect: d.connect,
-		Place: d.place, CheckNode: d.checkNode, Placed: func(n string) { d.placed.add(n, time.Now()) },
+		Place: d.place, CheckNode: d.checkNode,
 	})
 	d.speed = cfg.Speed
 	if d.speed <= 0 {

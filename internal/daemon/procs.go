@@ -77,45 +77,6 @@ func (d *Daemon) checkNode(name string) error {
 	return nil
 }
 
-// placements remembers where this node recently sent processes, so that
-// placement counts them until the gossiped load can show them.
-type placements struct {
-	mu    sync.Mutex
-	times map[string][]time.Time
-}
-
-// keepPlacements is how long a placement is remembered; load reports
-// older than that are not used for placement anyway.
-const keepPlacements = time.Minute
-
-func (p *placements) add(node string, now time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.times == nil {
-		p.times = map[string][]time.Time{}
-	}
-	p.times[node] = append(p.times[node], now)
-}
-
-// since counts placements on node after t, forgetting old ones.
-func (p *placements) since(node string, t, now time.Time) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ts := slices.DeleteFunc(p.times[node], func(x time.Time) bool { return now.Sub(x) > keepPlacements })
-	if len(ts) == 0 {
-		delete(p.times, node)
-		return 0
-	}
-	p.times[node] = ts
-	n := 0
-	for _, x := range ts {
-		if x.After(t) {
-			n++
-		}
-	}
-	return n
-}
-
 // place ranks the alive nodes for a new process (policy.Place on the
 // gossiped view).
 func (d *Daemon) place() []string {
@@ -147,9 +108,10 @@ func (d *Daemon) place() []string {
 			n.HasLoad, n.Load, n.FreeMem, n.Age = true, self.export, self.memFree, 0
 		}
 		// A report shows the processes that ran during the period it
-		// averages (one interval) before it was measured.
+		// averages (one interval) before it was measured: those this home
+		// started there since, and that still run, it cannot show.
 		measured := now.Add(-n.Age - d.cfg.Interval)
-		n.Pending = d.placed.since(m.Name, measured, now)
+		n.Pending = d.home.RunningSince(m.Name, measured)
 		nodes = append(nodes, n)
 	}
 	var out []string

@@ -40,8 +40,6 @@ type Config struct {
 	// CheckNode says why a process cannot be sent to a node (unknown,
 	// dead), or nil.
 	CheckNode func(name string) error
-	// Placed is told where each process went (for placement's bookkeeping).
-	Placed func(node string)
 }
 
 // lostRetention is how long a lost process stays listed.
@@ -263,6 +261,11 @@ func (h *Home) launch(ctx context.Context, p *proc, start *peerpb.ExecStart, can
 	var misses []string
 	worst := api.StatusNotFound
 	for _, node := range candidates {
+		// Counted on node from now on (RunningSince), so that placements
+		// made meanwhile see it.
+		p.mu.Lock()
+		p.node = node
+		p.mu.Unlock()
 		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		conn, err := h.cfg.Connect(sctx, node)
 		if err != nil {
@@ -310,9 +313,6 @@ func (h *Home) launch(ctx context.Context, p *proc, start *peerpb.ExecStart, can
 		p.mu.Lock()
 		p.node, p.pid, p.state, p.conn, p.cancel = node, s.pid, "running", s, cancel
 		p.mu.Unlock()
-		if h.cfg.Placed != nil {
-			h.cfg.Placed(node)
-		}
 		return s, nil
 	}
 	if len(candidates) == 1 {
@@ -367,6 +367,23 @@ func (h *Home) NodeDown(node string) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// RunningSince counts the processes this node started on node after t
+// that still run: what placement adds to a node's gossiped load, which
+// cannot show them yet.
+func (h *Home) RunningSince(node string, t time.Time) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, p := range h.procs {
+		p.mu.Lock()
+		if p.node == node && (p.state == "running" || p.state == "starting") && p.started.After(t) {
+			n++
+		}
+		p.mu.Unlock()
+	}
+	return n
 }
 
 // List describes the processes this node is home of: a user's, or all.
