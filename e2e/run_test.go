@@ -123,6 +123,26 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("a slow reader slows the writer down: nothing piles up in between", func(t *testing.T) {
+		// 400 MB written on n2 into a pipe at home that nobody reads for
+		// two seconds: the daemons must not buffer it.
+		cmd := exec.Command("sh", "-c", fmt.Sprintf("%s --socket %s run --on n2 -- head -c 400000000 /dev/zero | (sleep 2; wc -c)", bin, n1))
+		done := make(chan []byte, 1)
+		go func() {
+			out, _ := cmd.Output()
+			done <- out
+		}()
+		time.Sleep(1500 * time.Millisecond)
+		for _, n := range []string{"n1", "n2"} {
+			if rss := rssOf(t, c.Node(n).PID()); rss > 150<<20 {
+				t.Errorf("%s's daemon holds %d MiB while the reader sleeps", n, rss>>20)
+			}
+		}
+		if out := <-done; strings.TrimSpace(string(out)) != "400000000" {
+			t.Fatalf("the reader got %q bytes", out)
+		}
+	})
+
 	t.Run("a reader that goes away gives the writer SIGPIPE", func(t *testing.T) {
 		// As `yes | head -1` at home: yes dies of SIGPIPE, and so does the job.
 		cmd := exec.Command("bash", "-c", fmt.Sprintf("%s --socket %s run --on n2 -- yes | head -1; echo ${PIPESTATUS[0]}", bin, n1))
@@ -165,7 +185,7 @@ func TestRun(t *testing.T) {
 	})
 
 	t.Run("signals to the client reach the program", func(t *testing.T) {
-		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1} {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGUSR1} {
 			cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n3", "--", "sleep", "100")
 			var stderr syncBuffer
 			cmd.Stderr = &stderr
@@ -699,6 +719,18 @@ func TestManyRuns(t *testing.T) {
 		}
 		return true, ""
 	})
+}
+
+// rssOf is a process's resident memory in bytes.
+func rssOf(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size, resident uint64
+	fmt.Sscan(string(b), &size, &resident)
+	return resident * uint64(os.Getpagesize())
 }
 
 func countFDs(t *testing.T, pid int) int {
