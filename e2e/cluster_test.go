@@ -313,12 +313,7 @@ func TestCluster(t *testing.T) {
 			}
 			return true, ""
 		})
-		if err := c.Restart("n4"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.WaitAlive(context.Background(), 20*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		restartAndWait(t, c, "n4")
 	})
 
 	t.Run("SIGTERM is a graceful leave", func(t *testing.T) {
@@ -337,12 +332,7 @@ func TestCluster(t *testing.T) {
 			}
 			return true, ""
 		})
-		if err := c.Restart("n2"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.WaitAlive(context.Background(), 20*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		restartAndWait(t, c, "n2")
 	})
 }
 

@@ -402,6 +402,18 @@ func TestRunTerminal(t *testing.T) {
 	})
 }
 
+// restartAndWait restarts a node's daemon and waits until every node sees
+// every node alive.
+func restartAndWait(t *testing.T, c *up.Cluster, name string) {
+	t.Helper()
+	if err := c.Restart(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func psOne(t *testing.T, sock, id string) api.ProcInfo {
 	t.Helper()
 	var procs []api.ProcInfo
@@ -548,8 +560,6 @@ func alive(pid int) bool {
 	return err == nil && !strings.Contains(string(b), ") Z ")
 }
 
-var _ = filepath.Join
-
 // TestRunFailures: what becomes of a process when the node running it, or
 // its home, fails.
 func TestRunFailures(t *testing.T) {
@@ -602,12 +612,7 @@ func TestRunFailures(t *testing.T) {
 		eventually(t, 5*time.Second, "the program on n3 is gone", func() (bool, string) {
 			return !alive(pid), fmt.Sprint("pid ", pid, " runs")
 		})
-		if err := c.Restart("n3"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		restartAndWait(t, c, "n3")
 	})
 
 	t.Run("the home dies: the process dies with it, no orphan", func(t *testing.T) {
@@ -621,12 +626,7 @@ func TestRunFailures(t *testing.T) {
 		eventually(t, 10*time.Second, "the program on n3 is gone", func() (bool, string) {
 			return !alive(pid), fmt.Sprint("pid ", pid, " runs")
 		})
-		if err := c.Restart("n2"); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.WaitAlive(context.Background(), 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
+		restartAndWait(t, c, "n2")
 	})
 
 	t.Run("a partition: each side gives up on the other", func(t *testing.T) {

@@ -128,8 +128,7 @@ func (e *Executor) Serve(from string, s ServerStream) error {
 	g.pid = p.Pid
 	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: int32(p.Pid)}}); err != nil {
 		// The home is gone already.
-		syscall.Kill(-p.Pid, syscall.SIGKILL)
-		p.Kill()
+		killJob(p.Pid)
 	}
 	e.log.Debug("started", "id", st.Id, "pid", p.Pid, "home", from, "argv", st.Argv)
 
@@ -179,8 +178,7 @@ func (e *Executor) control(s ServerStream, g *guest, std *stdio) {
 		if err != nil {
 			if pid := g.livePID(); pid > 0 {
 				e.log.Info("home gone: killing its process", "id", g.start.Id, "pid", pid, "err", err)
-				syscall.Kill(-pid, syscall.SIGKILL)
-				syscall.Kill(pid, syscall.SIGKILL)
+				killJob(pid)
 			}
 			std.closeStdin()
 			return
@@ -241,6 +239,13 @@ func (g *guest) markExited() {
 	g.mu.Unlock()
 }
 
+// killJob kills a process and its process group (what it started, unless
+// it moved that elsewhere).
+func killJob(pid int) {
+	syscall.Kill(-pid, syscall.SIGKILL)
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
 func rlimits(in []*peerpb.Rlimit) []spawn.Rlimit {
 	out := make([]spawn.Rlimit, 0, len(in))
 	for _, r := range in {
@@ -279,8 +284,7 @@ func (e *Executor) HomeDown(home string) {
 		}
 		if pid := g.livePID(); pid > 0 {
 			e.log.Info("home gone: killing its process", "id", id, "pid", pid, "home", home)
-			syscall.Kill(-pid, syscall.SIGKILL)
-			syscall.Kill(pid, syscall.SIGKILL)
+			killJob(pid)
 		}
 	}
 }
@@ -291,8 +295,7 @@ func (e *Executor) Close() {
 	e.closed = true
 	for _, g := range e.procs {
 		if pid := g.livePID(); pid > 0 {
-			syscall.Kill(-pid, syscall.SIGKILL)
-			syscall.Kill(pid, syscall.SIGKILL)
+			killJob(pid)
 		}
 	}
 	e.mu.Unlock()
