@@ -1,0 +1,273 @@
+package ckpt
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Frozen is a process that Dump stopped: it stays stopped until Resume or
+// Kill. Both must be called from the thread that called Dump.
+type Frozen struct {
+	pid  int
+	tids []int
+	// inflight is a signal that was being delivered when the process was
+	// stopped; Resume delivers it.
+	inflight syscall.Signal
+}
+
+// Pid is the frozen process.
+func (f *Frozen) Pid() int { return f.pid }
+
+// Resume lets the process go on as if nothing happened.
+func (f *Frozen) Resume() error {
+	var errs []error
+	for i, tid := range f.tids {
+		sig := 0
+		if i == 0 {
+			sig = int(f.inflight)
+		}
+		if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("let thread %d go: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Kill ends the process (its copy lives elsewhere now).
+func (f *Frozen) Kill() error {
+	err := syscall.Kill(f.pid, syscall.SIGKILL)
+	for _, tid := range f.tids {
+		ptrace(unix.PTRACE_DETACH, tid, 0, 0)
+	}
+	return err
+}
+
+// Dump freezes the process pid and captures it. On success the process
+// stays frozen (see Frozen); on failure it runs on untouched. The calling
+// goroutine must be locked to its OS thread (runtime.LockOSThread) until it
+// has resumed or killed the process.
+func Dump(pid int) (img *Image, frozen *Frozen, err error) {
+	tids, err := threads(pid)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
+	}
+	if len(tids) != 1 {
+		return nil, nil, &PinnedError{Reason: fmt.Sprintf("it has %d threads, and this version moves single-threaded processes only", len(tids))}
+	}
+	if err := checkChildren(pid); err != nil {
+		return nil, nil, err
+	}
+	// Refuse early what cannot move, before stopping anything.
+	files, err := dumpFiles(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	f := &Frozen{pid: pid}
+	for _, tid := range tids {
+		if err := ptrace(unix.PTRACE_SEIZE, tid, 0, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			f.Resume()
+			return nil, nil, fmt.Errorf("attach to thread %d: %w", tid, err)
+		}
+		f.tids = append(f.tids, tid)
+	}
+	defer func() {
+		if err != nil {
+			f.Resume()
+		}
+	}()
+	for _, tid := range tids {
+		if err := unix.PtraceInterrupt(tid); err != nil {
+			return nil, nil, fmt.Errorf("stop thread %d: %w", tid, err)
+		}
+		ws, err := waitStop(tid)
+		if err != nil {
+			return nil, nil, err
+		}
+		// A stop for a signal being delivered, rather than our interrupt:
+		// remember the signal, it is delivered when the process goes on.
+		if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
+			if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
+				f.inflight = s
+			}
+		}
+	}
+	img = &Image{Version: ImageVersion, Pid: pid, Files: files}
+	if err := dumpProcess(pid, img); err != nil {
+		return nil, nil, err
+	}
+	for _, tid := range tids {
+		t, err := dumpThread(tid)
+		if err != nil {
+			return nil, nil, err
+		}
+		img.Threads = append(img.Threads, t)
+	}
+	maps, err := readMaps(pid)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the mappings of %d: %w", pid, err)
+	}
+	img.VMAs = imageVMAs(maps)
+	if err := dumpInside(tids[0], img); err != nil {
+		return nil, nil, err
+	}
+	if img.Pages, err = dumpMemory(pid, img.VMAs); err != nil {
+		return nil, nil, err
+	}
+	return img, f, nil
+}
+
+// checkChildren refuses a process that has children: they would have to
+// move with it.
+func checkChildren(pid int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil // no such file without CONFIG_PROC_CHILDREN: nothing to check
+	}
+	if kids := strings.Fields(string(b)); len(kids) > 0 {
+		return &PinnedError{Reason: fmt.Sprintf("it has child processes (%s), and this version moves single processes only", strings.Join(kids, ", "))}
+	}
+	return nil
+}
+
+// dumpProcess reads what /proc and the kernel tell of the process as a
+// whole.
+func dumpProcess(pid int, img *Image) error {
+	var err error
+	if img.Exe, err = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil {
+		return fmt.Errorf("read the executable of %d: %w", pid, err)
+	}
+	img.Exe = strings.TrimSuffix(img.Exe, " (deleted)")
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
+		img.Comm = strings.TrimSpace(string(b))
+	}
+	if img.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil {
+		return fmt.Errorf("read the working directory of %d: %w", pid, err)
+	}
+	ids := func(field string) (uint32, error) {
+		v, err := statusField(pid, field)
+		if err != nil {
+			return 0, err
+		}
+		f := strings.Fields(v)
+		n, err := strconv.ParseUint(f[0], 10, 32) // the real id
+		return uint32(n), err
+	}
+	if img.UID, err = ids("Uid"); err != nil {
+		return err
+	}
+	if img.GID, err = ids("Gid"); err != nil {
+		return err
+	}
+	if v, err := statusField(pid, "Umask"); err == nil {
+		u, _ := strconv.ParseUint(v, 8, 32)
+		img.Umask = uint32(u)
+	}
+	for res := range unix.RLIMIT_RTTIME + 1 {
+		var l unix.Rlimit
+		if err := unix.Prlimit(pid, res, nil, &l); err == nil {
+			img.Rlimits = append(img.Rlimits, Rlimit{Resource: res, Cur: l.Cur, Max: l.Max})
+		}
+	}
+	mm, err := readMM(pid)
+	if err != nil {
+		return fmt.Errorf("read the memory layout of %d: %w", pid, err)
+	}
+	img.MM = MM(mm)
+	return nil
+}
+
+// dumpThread reads a stopped thread's registers, FPU state, signal mask and
+// registrations with the kernel.
+func dumpThread(tid int) (Thread, error) {
+	t := Thread{Tid: tid}
+	var rg regs
+	if err := unix.PtraceGetRegs(tid, &rg); err != nil {
+		return t, fmt.Errorf("read the registers of thread %d: %w", tid, err)
+	}
+	t.Regs = regsFrom(&rg)
+	var err error
+	if t.XState, err = getXState(tid); err != nil {
+		return t, err
+	}
+	if t.Sigmask, err = getSigmask(tid); err != nil {
+		return t, err
+	}
+	rs, err := getRseq(tid)
+	if err != nil {
+		return t, err
+	}
+	t.RseqAddr, t.RseqLen, t.RseqSig = rs.Addr, rs.Len, rs.Sig
+	var head, size uint64
+	if _, _, e := syscall.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&size))); e != 0 {
+		return t, fmt.Errorf("read the robust futex list of thread %d: %w", tid, e)
+	}
+	t.RobustList, t.RobustLen = head, size
+	return t, nil
+}
+
+// dumpInside runs, in the process's main thread, the system calls that
+// read what only the process itself can: its break, signal actions,
+// alternate stack, timers and clear_child_tid.
+func dumpInside(tid int, img *Image) (err error) {
+	mask, err := getSigmask(tid)
+	if err != nil {
+		return err
+	}
+	// Nothing is delivered while we borrow the thread.
+	if err := setSigmask(tid, ^uint64(0)); err != nil {
+		return err
+	}
+	defer func() {
+		if e := setSigmask(tid, mask); e != nil && err == nil {
+			err = e
+		}
+	}()
+	r, err := newRemote(tid)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if e := r.close(); e != nil && err == nil {
+			err = e
+		}
+	}()
+	scratch, err := r.call(unix.SYS_MMAP, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return fmt.Errorf("map a scratch page in the process: %w", err)
+	}
+	r.scratch = scratch
+	defer r.call(unix.SYS_MUNMAP, scratch, pageSize)
+	if img.MM.Brk, err = r.call(unix.SYS_BRK, 0); err != nil {
+		return fmt.Errorf("read the break: %w", err)
+	}
+	if img.Actions, err = dumpSigactions(r); err != nil {
+		return err
+	}
+	if img.Threads[0].AltStack, err = dumpAltStack(r); err != nil {
+		return err
+	}
+	if img.Timers, err = dumpTimers(r); err != nil {
+		return err
+	}
+	b := make([]byte, 8)
+	if _, err := r.callScratch(unix.SYS_PRCTL, nil, 0, b, unix.PR_GET_TID_ADDRESS, r.scratch); err != nil {
+		return fmt.Errorf("read the thread's clear_child_tid: %w", err)
+	}
+	img.Threads[0].TidAddress = leU64(b)
+	return nil
+}
+
+func leU64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}

@@ -1,0 +1,91 @@
+package ckpt
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Descriptors. A process carries its standard descriptors (the pipes or
+// terminal to its home, which the node that restores it provides anew)
+// and regular files opened by path, which it reopens at the same offset
+// with the same flags. Anything else it cannot carry: dumpFiles says what.
+
+// PinnedError says why a process cannot move: it holds something the
+// engine cannot carry. The text is for its user.
+type PinnedError struct{ Reason string }
+
+func (e *PinnedError) Error() string { return "the process cannot move: " + e.Reason }
+
+func dumpFiles(pid int) ([]File, error) {
+	fds, err := readFDs(pid)
+	if err != nil {
+		return nil, fmt.Errorf("list open descriptors: %w", err)
+	}
+	var out []File
+	var cannot []string
+	for _, f := range fds {
+		if f.Fd <= 2 {
+			out = append(out, File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags})
+			continue
+		}
+		if strings.HasPrefix(f.Link, "/") && !strings.HasSuffix(f.Link, " (deleted)") {
+			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
+				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
+				continue
+			}
+		}
+		cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, describeLink(f.Link)))
+	}
+	if len(cannot) > 0 {
+		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
+	}
+	return out, nil
+}
+
+// describeLink says in words what a /proc/PID/fd link is.
+func describeLink(l string) string {
+	switch {
+	case strings.HasPrefix(l, "socket:"):
+		return "a network or local socket"
+	case strings.HasPrefix(l, "pipe:"):
+		return "a pipe"
+	case strings.Contains(l, "inotify"):
+		return "an inotify watch"
+	case strings.Contains(l, "eventfd"), strings.Contains(l, "eventpoll"), strings.Contains(l, "signalfd"), strings.Contains(l, "timerfd"):
+		return "a kernel event descriptor, " + l
+	case strings.HasSuffix(l, " (deleted)"):
+		return "a deleted file, " + strings.TrimSuffix(l, " (deleted)")
+	case strings.HasPrefix(l, "/dev/"):
+		return "the device " + l
+	}
+	return l
+}
+
+// restoreFiles reopens the image's regular files at their descriptors.
+func restoreFiles(r *remote, files []File) error {
+	for _, f := range files {
+		if f.Kind != FileRegular {
+			continue
+		}
+		flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
+		fd, err := r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0)
+		if err != nil {
+			return fmt.Errorf("reopen %s as descriptor %d: %w", f.Path, f.Fd, err)
+		}
+		if int(fd) != f.Fd {
+			if _, err := r.call(unix.SYS_DUP3, fd, uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+				return fmt.Errorf("move %s to descriptor %d: %w", f.Path, f.Fd, err)
+			}
+			r.call(unix.SYS_CLOSE, fd)
+		} else if f.Flags&unix.O_CLOEXEC != 0 {
+			r.call(unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+		if _, err := r.call(unix.SYS_LSEEK, uint64(f.Fd), uint64(f.Pos), 0); err != nil {
+			return fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,149 @@
+// Package ckpt checkpoints a live process into an image and restores it in
+// a fresh process, on this node or another: the engine under migration.
+//
+// It works from outside the process, with ptrace: the dumper freezes the
+// process's threads, reads what /proc and ptrace tell, and runs a few
+// system calls inside the process (remote.go) for what only the process
+// itself can read; the restorer starts a stub process stopped at its
+// first instruction, replaces its address space and state with the
+// image's, again by system calls run inside it, and lets it go. One file
+// per kind of state: memory (memory.go), descriptors (files.go), signals
+// and timers (signals.go), registers and threads (dump.go, restore.go).
+package ckpt
+
+// ImageVersion is the version of the image format; a restorer refuses
+// images of another version.
+const ImageVersion = 1
+
+// Image is everything needed to recreate a process.
+type Image struct {
+	Version int
+	Pid     int    // the process id when it was dumped (as the process sees it)
+	Exe     string // the executable, for the stub and /proc/PID/exe
+	Comm    string
+	UID     uint32
+	GID     uint32
+	Cwd     string
+	Umask   uint32
+	Rlimits []Rlimit
+	MM      MM
+	VMAs    []VMA
+	Pages   []PageRun // memory contents, in address order
+	Threads []Thread  // the main thread first
+	Actions []Sigaction
+	Files   []File
+	Timers  [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
+}
+
+// Rlimit is one resource limit.
+type Rlimit struct {
+	Resource int
+	Cur, Max uint64
+}
+
+// MM is the address-space layout the kernel keeps (prctl PR_SET_MM_MAP).
+type MM struct {
+	StartCode, EndCode, StartData, EndData uint64
+	StartBrk, Brk, StartStack              uint64
+	ArgStart, ArgEnd, EnvStart, EnvEnd     uint64
+	Auxv                                   []uint64
+}
+
+// VMA kinds.
+const (
+	VMAAnon     = "anon"
+	VMAFile     = "file"
+	VMAVDSO     = "vdso" // [vdso], [vvar], [vvar_vclock]: moved, not copied
+	VMAVsyscall = "vsyscall"
+)
+
+// VMA is one mapping of the address space.
+type VMA struct {
+	Start, End uint64
+	Prot       int // PROT_* bits
+	Shared     bool
+	Kind       string
+	Name       string // [heap], [stack], [vdso]..., or the file's path
+	Offset     uint64 // in the file
+	GrowsDown  bool
+}
+
+// PageRun is the contents of consecutive pages.
+type PageRun struct {
+	Addr uint64
+	Data []byte
+}
+
+// Thread is one thread's state.
+type Thread struct {
+	Tid        int
+	Regs       Regs
+	XState     []byte // XSAVE area (PTRACE_GETREGSET NT_X86_XSTATE)
+	Sigmask    uint64
+	RseqAddr   uint64
+	RseqLen    uint32
+	RseqSig    uint32
+	TidAddress uint64 // set_tid_address
+	RobustList uint64
+	RobustLen  uint64
+	AltStack   [3]uint64 // ss_sp, ss_flags, ss_size
+}
+
+// Regs are the general-purpose registers (user_regs_struct of x86-64).
+type Regs struct {
+	R15, R14, R13, R12, Rbp, Rbx, R11, R10, R9, R8 uint64
+	Rax, Rcx, Rdx, Rsi, Rdi, OrigRax, Rip         uint64
+	Cs, Eflags, Rsp, Ss, FsBase, GsBase           uint64
+	Ds, Es, Fs, Gs                                uint64
+}
+
+// Sigaction is a signal's disposition (struct kernel_sigaction).
+type Sigaction struct {
+	Signal   int
+	Handler  uint64
+	Flags    uint64
+	Restorer uint64
+	Mask     uint64
+}
+
+// File kinds.
+const (
+	FileRegular = "regular"
+	FileStdio   = "stdio" // connected to the home (pipes or terminal)
+)
+
+// File is an open descriptor.
+type File struct {
+	Fd    int
+	Kind  string
+	Path  string
+	Flags int
+	Pos   int64
+}
+
+// ITimer is an interval timer (struct itimerval, in microseconds).
+type ITimer struct {
+	IntervalUs, ValueUs int64
+}
+
+func regsFrom(r *regs) Regs {
+	return Regs{r.R15, r.R14, r.R13, r.R12, r.Rbp, r.Rbx, r.R11, r.R10, r.R9, r.R8,
+		r.Rax, r.Rcx, r.Rdx, r.Rsi, r.Rdi, r.Orig_rax, r.Rip,
+		r.Cs, r.Eflags, r.Rsp, r.Ss, r.Fs_base, r.Gs_base, r.Ds, r.Es, r.Fs, r.Gs}
+}
+
+func (g Regs) raw() regs {
+	return regs{R15: g.R15, R14: g.R14, R13: g.R13, R12: g.R12, Rbp: g.Rbp, Rbx: g.Rbx, R11: g.R11, R10: g.R10,
+		R9: g.R9, R8: g.R8, Rax: g.Rax, Rcx: g.Rcx, Rdx: g.Rdx, Rsi: g.Rsi, Rdi: g.Rdi, Orig_rax: g.OrigRax,
+		Rip: g.Rip, Cs: g.Cs, Eflags: g.Eflags, Rsp: g.Rsp, Ss: g.Ss, Fs_base: g.FsBase, Gs_base: g.GsBase,
+		Ds: g.Ds, Es: g.Es, Fs: g.Fs, Gs: g.Gs}
+}
+
+// MemoryBytes is the size of the memory contents in the image.
+func (img *Image) MemoryBytes() int64 {
+	var n int64
+	for _, p := range img.Pages {
+		n += int64(len(p.Data))
+	}
+	return n
+}

@@ -1,0 +1,160 @@
+package ckpt
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const pageSize = 4096
+
+// pagemap bits (proc(5)).
+const (
+	pmPresent = 1 << 63
+	pmSwapped = 1 << 62
+	pmFile    = 1 << 61 // file page or shared anonymous
+)
+
+// vmaKind classifies a mapping for the image.
+func vmaKind(v vma) string {
+	switch v.Path {
+	case "[vdso]", "[vvar]", "[vvar_vclock]":
+		return VMAVDSO
+	case "[vsyscall]":
+		return VMAVsyscall
+	}
+	if strings.HasPrefix(v.Path, "/") && v.Inode != 0 && !strings.HasSuffix(v.Path, " (deleted)") {
+		return VMAFile
+	}
+	return VMAAnon
+}
+
+// imageVMAs turns /proc's mappings into the image's.
+func imageVMAs(vs []vma) []VMA {
+	out := make([]VMA, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, VMA{
+			Start: v.Start, End: v.End, Prot: v.prot(), Shared: v.Shared, Kind: vmaKind(v),
+			Name: v.Path, Offset: v.Offset, GrowsDown: v.Path == "[stack]",
+		})
+	}
+	return out
+}
+
+// dumpMemory reads the pages whose contents the image must carry: every
+// page of anonymous memory that was ever touched, and the pages of private
+// file mappings that the process changed. Pages that equal their file are
+// mapped again from it; pages never touched are zero again.
+func dumpMemory(pid int, vs []VMA) ([]PageRun, error) {
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	if err != nil {
+		return nil, fmt.Errorf("open the page map: %w", err)
+	}
+	defer pm.Close()
+	mem, err := memFile(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer mem.Close()
+	var runs []PageRun
+	for _, v := range vs {
+		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) {
+			continue
+		}
+		n := (v.End - v.Start) / pageSize
+		entries := make([]byte, 8*n)
+		if _, err := pm.ReadAt(entries, int64(v.Start/pageSize*8)); err != nil {
+			return nil, fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
+		}
+		wanted := func(i uint64) bool {
+			e := binary.LittleEndian.Uint64(entries[8*i:])
+			if e&(pmPresent|pmSwapped) == 0 {
+				return false
+			}
+			if v.Kind == VMAFile {
+				return e&pmFile == 0 // a private copy of a file page
+			}
+			return true
+		}
+		for i := uint64(0); i < n; {
+			if !wanted(i) {
+				i++
+				continue
+			}
+			j := i + 1
+			for j < n && wanted(j) {
+				j++
+			}
+			addr := v.Start + i*pageSize
+			data := make([]byte, (j-i)*pageSize)
+			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
+				return nil, fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, j-i, v.Name, err)
+			}
+			runs = append(runs, PageRun{Addr: addr, Data: data})
+			i = j
+		}
+	}
+	return runs, nil
+}
+
+// mapVMA creates one of the image's mappings in the tracee.
+func mapVMA(r *remote, v VMA) error {
+	flags := uint64(unix.MAP_FIXED)
+	if v.Shared {
+		flags |= unix.MAP_SHARED
+	} else {
+		flags |= unix.MAP_PRIVATE
+	}
+	if v.GrowsDown {
+		flags |= unix.MAP_GROWSDOWN
+	}
+	size := v.End - v.Start
+	if v.Kind == VMAFile {
+		fd, err := r.callScratch(unix.SYS_OPENAT, cString(v.Name), 0, nil, atFDCWD, r.scratch, uint64(openFlags(v)), 0)
+		if err != nil {
+			return fmt.Errorf("open %s to map it: %w", v.Name, err)
+		}
+		_, err = r.call(unix.SYS_MMAP, v.Start, size, uint64(v.Prot), flags, fd, v.Offset)
+		r.call(unix.SYS_CLOSE, fd)
+		if err != nil {
+			return fmt.Errorf("map %s at %#x: %w", v.Name, v.Start, err)
+		}
+		return nil
+	}
+	flags |= unix.MAP_ANONYMOUS
+	if _, err := r.call(unix.SYS_MMAP, v.Start, size, uint64(v.Prot), flags, ^uint64(0), 0); err != nil {
+		return fmt.Errorf("map %d bytes of anonymous memory (%s) at %#x: %w", size, v.Name, v.Start, err)
+	}
+	return nil
+}
+
+// openFlags opens a file for a mapping: writable only for a shared
+// writable one (a private mapping's writes never reach the file).
+func openFlags(v VMA) int {
+	if v.Shared && v.Prot&unix.PROT_WRITE != 0 {
+		return unix.O_RDWR
+	}
+	return unix.O_RDONLY
+}
+
+// writePages copies the image's memory into the tracee, read-only pages
+// included (through /proc/PID/mem, as a debugger writes).
+func writePages(pid int, runs []PageRun) error {
+	mem, err := memFile(pid)
+	if err != nil {
+		return err
+	}
+	defer mem.Close()
+	for _, p := range runs {
+		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
+			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
+		}
+	}
+	return nil
+}
+
+// atFDCWD is AT_FDCWD (-100) as a system call argument.
+const atFDCWD = ^uint64(99)

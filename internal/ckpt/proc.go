@@ -1,0 +1,244 @@
+package ckpt
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// This file reads what /proc says of a process.
+
+// vma is one line of /proc/PID/maps.
+type vma struct {
+	Start, End uint64
+	Read       bool
+	Write      bool
+	Exec       bool
+	Shared     bool
+	Offset     uint64
+	Dev        string
+	Inode      uint64
+	Path       string // "" for anonymous; [heap], [stack], [vdso]... for special ones
+}
+
+func (v vma) size() uint64 { return v.End - v.Start }
+
+func (v vma) prot() int {
+	p := 0
+	if v.Read {
+		p |= 1
+	}
+	if v.Write {
+		p |= 2
+	}
+	if v.Exec {
+		p |= 4
+	}
+	return p
+}
+
+// special reports whether the kernel makes this mapping itself.
+func (v vma) special() bool {
+	switch v.Path {
+	case "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]":
+		return true
+	}
+	return false
+}
+
+func readMaps(pid int) ([]vma, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []vma
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		v, err := parseMapsLine(sc.Text())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, sc.Err()
+}
+
+func parseMapsLine(line string) (vma, error) {
+	// 7f1c2a000000-7f1c2a021000 rw-p 00000000 00:00 0      [heap]
+	fields := strings.Fields(line)
+	if len(fields) < 5 {
+		return vma{}, fmt.Errorf("bad maps line %q", line)
+	}
+	var v vma
+	lo, hi, ok := strings.Cut(fields[0], "-")
+	if !ok {
+		return vma{}, fmt.Errorf("bad range in maps line %q", line)
+	}
+	var err error
+	if v.Start, err = strconv.ParseUint(lo, 16, 64); err != nil {
+		return vma{}, err
+	}
+	if v.End, err = strconv.ParseUint(hi, 16, 64); err != nil {
+		return vma{}, err
+	}
+	perms := fields[1]
+	v.Read, v.Write, v.Exec, v.Shared = perms[0] == 'r', perms[1] == 'w', perms[2] == 'x', perms[3] == 's'
+	if v.Offset, err = strconv.ParseUint(fields[2], 16, 64); err != nil {
+		return vma{}, err
+	}
+	v.Dev = fields[3]
+	if v.Inode, err = strconv.ParseUint(fields[4], 10, 64); err != nil {
+		return vma{}, err
+	}
+	if len(fields) > 5 {
+		// The path is the rest of the line (it may contain spaces).
+		i := strings.Index(line, fields[5])
+		v.Path = line[i:]
+	}
+	return v, nil
+}
+
+// statFields returns the fields of /proc/PID/stat after the command name
+// (field 3, the state, is index 0).
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return strings.Fields(string(b[i+2:])), nil
+}
+
+// mmInfo is the layout the kernel keeps for an address space, as
+// prctl(PR_SET_MM_MAP) takes it.
+type mmInfo struct {
+	StartCode, EndCode, StartData, EndData uint64
+	StartBrk, Brk, StartStack              uint64
+	ArgStart, ArgEnd, EnvStart, EnvEnd     uint64
+	Auxv                                   []uint64
+}
+
+func readMM(pid int) (mmInfo, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return mmInfo{}, err
+	}
+	// Field numbers of proc(5), less 3 (the index of the state).
+	get := func(field int) uint64 {
+		v, _ := strconv.ParseUint(f[field-3], 10, 64)
+		return v
+	}
+	if len(f) < 51-3 {
+		return mmInfo{}, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	mm := mmInfo{
+		StartCode: get(26), EndCode: get(27), StartStack: get(28),
+		StartData: get(45), EndData: get(46), StartBrk: get(47),
+		ArgStart: get(48), ArgEnd: get(49), EnvStart: get(50), EnvEnd: get(51),
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/auxv", pid))
+	if err != nil {
+		return mmInfo{}, err
+	}
+	for i := 0; i+8 <= len(b); i += 8 {
+		mm.Auxv = append(mm.Auxv, binary.LittleEndian.Uint64(b[i:]))
+	}
+	return mm, nil
+}
+
+// statusField returns a field of /proc/PID/status.
+func statusField(pid int, name string) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("no %s in /proc/%d/status", name, pid)
+}
+
+// threads lists a process's thread ids, the main thread first.
+func threads(pid int) ([]int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, tid)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] == pid || (out[j] != pid && out[i] < out[j]) })
+	return out, nil
+}
+
+// fdEntry is an open descriptor of a process.
+type fdEntry struct {
+	Fd    int
+	Link  string // readlink of /proc/PID/fd/N
+	Pos   int64
+	Flags int
+}
+
+func readFDs(pid int) ([]fdEntry, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []fdEntry
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+		if err != nil {
+			continue
+		}
+		fe := fdEntry{Fd: fd, Link: link}
+		for line := range strings.Lines(string(info)) {
+			k, v, _ := strings.Cut(line, ":")
+			v = strings.TrimSpace(v)
+			switch k {
+			case "pos":
+				fe.Pos, _ = strconv.ParseInt(v, 10, 64)
+			case "flags":
+				f, _ := strconv.ParseInt(v, 8, 64)
+				fe.Flags = int(f)
+			}
+		}
+		out = append(out, fe)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fd < out[j].Fd })
+	return out, nil
+}
+
+// memFile opens a process's memory for reading and writing; the kernel
+// allows writes to read-only pages through it (FOLL_FORCE), as ptrace's.
+func memFile(pid int) (*os.File, error) {
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", pid), os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the memory of %d: %w", pid, err)
+	}
+	return f, nil
+}

@@ -1,0 +1,307 @@
+package ckpt
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// glibcTidOffset is where glibc (2.36, x86-64) caches a thread's id in its
+// thread control block, at the thread pointer (fs_base) plus this offset.
+// raise() and pthread_kill() use it: a thread restored under another id
+// would signal the wrong thread, so the cache is corrected.
+const glibcTidOffset = 0x2d0
+
+// Syscall restart codes the kernel leaves in rax of a thread stopped in an
+// interrupted system call.
+const (
+	errRestartSys          = 512
+	errRestartNoIntr       = 513
+	errRestartNoHand       = 514
+	errRestartRestartBlock = 516
+)
+
+// Restore turns pid, a stub process started by the calling thread with
+// PTRACE_TRACEME (so it stops at its exec; Restore waits for that stop),
+// into the image's process, and lets it run. The stub's descriptors 0, 1 and 2 are the process's standard ones;
+// it should run as the image's user. If Restore fails the stub is killed.
+func Restore(pid int, img *Image) (err error) {
+	if img.Version != ImageVersion {
+		return fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
+	}
+	if len(img.Threads) != 1 {
+		return fmt.Errorf("the image has %d threads; this version restores single-threaded processes only", len(img.Threads))
+	}
+	defer func() {
+		if err != nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, syscall.WALL, nil)
+		}
+	}()
+	if ws, err := waitStop(pid); err != nil {
+		return err
+	} else if ws.StopSignal() != syscall.SIGTRAP {
+		return fmt.Errorf("the new process stopped with %v, not at its exec", ws)
+	}
+	// If this thread dies before the restore is done, so does the stub.
+	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL); err != nil {
+		return fmt.Errorf("set trace options of the new process: %w", err)
+	}
+	if err := setSigmask(pid, ^uint64(0)); err != nil {
+		return err
+	}
+	r, err := newRemote(pid)
+	if err != nil {
+		return err
+	}
+	stub, err := readMaps(pid)
+	if err != nil {
+		return fmt.Errorf("read the new process's mappings: %w", err)
+	}
+	// The trampoline: a page of code with a syscall instruction, and a
+	// scratch page, where neither the stub nor the image has anything.
+	tramp, err := freeRange(img.VMAs, stub, 2*pageSize)
+	if err != nil {
+		return err
+	}
+	if _, err := r.call(unix.SYS_MMAP, tramp, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+		return fmt.Errorf("map the restore trampoline: %w", err)
+	}
+	if err := r.write(tramp, []byte{0x0f, 0x05, 0xcc, 0xcc}); err != nil {
+		return err
+	}
+	r.syscallAt, r.scratch, r.poked = tramp, tramp+pageSize, nil // the stub's code goes away
+
+	// Clear the stub's address space but for the kernel's own mappings.
+	for _, v := range stub {
+		if v.special() {
+			continue
+		}
+		if _, err := r.call(unix.SYS_MUNMAP, v.Start, v.size()); err != nil {
+			return fmt.Errorf("unmap the new process's %s: %w", v.Path, err)
+		}
+	}
+	if err := moveVDSO(r, stub, img.VMAs, tramp); err != nil {
+		return err
+	}
+	for _, v := range img.VMAs {
+		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall {
+			continue
+		}
+		if err := mapVMA(r, v); err != nil {
+			return err
+		}
+	}
+	if err := writePages(pid, img.Pages); err != nil {
+		return err
+	}
+	if err := setMM(r, img.MM); err != nil {
+		return err
+	}
+	if err := restoreFiles(r, img.Files); err != nil {
+		return err
+	}
+	if err := restoreSigactions(r, img.Actions); err != nil {
+		return err
+	}
+	t := img.Threads[0]
+	if err := restoreAltStack(r, t.AltStack); err != nil {
+		return err
+	}
+	if err := restoreTimers(r, img.Timers); err != nil {
+		return err
+	}
+	if _, err := r.call(unix.SYS_UMASK, uint64(img.Umask)); err != nil {
+		return fmt.Errorf("set the umask: %w", err)
+	}
+	if _, err := r.callScratch(unix.SYS_CHDIR, cString(img.Cwd), 0, nil, r.scratch); err != nil {
+		return fmt.Errorf("enter the working directory %s: %w", img.Cwd, err)
+	}
+	if t.RobustList != 0 {
+		if _, err := r.call(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
+			return fmt.Errorf("set the robust futex list: %w", err)
+		}
+	}
+	if _, err := r.call(unix.SYS_SET_TID_ADDRESS, t.TidAddress); err != nil {
+		return fmt.Errorf("set clear_child_tid: %w", err)
+	}
+	if t.RseqAddr != 0 {
+		if _, err := r.call(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)); err != nil {
+			return fmt.Errorf("register rseq: %w", err)
+		}
+	}
+	if t.Tid != pid {
+		if err := fixCachedTid(r, t, pid); err != nil {
+			return err
+		}
+	}
+	final := resumeRegs(t.Regs)
+
+	// The last system call unmaps the trampoline; at its exit stop the
+	// thread gets its own registers, and detaching lets it run from them.
+	done, err := r.enter(unix.SYS_MUNMAP, tramp, 2*pageSize)
+	if err != nil {
+		return err
+	}
+	if _, err := done(); err != nil {
+		return fmt.Errorf("unmap the restore trampoline: %w", err)
+	}
+	if err := unix.PtraceSetRegs(pid, &final); err != nil {
+		return fmt.Errorf("set the restored registers: %w", err)
+	}
+	if err := setXState(pid, t.XState); err != nil {
+		return err
+	}
+	if err := setSigmask(pid, t.Sigmask); err != nil {
+		return err
+	}
+	if err := ptrace(unix.PTRACE_DETACH, pid, 0, 0); err != nil {
+		return fmt.Errorf("let the restored process run: %w", err)
+	}
+	return nil
+}
+
+// resumeRegs are the registers to resume a thread with. A thread stopped
+// in an interrupted system call resumes by making the call again (its
+// restart bookkeeping stayed in the old kernel).
+func resumeRegs(g Regs) regs {
+	rg := g.raw()
+	if int64(rg.Orig_rax) >= 0 {
+		switch -int64(rg.Rax) {
+		case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartRestartBlock:
+			rg.Rax = rg.Orig_rax
+			rg.Rip -= 2
+		}
+	}
+	rg.Orig_rax = ^uint64(0)
+	return rg
+}
+
+// fixCachedTid corrects glibc's cached thread id, if it is there.
+func fixCachedTid(r *remote, t Thread, tid int) error {
+	addr := t.Regs.FsBase + glibcTidOffset
+	b := make([]byte, 4)
+	if t.Regs.FsBase == 0 || r.read(addr, b) != nil {
+		return nil
+	}
+	if int(int32(binary.LittleEndian.Uint32(b))) != t.Tid {
+		return nil // not glibc's layout: leave it
+	}
+	binary.LittleEndian.PutUint32(b, uint32(tid))
+	return r.write(addr, b)
+}
+
+// setMM gives the address space the image's layout (break, stack,
+// arguments, environment, auxiliary vector).
+func setMM(r *remote, mm MM) error {
+	auxv := make([]byte, 8*len(mm.Auxv))
+	for i, v := range mm.Auxv {
+		binary.LittleEndian.PutUint64(auxv[8*i:], v)
+	}
+	// struct prctl_mm_map, then the auxiliary vector right after it.
+	const mapSize = 12*8 + 4 + 4
+	auxvAt := r.scratch + mapSize
+	buf := le64(mm.StartCode, mm.EndCode, mm.StartData, mm.EndData, mm.StartBrk, mm.Brk, mm.StartStack,
+		mm.ArgStart, mm.ArgEnd, mm.EnvStart, mm.EnvEnd, auxvAt)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(auxv)))
+	buf = binary.LittleEndian.AppendUint32(buf, ^uint32(0)) // exe_fd: keep
+	buf = append(buf, auxv...)
+	if len(buf) > pageSize {
+		return fmt.Errorf("auxiliary vector of %d bytes is too large", len(auxv))
+	}
+	if _, err := r.callScratch(unix.SYS_PRCTL, buf, 0, nil, unix.PR_SET_MM, unix.PR_SET_MM_MAP, r.scratch, mapSize); err != nil {
+		return fmt.Errorf("set the memory layout: %w", err)
+	}
+	return nil
+}
+
+// moveVDSO moves the kernel's vDSO and its data pages to where the image
+// had them: the process's code calls into them at those addresses.
+func moveVDSO(r *remote, stub []vma, image []VMA, tramp uint64) error {
+	names := []string{"[vvar]", "[vvar_vclock]", "[vdso]"}
+	var moves []struct{ from, to, size uint64 }
+	for _, n := range names {
+		iv := slices.IndexFunc(image, func(v VMA) bool { return v.Name == n })
+		sv := slices.IndexFunc(stub, func(v vma) bool { return v.Path == n })
+		switch {
+		case iv < 0 && sv < 0:
+			continue
+		case iv < 0 || sv < 0:
+			return fmt.Errorf("the image's kernel mappings differ from this kernel's (%s): restore it on a node with the same kernel", n)
+		}
+		is, ss := image[iv], stub[sv]
+		if is.End-is.Start != ss.size() {
+			return fmt.Errorf("the image's %s has %d bytes, this kernel's %d: restore it on a node with the same kernel", n, is.End-is.Start, ss.size())
+		}
+		moves = append(moves, struct{ from, to, size uint64 }{ss.Start, is.Start, ss.size()})
+	}
+	// Move them out of the way first, then into place, so that no move
+	// lands on a mapping that has not moved yet.
+	var total uint64
+	for _, m := range moves {
+		total += m.size
+	}
+	park, err := freeRange(append(slices.Clone(image), VMA{Start: tramp, End: tramp + 2*pageSize}), stub, total)
+	if err != nil {
+		return err
+	}
+	at := park
+	for i := range moves {
+		if _, err := r.call(unix.SYS_MREMAP, moves[i].from, moves[i].size, moves[i].size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, at); err != nil {
+			return fmt.Errorf("move the vDSO: %w", err)
+		}
+		moves[i].from = at
+		at += moves[i].size
+	}
+	for _, m := range moves {
+		if _, err := r.call(unix.SYS_MREMAP, m.from, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, m.to); err != nil {
+			return fmt.Errorf("move the vDSO into place: %w", err)
+		}
+	}
+	return nil
+}
+
+// freeRange finds an address range of size bytes used neither by the
+// image nor by the stub (nor the trampoline, which lies below it: ranges
+// are taken from the top of the usual mmap area down).
+func freeRange(image []VMA, stub []vma, size uint64) (uint64, error) {
+	type span struct{ lo, hi uint64 }
+	var used []span
+	for _, v := range image {
+		used = append(used, span{v.Start, v.End})
+	}
+	for _, v := range stub {
+		used = append(used, span{v.Start, v.End})
+	}
+	slices.SortFunc(used, func(a, b span) int {
+		switch {
+		case a.lo < b.lo:
+			return -1
+		case a.lo > b.lo:
+			return 1
+		}
+		return 0
+	})
+	// Search between 1 GiB and 64 TiB, the first gap that fits, going up.
+	cand := uint64(1 << 30)
+	for _, u := range used {
+		if u.hi <= cand {
+			continue
+		}
+		if u.lo >= cand+size+pageSize {
+			return cand, nil
+		}
+		cand = (u.hi + pageSize) &^ (pageSize - 1)
+	}
+	if cand+size < 1<<46 {
+		return cand, nil
+	}
+	return 0, errors.New("no free address range for the restore trampoline")
+}
+
