@@ -92,9 +92,9 @@ type Thread struct {
 // Regs are the general-purpose registers (user_regs_struct of x86-64).
 type Regs struct {
 	R15, R14, R13, R12, Rbp, Rbx, R11, R10, R9, R8 uint64
-	Rax, Rcx, Rdx, Rsi, Rdi, OrigRax, Rip         uint64
-	Cs, Eflags, Rsp, Ss, FsBase, GsBase           uint64
-	Ds, Es, Fs, Gs                                uint64
+	Rax, Rcx, Rdx, Rsi, Rdi, OrigRax, Rip          uint64
+	Cs, Eflags, Rsp, Ss, FsBase, GsBase            uint64
+	Ds, Es, Fs, Gs                                 uint64
 }
 
 // Sigaction is a signal's disposition (struct kernel_sigaction).

@@ -177,4 +177,3 @@ func le64(vs ...uint64) []byte {
 	}
 	return b
 }
-

@@ -304,4 +304,3 @@ func freeRange(image []VMA, stub []vma, size uint64) (uint64, error) {
 	}
 	return 0, errors.New("no free address range for the restore trampoline")
 }
-
