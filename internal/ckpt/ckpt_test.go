@@ -2,6 +2,7 @@ package ckpt
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -76,10 +77,19 @@ func reference(t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-// moveOnce runs argv, lets it print `before` lines, dumps it, kills the
-// original, restores the image into a fresh process writing to the same
-// pipe, and returns everything printed and the restored process's exit.
-func moveOnce(t *testing.T, before int, argv ...string) (string, syscall.WaitStatus, *Image) {
+// move describes one checkpoint-and-restore of a test program.
+type move struct {
+	argv   []string
+	before int          // lines to read from the original before dumping it
+	stdin  *os.File     // the program's standard input; nil: /dev/null
+	after  func(*Image) // runs once the copy is restored (feed it input)
+}
+
+// run starts m.argv, lets it print m.before lines, dumps it, kills the
+// original, sends the image through the stream format, restores it into a
+// fresh process writing to the same pipe, and returns everything printed
+// and the restored process's exit.
+func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -88,22 +98,26 @@ func moveOnce(t *testing.T, before int, argv ...string) (string, syscall.WaitSta
 		t.Fatal(err)
 	}
 	defer r.Close()
-	devnull, _ := os.Open(os.DevNull)
-	defer devnull.Close()
-	orig, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{devnull, w, os.Stderr}})
+	stdin := m.stdin
+	if stdin == nil {
+		devnull, _ := os.Open(os.DevNull)
+		defer devnull.Close()
+		stdin = devnull
+	}
+	orig, err := os.StartProcess(m.argv[0], m.argv, &os.ProcAttr{Files: []*os.File{stdin, w, os.Stderr}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(r)
 	var out strings.Builder
-	for range before {
+	for range m.before {
 		line, err := br.ReadString('\n')
 		if err != nil {
 			t.Fatalf("read from the original: %v", err)
 		}
 		out.WriteString(line)
 	}
-	img, frozen, err := Dump(orig.Pid)
+	dumped, frozen, err := Dump(orig.Pid)
 	if err != nil {
 		orig.Kill()
 		orig.Wait()
@@ -112,8 +126,17 @@ func moveOnce(t *testing.T, before int, argv ...string) (string, syscall.WaitSta
 	frozen.Kill()
 	orig.Wait()
 
+	var stream bytes.Buffer
+	if err := Encode(&stream, dumped); err != nil {
+		t.Fatalf("Encode: %v", err)
+	}
+	img, err := Decode(&stream)
+	if err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+
 	stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
-		Files: []*os.File{devnull, w, os.Stderr},
+		Files: []*os.File{stdin, w, os.Stderr},
 		Sys:   &syscall.SysProcAttr{Ptrace: true},
 	})
 	if err != nil {
@@ -122,6 +145,9 @@ func moveOnce(t *testing.T, before int, argv ...string) (string, syscall.WaitSta
 	w.Close()
 	if err := Restore(stub.Pid, img); err != nil {
 		t.Fatalf("Restore: %v", err)
+	}
+	if m.after != nil {
+		m.after(img)
 	}
 	rest, _ := io.ReadAll(br)
 	out.Write(rest)
@@ -132,13 +158,15 @@ func moveOnce(t *testing.T, before int, argv ...string) (string, syscall.WaitSta
 	return out.String(), ws, img
 }
 
-func TestMoveCounter(t *testing.T) {
+// checkMove moves argv once, both dynamically and statically linked, and
+// wants exactly the output of an undisturbed run and a clean exit.
+func checkMove(t *testing.T, prog string, before int, args ...string) {
 	needRoot(t)
-	for _, prog := range []string{"counter", "counter-static"} {
-		t.Run(prog, func(t *testing.T) {
-			argv := []string{programs[prog], "40", "4000000"}
+	for _, variant := range []string{prog, prog + "-static"} {
+		t.Run(variant, func(t *testing.T) {
+			argv := append([]string{programs[variant]}, args...)
 			want := reference(t, argv...)
-			got, ws, img := moveOnce(t, 10, argv...)
+			got, ws, img := move{argv: argv, before: before}.run(t)
 			if got != want {
 				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
 			}
@@ -148,4 +176,93 @@ func TestMoveCounter(t *testing.T) {
 			t.Logf("image: %d mappings, %d bytes of memory", len(img.VMAs), img.MemoryBytes())
 		})
 	}
+}
+
+func TestMoveCounter(t *testing.T) { checkMove(t, "counter", 10, "40", "4000000") }
+
+// Signal handlers, an alternate stack, an interval timer and raised
+// signals survive.
+func TestMoveSignals(t *testing.T) { checkMove(t, "signals", 12, "40") }
+
+// The extended (AVX) register state survives, even mid-system-call.
+func TestMoveAVX(t *testing.T) { checkMove(t, "avx", 10, "30") }
+
+// Regular files come back at their offsets, with O_APPEND kept.
+func TestMoveFiles(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"files", "files-static"} {
+		t.Run(variant, func(t *testing.T) {
+			dir := t.TempDir()
+			argv := []string{programs[variant], "30", filepath.Join(dir, "log"), filepath.Join(dir, "data")}
+			want := reference(t, argv...)
+			got, ws, _ := move{argv: argv, before: 11}.run(t)
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+		})
+	}
+}
+
+// A process blocked reading its standard input resumes the read on the
+// restored copy's input and sees everything written to it, then its end.
+func TestMoveReader(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"reader", "reader-static"} {
+		t.Run(variant, func(t *testing.T) {
+			in, feed, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer in.Close()
+			lines := []string{"one\n", "two two\n", "three three three\n", "four\n", "five\n"}
+			for _, l := range lines[:3] {
+				feed.WriteString(l)
+			}
+			got, ws, _ := move{argv: []string{programs[variant]}, before: 3, stdin: in, after: func(*Image) {
+				for _, l := range lines[3:] {
+					feed.WriteString(l)
+				}
+				feed.Close()
+			}}.run(t)
+			want := "1 4\n2 12\n3 30\n4 35\n5 40\neof 5 40\n"
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+		})
+	}
+}
+
+// An interpreter, with its heap of objects and its shared libraries,
+// moves like any other program.
+func TestMovePython(t *testing.T) {
+	needRoot(t)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("this test needs python3 (apt-get install python3)")
+	}
+	script := `import hashlib, time, sys
+h = hashlib.sha256()
+d = {}
+for i in range(40):
+    d[i] = [i] * (i + 1)
+    h.update(repr(d[i]).encode())
+    time.sleep(0.02)
+    print(i, h.hexdigest()[:16], flush=True)
+`
+	argv := []string{python, "-S", "-c", script}
+	want := reference(t, argv...)
+	got, ws, img := move{argv: argv, before: 10}.run(t)
+	if got != want {
+		t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("restored process ended with %v", ws)
+	}
+	t.Logf("image: %d mappings, %d bytes of memory", len(img.VMAs), img.MemoryBytes())
 }

@@ -1,0 +1,71 @@
+package ckpt
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func sampleImage() *Image {
+	data := make([]byte, 3*maxRecord+12345) // split across records
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	return &Image{
+		Version: ImageVersion, Pid: 42, Exe: "/bin/x", Cwd: "/tmp", Umask: 0o22,
+		MM:      MM{StartCode: 0x400000, Auxv: []uint64{6, 4096, 0, 0}},
+		VMAs:    []VMA{{Start: 0x1000, End: 0x3000, Prot: 3, Kind: VMAAnon}},
+		Pages:   []PageRun{{Addr: 0x10000, Data: data}, {Addr: 0x7f0000000000, Data: []byte("tail page")}},
+		Threads: []Thread{{Tid: 42, XState: []byte{1, 2, 3}, Regs: Regs{Rip: 0x401000}}},
+		Files:   []File{{Fd: 3, Kind: FileRegular, Path: "/tmp/f", Pos: 7}},
+	}
+}
+
+func TestFormatRoundTrip(t *testing.T) {
+	img := sampleImage()
+	var buf bytes.Buffer
+	if err := Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, img) {
+		t.Fatal("the decoded image differs from the encoded one")
+	}
+}
+
+func TestFormatRejectsDamage(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Encode(&buf, sampleImage()); err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	damaged := func(f func([]byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	cases := map[string][]byte{
+		"a flipped bit in the memory": damaged(func(b []byte) []byte { b[len(b)/2] ^= 1; return b }),
+		"a flipped bit in the header": damaged(func(b []byte) []byte { b[40] ^= 0x10; return b }),
+		"cut short":                   good[:len(good)-100],
+		"cut after the header":        good[:200],
+		"empty":                       nil,
+		"not an image":                []byte("#!/bin/sh\necho hello\n"),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Decode(bytes.NewReader(b)); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Decode = %v, want ErrCorrupt", err)
+			}
+		})
+	}
+	// A whole page record dropped: each record is intact, the whole is not.
+	var buf2 bytes.Buffer
+	e, _ := NewEncoder(&buf2, sampleImage())
+	e.Pages(PageRun{Addr: 0x1000, Data: make([]byte, 4096)})
+	e.pages++ // claims one more page record than it wrote
+	e.Close()
+	if _, err := Decode(&buf2); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("an image missing a record: %v", err)
+	}
+}
