@@ -2,7 +2,7 @@ package ckpt
 
 import (
 	"bufio"
-	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -85,10 +86,10 @@ type move struct {
 	after  func(*Image) // runs once the copy is restored (feed it input)
 }
 
-// run starts m.argv, lets it print m.before lines, dumps it, kills the
-// original, sends the image through the stream format, restores it into a
-// fresh process writing to the same pipe, and returns everything printed
-// and the restored process's exit.
+// run starts m.argv, lets it print m.before lines, checkpoints it into a
+// pipe while restoring it from the other end into a fresh process writing
+// to the same output, kills the original once the copy is ready, lets the
+// copy go, and returns everything printed and the copy's exit.
 func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	t.Helper()
 	runtime.LockOSThread()
@@ -117,24 +118,44 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		}
 		out.WriteString(line)
 	}
-	dumped, frozen, err := Dump(orig.Pid)
+	// The original is checkpointed into a pipe by a thread of its own
+	// (its tracer), while this one restores from the other end of it.
+	pr, pw, err := os.Pipe()
 	if err != nil {
-		orig.Kill()
-		orig.Wait()
-		t.Fatalf("Dump: %v", err)
+		t.Fatal(err)
 	}
-	frozen.Kill()
-	orig.Wait()
-
-	var stream bytes.Buffer
-	if err := Encode(&stream, dumped); err != nil {
-		t.Fatalf("Encode: %v", err)
+	defer pr.Close()
+	decided := make(chan bool)
+	dumped := make(chan error, 1)
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, frozen, err := Checkpoint(orig.Pid, pw)
+		pw.Close()
+		dumped <- err
+		if err != nil {
+			orig.Kill()
+			orig.Wait()
+			return
+		}
+		if <-decided {
+			frozen.Kill()
+			orig.Wait()
+		} else {
+			frozen.Resume()
+		}
+	}()
+	// The stub runs the image's program (what /proc/PID/exe shows), so
+	// the header comes first.
+	d, derr := NewDecoder(pr)
+	if derr != nil {
+		<-dumped
+		decided <- false
+		t.Fatalf("NewDecoder: %v", derr)
 	}
-	img, err := Decode(&stream)
-	if err != nil {
-		t.Fatalf("Decode: %v", err)
-	}
-
+	img := d.Image()
 	stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
 		Files: []*os.File{stdin, w, os.Stderr},
 		Sys:   &syscall.SysProcAttr{Ptrace: true},
@@ -143,8 +164,18 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		t.Fatalf("start the stub: %v", err)
 	}
 	w.Close()
-	if err := Restore(stub.Pid, img); err != nil {
-		t.Fatalf("Restore: %v", err)
+	restored, err := RestoreFrom(stub.Pid, d)
+	if err := <-dumped; err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	if err != nil {
+		decided <- false
+		t.Fatalf("RestoreFrom: %v", err)
+	}
+	decided <- true
+	<-killed
+	if err := restored.Go(); err != nil {
+		t.Fatal(err)
 	}
 	if m.after != nil {
 		m.after(img)
@@ -265,4 +296,93 @@ for i in range(40):
 		t.Fatalf("restored process ended with %v", ws)
 	}
 	t.Logf("image: %d mappings, %d bytes of memory", len(img.VMAs), img.MemoryBytes())
+}
+
+// failAfter is a writer that breaks after n bytes, as a link to a node
+// that dies mid-transfer.
+type failAfter struct{ n int }
+
+func (f *failAfter) Write(b []byte) (int, error) {
+	if len(b) > f.n {
+		n := f.n
+		f.n = 0
+		return n, errors.New("the link broke")
+	}
+	f.n -= len(b)
+	return len(b), nil
+}
+
+// A checkpoint that fails half-way leaves the process running as if
+// nothing happened.
+func TestFailedCheckpointResumes(t *testing.T) {
+	needRoot(t)
+	argv := []string{programs["counter"], "30", "8000000"}
+	want := reference(t, argv...)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var got strings.Builder
+	for range 5 {
+		line, _ := br.ReadString('\n')
+		got.WriteString(line)
+	}
+	if _, _, err := Checkpoint(cmd.Process.Pid, &failAfter{n: 3 << 20}); err == nil {
+		t.Fatal("Checkpoint into a broken link succeeded")
+	}
+	rest, _ := io.ReadAll(br)
+	got.Write(rest)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the process after a failed checkpoint: %v", err)
+	}
+	if got.String() != want {
+		t.Fatalf("output differs after a failed checkpoint:\n got %q\nwant %q", got.String(), want)
+	}
+}
+
+// A restore refuses an image whose mapped files differ here, before the
+// process runs.
+func TestRestoreRefusesChangedFiles(t *testing.T) {
+	needRoot(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prog := filepath.Join(t.TempDir(), "counter")
+	b, err := os.ReadFile(programs["counter-static"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(prog, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(prog, "1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	img, frozen, err := Dump(cmd.Process.Pid)
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatal(err)
+	}
+	frozen.Kill()
+	later := time.Now().Add(time.Hour)
+	os.Chtimes(prog, later, later)
+	stub, err := os.StartProcess(prog, []string{prog}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Restore(stub.Pid, img)
+	if err == nil || !strings.Contains(err.Error(), "differs") {
+		t.Fatalf("Restore with a changed executable = %v, want an error saying it differs", err)
+	}
+	if syscall.Kill(stub.Pid, 0) == nil {
+		t.Fatal("the stub of a refused restore is still there")
+	}
 }

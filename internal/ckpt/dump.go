@@ -3,6 +3,7 @@ package ckpt
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 type Frozen struct {
 	pid  int
 	tids []int
+	vmas []VMA // what ReadMemory reads
 	// inflight is a signal that was being delivered when the process was
 	// stopped; Resume delivers it.
 	inflight syscall.Signal
@@ -49,11 +51,63 @@ func (f *Frozen) Kill() error {
 	return err
 }
 
-// Dump freezes the process pid and captures it. On success the process
-// stays frozen (see Frozen); on failure it runs on untouched. The calling
-// goroutine must be locked to its OS thread (runtime.LockOSThread) until it
-// has resumed or killed the process.
-func Dump(pid int) (img *Image, frozen *Frozen, err error) {
+// Dump freezes the process pid and captures it, memory included. On
+// success the process stays frozen (see Frozen); on failure it runs on
+// untouched. The calling goroutine must be locked to its OS thread
+// (runtime.LockOSThread) until it has resumed or killed the process.
+func Dump(pid int) (*Image, *Frozen, error) {
+	img, f, err := Freeze(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	err = f.ReadMemory(func(p PageRun) error {
+		// Runs are read in pieces: join the contiguous ones.
+		if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == p.Addr {
+			img.Pages[k].Data = append(img.Pages[k].Data, p.Data...)
+		} else {
+			img.Pages = append(img.Pages, PageRun{Addr: p.Addr, Data: append([]byte(nil), p.Data...)})
+		}
+		return nil
+	})
+	if err != nil {
+		f.Resume()
+		return nil, nil, err
+	}
+	return img, f, nil
+}
+
+// Checkpoint freezes the process pid and writes its image to w as a
+// stream, memory read as it is written. On success the process stays
+// frozen (see Frozen); on failure it runs on untouched. The calling
+// goroutine must be locked to its OS thread until it has resumed or
+// killed the process.
+func Checkpoint(pid int, w io.Writer) (*Image, *Frozen, error) {
+	img, f, err := Freeze(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	err = func() error {
+		e, err := NewEncoder(w, img)
+		if err != nil {
+			return err
+		}
+		if err := f.ReadMemory(e.Pages); err != nil {
+			return err
+		}
+		return e.Close()
+	}()
+	if err != nil {
+		f.Resume()
+		return nil, nil, err
+	}
+	return img, f, nil
+}
+
+// Freeze stops the process pid and captures all of it but its memory
+// contents (see Frozen.ReadMemory). On failure it runs on untouched. The
+// calling goroutine must be locked to its OS thread until it has resumed
+// or killed the process.
+func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	tids, err := threads(pid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
@@ -113,13 +167,13 @@ func Dump(pid int) (img *Image, frozen *Frozen, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("read the mappings of %d: %w", pid, err)
 	}
-	img.VMAs = imageVMAs(maps)
+	if img.VMAs, err = imageVMAs(maps); err != nil {
+		return nil, nil, err
+	}
 	if err := dumpInside(tids[0], img); err != nil {
 		return nil, nil, err
 	}
-	if img.Pages, err = dumpMemory(pid, img.VMAs); err != nil {
-		return nil, nil, err
-	}
+	f.vmas = img.VMAs
 	return img, f, nil
 }
 
@@ -144,6 +198,9 @@ func dumpProcess(pid int, img *Image) error {
 		return fmt.Errorf("read the executable of %d: %w", pid, err)
 	}
 	img.Exe = strings.TrimSuffix(img.Exe, " (deleted)")
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		img.Argv = strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+	}
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
 		img.Comm = strings.TrimSpace(string(b))
 	}
@@ -164,6 +221,13 @@ func dumpProcess(pid int, img *Image) error {
 	}
 	if img.GID, err = ids("Gid"); err != nil {
 		return err
+	}
+	if v, err := statusField(pid, "Groups"); err == nil {
+		for _, g := range strings.Fields(v) {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+				img.Groups = append(img.Groups, uint32(n))
+			}
+		}
 	}
 	if v, err := statusField(pid, "Umask"); err == nil {
 		u, _ := strconv.ParseUint(v, 8, 32)

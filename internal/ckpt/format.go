@@ -3,12 +3,10 @@ package ckpt
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/gob"
 	"errors"
 	"fmt"
-	"hash"
 	"hash/crc32"
 	"io"
 )
@@ -21,11 +19,16 @@ import (
 //	  header: the Image without its pages, gob-encoded
 //	  pages:  address (uint64) and the bytes of a run of pages
 //	  end:    number of page records and of page bytes (uint64 each), and
-//	          the SHA-256 of everything before the end record
+//	          the CRC-32C of the magic, the version and every earlier
+//	          record's checksum, in order (uint32)
 //
 // Integers are little-endian. Each record is checked as it is read and the
-// whole stream at its end, so a reader can consume an image while it
-// arrives and still reject any corruption before the process runs.
+// whole stream at its end (the chained checksum catches a record dropped,
+// repeated or reordered, which each record's own checksum cannot), so a
+// reader can consume an image while it arrives and still reject any
+// damage before the process runs. Checksums guard against damage, not
+// against an attacker: images travel between nodes over mutual TLS, and a
+// user can only restore an image as themselves.
 
 var magic = [8]byte{'M', 'O', 'S', 'A', 'I', 'C', 'K', 0}
 
@@ -39,6 +42,8 @@ const (
 // this much.
 const maxRecord = 8 << 20
 
+const endSize = 8 + 8 + 4
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // ErrCorrupt is wrapped by every error about a damaged image.
@@ -47,7 +52,7 @@ var ErrCorrupt = errors.New("the image is damaged")
 // Encoder writes an image as a stream.
 type Encoder struct {
 	w     *bufio.Writer
-	sum   hash.Hash
+	chain uint32 // the running checksum of the stream's checksums
 	pages uint64
 	bytes uint64
 }
@@ -55,11 +60,12 @@ type Encoder struct {
 // NewEncoder starts an image stream on w with img's header (its Pages are
 // not written: send them with Pages, then call Close).
 func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
-	e := &Encoder{w: bufio.NewWriterSize(w, 1<<20), sum: sha256.New()}
+	e := &Encoder{w: bufio.NewWriterSize(w, 1<<20)}
 	var head [12]byte
 	copy(head[:], magic[:])
 	binary.LittleEndian.PutUint32(head[8:], ImageVersion)
-	if err := e.raw(head[:]); err != nil {
+	e.chain = crc32.Update(0, castagnoli, head[:])
+	if _, err := e.w.Write(head[:]); err != nil {
 		return nil, err
 	}
 	hdr := *img
@@ -74,12 +80,6 @@ func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
 	return e, nil
 }
 
-func (e *Encoder) raw(b []byte) error {
-	e.sum.Write(b)
-	_, err := e.w.Write(b)
-	return err
-}
-
 func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	var n uint64
 	for _, p := range parts {
@@ -89,16 +89,19 @@ func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	hdr[0] = kind
 	binary.LittleEndian.PutUint64(hdr[1:], n)
 	crc := crc32.Update(0, castagnoli, hdr[:])
-	if err := e.raw(hdr[:]); err != nil {
+	if _, err := e.w.Write(hdr[:]); err != nil {
 		return err
 	}
 	for _, p := range parts {
 		crc = crc32.Update(crc, castagnoli, p)
-		if err := e.raw(p); err != nil {
+		if _, err := e.w.Write(p); err != nil {
 			return err
 		}
 	}
-	return e.raw(binary.LittleEndian.AppendUint32(nil, crc))
+	crcb := binary.LittleEndian.AppendUint32(nil, crc)
+	e.chain = crc32.Update(e.chain, castagnoli, crcb)
+	_, err := e.w.Write(crcb)
+	return err
 }
 
 // Pages writes a run of memory.
@@ -119,7 +122,7 @@ func (e *Encoder) Pages(p PageRun) error {
 func (e *Encoder) Close() error {
 	payload := binary.LittleEndian.AppendUint64(nil, e.pages)
 	payload = binary.LittleEndian.AppendUint64(payload, e.bytes)
-	payload = append(payload, e.sum.Sum(nil)...)
+	payload = binary.LittleEndian.AppendUint32(payload, e.chain)
 	if err := e.record(recEnd, payload); err != nil {
 		return err
 	}
@@ -140,23 +143,23 @@ func Encode(w io.Writer, img *Image) error {
 	return e.Close()
 }
 
-// Decode reads a whole image, checking every record and the stream's hash:
-// it returns an image only if all of it arrived intact.
-func Decode(r io.Reader) (*Image, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
-	sum := sha256.New()
-	read := func(b []byte) error {
-		if _, err := io.ReadFull(br, b); err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return fmt.Errorf("%w: it ends early", ErrCorrupt)
-			}
-			return err
-		}
-		sum.Write(b)
-		return nil
-	}
+// Decoder reads an image stream: its header first, then its memory one
+// run at a time, so that a restore can proceed while the image arrives.
+type Decoder struct {
+	r     *bufio.Reader
+	img   *Image
+	chain uint32
+	pages uint64
+	bytes uint64
+	buf   []byte
+	done  bool
+}
+
+// NewDecoder reads the stream's header.
+func NewDecoder(r io.Reader) (*Decoder, error) {
+	d := &Decoder{r: bufio.NewReaderSize(r, 1<<20)}
 	var head [12]byte
-	if err := read(head[:]); err != nil {
+	if err := d.read(head[:]); err != nil {
 		return nil, err
 	}
 	if !bytes.Equal(head[:8], magic[:]) {
@@ -165,66 +168,124 @@ func Decode(r io.Reader) (*Image, error) {
 	if v := binary.LittleEndian.Uint32(head[8:]); v != ImageVersion {
 		return nil, fmt.Errorf("image format version %d; this mosaic reads version %d", v, ImageVersion)
 	}
-	var img *Image
-	var pages, total uint64
+	d.chain = crc32.Update(0, castagnoli, head[:])
+	kind, payload, err := d.record()
+	if err != nil {
+		return nil, err
+	}
+	if kind != recHeader {
+		return nil, fmt.Errorf("%w: it does not start with a header", ErrCorrupt)
+	}
+	d.img = new(Image)
+	if err := gob.NewDecoder(bytes.NewReader(payload)).Decode(d.img); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
+	}
+	if d.img.Version != ImageVersion {
+		return nil, fmt.Errorf("%w: the header says version %d", ErrCorrupt, d.img.Version)
+	}
+	return d, nil
+}
+
+// Image is the stream's header: the image without its pages.
+func (d *Decoder) Image() *Image { return d.img }
+
+func (d *Decoder) read(b []byte) error {
+	if _, err := io.ReadFull(d.r, b); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: it ends early", ErrCorrupt)
+		}
+		return err
+	}
+	return nil
+}
+
+// record reads and checks the next record; its payload is valid until the
+// next call.
+func (d *Decoder) record() (byte, []byte, error) {
+	var hdr [9]byte
+	if err := d.read(hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	kind, n := hdr[0], binary.LittleEndian.Uint64(hdr[1:])
+	if n > maxRecord {
+		return 0, nil, fmt.Errorf("%w: a record of %d bytes", ErrCorrupt, n)
+	}
+	if uint64(cap(d.buf)) < n {
+		d.buf = make([]byte, n)
+	}
+	payload := d.buf[:n]
+	if err := d.read(payload); err != nil {
+		return 0, nil, err
+	}
+	var crcb [4]byte
+	if err := d.read(crcb[:]); err != nil {
+		return 0, nil, err
+	}
+	crc := crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, payload)
+	if crc != binary.LittleEndian.Uint32(crcb[:]) {
+		return 0, nil, fmt.Errorf("%w: a record fails its checksum", ErrCorrupt)
+	}
+	if kind != recEnd {
+		d.chain = crc32.Update(d.chain, castagnoli, crcb[:])
+	}
+	return kind, payload, nil
+}
+
+// Next returns the next run of memory, valid until the next call, or
+// io.EOF once the whole stream has arrived and checked out.
+func (d *Decoder) Next() (PageRun, error) {
+	if d.done {
+		return PageRun{}, io.EOF
+	}
+	kind, payload, err := d.record()
+	if err != nil {
+		return PageRun{}, err
+	}
+	switch kind {
+	case recPages:
+		if len(payload) < 8 {
+			return PageRun{}, fmt.Errorf("%w: a short page record", ErrCorrupt)
+		}
+		d.pages++
+		d.bytes += uint64(len(payload) - 8)
+		return PageRun{Addr: binary.LittleEndian.Uint64(payload), Data: payload[8:]}, nil
+	case recEnd:
+		if len(payload) != endSize {
+			return PageRun{}, fmt.Errorf("%w: a bad end record", ErrCorrupt)
+		}
+		if binary.LittleEndian.Uint64(payload) != d.pages || binary.LittleEndian.Uint64(payload[8:]) != d.bytes ||
+			binary.LittleEndian.Uint32(payload[16:]) != d.chain {
+			return PageRun{}, fmt.Errorf("%w: records are missing or out of order", ErrCorrupt)
+		}
+		d.done = true
+		return PageRun{}, io.EOF
+	case recHeader:
+		return PageRun{}, fmt.Errorf("%w: two headers", ErrCorrupt)
+	}
+	return PageRun{}, fmt.Errorf("%w: unknown record kind %d", ErrCorrupt, kind)
+}
+
+// Decode reads a whole image, checking every record and the stream as a
+// whole: it returns an image only if all of it arrived intact.
+func Decode(r io.Reader) (*Image, error) {
+	d, err := NewDecoder(r)
+	if err != nil {
+		return nil, err
+	}
+	img := d.Image()
 	for {
-		before := sum.Sum(nil) // the hash the end record must carry
-		var hdr [9]byte
-		if err := read(hdr[:]); err != nil {
-			return nil, err
-		}
-		kind, n := hdr[0], binary.LittleEndian.Uint64(hdr[1:])
-		if n > maxRecord+1024 {
-			return nil, fmt.Errorf("%w: a record of %d bytes", ErrCorrupt, n)
-		}
-		payload := make([]byte, n)
-		if err := read(payload); err != nil {
-			return nil, err
-		}
-		var crcb [4]byte
-		if err := read(crcb[:]); err != nil {
-			return nil, err
-		}
-		crc := crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, payload)
-		if crc != binary.LittleEndian.Uint32(crcb[:]) {
-			return nil, fmt.Errorf("%w: a record fails its checksum", ErrCorrupt)
-		}
-		switch kind {
-		case recHeader:
-			if img != nil {
-				return nil, fmt.Errorf("%w: two headers", ErrCorrupt)
-			}
-			img = new(Image)
-			if err := gob.NewDecoder(bytes.NewReader(payload)).Decode(img); err != nil {
-				return nil, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
-			}
-		case recPages:
-			if img == nil || len(payload) < 8 {
-				return nil, fmt.Errorf("%w: pages before the header", ErrCorrupt)
-			}
-			addr := binary.LittleEndian.Uint64(payload)
-			data := payload[8:]
-			// Join with the previous run when contiguous (records split runs).
-			if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == addr {
-				img.Pages[k].Data = append(img.Pages[k].Data, data...)
-			} else {
-				img.Pages = append(img.Pages, PageRun{Addr: addr, Data: data})
-			}
-			pages++
-			total += uint64(len(data))
-		case recEnd:
-			if img == nil || len(payload) != 16+sha256.Size {
-				return nil, fmt.Errorf("%w: a bad end record", ErrCorrupt)
-			}
-			if binary.LittleEndian.Uint64(payload) != pages || binary.LittleEndian.Uint64(payload[8:]) != total {
-				return nil, fmt.Errorf("%w: pages are missing", ErrCorrupt)
-			}
-			if !bytes.Equal(payload[16:], before) {
-				return nil, fmt.Errorf("%w: the image's hash does not match", ErrCorrupt)
-			}
+		p, err := d.Next()
+		if errors.Is(err, io.EOF) {
 			return img, nil
-		default:
-			return nil, fmt.Errorf("%w: unknown record kind %d", ErrCorrupt, kind)
+		}
+		if err != nil {
+			return nil, err
+		}
+		// Join with the previous run when contiguous (records split runs).
+		if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == p.Addr {
+			img.Pages[k].Data = append(img.Pages[k].Data, p.Data...)
+		} else {
+			img.Pages = append(img.Pages, PageRun{Addr: p.Addr, Data: append([]byte(nil), p.Data...)})
 		}
 	}
 }

@@ -2,6 +2,7 @@ package ckpt
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -67,5 +68,32 @@ func TestFormatRejectsDamage(t *testing.T) {
 	e.Close()
 	if _, err := Decode(&buf2); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("an image missing a record: %v", err)
+	}
+}
+
+// Two intact records swapped: every record checks out, the order does not.
+func TestFormatRejectsReorder(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Encode(&buf, sampleImage()); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	// Walk the records: 12 bytes of magic and version, then kind, length,
+	// payload, checksum.
+	var offs []int
+	for off := 12; off < len(b); {
+		offs = append(offs, off)
+		off += 9 + int(binary.LittleEndian.Uint64(b[off+1:])) + 4
+	}
+	first, second := offs[1], offs[2] // the first two page records, equally long
+	size := second - first
+	if offs[3]-second != size {
+		t.Fatalf("the sample's first page records differ in size")
+	}
+	swapped := append([]byte(nil), b...)
+	copy(swapped[first:], b[second:second+size])
+	copy(swapped[second:], b[first:first+size])
+	if _, err := Decode(bytes.NewReader(swapped)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Decode of reordered records = %v, want ErrCorrupt", err)
 	}
 }

@@ -19,10 +19,12 @@ const ImageVersion = 1
 type Image struct {
 	Version int
 	Pid     int    // the process id when it was dumped (as the process sees it)
-	Exe     string // the executable, for the stub and /proc/PID/exe
+	Exe     string   // the executable, for the stub and /proc/PID/exe
+	Argv    []string // as it was started, for listings
 	Comm    string
 	UID     uint32
 	GID     uint32
+	Groups  []uint32
 	Cwd     string
 	Umask   uint32
 	Rlimits []Rlimit
@@ -66,6 +68,10 @@ type VMA struct {
 	Name       string // [heap], [stack], [vdso]..., or the file's path
 	Offset     uint64 // in the file
 	GrowsDown  bool
+	// The file's size and modification time (ns) when dumped: a restore
+	// refuses to map a file that is not the same.
+	FileSize  int64
+	FileMtime int64
 }
 
 // PageRun is the contents of consecutive pages.

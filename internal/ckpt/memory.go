@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,41 +34,78 @@ func vmaKind(v vma) string {
 }
 
 // imageVMAs turns /proc's mappings into the image's.
-func imageVMAs(vs []vma) []VMA {
+func imageVMAs(vs []vma) ([]VMA, error) {
 	out := make([]VMA, 0, len(vs))
 	for _, v := range vs {
-		out = append(out, VMA{
+		iv := VMA{
 			Start: v.Start, End: v.End, Prot: v.prot(), Shared: v.Shared, Kind: vmaKind(v),
 			Name: v.Path, Offset: v.Offset, GrowsDown: v.Path == "[stack]",
-		})
+		}
+		if iv.Kind == VMAFile {
+			st, err := os.Stat(v.Path)
+			if err != nil {
+				return nil, fmt.Errorf("look at the mapped file %s: %w", v.Path, err)
+			}
+			iv.FileSize, iv.FileMtime = st.Size(), st.ModTime().UnixNano()
+		}
+		out = append(out, iv)
 	}
-	return out
+	return out, nil
 }
 
-// dumpMemory reads the pages whose contents the image must carry: every
-// page of anonymous memory that was ever touched, and the pages of private
-// file mappings that the process changed. Pages that equal their file are
-// mapped again from it; pages never touched are zero again.
-func dumpMemory(pid int, vs []VMA) ([]PageRun, error) {
-	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+// checkFiles makes sure that the files the image maps are, on this node,
+// the files it mapped: another copy of a library would be garbage under
+// the process's pointers.
+func checkFiles(vs []VMA) error {
+	seen := map[string]bool{}
+	for _, v := range vs {
+		if v.Kind != VMAFile || seen[v.Name] {
+			continue
+		}
+		seen[v.Name] = true
+		st, err := os.Stat(v.Name)
+		if err != nil {
+			return fmt.Errorf("the process maps %s, which this node lacks: %w", v.Name, err)
+		}
+		if st.Size() != v.FileSize || st.ModTime().UnixNano() != v.FileMtime {
+			return fmt.Errorf("the process maps %s, and this node's copy differs (size %d, modified %s; the process's: size %d, modified %s): run it where the files are the same",
+				v.Name, st.Size(), st.ModTime().Format(time.RFC3339), v.FileSize, time.Unix(0, v.FileMtime).Format(time.RFC3339))
+		}
+	}
+	return nil
+}
+
+// ReadMemory reads the frozen process's memory and gives it to fn in runs
+// of at most a record's worth; a run's data is valid until fn returns.
+// It carries every page of anonymous memory that was ever touched and the
+// pages of private file mappings that the process changed: pages that
+// equal their file are mapped again from it, pages never touched are zero
+// again.
+func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
 	if err != nil {
-		return nil, fmt.Errorf("open the page map: %w", err)
+		return fmt.Errorf("open the page map: %w", err)
 	}
 	defer pm.Close()
-	mem, err := memFile(pid)
+	mem, err := memFile(f.pid)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer mem.Close()
-	var runs []PageRun
-	for _, v := range vs {
+	const most = (maxRecord - 8) / pageSize // pages per run given to fn
+	buf := make([]byte, most*pageSize)
+	var entries []byte
+	for _, v := range f.vmas {
 		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) {
 			continue
 		}
 		n := (v.End - v.Start) / pageSize
-		entries := make([]byte, 8*n)
+		if uint64(cap(entries)) < 8*n {
+			entries = make([]byte, 8*n)
+		}
+		entries = entries[:8*n]
 		if _, err := pm.ReadAt(entries, int64(v.Start/pageSize*8)); err != nil {
-			return nil, fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
+			return fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
 		}
 		wanted := func(i uint64) bool {
 			e := binary.LittleEndian.Uint64(entries[8*i:])
@@ -85,19 +123,21 @@ func dumpMemory(pid int, vs []VMA) ([]PageRun, error) {
 				continue
 			}
 			j := i + 1
-			for j < n && wanted(j) {
+			for j < n && j-i < most && wanted(j) {
 				j++
 			}
 			addr := v.Start + i*pageSize
-			data := make([]byte, (j-i)*pageSize)
+			data := buf[:(j-i)*pageSize]
 			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
-				return nil, fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, j-i, v.Name, err)
+				return fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, j-i, v.Name, err)
 			}
-			runs = append(runs, PageRun{Addr: addr, Data: data})
+			if err := fn(PageRun{Addr: addr, Data: data}); err != nil {
+				return err
+			}
 			i = j
 		}
 	}
-	return runs, nil
+	return nil
 }
 
 // mapVMA creates one of the image's mappings in the tracee.
@@ -138,22 +178,6 @@ func openFlags(v VMA) int {
 		return unix.O_RDWR
 	}
 	return unix.O_RDONLY
-}
-
-// writePages copies the image's memory into the tracee, read-only pages
-// included (through /proc/PID/mem, as a debugger writes).
-func writePages(pid int, runs []PageRun) error {
-	mem, err := memFile(pid)
-	if err != nil {
-		return err
-	}
-	defer mem.Close()
-	for _, p := range runs {
-		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
-			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
-		}
-	}
-	return nil
 }
 
 // atFDCWD is AT_FDCWD (-100) as a system call argument.

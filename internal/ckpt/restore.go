@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"syscall"
 
@@ -27,54 +28,131 @@ const (
 
 // Restore turns pid, a stub process started by the calling thread with
 // PTRACE_TRACEME (so it stops at its exec; Restore waits for that stop),
-// into the image's process, and lets it run. The stub's descriptors 0, 1 and 2 are the process's standard ones;
-// it should run as the image's user. If Restore fails the stub is killed.
-func Restore(pid int, img *Image) (err error) {
-	if img.Version != ImageVersion {
-		return fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
+// into the image's process, and lets it run. The stub's descriptors 0, 1
+// and 2 are the process's standard ones; it should run as the image's
+// user. If Restore fails the stub is killed.
+func Restore(pid int, img *Image) error {
+	r, err := restore(pid, img, func(write func(PageRun) error) error {
+		for _, p := range img.Pages {
+			if err := write(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	if len(img.Threads) != 1 {
-		return fmt.Errorf("the image has %d threads; this version restores single-threaded processes only", len(img.Threads))
+	return r.Go()
+}
+
+// RestoreFrom restores, as Restore does, the image that d reads, writing
+// its memory into the process as it arrives. The process is left stopped
+// (see Restored) once all of the image has arrived and checked out; if
+// anything fails, the stub is killed.
+func RestoreFrom(pid int, d *Decoder) (*Restored, error) {
+	return restore(pid, d.Image(), func(write func(PageRun) error) error {
+		for {
+			p, err := d.Next()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := write(p); err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// Restored is a restored process that has not run yet: it waits, stopped,
+// for Go or Abort, which must be called from the thread that restored it.
+type Restored struct {
+	pid  int
+	done bool
+}
+
+// Pid is the restored process.
+func (r *Restored) Pid() int { return r.pid }
+
+// Go lets the process run.
+func (r *Restored) Go() error {
+	if r.done {
+		return errors.New("the restored process was already let go or aborted")
+	}
+	r.done = true
+	if err := ptrace(unix.PTRACE_DETACH, r.pid, 0, 0); err != nil {
+		r.kill()
+		return fmt.Errorf("let the restored process run: %w", err)
+	}
+	return nil
+}
+
+// Abort kills the process before it ran.
+func (r *Restored) Abort() {
+	if !r.done {
+		r.done = true
+		r.kill()
+	}
+}
+
+func (r *Restored) kill() {
+	syscall.Kill(r.pid, syscall.SIGKILL)
+	var ws syscall.WaitStatus
+	syscall.Wait4(r.pid, &ws, syscall.WALL, nil)
+}
+
+// restore does the work of Restore and RestoreFrom; pages writes the
+// image's memory with the function it is given.
+func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+	if img.Version != ImageVersion {
+		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
 	}
 	defer func() {
 		if err != nil {
-			syscall.Kill(pid, syscall.SIGKILL)
-			var ws syscall.WaitStatus
-			syscall.Wait4(pid, &ws, syscall.WALL, nil)
+			(&Restored{pid: pid}).kill()
 		}
 	}()
+	if len(img.Threads) != 1 {
+		return nil, fmt.Errorf("the image has %d threads; this version restores single-threaded processes only", len(img.Threads))
+	}
+	if err := checkFiles(img.VMAs); err != nil {
+		return nil, err
+	}
 	if ws, err := waitStop(pid); err != nil {
-		return err
+		return nil, err
 	} else if ws.StopSignal() != syscall.SIGTRAP {
-		return fmt.Errorf("the new process stopped with %v, not at its exec", ws)
+		return nil, fmt.Errorf("the new process stopped with %v, not at its exec", ws)
 	}
 	// If this thread dies before the restore is done, so does the stub.
 	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL); err != nil {
-		return fmt.Errorf("set trace options of the new process: %w", err)
+		return nil, fmt.Errorf("set trace options of the new process: %w", err)
 	}
 	if err := setSigmask(pid, ^uint64(0)); err != nil {
-		return err
+		return nil, err
 	}
 	r, err := newRemote(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	stub, err := readMaps(pid)
 	if err != nil {
-		return fmt.Errorf("read the new process's mappings: %w", err)
+		return nil, fmt.Errorf("read the new process's mappings: %w", err)
 	}
 	// The trampoline: a page of code with a syscall instruction, and a
 	// scratch page, where neither the stub nor the image has anything.
 	tramp, err := freeRange(img.VMAs, stub, 2*pageSize)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := r.call(unix.SYS_MMAP, tramp, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
-		return fmt.Errorf("map the restore trampoline: %w", err)
+		return nil, fmt.Errorf("map the restore trampoline: %w", err)
 	}
 	if err := r.write(tramp, []byte{0x0f, 0x05, 0xcc, 0xcc}); err != nil {
-		return err
+		return nil, err
 	}
 	r.syscallAt, r.scratch, r.poked = tramp, tramp+pageSize, nil // the stub's code goes away
 
@@ -84,61 +162,74 @@ func Restore(pid int, img *Image) (err error) {
 			continue
 		}
 		if _, err := r.call(unix.SYS_MUNMAP, v.Start, v.size()); err != nil {
-			return fmt.Errorf("unmap the new process's %s: %w", v.Path, err)
+			return nil, fmt.Errorf("unmap the new process's %s: %w", v.Path, err)
 		}
 	}
 	if err := moveVDSO(r, stub, img.VMAs, tramp); err != nil {
-		return err
+		return nil, err
 	}
 	for _, v := range img.VMAs {
 		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall {
 			continue
 		}
 		if err := mapVMA(r, v); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := writePages(pid, img.Pages); err != nil {
-		return err
+	mem, err := memFile(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer mem.Close()
+	// Memory is written through /proc/PID/mem, as a debugger writes:
+	// read-only pages included.
+	err = pages(func(p PageRun) error {
+		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
+			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if err := setMM(r, img.MM); err != nil {
-		return err
+		return nil, err
 	}
 	if err := restoreFiles(r, img.Files); err != nil {
-		return err
+		return nil, err
 	}
 	if err := restoreSigactions(r, img.Actions); err != nil {
-		return err
+		return nil, err
 	}
 	t := img.Threads[0]
 	if err := restoreAltStack(r, t.AltStack); err != nil {
-		return err
+		return nil, err
 	}
 	if err := restoreTimers(r, img.Timers); err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := r.call(unix.SYS_UMASK, uint64(img.Umask)); err != nil {
-		return fmt.Errorf("set the umask: %w", err)
+		return nil, fmt.Errorf("set the umask: %w", err)
 	}
 	if _, err := r.callScratch(unix.SYS_CHDIR, cString(img.Cwd), 0, nil, r.scratch); err != nil {
-		return fmt.Errorf("enter the working directory %s: %w", img.Cwd, err)
+		return nil, fmt.Errorf("enter the working directory %s: %w", img.Cwd, err)
 	}
 	if t.RobustList != 0 {
 		if _, err := r.call(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
-			return fmt.Errorf("set the robust futex list: %w", err)
+			return nil, fmt.Errorf("set the robust futex list: %w", err)
 		}
 	}
 	if _, err := r.call(unix.SYS_SET_TID_ADDRESS, t.TidAddress); err != nil {
-		return fmt.Errorf("set clear_child_tid: %w", err)
+		return nil, fmt.Errorf("set clear_child_tid: %w", err)
 	}
 	if t.RseqAddr != 0 {
 		if _, err := r.call(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)); err != nil {
-			return fmt.Errorf("register rseq: %w", err)
+			return nil, fmt.Errorf("register rseq: %w", err)
 		}
 	}
 	if t.Tid != pid {
 		if err := fixCachedTid(r, t, pid); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	final := resumeRegs(t.Regs)
@@ -147,24 +238,21 @@ func Restore(pid int, img *Image) (err error) {
 	// thread gets its own registers, and detaching lets it run from them.
 	done, err := r.enter(unix.SYS_MUNMAP, tramp, 2*pageSize)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := done(); err != nil {
-		return fmt.Errorf("unmap the restore trampoline: %w", err)
+		return nil, fmt.Errorf("unmap the restore trampoline: %w", err)
 	}
 	if err := unix.PtraceSetRegs(pid, &final); err != nil {
-		return fmt.Errorf("set the restored registers: %w", err)
+		return nil, fmt.Errorf("set the restored registers: %w", err)
 	}
 	if err := setXState(pid, t.XState); err != nil {
-		return err
+		return nil, err
 	}
 	if err := setSigmask(pid, t.Sigmask); err != nil {
-		return err
+		return nil, err
 	}
-	if err := ptrace(unix.PTRACE_DETACH, pid, 0, 0); err != nil {
-		return fmt.Errorf("let the restored process run: %w", err)
-	}
-	return nil
+	return &Restored{pid: pid}, nil
 }
 
 // resumeRegs are the registers to resume a thread with. A thread stopped
