@@ -18,7 +18,7 @@ const ImageVersion = 1
 // Image is everything needed to recreate a process.
 type Image struct {
 	Version int
-	Pid     int    // the process id when it was dumped (as the process sees it)
+	Pid     int      // the process id when it was dumped (as the process sees it)
 	Exe     string   // the executable, for the stub and /proc/PID/exe
 	Argv    []string // as it was started, for listings
 	Comm    string
