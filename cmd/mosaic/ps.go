@@ -78,6 +78,12 @@ func printProc(out io.Writer, p api.ProcInfo) {
 	fmt.Fprintf(out, "rss        %s\n", bytesize.Format(p.RSS))
 	fmt.Fprintf(out, "cwd        %s\n", p.Cwd)
 	fmt.Fprintf(out, "terminal   %v\n", p.Tty)
+	fmt.Fprintf(out, "moved      %d times\n", p.Migrations)
+	if p.Pinned != "" {
+		fmt.Fprintf(out, "can move   no: %s\n", p.Pinned)
+	} else if p.State == "running" || p.State == "stopped" {
+		fmt.Fprintf(out, "can move   yes\n")
+	}
 	fmt.Fprintf(out, "command    %s\n", command(p.Argv, 0))
 }
 

@@ -111,7 +111,8 @@ type NodeRemoveArgs struct {
 const (
 	OpRun  = "run"  // RunArgs + 3 descriptors → RunEvent frames; RunControl frames from the client
 	OpPs   = "ps"   // PsArgs → []ProcInfo
-	OpKill = "kill" // KillArgs → nothing
+	OpKill    = "kill"    // KillArgs → nothing
+	OpMigrate = "migrate" // MigrateArgs → MigrateResult
 )
 
 // RunArgs asks the daemon to run a program for the caller. The request
@@ -218,10 +219,28 @@ type ProcInfo struct {
 	Argv       []string  `json:"argv"`
 	Cwd        string    `json:"cwd,omitempty"`
 	Tty        bool      `json:"tty,omitempty"`
+	Pinned     string    `json:"pinned,omitempty"` // why it cannot move, if it cannot
+	Migrations int       `json:"migrations,omitempty"`
 }
 
 // KillArgs signals a process.
 type KillArgs struct {
 	ID     string `json:"id"`
 	Signal int    `json:"signal"`
+}
+
+// MigrateArgs moves a process.
+type MigrateArgs struct {
+	ID   string `json:"id"`
+	Node string `json:"node"` // a node name, or "home"
+}
+
+// MigrateResult is what a migration did.
+type MigrateResult struct {
+	ID         string  `json:"id"`
+	Node       string  `json:"node"` // where it runs now
+	PID        int     `json:"pid"`
+	FrozenMs   float64 `json:"frozen_ms"` // stopped, from freeze to run
+	TotalMs    float64 `json:"total_ms"`
+	ImageBytes uint64  `json:"image_bytes"`
 }

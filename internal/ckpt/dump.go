@@ -108,20 +108,13 @@ func Checkpoint(pid int, w io.Writer) (*Image, *Frozen, error) {
 // calling goroutine must be locked to its OS thread until it has resumed
 // or killed the process.
 func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
+	// Refuse early what cannot move, before stopping anything.
+	if err := Movable(pid); err != nil {
+		return nil, nil, err
+	}
 	tids, err := threads(pid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
-	}
-	if len(tids) != 1 {
-		return nil, nil, &PinnedError{Reason: fmt.Sprintf("it has %d threads, and this version moves single-threaded processes only", len(tids))}
-	}
-	if err := checkChildren(pid); err != nil {
-		return nil, nil, err
-	}
-	// Refuse early what cannot move, before stopping anything.
-	files, err := dumpFiles(pid)
-	if err != nil {
-		return nil, nil, err
 	}
 	f := &Frozen{pid: pid}
 	for _, tid := range tids {
@@ -151,6 +144,14 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 				f.inflight = s
 			}
 		}
+	}
+	// Check again, frozen: it may have changed since.
+	if err := Movable(pid); err != nil {
+		return nil, nil, err
+	}
+	files, err := dumpFiles(pid)
+	if err != nil {
+		return nil, nil, err
 	}
 	img = &Image{Version: ImageVersion, Pid: pid, Files: files}
 	if err := dumpProcess(pid, img); err != nil {
@@ -334,4 +335,21 @@ func leU64(b []byte) uint64 {
 		v = v<<8 | uint64(b[i])
 	}
 	return v
+}
+
+// Movable says why the process pid cannot move (a *PinnedError), or nil:
+// what Freeze would refuse, found without stopping it.
+func Movable(pid int) error {
+	tids, err := threads(pid)
+	if err != nil {
+		return fmt.Errorf("list the threads of %d: %w", pid, err)
+	}
+	if len(tids) != 1 {
+		return &PinnedError{Reason: fmt.Sprintf("it has %d threads, and this version moves single-threaded processes only", len(tids))}
+	}
+	if err := checkChildren(pid); err != nil {
+		return err
+	}
+	_, err = dumpFiles(pid)
+	return err
 }

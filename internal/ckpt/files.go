@@ -3,6 +3,7 @@ package ckpt
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -27,15 +28,17 @@ func dumpFiles(pid int) ([]File, error) {
 	var out []File
 	var cannot []string
 	for _, f := range fds {
-		if f.Fd <= 2 {
-			out = append(out, File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags})
-			continue
-		}
 		if strings.HasPrefix(f.Link, "/") && !strings.HasSuffix(f.Link, " (deleted)") {
 			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
 				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
 				continue
 			}
+		}
+		if f.Fd <= 2 {
+			// Its pipe or terminal to its home (or whatever the node that
+			// restores it gives in their place).
+			out = append(out, File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags})
+			continue
 		}
 		cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, describeLink(f.Link)))
 	}
@@ -64,8 +67,15 @@ func describeLink(l string) string {
 	return l
 }
 
-// restoreFiles reopens the image's regular files at their descriptors.
+// restoreFiles reopens the image's regular files at their descriptors,
+// and closes the standard ones the process had closed (the stub was
+// given all three).
 func restoreFiles(r *remote, files []File) error {
+	for fd := range 3 {
+		if !slices.ContainsFunc(files, func(f File) bool { return f.Fd == fd }) {
+			r.call(unix.SYS_CLOSE, uint64(fd))
+		}
+	}
 	for _, f := range files {
 		if f.Kind != FileRegular {
 			continue

@@ -171,6 +171,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}()
 	}
+	if err := spawn.KeepInheritedFromChildren(); err != nil {
+		return err
+	}
 	var place func(int) error
 	if d.group != nil {
 		place = d.group.AddThread
@@ -180,7 +183,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	// Before the group is removed: the spawning thread is in it.
 	defer d.spawner.Close()
-	d.exec = executor.New(node.Name, d.spawner, d.log)
+	restorer, err := spawn.New(place)
+	if err != nil {
+		return err
+	}
+	defer restorer.Close()
+	d.exec = executor.New(executor.Config{
+		Node: node.Name, Spawner: d.spawner, Restorer: restorer, Dial: d.dialNode, Log: d.log,
+	})
 	d.home = home.New(home.Config{
 		Node: node.Name, Log: d.log, ReserveIDs: node.ReserveProcIDs, Connect: d.connect,
 		Place: d.place, CheckNode: d.checkNode,

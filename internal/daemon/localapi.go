@@ -37,6 +37,7 @@ func (d *Daemon) handlers() map[string]api.Handler {
 		api.OpRun:         d.opRun,
 		api.OpPs:          d.opPs,
 		api.OpKill:        d.opKill,
+		api.OpMigrate:     d.opMigrate,
 	}
 }
 

@@ -50,6 +50,11 @@ func (d *Daemon) connect(ctx context.Context, node string) (executor.Conn, error
 	if node == d.node.Name {
 		return d.exec.Local(ctx, d.node.Name), nil
 	}
+	return d.dialNode(ctx, node)
+}
+
+// dialNode opens a process connection to another node.
+func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, error) {
 	m, ok := d.peer(node)
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
@@ -237,6 +242,7 @@ func mergeProcs(entries []*peerpb.ProcInfo, now time.Time) []api.ProcInfo {
 		if e.FromHome {
 			p.UID, p.User, p.Argv, p.Cwd, p.Tty = e.Uid, e.User, e.Argv, e.Cwd, e.Tty
 			p.Home, p.Started, p.State = homeOf(e.Id), time.UnixMilli(e.StartedUnixMs), e.State
+			p.Migrations = int(e.Migrations)
 			if p.Node == "" {
 				p.Node, p.PID = e.Node, int(e.Pid)
 			}
@@ -244,6 +250,7 @@ func mergeProcs(entries []*peerpb.ProcInfo, now time.Time) []api.ProcInfo {
 		}
 		// The running node's view: measured, authoritative for where and how.
 		p.Node, p.PID, p.CPUSeconds, p.RSS, p.ProcState = e.Node, int(e.Pid), e.CpuSeconds, e.Rss, e.ProcState
+		p.Pinned = e.Pinned
 		if p.User == "" { // the home did not answer (yet)
 			p.UID, p.User, p.Argv, p.Cwd, p.Tty, p.Home = e.Uid, e.User, e.Argv, e.Cwd, e.Tty, e.Home
 			p.Started, p.State = time.UnixMilli(e.StartedUnixMs), e.State
@@ -334,6 +341,69 @@ func (d *Daemon) opKill(ctx context.Context, c api.Caller, args json.RawMessage,
 	return map[string]string{"signalled": a.ID}, nil
 }
 
+// migrateTimeout bounds a migration as the CLI asked it: time enough to
+// send gigabytes.
+const migrateTimeout = 5 * time.Minute
+
+func (d *Daemon) opMigrate(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.MigrateArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	home, err := parseID(a.ID)
+	if err != nil {
+		return nil, err
+	}
+	if a.Node == "" {
+		return nil, errors.New("no node given: mosaic migrate ID NODE (or home)")
+	}
+	if a.Node != "home" {
+		if err := d.checkNode(a.Node); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	var res *peerpb.MigrateResponse
+	if home == d.node.Name {
+		res, err = d.migrate(ctx, a.ID, a.Node, c.UID)
+	} else {
+		m, ok := d.peer(home)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
+		case m.State != peerpb.State_ALIVE:
+			return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
+		}
+		conn, err := d.pool.conn(m.Name, m.Addr)
+		if err != nil {
+			return nil, err
+		}
+		res, err = peerpb.NewPeerClient(conn).Migrate(ctx, &peerpb.MigrateRequest{Id: a.ID, Target: a.Node, Uid: c.UID})
+		if err != nil {
+			if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
+				return nil, errors.New(st.Message())
+			}
+			return nil, fmt.Errorf("migrate %s through its home %s: %w", a.ID, home, err)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return api.MigrateResult{ID: a.ID, Node: res.Node, PID: int(res.Pid), FrozenMs: float64(res.FreezeUs) / 1000,
+		TotalMs: float64(res.TotalUs) / 1000, ImageBytes: res.ImageBytes}, nil
+}
+
+// migrate moves a process this node is home of.
+func (d *Daemon) migrate(ctx context.Context, id, target string, uid uint32) (*peerpb.MigrateResponse, error) {
+	m, err := d.home.Migrate(ctx, id, target, uid)
+	if err != nil {
+		return nil, err
+	}
+	return &peerpb.MigrateResponse{Node: m.Node, Pid: int32(m.PID), FreezeUs: m.Frozen.Microseconds(),
+		TotalUs: m.Total.Microseconds(), ImageBytes: m.ImageBytes}, nil
+}
+
 // ListProcs and Signal of the Peer service: a caller node asks on behalf of
 // one of its users, whose uid its kernel told it (nodes trust each other's
 // word on their own users, as they trust each other's certificates).
@@ -346,4 +416,12 @@ func (s gossipServer) Signal(ctx context.Context, req *peerpb.SignalRequest) (*p
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &peerpb.Empty{}, nil
+}
+
+func (s gossipServer) Migrate(ctx context.Context, req *peerpb.MigrateRequest) (*peerpb.MigrateResponse, error) {
+	res, err := s.d.migrate(ctx, req.Id, req.Target, req.Uid)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return res, nil
 }

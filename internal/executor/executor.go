@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/ckpt"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
@@ -47,112 +48,168 @@ type ServerStream interface {
 	Context() context.Context
 }
 
-// Executor runs the processes of this node.
-type Executor struct {
-	node    string
-	spawner *spawn.Spawner
-	log     *slog.Logger
-
-	mu     sync.Mutex
-	procs  map[string]*guest
-	closed bool
-	wg     sync.WaitGroup
+// Config wires an Executor to its node.
+type Config struct {
+	Node string
+	// Spawner starts processes.
+	Spawner *spawn.Spawner
+	// Restorer starts the processes that migrate here: a thread of its
+	// own, which a restore holds until the process runs.
+	Restorer *spawn.Spawner
+	// Dial opens a process connection to another node, for an image.
+	Dial func(ctx context.Context, node string) (Conn, error)
+	Log  *slog.Logger
 }
 
-// New returns an executor that starts processes with spawner.
-func New(node string, spawner *spawn.Spawner, log *slog.Logger) *Executor {
-	return &Executor{node: node, spawner: spawner, log: log, procs: map[string]*guest{}}
+// Executor runs the processes of this node.
+type Executor struct {
+	cfg  Config
+	node string
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	procs     map[string]*guest
+	adoptions map[string]*adoption // by token
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// New returns an executor.
+func New(cfg Config) *Executor {
+	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{}, adoptions: map[string]*adoption{}}
 }
 
 // guest is one process this node runs.
 type guest struct {
 	start   *peerpb.ExecStart
-	pid     int
 	started time.Time
+	std     *stdio
+	out     *sender
 
-	mu sync.Mutex // guards pid, which is negated once the process is reaped
+	mu  sync.Mutex
+	pid int // negated once the process is reaped
+	// tracing is set while a migration traces the process: its stops are
+	// the tracer's to collect, and the waiter holds off until it closes.
+	tracing chan struct{}
+	// decide carries the home's word on a migration under way.
+	decide chan decision
+	// moved: the process went on elsewhere; its end here is no exit.
+	moved bool
 }
 
-// Serve runs the process described by the stream's first message for the
-// node called from (authenticated by the caller) and relays it until it
-// exits or the stream breaks. It returns when the process has exited and
-// been reaped.
+// Serve serves a process stream for the node called from (authenticated
+// by the caller): a process to start (its home asks), one to take over
+// from another node (its home asks), or the image of one (the node it
+// leaves sends it). It returns when the process has exited here, or left.
 func (e *Executor) Serve(from string, s ServerStream) error {
 	first, err := s.Recv()
 	if err != nil {
 		return err
 	}
-	st := first.GetStart()
-	if st == nil {
-		return errors.New("the first message of a process stream must start it")
-	}
 	out := &sender{s: s}
-	refuse := func(kind peerpb.FailureKind, format string, a ...any) error {
-		return out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Failure{Failure: &peerpb.Failure{Kind: kind, Message: fmt.Sprintf(format, a...)}}})
+	switch m := first.Msg.(type) {
+	case *peerpb.ExecIn_Start:
+		return e.serveStart(from, s, out, m.Start)
+	case *peerpb.ExecIn_Adopt:
+		return e.serveAdopt(from, s, out, m.Adopt)
+	case *peerpb.ExecIn_Image:
+		return e.serveImage(from, s, out, m.Image)
 	}
-	// Only a process's home may start it, under an ID of its own.
+	return errors.New("the first message of a process stream must start, adopt or carry a process")
+}
+
+func refuse(out *sender, kind peerpb.FailureKind, format string, a ...any) error {
+	return out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Failure{Failure: &peerpb.Failure{Kind: kind, Message: fmt.Sprintf(format, a...)}}})
+}
+
+// checkHome makes sure that only a process's home starts or moves it,
+// under an ID of its own.
+func checkHome(from string, st *peerpb.ExecStart) error {
+	if st == nil {
+		return errors.New("no process described")
+	}
 	if st.Home != from || !strings.HasPrefix(st.Id, from+".") {
-		return refuse(peerpb.FailureKind_REFUSED, "node %s may not start process %s for home %s", from, st.Id, st.Home)
+		return fmt.Errorf("node %s may not start process %s for home %s", from, st.Id, st.Home)
+	}
+	return nil
+}
+
+func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peerpb.ExecStart) error {
+	if err := checkHome(from, st); err != nil {
+		return refuse(out, peerpb.FailureKind_REFUSED, "%v", err)
 	}
 	if len(st.Argv) == 0 {
-		return refuse(peerpb.FailureKind_FAILURE_OTHER, "no program given")
+		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "no program given")
 	}
-	g := &guest{start: st, started: time.Now()}
+	g := &guest{start: st, started: time.Now(), out: out}
 	if !e.add(st.Id, g) {
-		return refuse(peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
+		return refuse(out, peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
 	}
 	defer e.remove(st.Id)
 
 	std, err := newStdio(st)
 	if err != nil {
-		return refuse(peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer std.close()
-	p, err := e.spawner.Start(spawn.Spec{
+	g.std = std
+	p, err := e.cfg.Spawner.Start(spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Files: std.childFiles(), Terminal: st.Tty != nil,
 	})
 	std.closeChildEnds()
 	if err != nil {
-		kind := peerpb.FailureKind_FAILURE_OTHER
-		var se *spawn.Error
-		if errors.As(err, &se) {
-			kind = map[spawn.Kind]peerpb.FailureKind{
-				spawn.NotFound: peerpb.FailureKind_NOT_FOUND, spawn.NotExecutable: peerpb.FailureKind_NOT_EXECUTABLE,
-				spawn.NoDir: peerpb.FailureKind_NO_CWD,
-			}[se.Kind]
-		}
-		return refuse(kind, "%v (on node %s)", err, e.node)
+		return refuse(out, failureKind(err), "%v (on node %s)", err, e.node)
 	}
 	defer p.Release()
-	g.pid = p.Pid
+	g.setPID(p.Pid)
 	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: int32(p.Pid)}}); err != nil {
 		// The home is gone already.
 		killJob(p.Pid)
 	}
 	e.log.Debug("started", "id", st.Id, "pid", p.Pid, "home", from, "argv", st.Argv)
+	e.supervise(s, g)
+	return nil
+}
 
-	// Output relays.
-	var relays sync.WaitGroup
-	for _, r := range std.readers() {
-		relays.Add(1)
-		go func() {
-			defer relays.Done()
-			r.relay(out)
-		}()
+// failureKind classifies a failure to start for the home.
+func failureKind(err error) peerpb.FailureKind {
+	var se *spawn.Error
+	if errors.As(err, &se) {
+		switch se.Kind {
+		case spawn.NotFound:
+			return peerpb.FailureKind_NOT_FOUND
+		case spawn.NotExecutable:
+			return peerpb.FailureKind_NOT_EXECUTABLE
+		case spawn.NoDir:
+			return peerpb.FailureKind_NO_CWD
+		}
 	}
+	return peerpb.FailureKind_FAILURE_OTHER
+}
+
+// supervise relays a running process until it exits (or leaves for
+// another node) and reaps it.
+func (e *Executor) supervise(s ServerStream, g *guest) {
+	std, out, st := g.std, g.out, g.start
+	std.startRelays(out)
 	// Input and control from the home. When the stream breaks, the home is
 	// gone: kill the process.
 	homeGone := make(chan struct{})
 	go func() {
 		defer close(homeGone)
-		e.control(s, g, std)
+		e.control(s, g)
 	}()
 
 	status := g.wait(out)
+	if g.hasMoved() {
+		// It runs elsewhere now; its relays were held when it froze.
+		e.log.Debug("moved away", "id", st.Id)
+		return
+	}
 	// Let the output that is in the pipes out, then cut what is left.
 	relaysDone := make(chan struct{})
-	go func() { relays.Wait(); close(relaysDone) }()
+	go func() { std.relays.Wait(); close(relaysDone) }()
 	select {
 	case <-relaysDone:
 	case <-time.After(drainAfterExit):
@@ -167,19 +224,20 @@ func (e *Executor) Serve(from string, s ServerStream) error {
 	case <-time.After(time.Second):
 		// The home did not close its side; the process is done anyway.
 	}
-	return nil
 }
 
 // control applies what the home sends until the stream ends. A broken
 // stream (not a clean end after the exit) kills the process group.
-func (e *Executor) control(s ServerStream, g *guest, std *stdio) {
+func (e *Executor) control(s ServerStream, g *guest) {
+	std := g.std
 	for {
 		in, err := s.Recv()
 		if err != nil {
-			if pid := g.livePID(); pid > 0 {
+			if pid := g.livePID(); pid > 0 && !g.hasMoved() {
 				e.log.Info("home gone: killing its process", "id", g.start.Id, "pid", pid, "err", err)
 				killJob(pid)
 			}
+			g.tell(homeGone)
 			std.closeStdin()
 			return
 		}
@@ -202,6 +260,12 @@ func (e *Executor) control(s ServerStream, g *guest, std *stdio) {
 			std.cut(1)
 		case *peerpb.ExecIn_StderrClosed:
 			std.cut(2)
+		case *peerpb.ExecIn_Migrate:
+			go e.migrateOut(s, g, m.Migrate)
+		case *peerpb.ExecIn_Discard:
+			g.tell(discard)
+		case *peerpb.ExecIn_Resume:
+			g.tell(resume)
 		}
 	}
 }
@@ -210,20 +274,39 @@ func (e *Executor) control(s ServerStream, g *guest, std *stdio) {
 func (g *guest) wait(out *sender) *peerpb.Exit {
 	pid := g.livePID()
 	for {
-		var ws syscall.WaitStatus
-		_, err := syscall.Wait4(pid, &ws, syscall.WUNTRACED|unix.WCONTINUED, nil)
+		// Look before taking: while a migration traces the process, its
+		// stops are the tracer's to collect, and a wait from any thread of
+		// the daemon would take them.
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WSTOPPED|unix.WCONTINUED|unix.WNOWAIT, nil)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
 		if err != nil {
+			g.markExited()
 			return &peerpb.Exit{Code: 255}
 		}
+		g.mu.Lock()
+		if t := g.tracing; t != nil {
+			g.mu.Unlock()
+			<-t
+			continue
+		}
+		var ws syscall.WaitStatus
+		wpid, err := syscall.Wait4(pid, &ws, syscall.WNOHANG|syscall.WUNTRACED|unix.WCONTINUED, nil)
+		if err == nil && wpid == pid && (ws.Exited() || ws.Signaled()) {
+			g.pid = -pid // keep the number for logs, but never signal it again
+		}
+		g.mu.Unlock()
 		switch {
-		case ws.Exited():
+		case errors.Is(err, syscall.EINTR), err == nil && wpid == 0:
+			continue
+		case err != nil:
 			g.markExited()
+			return &peerpb.Exit{Code: 255}
+		case ws.Exited():
 			return &peerpb.Exit{Code: int32(ws.ExitStatus())}
 		case ws.Signaled():
-			g.markExited()
 			return &peerpb.Exit{Signal: int32(ws.Signal()), CoreDumped: ws.CoreDump()}
 		case ws.Stopped():
 			out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Stopped{Stopped: int32(ws.StopSignal())}})
@@ -233,10 +316,24 @@ func (g *guest) wait(out *sender) *peerpb.Exit {
 	}
 }
 
+func (g *guest) setPID(pid int) {
+	g.mu.Lock()
+	g.pid = pid
+	g.mu.Unlock()
+}
+
 func (g *guest) markExited() {
 	g.mu.Lock()
-	g.pid = -g.pid // keep the number for logs, but never signal it again
+	if g.pid > 0 {
+		g.pid = -g.pid
+	}
 	g.mu.Unlock()
+}
+
+func (g *guest) hasMoved() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.moved
 }
 
 // killJob kills a process and its process group (what it started, unless
@@ -320,14 +417,20 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 			continue
 		}
 		pid := g.livePID()
+		if pid == 0 {
+			continue // not started yet (or arriving)
+		}
 		pi := &peerpb.ProcInfo{
 			Id: id, Uid: st.Uid, User: st.User, Home: st.Home, Node: e.node, Pid: int32(pid),
 			StartedUnixMs: g.started.UnixMilli(), Argv: st.Argv, Cwd: st.Cwd, Tty: st.Tty != nil,
 			State: "running",
 		}
-		if pid <= 0 {
+		if pid < 0 {
 			pi.State, pi.Pid = "exited", int32(-pid)
 		} else {
+			if err := ckpt.Movable(pid); err != nil {
+				pi.Pinned = pinnedReason(err)
+			}
 			pi.CpuSeconds, pi.Rss, pi.ProcState = procStat(pid)
 			if pi.ProcState == "T" {
 				pi.State = "stopped"

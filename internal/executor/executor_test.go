@@ -30,7 +30,7 @@ func (f *fakeStream) Recv() (*peerpb.ExecIn, error) {
 }
 
 func TestOnlyTheHomeStartsItsProcesses(t *testing.T) {
-	e := New("n3", nil, slog.New(slog.DiscardHandler))
+	e := New(Config{Node: "n3", Log: slog.New(slog.DiscardHandler)})
 	cases := []struct {
 		from string
 		st   *peerpb.ExecStart

@@ -68,7 +68,13 @@ func signalJob(pid int, sig syscall.Signal, group bool) {
 // group gets its stop (the line discipline's own SIGTSTP is discarded for
 // it, see above).
 func typedSuspend(master *os.File, input []byte) {
-	fd := int(master.Fd())
+	withFd(master, func(fd int) error {
+		suspendFor(fd, input)
+		return nil
+	})
+}
+
+func suspendFor(fd int, input []byte) {
 	t, err := unix.IoctlGetTermios(fd, unix.TCGETS) // on a master: the slave's modes
 	if err != nil || t.Lflag&unix.ISIG == 0 {
 		return

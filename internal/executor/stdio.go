@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +28,11 @@ type stdio struct {
 	stdout *os.File // our ends: we read
 	stderr *os.File
 	master *os.File // the terminal's master side (tty mode): stdin and stdout
+
+	// The output relays; a migration holds them (they stop without
+	// reporting an end) and lets them go again if the process stays.
+	relays  sync.WaitGroup
+	holding atomic.Bool
 }
 
 func newStdio(st *peerpb.ExecStart) (*stdio, error) {
@@ -63,11 +70,13 @@ func newStdio(st *peerpb.ExecStart) (*stdio, error) {
 	// Pipes of 1 MiB (the kernel's default is 64 KiB): a program that
 	// writes fast fills them while the relay sends, and every read takes
 	// more at a time. Where the system does not allow it, the default does.
-	for _, p := range pipes {
-		unix.FcntlInt(p[0].Fd(), unix.F_SETPIPE_SZ, pipeSize)
-	}
 	s.stdin, s.stdout, s.stderr = pipes[0][1], pipes[1][0], pipes[2][0]
 	s.child = []*os.File{pipes[0][0], pipes[1][1], pipes[2][1]}
+	// (Set through the child's ends: Fd on ours would make them blocking,
+	// and their read deadlines would stop working.)
+	for _, f := range s.child {
+		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+	}
 	return s, nil
 }
 
@@ -103,9 +112,151 @@ func (s *stdio) readers() []outReader {
 	return []outReader{{s.stdout, 1}, {s.stderr, 2}}
 }
 
+// startRelays starts relaying the process's output to out.
+func (s *stdio) startRelays(out *sender) {
+	for _, r := range s.readers() {
+		s.relays.Add(1)
+		go func() {
+			defer s.relays.Done()
+			r.relay(out, &s.holding)
+		}()
+	}
+}
+
+// holdRelays stops the relays where they are, all they read sent.
+func (s *stdio) holdRelays() {
+	s.holding.Store(true)
+	s.cutReaders()
+	s.relays.Wait()
+}
+
+// releaseRelays starts the relays again after holdRelays.
+func (s *stdio) releaseRelays(out *sender) {
+	for _, f := range []*os.File{s.stdout, s.stderr, s.master} {
+		if f != nil {
+			f.SetReadDeadline(time.Time{})
+		}
+	}
+	s.holding.Store(false)
+	s.startRelays(out)
+}
+
+// drainOutput sends what the process wrote and no relay read yet (the
+// relays are held, the process frozen: this is all it wrote).
+func (s *stdio) drainOutput(out *sender) error {
+	buf := make([]byte, procstream.HeaderSize+chunk)
+	for _, r := range s.readers() {
+		for {
+			n, err := readNow(r.f, buf[procstream.HeaderSize:])
+			if n > 0 {
+				if err := out.sendData(r.fd, buf[:procstream.HeaderSize+n]); err != nil {
+					return err
+				}
+			}
+			if n == 0 || err != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// withFd runs fn with f's descriptor, leaving it as it is (f.Fd would
+// make it blocking, and f's read deadlines would stop working).
+func withFd(f *os.File, fn func(fd int) error) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// readNow reads what f holds without waiting (and past a read deadline:
+// f's descriptor is non-blocking, the poller's).
+func readNow(f *os.File, b []byte) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			n, rerr = unix.Read(int(fd), b)
+			if !errors.Is(rerr, unix.EINTR) {
+				break
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		n = 0
+	}
+	if errors.Is(rerr, unix.EAGAIN) {
+		rerr = nil
+	}
+	return n, rerr
+}
+
+// takeInput takes the input that process pid has not read yet out of its
+// stdin (pipe or terminal), to go with it.
+func (s *stdio) takeInput(pid int) []byte {
+	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/fd/0", os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil // it closed its stdin
+	}
+	defer f.Close()
+	var got []byte
+	withFd(f, func(fd int) error {
+		if s.master != nil {
+			// A line being typed is not readable in canonical mode:
+			// switch that off for the time of the read.
+			if t, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil && t.Lflag&unix.ICANON != 0 {
+				raw := *t
+				raw.Lflag &^= unix.ICANON
+				raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 0, 0
+				if unix.IoctlSetTermios(fd, unix.TCSETS, &raw) == nil {
+					defer unix.IoctlSetTermios(fd, unix.TCSETS, t)
+				}
+			}
+		}
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if n > 0 {
+				got = append(got, buf[:n]...)
+			}
+			if n <= 0 || err != nil {
+				return nil
+			}
+		}
+	})
+	return got
+}
+
+// terminal describes the process's terminal as it is now (the program may
+// have changed its modes), or nil.
+func (s *stdio) terminal() *peerpb.Tty {
+	if s.master == nil {
+		return nil
+	}
+	var m pty.Modes
+	if err := withFd(s.master, func(fd int) (err error) { m, err = pty.Get(fd); return err }); err != nil {
+		return nil
+	}
+	return &peerpb.Tty{Rows: uint32(m.Rows), Cols: uint32(m.Cols), Iflag: m.Iflag, Oflag: m.Oflag, Cflag: m.Cflag,
+		Lflag: m.Lflag, Cc: m.Cc, Ispeed: m.Ispeed, Ospeed: m.Ospeed, HasModes: true}
+}
+
 // relay sends the output until it ends (EOF; EIO on a terminal whose last
-// user is gone; closed or cut by us), then says so.
-func (r outReader) relay(out *sender) {
+// user is gone; closed or cut by us), then says so; held, it stops without
+// a word.
+func (r outReader) relay(out *sender, holding *atomic.Bool) {
 	// Read after room for a frame header, so that a stream that can send
 	// a buffer as it is (procstream) does not copy it.
 	buf := make([]byte, procstream.HeaderSize+chunk)
@@ -115,6 +266,9 @@ func (r outReader) relay(out *sender) {
 			return
 		}
 		if err != nil {
+			if holding.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
 			break
 		}
 	}
@@ -161,7 +315,7 @@ func (s *stdio) closeStdin() {
 
 func (s *stdio) resize(t *peerpb.Tty) {
 	if s.master != nil && t != nil {
-		pty.SetSize(int(s.master.Fd()), uint16(t.Rows), uint16(t.Cols))
+		withFd(s.master, func(fd int) error { return pty.SetSize(fd, uint16(t.Rows), uint16(t.Cols)) })
 	}
 }
 

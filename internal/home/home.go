@@ -73,14 +73,48 @@ type proc struct {
 	cwd     string
 	tty     bool
 	started time.Time
+	start   *peerpb.ExecStart
 
-	mu     sync.Mutex
-	node   string
-	pid    int
-	state  string // starting, running, stopped, lost
-	lost   time.Time
-	conn   *stream
-	cancel context.CancelFunc
+	mu         sync.Mutex
+	node       string
+	pid        int
+	state      string // starting, running, stopped, lost
+	lost       time.Time
+	conn       *stream
+	cancel     context.CancelFunc
+	migrations uint32
+	pump       *pump // the user's input, while relayed
+
+	// sendMu orders what goes to the process: while a migration is under
+	// way (mig), it is held back in queued, and goes to wherever the
+	// process runs once the migration is over.
+	sendMu sync.Mutex
+	mig    *migration
+	queued []*peerpb.ExecIn
+}
+
+// deliver sends m to the process, or holds it back while it moves.
+func (p *proc) deliver(m *peerpb.ExecIn) error {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	if p.mig != nil {
+		p.queued = append(p.queued, m)
+		return nil
+	}
+	p.mu.Lock()
+	s := p.conn
+	p.mu.Unlock()
+	if s == nil {
+		return errStreamClosed
+	}
+	return s.send(m)
+}
+
+// current is the stream to where the process runs now.
+func (p *proc) current() *stream {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conn
 }
 
 func (p *proc) info() *peerpb.ProcInfo {
@@ -89,6 +123,7 @@ func (p *proc) info() *peerpb.ProcInfo {
 	return &peerpb.ProcInfo{
 		Id: p.id, Uid: p.uid, User: p.user, Node: p.node, Pid: int32(p.pid), State: p.state,
 		StartedUnixMs: p.started.UnixMilli(), Argv: p.argv, Cwd: p.cwd, Tty: p.tty, FromHome: true,
+		Migrations: p.migrations,
 	}
 }
 
@@ -213,7 +248,7 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 			Lflag: t.Lflag, Cc: t.Cc, Ispeed: t.Ispeed, Ospeed: t.Ospeed, HasModes: true}
 	}
 	p := &proc{id: id, uid: caller.UID, user: name, argv: args.Argv, cwd: args.Cwd, tty: args.Tty != nil,
-		started: time.Now(), state: "starting"}
+		started: time.Now(), state: "starting", start: start}
 	if !h.add(p) {
 		return fail(api.StatusLost, "node %s is shutting down", h.cfg.Node)
 	}
@@ -223,7 +258,8 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	if err != nil {
 		return err
 	}
-	defer s.close()
+	// The stream at the end, wherever the process moved meanwhile.
+	defer func() { p.current().close() }()
 	events.send(api.RunEvent{Started: &api.RunStarted{ID: id, Node: s.node, PID: s.pid}})
 	h.cfg.Log.Debug("process started", "id", id, "node", s.node, "pid", s.pid, "uid", caller.UID)
 	return h.relay(p, s, conn, events, stdio)
@@ -366,6 +402,11 @@ func (h *Home) NodeDown(node string) {
 			p.cancel()
 		}
 		p.mu.Unlock()
+		p.sendMu.Lock()
+		if p.mig != nil && p.mig.target == node {
+			p.mig.next.cancel() // the move is off; the source says so
+		}
+		p.sendMu.Unlock()
 	}
 }
 
@@ -418,7 +459,7 @@ func (h *Home) Signal(id string, sig syscall.Signal, uid uint32) error {
 	if s == nil || state == "lost" {
 		return fmt.Errorf("process %s is %s and cannot be signalled", id, state)
 	}
-	return s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(sig)}}})
+	return p.deliver(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(sig)}}})
 }
 
 // Close kills every process this node is home of (by breaking its stream)

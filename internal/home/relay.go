@@ -2,6 +2,7 @@ package home
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,13 +18,16 @@ import (
 // between the user's descriptors, the client and the process's stream, and
 // returns when the process is over (nil) or lost (an error for the client).
 func (h *Home) relay(p *proc, s *stream, conn *api.Conn, events *eventWriter, stdio *userStdio) error {
-	in, err := newPump(stdio.in, s)
+	in, err := newPump(stdio.in, p.deliver)
 	if err != nil {
 		s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(syscall.SIGKILL), Group: true}}})
 		return err
 	}
 	go in.run()
 	defer in.stop()
+	p.mu.Lock()
+	p.pump = in
+	p.mu.Unlock()
 
 	// What the client sends: signals, resizes, foreground changes. If it
 	// goes away before the program ends (killed, say), the program dies:
@@ -38,15 +42,15 @@ func (h *Home) relay(p *proc, s *stream, conn *api.Conn, events *eventWriter, st
 				case <-finished:
 				default:
 					h.cfg.Log.Debug("client gone: killing its process", "id", p.id)
-					s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(syscall.SIGKILL), Group: true}}})
+					p.deliver(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(syscall.SIGKILL), Group: true}}})
 				}
 				return
 			}
 			switch {
 			case c.Signal != 0:
-				s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(c.Signal), Group: c.Group}}})
+				p.deliver(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Signal{Signal: &peerpb.Signal{Number: int32(c.Signal), Group: c.Group}}})
 			case c.Resize != nil:
-				s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Resize{Resize: &peerpb.Tty{Rows: uint32(c.Resize.Rows), Cols: uint32(c.Resize.Cols)}}})
+				p.deliver(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Resize{Resize: &peerpb.Tty{Rows: uint32(c.Resize.Rows), Cols: uint32(c.Resize.Cols)}}})
 			case c.Foreground != nil:
 				in.pause(!*c.Foreground)
 			}
@@ -66,7 +70,7 @@ func (h *Home) relay(p *proc, s *stream, conn *api.Conn, events *eventWriter, st
 			if fd == 2 {
 				m = &peerpb.ExecIn{Msg: &peerpb.ExecIn_StderrClosed{StderrClosed: true}}
 			}
-			s.send(m)
+			p.deliver(m)
 		}
 	}
 	closeOut := func(fd int) {
@@ -99,7 +103,14 @@ func (h *Home) relay(p *proc, s *stream, conn *api.Conn, events *eventWriter, st
 		case *peerpb.ExecOut_Continued:
 			p.setState("running")
 			events.send(api.RunEvent{Continued: true})
+		case *peerpb.ExecOut_Moved:
+			if next := h.switchOver(p, s, x.Moved); next != nil {
+				s = next
+			}
+		case *peerpb.ExecOut_MigrateFailed:
+			p.endMigration(migrateResult{err: errors.New(x.MigrateFailed)})
 		case *peerpb.ExecOut_Exit:
+			p.endMigration(migrateResult{err: fmt.Errorf("process %s exited", p.id)})
 			p.setState("exited")
 			events.send(api.RunEvent{Exit: &api.RunExit{Code: int(x.Exit.Code), Signal: int(x.Exit.Signal), Core: x.Exit.CoreDumped}})
 			return nil
@@ -116,6 +127,7 @@ func (p *proc) setState(st string) {
 // lost records that the process's stream broke before it exited, and says
 // why for the client.
 func (h *Home) lost(p *proc, s *stream, err error) error {
+	p.endMigration(migrateResult{err: fmt.Errorf("process %s is lost: %v", p.id, err)})
 	p.mu.Lock()
 	p.state, p.lost = "lost", time.Now()
 	p.mu.Unlock()
@@ -140,21 +152,27 @@ func (h *Home) lost(p *proc, s *stream, err error) error {
 // shared with the user's shell.
 type pump struct {
 	fd     int
-	s      *stream
+	send   func(*peerpb.ExecIn) error
 	wakeR  int
 	wakeW  int
-	paused atomic.Bool
+	paused atomic.Bool // the job is stopped or in the background
+	held   atomic.Bool // the process is moving
 	quit   atomic.Bool
 	done   chan struct{}
 	once   sync.Once
 }
 
-func newPump(fd int, s *stream) (*pump, error) {
+func newPump(fd int, send func(*peerpb.ExecIn) error) (*pump, error) {
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return nil, err
 	}
-	return &pump{fd: fd, s: s, wakeR: fds[0], wakeW: fds[1], done: make(chan struct{})}, nil
+	return &pump{fd: fd, send: send, wakeR: fds[0], wakeW: fds[1], done: make(chan struct{})}, nil
+}
+
+func (p *pump) hold(held bool) {
+	p.held.Store(held)
+	p.wake()
 }
 
 func (p *pump) wake() { unix.Write(p.wakeW, []byte{0}) }
@@ -181,7 +199,7 @@ func (p *pump) run() {
 	var drain [64]byte
 	for !p.quit.Load() {
 		fds := []unix.PollFd{{Fd: int32(p.wakeR), Events: unix.POLLIN}}
-		if !p.paused.Load() {
+		if !p.paused.Load() && !p.held.Load() {
 			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 		}
 		if _, err := unix.Poll(fds, -1); err != nil {
@@ -206,13 +224,13 @@ func (p *pump) run() {
 		}
 		if n > 0 {
 			data := append([]byte(nil), buf[:n]...)
-			if p.s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: data}}) != nil {
+			if p.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: data}}) != nil {
 				return
 			}
 			continue
 		}
 		// End of input (or an error reading it).
-		p.s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_StdinEof{StdinEof: true}})
+		p.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_StdinEof{StdinEof: true}})
 		return
 	}
 }

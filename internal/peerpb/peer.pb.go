@@ -1104,6 +1104,242 @@ func (x *Signal) GetGroup() bool {
 	return false
 }
 
+// Adopt tells a node to take over a process from source.
+type Adopt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         *ExecStart             `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`   // the image connection must present it
+	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"` // the node the image comes from
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Adopt) Reset() {
+	*x = Adopt{}
+	mi := &file_peer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Adopt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Adopt) ProtoMessage() {}
+
+func (x *Adopt) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Adopt.ProtoReflect.Descriptor instead.
+func (*Adopt) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Adopt) GetStart() *ExecStart {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *Adopt) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *Adopt) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// Moved says that a process's copy waits at the target.
+type Moved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageBytes    uint64                 `protobuf:"varint,1,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	FrozenUs      int64                  `protobuf:"varint,2,opt,name=frozen_us,json=frozenUs,proto3" json:"frozen_us,omitempty"` // since the source froze it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Moved) Reset() {
+	*x = Moved{}
+	mi := &file_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Moved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Moved) ProtoMessage() {}
+
+func (x *Moved) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Moved.ProtoReflect.Descriptor instead.
+func (*Moved) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Moved) GetImageBytes() uint64 {
+	if x != nil {
+		return x.ImageBytes
+	}
+	return 0
+}
+
+func (x *Moved) GetFrozenUs() int64 {
+	if x != nil {
+		return x.FrozenUs
+	}
+	return 0
+}
+
+// Migrate tells the node running a process to send it to target.
+type Migrate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Target        string                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Migrate) Reset() {
+	*x = Migrate{}
+	mi := &file_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Migrate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Migrate) ProtoMessage() {}
+
+func (x *Migrate) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Migrate.ProtoReflect.Descriptor instead.
+func (*Migrate) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Migrate) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Migrate) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// ImageOffer opens an image connection.
+type ImageOffer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	PendingStdin  []byte                 `protobuf:"bytes,3,opt,name=pending_stdin,json=pendingStdin,proto3" json:"pending_stdin,omitempty"` // input the process had not read yet
+	Tty           *Tty                   `protobuf:"bytes,4,opt,name=tty,proto3" json:"tty,omitempty"`                                       // its terminal's modes and size, if on one
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageOffer) Reset() {
+	*x = ImageOffer{}
+	mi := &file_peer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageOffer) ProtoMessage() {}
+
+func (x *ImageOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageOffer.ProtoReflect.Descriptor instead.
+func (*ImageOffer) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ImageOffer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ImageOffer) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *ImageOffer) GetPendingStdin() []byte {
+	if x != nil {
+		return x.PendingStdin
+	}
+	return nil
+}
+
+func (x *ImageOffer) GetTty() *Tty {
+	if x != nil {
+		return x.Tty
+	}
+	return nil
+}
+
 type ExecIn struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1115,6 +1351,12 @@ type ExecIn struct {
 	//	*ExecIn_Resize
 	//	*ExecIn_StdoutClosed
 	//	*ExecIn_StderrClosed
+	//	*ExecIn_Adopt
+	//	*ExecIn_Migrate
+	//	*ExecIn_Discard
+	//	*ExecIn_Resume
+	//	*ExecIn_Go
+	//	*ExecIn_Image
 	Msg           isExecIn_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1122,7 +1364,7 @@ type ExecIn struct {
 
 func (x *ExecIn) Reset() {
 	*x = ExecIn{}
-	mi := &file_peer_proto_msgTypes[11]
+	mi := &file_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1376,7 @@ func (x *ExecIn) String() string {
 func (*ExecIn) ProtoMessage() {}
 
 func (x *ExecIn) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[11]
+	mi := &file_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1389,7 @@ func (x *ExecIn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecIn.ProtoReflect.Descriptor instead.
 func (*ExecIn) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{11}
+	return file_peer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecIn) GetMsg() isExecIn_Msg {
@@ -1220,6 +1462,60 @@ func (x *ExecIn) GetStderrClosed() bool {
 	return false
 }
 
+func (x *ExecIn) GetAdopt() *Adopt {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Adopt); ok {
+			return x.Adopt
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetMigrate() *Migrate {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Migrate); ok {
+			return x.Migrate
+		}
+	}
+	return nil
+}
+
+func (x *ExecIn) GetDiscard() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Discard); ok {
+			return x.Discard
+		}
+	}
+	return false
+}
+
+func (x *ExecIn) GetResume() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Resume); ok {
+			return x.Resume
+		}
+	}
+	return false
+}
+
+func (x *ExecIn) GetGo() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Go); ok {
+			return x.Go
+		}
+	}
+	return false
+}
+
+func (x *ExecIn) GetImage() *ImageOffer {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
 type isExecIn_Msg interface {
 	isExecIn_Msg()
 }
@@ -1254,6 +1550,30 @@ type ExecIn_StderrClosed struct {
 	StderrClosed bool `protobuf:"varint,7,opt,name=stderr_closed,json=stderrClosed,proto3,oneof"`
 }
 
+type ExecIn_Adopt struct {
+	Adopt *Adopt `protobuf:"bytes,8,opt,name=adopt,proto3,oneof"`
+}
+
+type ExecIn_Migrate struct {
+	Migrate *Migrate `protobuf:"bytes,9,opt,name=migrate,proto3,oneof"`
+}
+
+type ExecIn_Discard struct {
+	Discard bool `protobuf:"varint,10,opt,name=discard,proto3,oneof"` // home -> source: the copy elsewhere takes over
+}
+
+type ExecIn_Resume struct {
+	Resume bool `protobuf:"varint,11,opt,name=resume,proto3,oneof"` // home -> source: the move is off, go on here
+}
+
+type ExecIn_Go struct {
+	Go bool `protobuf:"varint,12,opt,name=go,proto3,oneof"` // home -> target: let the process run
+}
+
+type ExecIn_Image struct {
+	Image *ImageOffer `protobuf:"bytes,13,opt,name=image,proto3,oneof"` // source -> target: an image connection
+}
+
 func (*ExecIn_Start) isExecIn_Msg() {}
 
 func (*ExecIn_Stdin) isExecIn_Msg() {}
@@ -1268,6 +1588,18 @@ func (*ExecIn_StdoutClosed) isExecIn_Msg() {}
 
 func (*ExecIn_StderrClosed) isExecIn_Msg() {}
 
+func (*ExecIn_Adopt) isExecIn_Msg() {}
+
+func (*ExecIn_Migrate) isExecIn_Msg() {}
+
+func (*ExecIn_Discard) isExecIn_Msg() {}
+
+func (*ExecIn_Resume) isExecIn_Msg() {}
+
+func (*ExecIn_Go) isExecIn_Msg() {}
+
+func (*ExecIn_Image) isExecIn_Msg() {}
+
 type Failure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          FailureKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=mosaic.peer.v1.FailureKind" json:"kind,omitempty"`
@@ -1278,7 +1610,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1622,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[12]
+	mi := &file_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1635,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{12}
+	return file_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Failure) GetKind() FailureKind {
@@ -1331,7 +1663,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1675,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1688,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{13}
+	return file_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1393,6 +1725,9 @@ type ExecOut struct {
 	//	*ExecOut_Continued
 	//	*ExecOut_Exit
 	//	*ExecOut_Failure
+	//	*ExecOut_Restored
+	//	*ExecOut_Moved
+	//	*ExecOut_MigrateFailed
 	Msg           isExecOut_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1400,7 +1735,7 @@ type ExecOut struct {
 
 func (x *ExecOut) Reset() {
 	*x = ExecOut{}
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1747,7 @@ func (x *ExecOut) String() string {
 func (*ExecOut) ProtoMessage() {}
 
 func (x *ExecOut) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1760,7 @@ func (x *ExecOut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOut.ProtoReflect.Descriptor instead.
 func (*ExecOut) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{14}
+	return file_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecOut) GetMsg() isExecOut_Msg {
@@ -1516,6 +1851,33 @@ func (x *ExecOut) GetFailure() *Failure {
 	return nil
 }
 
+func (x *ExecOut) GetRestored() int32 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Restored); ok {
+			return x.Restored
+		}
+	}
+	return 0
+}
+
+func (x *ExecOut) GetMoved() *Moved {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Moved); ok {
+			return x.Moved
+		}
+	}
+	return nil
+}
+
+func (x *ExecOut) GetMigrateFailed() string {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_MigrateFailed); ok {
+			return x.MigrateFailed
+		}
+	}
+	return ""
+}
+
 type isExecOut_Msg interface {
 	isExecOut_Msg()
 }
@@ -1553,7 +1915,19 @@ type ExecOut_Exit struct {
 }
 
 type ExecOut_Failure struct {
-	Failure *Failure `protobuf:"bytes,9,opt,name=failure,proto3,oneof"` // it did not start
+	Failure *Failure `protobuf:"bytes,9,opt,name=failure,proto3,oneof"` // it did not start (or, to a source, restore)
+}
+
+type ExecOut_Restored struct {
+	Restored int32 `protobuf:"varint,10,opt,name=restored,proto3,oneof"` // target -> home and source: ready, stopped, with this pid
+}
+
+type ExecOut_Moved struct {
+	Moved *Moved `protobuf:"bytes,11,opt,name=moved,proto3,oneof"` // source -> home: all output sent, a copy waits at the target
+}
+
+type ExecOut_MigrateFailed struct {
+	MigrateFailed string `protobuf:"bytes,12,opt,name=migrate_failed,json=migrateFailed,proto3,oneof"` // source -> home: why the process could not move; it runs on
 }
 
 func (*ExecOut_Started) isExecOut_Msg() {}
@@ -1574,6 +1948,12 @@ func (*ExecOut_Exit) isExecOut_Msg() {}
 
 func (*ExecOut_Failure) isExecOut_Msg() {}
 
+func (*ExecOut_Restored) isExecOut_Msg() {}
+
+func (*ExecOut_Moved) isExecOut_Msg() {}
+
+func (*ExecOut_MigrateFailed) isExecOut_Msg() {}
+
 // ProcInfo describes a mosaic process, as its home or the node running it
 // knows it.
 type ProcInfo struct {
@@ -1593,13 +1973,15 @@ type ProcInfo struct {
 	Tty           bool                   `protobuf:"varint,13,opt,name=tty,proto3" json:"tty,omitempty"`
 	ProcState     string                 `protobuf:"bytes,14,opt,name=proc_state,json=procState,proto3" json:"proc_state,omitempty"` // the kernel's state letter (R, S, D, T, Z)
 	FromHome      bool                   `protobuf:"varint,15,opt,name=from_home,json=fromHome,proto3" json:"from_home,omitempty"`   // this entry comes from the home's table
+	Pinned        string                 `protobuf:"bytes,16,opt,name=pinned,proto3" json:"pinned,omitempty"`                        // why it cannot move, if it cannot
+	Migrations    uint32                 `protobuf:"varint,17,opt,name=migrations,proto3" json:"migrations,omitempty"`               // how often it moved
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_peer_proto_msgTypes[15]
+	mi := &file_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1993,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[15]
+	mi := &file_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +2006,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{15}
+	return file_peer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProcInfo) GetId() string {
@@ -1732,6 +2114,20 @@ func (x *ProcInfo) GetFromHome() bool {
 	return false
 }
 
+func (x *ProcInfo) GetPinned() string {
+	if x != nil {
+		return x.Pinned
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetMigrations() uint32 {
+	if x != nil {
+		return x.Migrations
+	}
+	return 0
+}
+
 type ListProcsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"` // the caller, as its node's kernel says
@@ -1742,7 +2138,7 @@ type ListProcsRequest struct {
 
 func (x *ListProcsRequest) Reset() {
 	*x = ListProcsRequest{}
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2150,7 @@ func (x *ListProcsRequest) String() string {
 func (*ListProcsRequest) ProtoMessage() {}
 
 func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2163,7 @@ func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsRequest.ProtoReflect.Descriptor instead.
 func (*ListProcsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{16}
+	return file_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListProcsRequest) GetUid() uint32 {
@@ -1793,7 +2189,7 @@ type ListProcsResponse struct {
 
 func (x *ListProcsResponse) Reset() {
 	*x = ListProcsResponse{}
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +2201,7 @@ func (x *ListProcsResponse) String() string {
 func (*ListProcsResponse) ProtoMessage() {}
 
 func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2214,7 @@ func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsResponse.ProtoReflect.Descriptor instead.
 func (*ListProcsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{17}
+	return file_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListProcsResponse) GetProcs() []*ProcInfo {
@@ -1839,7 +2235,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +2247,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2260,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{18}
+	return file_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -1884,6 +2280,142 @@ func (x *SignalRequest) GetSignal() int32 {
 func (x *SignalRequest) GetUid() uint32 {
 	if x != nil {
 		return x.Uid
+	}
+	return 0
+}
+
+type MigrateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"` // a node name
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`      // the caller, as its node's kernel says
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateRequest) Reset() {
+	*x = MigrateRequest{}
+	mi := &file_peer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateRequest) ProtoMessage() {}
+
+func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
+func (*MigrateRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MigrateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+type MigrateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"` // where it runs now
+	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	FreezeUs      int64                  `protobuf:"varint,3,opt,name=freeze_us,json=freezeUs,proto3" json:"freeze_us,omitempty"` // how long it was stopped
+	TotalUs       int64                  `protobuf:"varint,4,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
+	ImageBytes    uint64                 `protobuf:"varint,5,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateResponse) Reset() {
+	*x = MigrateResponse{}
+	mi := &file_peer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateResponse) ProtoMessage() {}
+
+func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
+func (*MigrateResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *MigrateResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *MigrateResponse) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetFreezeUs() int64 {
+	if x != nil {
+		return x.FreezeUs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetTotalUs() int64 {
+	if x != nil {
+		return x.TotalUs
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetImageBytes() uint64 {
+	if x != nil {
+		return x.ImageBytes
 	}
 	return 0
 }
@@ -1973,7 +2505,24 @@ const file_peer_proto_rawDesc = "" +
 	" \x01(\bR\bhasModes\"6\n" +
 	"\x06Signal\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x14\n" +
-	"\x05group\x18\x02 \x01(\bR\x05group\"\xa8\x02\n" +
+	"\x05group\x18\x02 \x01(\bR\x05group\"f\n" +
+	"\x05Adopt\x12/\n" +
+	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartR\x05start\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"E\n" +
+	"\x05Moved\x12\x1f\n" +
+	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
+	"imageBytes\x12\x1b\n" +
+	"\tfrozen_us\x18\x02 \x01(\x03R\bfrozenUs\"7\n" +
+	"\aMigrate\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"~\n" +
+	"\n" +
+	"ImageOffer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12#\n" +
+	"\rpending_stdin\x18\x03 \x01(\fR\fpendingStdin\x12%\n" +
+	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\"\x88\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
@@ -1981,7 +2530,14 @@ const file_peer_proto_rawDesc = "" +
 	"\x06signal\x18\x04 \x01(\v2\x16.mosaic.peer.v1.SignalH\x00R\x06signal\x12-\n" +
 	"\x06resize\x18\x05 \x01(\v2\x13.mosaic.peer.v1.TtyH\x00R\x06resize\x12%\n" +
 	"\rstdout_closed\x18\x06 \x01(\bH\x00R\fstdoutClosed\x12%\n" +
-	"\rstderr_closed\x18\a \x01(\bH\x00R\fstderrClosedB\x05\n" +
+	"\rstderr_closed\x18\a \x01(\bH\x00R\fstderrClosed\x12-\n" +
+	"\x05adopt\x18\b \x01(\v2\x15.mosaic.peer.v1.AdoptH\x00R\x05adopt\x123\n" +
+	"\amigrate\x18\t \x01(\v2\x17.mosaic.peer.v1.MigrateH\x00R\amigrate\x12\x1a\n" +
+	"\adiscard\x18\n" +
+	" \x01(\bH\x00R\adiscard\x12\x18\n" +
+	"\x06resume\x18\v \x01(\bH\x00R\x06resume\x12\x10\n" +
+	"\x02go\x18\f \x01(\bH\x00R\x02go\x122\n" +
+	"\x05image\x18\r \x01(\v2\x1a.mosaic.peer.v1.ImageOfferH\x00R\x05imageB\x05\n" +
 	"\x03msg\"T\n" +
 	"\aFailure\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.mosaic.peer.v1.FailureKindR\x04kind\x12\x18\n" +
@@ -1990,7 +2546,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n" +
 	"\vcore_dumped\x18\x03 \x01(\bR\n" +
-	"coreDumped\"\xbf\x02\n" +
+	"coreDumped\"\xb5\x03\n" +
 	"\aExecOut\x12\x1a\n" +
 	"\astarted\x18\x01 \x01(\x05H\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
@@ -2002,8 +2558,12 @@ const file_peer_proto_rawDesc = "" +
 	"\astopped\x18\x06 \x01(\x05H\x00R\astopped\x12\x1e\n" +
 	"\tcontinued\x18\a \x01(\bH\x00R\tcontinued\x12*\n" +
 	"\x04exit\x18\b \x01(\v2\x14.mosaic.peer.v1.ExitH\x00R\x04exit\x123\n" +
-	"\afailure\x18\t \x01(\v2\x17.mosaic.peer.v1.FailureH\x00R\afailureB\x05\n" +
-	"\x03msg\"\xdf\x02\n" +
+	"\afailure\x18\t \x01(\v2\x17.mosaic.peer.v1.FailureH\x00R\afailure\x12\x1c\n" +
+	"\brestored\x18\n" +
+	" \x01(\x05H\x00R\brestored\x12-\n" +
+	"\x05moved\x18\v \x01(\v2\x15.mosaic.peer.v1.MovedH\x00R\x05moved\x12'\n" +
+	"\x0emigrate_failed\x18\f \x01(\tH\x00R\rmigrateFailedB\x05\n" +
+	"\x03msg\"\x97\x03\n" +
 	"\bProcInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x12\n" +
@@ -2022,7 +2582,11 @@ const file_peer_proto_rawDesc = "" +
 	"\x03tty\x18\r \x01(\bR\x03tty\x12\x1d\n" +
 	"\n" +
 	"proc_state\x18\x0e \x01(\tR\tprocState\x12\x1b\n" +
-	"\tfrom_home\x18\x0f \x01(\bR\bfromHome\"6\n" +
+	"\tfrom_home\x18\x0f \x01(\bR\bfromHome\x12\x16\n" +
+	"\x06pinned\x18\x10 \x01(\tR\x06pinned\x12\x1e\n" +
+	"\n" +
+	"migrations\x18\x11 \x01(\rR\n" +
+	"migrations\"6\n" +
 	"\x10ListProcsRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\"C\n" +
@@ -2031,7 +2595,18 @@ const file_peer_proto_rawDesc = "" +
 	"\rSignalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
-	"\x03uid\x18\x03 \x01(\rR\x03uid*3\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\"J\n" +
+	"\x0eMigrateRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\"\x90\x01\n" +
+	"\x0fMigrateResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1b\n" +
+	"\tfreeze_us\x18\x03 \x01(\x03R\bfreezeUs\x12\x19\n" +
+	"\btotal_us\x18\x04 \x01(\x03R\atotalUs\x12\x1f\n" +
+	"\vimage_bytes\x18\x05 \x01(\x04R\n" +
+	"imageBytes*3\n" +
 	"\x05State\x12\t\n" +
 	"\x05ALIVE\x10\x00\x12\v\n" +
 	"\aSUSPECT\x10\x01\x12\b\n" +
@@ -2051,11 +2626,12 @@ const file_peer_proto_rawDesc = "" +
 	"\x06NO_CWD\x10\x03\x12\v\n" +
 	"\aREFUSED\x10\x042I\n" +
 	"\x04Join\x12A\n" +
-	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\xd3\x01\n" +
+	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\x9f\x02\n" +
 	"\x04Peer\x129\n" +
 	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.Empty\x12P\n" +
 	"\tListProcs\x12 .mosaic.peer.v1.ListProcsRequest\x1a!.mosaic.peer.v1.ListProcsResponse\x12>\n" +
-	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.EmptyB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
+	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.Empty\x12J\n" +
+	"\aMigrate\x12\x1e.mosaic.peer.v1.MigrateRequest\x1a\x1f.mosaic.peer.v1.MigrateResponseB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -2070,7 +2646,7 @@ func file_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_peer_proto_goTypes = []any{
 	(State)(0),                // 0: mosaic.peer.v1.State
 	(Kind)(0),                 // 1: mosaic.peer.v1.Kind
@@ -2086,14 +2662,20 @@ var file_peer_proto_goTypes = []any{
 	(*Rlimit)(nil),            // 11: mosaic.peer.v1.Rlimit
 	(*Tty)(nil),               // 12: mosaic.peer.v1.Tty
 	(*Signal)(nil),            // 13: mosaic.peer.v1.Signal
-	(*ExecIn)(nil),            // 14: mosaic.peer.v1.ExecIn
-	(*Failure)(nil),           // 15: mosaic.peer.v1.Failure
-	(*Exit)(nil),              // 16: mosaic.peer.v1.Exit
-	(*ExecOut)(nil),           // 17: mosaic.peer.v1.ExecOut
-	(*ProcInfo)(nil),          // 18: mosaic.peer.v1.ProcInfo
-	(*ListProcsRequest)(nil),  // 19: mosaic.peer.v1.ListProcsRequest
-	(*ListProcsResponse)(nil), // 20: mosaic.peer.v1.ListProcsResponse
-	(*SignalRequest)(nil),     // 21: mosaic.peer.v1.SignalRequest
+	(*Adopt)(nil),             // 14: mosaic.peer.v1.Adopt
+	(*Moved)(nil),             // 15: mosaic.peer.v1.Moved
+	(*Migrate)(nil),           // 16: mosaic.peer.v1.Migrate
+	(*ImageOffer)(nil),        // 17: mosaic.peer.v1.ImageOffer
+	(*ExecIn)(nil),            // 18: mosaic.peer.v1.ExecIn
+	(*Failure)(nil),           // 19: mosaic.peer.v1.Failure
+	(*Exit)(nil),              // 20: mosaic.peer.v1.Exit
+	(*ExecOut)(nil),           // 21: mosaic.peer.v1.ExecOut
+	(*ProcInfo)(nil),          // 22: mosaic.peer.v1.ProcInfo
+	(*ListProcsRequest)(nil),  // 23: mosaic.peer.v1.ListProcsRequest
+	(*ListProcsResponse)(nil), // 24: mosaic.peer.v1.ListProcsResponse
+	(*SignalRequest)(nil),     // 25: mosaic.peer.v1.SignalRequest
+	(*MigrateRequest)(nil),    // 26: mosaic.peer.v1.MigrateRequest
+	(*MigrateResponse)(nil),   // 27: mosaic.peer.v1.MigrateResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
@@ -2103,26 +2685,34 @@ var file_peer_proto_depIdxs = []int32{
 	8,  // 4: mosaic.peer.v1.Envelope.loads:type_name -> mosaic.peer.v1.LoadReport
 	11, // 5: mosaic.peer.v1.ExecStart.rlimits:type_name -> mosaic.peer.v1.Rlimit
 	12, // 6: mosaic.peer.v1.ExecStart.tty:type_name -> mosaic.peer.v1.Tty
-	10, // 7: mosaic.peer.v1.ExecIn.start:type_name -> mosaic.peer.v1.ExecStart
-	13, // 8: mosaic.peer.v1.ExecIn.signal:type_name -> mosaic.peer.v1.Signal
-	12, // 9: mosaic.peer.v1.ExecIn.resize:type_name -> mosaic.peer.v1.Tty
-	2,  // 10: mosaic.peer.v1.Failure.kind:type_name -> mosaic.peer.v1.FailureKind
-	16, // 11: mosaic.peer.v1.ExecOut.exit:type_name -> mosaic.peer.v1.Exit
-	15, // 12: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
-	18, // 13: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
-	4,  // 14: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
-	9,  // 15: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
-	19, // 16: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
-	21, // 17: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
-	5,  // 18: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	3,  // 19: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	20, // 20: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
-	3,  // 21: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 7: mosaic.peer.v1.Adopt.start:type_name -> mosaic.peer.v1.ExecStart
+	12, // 8: mosaic.peer.v1.ImageOffer.tty:type_name -> mosaic.peer.v1.Tty
+	10, // 9: mosaic.peer.v1.ExecIn.start:type_name -> mosaic.peer.v1.ExecStart
+	13, // 10: mosaic.peer.v1.ExecIn.signal:type_name -> mosaic.peer.v1.Signal
+	12, // 11: mosaic.peer.v1.ExecIn.resize:type_name -> mosaic.peer.v1.Tty
+	14, // 12: mosaic.peer.v1.ExecIn.adopt:type_name -> mosaic.peer.v1.Adopt
+	16, // 13: mosaic.peer.v1.ExecIn.migrate:type_name -> mosaic.peer.v1.Migrate
+	17, // 14: mosaic.peer.v1.ExecIn.image:type_name -> mosaic.peer.v1.ImageOffer
+	2,  // 15: mosaic.peer.v1.Failure.kind:type_name -> mosaic.peer.v1.FailureKind
+	20, // 16: mosaic.peer.v1.ExecOut.exit:type_name -> mosaic.peer.v1.Exit
+	19, // 17: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
+	15, // 18: mosaic.peer.v1.ExecOut.moved:type_name -> mosaic.peer.v1.Moved
+	22, // 19: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
+	4,  // 20: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
+	9,  // 21: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
+	23, // 22: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
+	25, // 23: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
+	26, // 24: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
+	5,  // 25: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 26: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	24, // 27: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 28: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	27, // 29: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
+	25, // [25:30] is the sub-list for method output_type
+	20, // [20:25] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -2130,7 +2720,7 @@ func file_peer_proto_init() {
 	if File_peer_proto != nil {
 		return
 	}
-	file_peer_proto_msgTypes[11].OneofWrappers = []any{
+	file_peer_proto_msgTypes[15].OneofWrappers = []any{
 		(*ExecIn_Start)(nil),
 		(*ExecIn_Stdin)(nil),
 		(*ExecIn_StdinEof)(nil),
@@ -2138,8 +2728,14 @@ func file_peer_proto_init() {
 		(*ExecIn_Resize)(nil),
 		(*ExecIn_StdoutClosed)(nil),
 		(*ExecIn_StderrClosed)(nil),
+		(*ExecIn_Adopt)(nil),
+		(*ExecIn_Migrate)(nil),
+		(*ExecIn_Discard)(nil),
+		(*ExecIn_Resume)(nil),
+		(*ExecIn_Go)(nil),
+		(*ExecIn_Image)(nil),
 	}
-	file_peer_proto_msgTypes[14].OneofWrappers = []any{
+	file_peer_proto_msgTypes[18].OneofWrappers = []any{
 		(*ExecOut_Started)(nil),
 		(*ExecOut_Stdout)(nil),
 		(*ExecOut_Stderr)(nil),
@@ -2149,6 +2745,9 @@ func file_peer_proto_init() {
 		(*ExecOut_Continued)(nil),
 		(*ExecOut_Exit)(nil),
 		(*ExecOut_Failure)(nil),
+		(*ExecOut_Restored)(nil),
+		(*ExecOut_Moved)(nil),
+		(*ExecOut_MigrateFailed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2156,7 +2755,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

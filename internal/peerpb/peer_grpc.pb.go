@@ -132,6 +132,7 @@ const (
 	Peer_Gossip_FullMethodName    = "/mosaic.peer.v1.Peer/Gossip"
 	Peer_ListProcs_FullMethodName = "/mosaic.peer.v1.Peer/ListProcs"
 	Peer_Signal_FullMethodName    = "/mosaic.peer.v1.Peer/Signal"
+	Peer_Migrate_FullMethodName   = "/mosaic.peer.v1.Peer/Migrate"
 )
 
 // PeerClient is the client API for Peer service.
@@ -148,6 +149,10 @@ type PeerClient interface {
 	// Signal asks a process's home to signal it on behalf of a user of the
 	// calling node; the home checks that the user owns it.
 	Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Migrate asks a process's home to move it to another node, on behalf
+	// of a user of the calling node; it answers once the process runs there
+	// (or runs on where it was, with the reason it could not move).
+	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error)
 }
 
 type peerClient struct {
@@ -188,6 +193,16 @@ func (c *peerClient) Signal(ctx context.Context, in *SignalRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *peerClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrateResponse)
+	err := c.cc.Invoke(ctx, Peer_Migrate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -202,6 +217,10 @@ type PeerServer interface {
 	// Signal asks a process's home to signal it on behalf of a user of the
 	// calling node; the home checks that the user owns it.
 	Signal(context.Context, *SignalRequest) (*Empty, error)
+	// Migrate asks a process's home to move it to another node, on behalf
+	// of a user of the calling node; it answers once the process runs there
+	// (or runs on where it was, with the reason it could not move).
+	Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -220,6 +239,9 @@ func (UnimplementedPeerServer) ListProcs(context.Context, *ListProcsRequest) (*L
 }
 func (UnimplementedPeerServer) Signal(context.Context, *SignalRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Signal not implemented")
+}
+func (UnimplementedPeerServer) Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -296,6 +318,24 @@ func _Peer_Signal_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Migrate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Migrate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Migrate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Migrate(ctx, req.(*MigrateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -314,6 +354,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Signal",
 			Handler:    _Peer_Signal_Handler,
+		},
+		{
+			MethodName: "Migrate",
+			Handler:    _Peer_Migrate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,6 +88,9 @@ func (s *Spawner) markStarted() { close(s.started()) }
 type request struct {
 	spec  Spec
 	reply chan result
+	// traced, when set, gets the new process stopped at its exec, on the
+	// Spawner's thread (its tracer).
+	traced func(p *os.Process) error
 }
 
 type result struct {
@@ -132,6 +136,10 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 	defer close(s.done)
 	ready <- nil
 	for r := range s.reqs {
+		if r.traced != nil {
+			r.reply <- result{nil, startTraced(r.spec, r.traced)}
+			continue
+		}
 		p, err := start(r.spec)
 		r.reply <- result{p, err}
 	}
@@ -152,6 +160,31 @@ func (s *Spawner) Start(spec Spec) (*os.Process, error) {
 	return res.p, res.err
 }
 
+// Traced starts a process that stops at its exec, before its program's
+// first instruction, and calls fn with it on the Spawner's thread, which
+// traces it: it is how a restore takes a fresh process over. fn must let
+// the process go or kill it before it returns; the Spawner starts nothing
+// else meanwhile. spec's Rlimits are not applied (see SetLimits).
+func (s *Spawner) Traced(spec Spec, fn func(p *os.Process) error) error {
+	r := request{spec: spec, traced: fn, reply: make(chan result, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.done:
+		return errors.New("the node is shutting down")
+	}
+	return (<-r.reply).err
+}
+
+func startTraced(spec Spec, fn func(p *os.Process) error) error {
+	spec.Rlimits = nil
+	p, err := startProcess(spec, true)
+	if err != nil {
+		return err
+	}
+	defer p.Release()
+	return fn(p)
+}
+
 // Close stops the Spawner. Processes it started go on running; they are
 // killed (PDEATHSIG) if the daemon's process dies.
 func (s *Spawner) Close() {
@@ -160,6 +193,25 @@ func (s *Spawner) Close() {
 }
 
 func start(spec Spec) (*os.Process, error) {
+	limits := changedLimits(spec.Rlimits)
+	p, err := startProcess(spec, len(limits) > 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(limits) > 0 {
+		if err := applyLimits(p.Pid, spec.UID, spec.GID, limits); err != nil {
+			p.Kill()
+			var ws syscall.WaitStatus
+			syscall.Wait4(p.Pid, &ws, 0, nil)
+			p.Release()
+			return nil, &Error{Other, err}
+		}
+	}
+	return p, nil
+}
+
+// startProcess starts spec's program, stopped at its exec when traced.
+func startProcess(spec Spec, traced bool) (*os.Process, error) {
 	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
 		return nil, &Error{Other, errors.New("no program given")}
 	}
@@ -170,7 +222,6 @@ func start(spec Spec) (*os.Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	limits := changedLimits(spec.Rlimits)
 	groups := make([]uint32, len(spec.Groups))
 	copy(groups, spec.Groups)
 	attr := &os.ProcAttr{
@@ -180,7 +231,7 @@ func start(spec Spec) (*os.Process, error) {
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups},
 			Pdeathsig:  syscall.SIGKILL,
-			Ptrace:     len(limits) > 0,
+			Ptrace:     traced,
 		},
 	}
 	if spec.Terminal {
@@ -196,15 +247,6 @@ func start(spec Spec) (*os.Process, error) {
 			return nil, &Error{NotExecutable, fmt.Errorf("%s: permission denied (to run it, or to enter %s)", spec.Argv[0], spec.Dir)}
 		}
 		return nil, &Error{Other, fmt.Errorf("start %s: %w", spec.Argv[0], err)}
-	}
-	if attr.Sys.Ptrace {
-		if err := applyLimits(p.Pid, spec.UID, spec.GID, limits); err != nil {
-			p.Kill()
-			var ws syscall.WaitStatus
-			syscall.Wait4(p.Pid, &ws, 0, nil)
-			p.Release()
-			return nil, &Error{Other, err}
-		}
 	}
 	return p, nil
 }
@@ -239,22 +281,29 @@ func applyLimits(pid int, uid, gid uint32, limits []Rlimit) error {
 	if !ws.Stopped() {
 		return fmt.Errorf("the new process did not stop at exec (%v)", ws)
 	}
-	var errs []error
-	if err := setThreadRealIDs(uid, gid); err != nil {
-		errs = append(errs, err)
-	} else {
-		for _, l := range limits {
-			if err := setLimit(pid, l); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if err := setThreadRealIDs(0, 0); err != nil {
-			// The thread must not go on with another user's IDs.
-			panic(fmt.Sprintf("spawn: cannot restore the spawning thread's IDs: %v", err))
-		}
-	}
+	errs := []error{SetLimits(pid, uid, gid, limits)}
 	if err := syscall.PtraceDetach(pid); err != nil {
 		errs = append(errs, fmt.Errorf("let the new process run: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// SetLimits sets resource limits of a process of user uid (see
+// applyLimits for how). It must run on a thread locked to its goroutine:
+// in the function given to Traced, on the Spawner's thread.
+func SetLimits(pid int, uid, gid uint32, limits []Rlimit) error {
+	if err := setThreadRealIDs(uid, gid); err != nil {
+		return err
+	}
+	var errs []error
+	for _, l := range limits {
+		if err := setLimit(pid, l); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := setThreadRealIDs(0, 0); err != nil {
+		// The thread must not go on with another user's IDs.
+		panic(fmt.Sprintf("spawn: cannot restore the spawning thread's IDs: %v", err))
 	}
 	return errors.Join(errs...)
 }
@@ -350,4 +399,22 @@ func classify(name string, err error) error {
 		return &Error{NotFound, fmt.Errorf("%s: no such file", name)}
 	}
 	return &Error{NotExecutable, fmt.Errorf("%s: not an executable file", name)}
+}
+
+// KeepInheritedFromChildren marks every descriptor above 2 that this
+// process holds close-on-exec. Go opens its own that way, but a daemon
+// started by a shell or a supervisor may have inherited others, and every
+// program it starts would inherit them in turn: a leak, and for a process
+// that is to migrate, a pin (it would hold a pipe it knows nothing of).
+func KeepInheritedFromChildren() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list this process's descriptors: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+	return nil
 }

@@ -1,0 +1,395 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/ckpt"
+	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/spawn"
+)
+
+// Migration, the two ends of it on the nodes that run the process: the
+// source (migrateOut) and the target (serveAdopt, serveImage). The home
+// drives it; the protocol is in peer.proto.
+
+// Time limits of a migration's steps.
+const (
+	// imageWait is how long a target waits for the image connection after
+	// the home announced it.
+	imageWait = 30 * time.Second
+	// migrationLimit bounds a migration from freeze to the home's word.
+	migrationLimit = 10 * time.Minute
+)
+
+// decision is the home's word to the source on a migration.
+type decision int
+
+const (
+	discard  decision = iota + 1 // the copy elsewhere takes over
+	resume                       // the move is off
+	homeGone                     // the stream broke
+)
+
+// tell passes the home's word to a migration under way (if none is, the
+// word is for nobody).
+func (g *guest) tell(d decision) {
+	g.mu.Lock()
+	ch := g.decide
+	g.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- d:
+		default:
+		}
+	}
+}
+
+// beginTracing marks the process as traced by a migration; it returns
+// false if one is under way already or the process is gone.
+func (g *guest) beginTracing() (int, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tracing != nil || g.pid <= 0 || g.moved {
+		return 0, false
+	}
+	g.tracing = make(chan struct{})
+	g.decide = make(chan decision, 1)
+	return g.pid, true
+}
+
+func (g *guest) endTracing(moved bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.moved = g.moved || moved
+	close(g.tracing)
+	g.tracing, g.decide = nil, nil
+}
+
+// pinnedReason is what a user reads about why a process cannot move.
+func pinnedReason(err error) string {
+	var pe *ckpt.PinnedError
+	if errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return err.Error()
+}
+
+// migrateOut sends the process to m.Target (the source's side): freeze
+// it, send home what it wrote, stream its image to the target, and once
+// the target holds a ready copy, say so to the home and do as it says.
+// Whatever fails before the home's word lets the process go on here.
+func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
+	// The tracer of the frozen process is this thread, to the end.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	out, std, id := g.out, g.std, g.start.Id
+	failed := func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		e.log.Info("migration failed", "id", id, "to", m.Target, "err", msg)
+		out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_MigrateFailed{MigrateFailed: msg}})
+	}
+	if m.Target == e.node {
+		failed("process %s runs on %s already", id, e.node)
+		return
+	}
+	pid, ok := g.beginTracing()
+	if !ok {
+		failed("process %s is moving already, or has exited", id)
+		return
+	}
+	moved := false
+	defer func() { g.endTracing(moved) }()
+
+	began := time.Now()
+	img, frozen, err := ckpt.Freeze(pid)
+	if err != nil {
+		failed("%s cannot move: %s", id, pinnedReason(err))
+		return
+	}
+	// Frozen: what it wrote so far goes home first, from here, and what
+	// it did not read yet goes with it.
+	std.holdRelays()
+	drained := std.drainOutput(out)
+	pending := std.takeInput(pid)
+	goOn := func(format string, a ...any) {
+		if err := frozen.Resume(); err != nil {
+			e.log.Error("resume after a failed migration", "id", id, "err", err)
+		}
+		if len(pending) > 0 {
+			std.writeStdin(pending)
+		}
+		std.releaseRelays(out)
+		failed(format, a...)
+	}
+	if drained != nil {
+		goOn("the link to the home broke: %v", drained)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(s.Context(), migrationLimit)
+	defer cancel()
+	link, err := e.cfg.Dial(ctx, m.Target)
+	if err != nil {
+		goOn("cannot reach %s: %v", m.Target, err)
+		return
+	}
+	defer link.CloseSend()
+	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal()}
+	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: offer}}); err != nil {
+		goOn("send the image to %s: %v", m.Target, err)
+		return
+	}
+	w := &imageWriter{link: link}
+	enc, err := ckpt.NewEncoder(w, img)
+	if err == nil {
+		if err = frozen.ReadMemory(enc.Pages); err == nil {
+			err = enc.Close()
+		}
+	}
+	if err != nil {
+		goOn("send the image to %s: %v", m.Target, err)
+		return
+	}
+	reply, err := link.Recv()
+	switch {
+	case err != nil:
+		goOn("%s broke off the transfer: %v", m.Target, err)
+		return
+	case reply.GetFailure() != nil:
+		goOn("%s could not restore it: %s", m.Target, reply.GetFailure().GetMessage())
+		return
+	case reply.GetRestored() == 0:
+		goOn("%s answered the image with %T", m.Target, reply.Msg)
+		return
+	}
+	frozenFor := time.Since(began)
+	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: w.n, FrozenUs: frozenFor.Microseconds()}}}); err != nil {
+		frozen.Kill() // the home is gone: the process goes with it
+		return
+	}
+	g.mu.Lock()
+	decide := g.decide
+	g.mu.Unlock()
+	var d decision
+	select {
+	case d = <-decide:
+	case <-ctx.Done():
+		d = homeGone
+	}
+	switch d {
+	case discard:
+		// The home switched to the copy at the target: this one ends, and
+		// with it this stream, with no exit to report.
+		moved = true
+		frozen.Kill()
+		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", w.n, "frozen", frozenFor)
+	case resume:
+		goOn("%s lost the process before it could run there", m.Target)
+	default:
+		frozen.Kill()
+	}
+}
+
+// imageWriter sends an image over a process connection, as data frames.
+type imageWriter struct {
+	link Conn
+	n    uint64
+}
+
+func (w *imageWriter) Write(b []byte) (int, error) {
+	for off := 0; off < len(b); {
+		end := min(off+chunk, len(b))
+		// Send copies into a frame of its own before it returns.
+		if err := w.link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: b[off:end]}}); err != nil {
+			return off, err
+		}
+		w.n += uint64(end - off)
+		off = end
+	}
+	return len(b), nil
+}
+
+// imageReader reads an image from the data frames of an image connection.
+type imageReader struct {
+	s    ServerStream
+	rest []byte
+}
+
+func (r *imageReader) Read(b []byte) (int, error) {
+	for len(r.rest) == 0 {
+		m, err := r.s.Recv()
+		if err != nil {
+			return 0, err
+		}
+		data, ok := m.Msg.(*peerpb.ExecIn_Stdin)
+		if !ok {
+			return 0, fmt.Errorf("unexpected %T in an image", m.Msg)
+		}
+		r.rest = data.Stdin
+	}
+	n := copy(b, r.rest)
+	r.rest = r.rest[n:]
+	return n, nil
+}
+
+// adoption is a process this node expects from another.
+type adoption struct {
+	id, source string
+	image      chan *imageConn
+}
+
+// imageConn is an image connection handed from serveImage to the
+// adoption that waits for it.
+type imageConn struct {
+	s     ServerStream
+	out   *sender
+	offer *peerpb.ImageOffer
+	done  chan struct{} // closed when the adoption is done with it
+}
+
+// serveImage hands an image connection to the adoption it is for.
+func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *peerpb.ImageOffer) error {
+	e.mu.Lock()
+	a := e.adoptions[offer.Token]
+	if a != nil && a.source == from && a.id == offer.Id {
+		delete(e.adoptions, offer.Token) // one image per adoption
+	} else {
+		a = nil
+	}
+	e.mu.Unlock()
+	if a == nil {
+		return refuse(out, peerpb.FailureKind_REFUSED, "node %s expects no process %s from %s", e.node, offer.Id, from)
+	}
+	ic := &imageConn{s: s, out: out, offer: offer, done: make(chan struct{})}
+	a.image <- ic // buffered, and handed over once
+	select {
+	case <-ic.done:
+	case <-s.Context().Done():
+	}
+	return nil
+}
+
+// serveAdopt takes over a process from another node (the target's side):
+// wait for its image, restore it stopped, say so, and let it run when the
+// home says go; from then on it is a process of this node like any other.
+func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerpb.Adopt) error {
+	st := a.Start
+	if err := checkHome(from, st); err != nil {
+		return refuse(out, peerpb.FailureKind_REFUSED, "%v", err)
+	}
+	if a.Source == e.node {
+		return refuse(out, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
+	}
+	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return refuse(out, peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
+	}
+	e.adoptions[a.Token] = ad
+	e.mu.Unlock()
+	var ic *imageConn
+	select {
+	case ic = <-ad.image:
+	case <-s.Context().Done():
+	case <-time.After(imageWait):
+	}
+	if ic == nil {
+		// Give up on it, unless it came meanwhile.
+		e.mu.Lock()
+		delete(e.adoptions, a.Token)
+		e.mu.Unlock()
+		select {
+		case ic = <-ad.image:
+		default:
+			return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "the image of %s did not come from %s", st.Id, a.Source)
+		}
+	}
+	defer close(ic.done)
+	failed := func(format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
+		e.log.Info("adoption failed", "id", st.Id, "from", a.Source, "err", msg)
+		f := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Failure{Failure: &peerpb.Failure{Message: msg}}}
+		ic.out.send(f)
+		out.send(f)
+		return nil
+	}
+
+	dec, err := ckpt.NewDecoder(&imageReader{s: ic.s})
+	if err != nil {
+		return failed("read the image of %s: %v", st.Id, err)
+	}
+	img := dec.Image()
+	if img.UID != st.Uid {
+		return failed("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
+	}
+	// The process keeps its terminal's modes as it had set them.
+	if ic.offer.Tty != nil && st.Tty != nil {
+		st.Tty = ic.offer.Tty
+	}
+	g := &guest{start: st, started: time.Now(), out: out}
+	if !e.add(st.Id, g) {
+		return failed("node %s is shutting down", e.node)
+	}
+	defer e.remove(st.Id)
+	std, err := newStdio(st)
+	if err != nil {
+		return failed("on %s: %v", e.node, err)
+	}
+	defer std.close()
+	g.std = std
+	if p := ic.offer.PendingStdin; len(p) > 0 {
+		std.writeStdin(p)
+	}
+	spec := spawn.Spec{
+		Argv: []string{img.Exe}, Dir: img.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
+		Files: std.childFiles(), Terminal: st.Tty != nil,
+	}
+	var pid int
+	err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+		r, err := ckpt.RestoreFrom(p.Pid, dec)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", st.Id, err)
+		}
+		var limits []spawn.Rlimit
+		for _, l := range img.Rlimits {
+			limits = append(limits, spawn.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max})
+		}
+		if err := spawn.SetLimits(p.Pid, st.Uid, st.Gid, limits); err != nil {
+			e.log.Warn("restore resource limits", "id", st.Id, "err", err)
+		}
+		ready := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Restored{Restored: int32(p.Pid)}}
+		ic.out.send(ready)
+		if err := out.send(ready); err != nil {
+			r.Abort()
+			return fmt.Errorf("the home went away: %w", err)
+		}
+		// The home's word: go (anything else, or nothing, is no).
+		in, err := s.Recv()
+		if err != nil || !in.GetGo() {
+			r.Abort()
+			if err == nil {
+				err = fmt.Errorf("%T", in.Msg)
+			}
+			return fmt.Errorf("the home called the move off: %w", err)
+		}
+		if err := r.Go(); err != nil {
+			return err
+		}
+		pid = p.Pid
+		return nil
+	})
+	std.closeChildEnds()
+	if err != nil {
+		return failed("%v (on node %s)", err, e.node)
+	}
+	g.setPID(pid)
+	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid)
+	e.supervise(s, g)
+	return nil
+}
