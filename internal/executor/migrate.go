@@ -94,7 +94,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_MigrateFailed{MigrateFailed: msg}})
 	}
 	if m.Target == e.node {
-		failed("process %s runs on %s already", id, e.node)
+		failed("%s runs on %s already", id, e.node)
 		return
 	}
 	pid, ok := g.beginTracing()
@@ -104,6 +104,17 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	}
 	moved := false
 	defer func() { g.endTracing(moved) }()
+
+	// The link to the target first: its handshake is no part of the
+	// time the process stands still.
+	ctx, cancel := context.WithTimeout(s.Context(), migrationLimit)
+	defer cancel()
+	link, err := e.cfg.Dial(ctx, m.Target)
+	if err != nil {
+		failed("%s stays on %s: cannot reach %s: %v", id, e.node, m.Target, err)
+		return
+	}
+	defer link.CloseSend()
 
 	began := time.Now()
 	img, frozen, err := ckpt.Freeze(pid)
@@ -124,24 +135,15 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 			std.writeStdin(pending)
 		}
 		std.releaseRelays(out)
-		failed(format, a...)
+		failed("%s stays on %s: %s", id, e.node, fmt.Sprintf(format, a...))
 	}
 	if drained != nil {
-		goOn("the link to the home broke: %v", drained)
+		goOn("the link to its home broke: %v", drained)
 		return
 	}
-
-	ctx, cancel := context.WithTimeout(s.Context(), migrationLimit)
-	defer cancel()
-	link, err := e.cfg.Dial(ctx, m.Target)
-	if err != nil {
-		goOn("cannot reach %s: %v", m.Target, err)
-		return
-	}
-	defer link.CloseSend()
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal()}
 	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: offer}}); err != nil {
-		goOn("send the image to %s: %v", m.Target, err)
+		goOn("sending its image to %s failed: %v", m.Target, err)
 		return
 	}
 	w := &imageWriter{link: link}
@@ -152,7 +154,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		}
 	}
 	if err != nil {
-		goOn("send the image to %s: %v", m.Target, err)
+		goOn("sending its image to %s failed: %v", m.Target, err)
 		return
 	}
 	reply, err := link.Recv()

@@ -1,0 +1,352 @@
+//go:build cluster
+
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+)
+
+// cPrograms builds the C test programs of internal/ckpt/testdata into a
+// directory every user may read, and returns their paths by name.
+func cPrograms(t *testing.T) map[string]string {
+	t.Helper()
+	dir := publicDir(t)
+	srcs, err := filepath.Glob("../internal/ckpt/testdata/*.c")
+	if err != nil || len(srcs) == 0 {
+		t.Fatalf("no C test programs: %v", err)
+	}
+	out := map[string]string{}
+	for _, src := range srcs {
+		name := strings.TrimSuffix(filepath.Base(src), ".c")
+		path := filepath.Join(dir, name)
+		if b, err := exec.Command("gcc", "-O1", "-o", path, src, "-lpthread").CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", src, err, b)
+		}
+		out[name] = path
+	}
+	return out
+}
+
+// background is a `mosaic run` the test reads from as it goes.
+type background struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stdout *bufio.Reader
+	stderr *syncBuffer
+	got    strings.Builder
+}
+
+func startBackground(t *testing.T, sock string, cred *userCred, args ...string) *background {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--socket", sock, "run", "-v"}, args...)...)
+	cmd.Dir = "/"
+	if cred != nil {
+		cmd.SysProcAttr = cred.attr()
+	}
+	b := &background{t: t, cmd: cmd, stderr: &syncBuffer{}}
+	var err error
+	if b.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.stdout = bufio.NewReader(out)
+	cmd.Stderr = b.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return b
+}
+
+// lines reads n lines of output.
+func (b *background) lines(n int) {
+	b.t.Helper()
+	for range n {
+		line, err := b.stdout.ReadString('\n')
+		b.got.WriteString(line)
+		if err != nil {
+			b.t.Fatalf("read from the program: %v (so far %q; stderr %q)", err, b.got.String(), b.stderr.String())
+		}
+	}
+}
+
+// id is the process's cluster ID, from -v's report.
+func (b *background) id() string {
+	b.t.Helper()
+	var id string
+	eventually(b.t, 10*time.Second, "the run reports its ID", func() (bool, string) {
+		for _, f := range strings.Fields(b.stderr.String()) {
+			if strings.Count(f, ".") == 1 && strings.HasPrefix(f, "n") {
+				id = f
+				return true, ""
+			}
+		}
+		return false, b.stderr.String()
+	})
+	return id
+}
+
+// finish reads the rest and waits for the CLI's exit status.
+func (b *background) finish() (string, int) {
+	b.t.Helper()
+	rest, _ := io.ReadAll(b.stdout)
+	b.got.Write(rest)
+	err := b.cmd.Wait()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		ws := ee.Sys().(syscall.WaitStatus)
+		code = ws.ExitStatus()
+		if ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	} else if err != nil {
+		b.t.Fatal(err)
+	}
+	return b.got.String(), code
+}
+
+func migrate(t *testing.T, sock string, cred *userCred, id, node string) (api.MigrateResult, error) {
+	t.Helper()
+	cmd := exec.Command(bin, "--socket", sock, "migrate", "--json", id, node)
+	if cred != nil {
+		cmd.SysProcAttr = cred.attr()
+	}
+	cmd.Dir = "/"
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return api.MigrateResult{}, fmt.Errorf("%v: %s", err, stderr.String())
+	}
+	var res api.MigrateResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+func TestMigrate(t *testing.T) {
+	c := startPublicCluster(t, 3)
+	progs := cPrograms(t)
+	sock := func(n string) string { return c.Node(n).Socket }
+
+	t.Run("a program moves three times and its output goes on unchanged", func(t *testing.T) {
+		argv := []string{progs["counter"], "60", "4000000"}
+		want, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBackground(t, sock("n1"), nil, append([]string{"--on", "n2", "--"}, argv...)...)
+		b.lines(5)
+		id := b.id()
+		// From any node: n3 asks n1 (the home), n2 asks too.
+		for i, step := range []struct{ from, to string }{{"n3", "n3"}, {"n2", "home"}, {"n1", "n2"}} {
+			res, err := migrate(t, sock(step.from), nil, id, step.to)
+			if err != nil {
+				t.Fatalf("migration %d to %s: %v", i+1, step.to, err)
+			}
+			where := step.to
+			if where == "home" {
+				where = "n1"
+			}
+			if res.Node != where {
+				t.Fatalf("migration %d: runs on %s, want %s", i+1, res.Node, where)
+			}
+			if p := psOne(t, sock("n1"), id); p.Node != where || p.Migrations != i+1 {
+				t.Fatalf("after migration %d: ps says node %s, %d migrations", i+1, p.Node, p.Migrations)
+			}
+			b.lines(5)
+		}
+		got, code := b.finish()
+		if code != 0 || got != string(want) {
+			t.Fatalf("exit %d; output after three moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
+		}
+	})
+
+	t.Run("input goes with it, even while it waits for input", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, "--on", "n3", "--", progs["reader"])
+		io.WriteString(b.stdin, "one\n")
+		b.lines(1)
+		id := b.id()
+		// Blocked in read(): moved, and its next read gets what comes.
+		if _, err := migrate(t, sock("n2"), nil, id, "n2"); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(b.stdin, "two two\n")
+		b.lines(1)
+		// Input written while it moves is held and delivered in order.
+		done := make(chan error, 1)
+		go func() {
+			_, err := migrate(t, sock("n1"), nil, id, "home")
+			done <- err
+		}()
+		for _, l := range []string{"three three three\n", "four\n"} {
+			io.WriteString(b.stdin, l)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		b.stdin.Close()
+		got, code := b.finish()
+		want := "1 4\n2 12\n3 30\n4 35\neof 4 35\n"
+		if code != 0 || got != want {
+			t.Fatalf("exit %d, output %q, want %q; stderr %s", code, got, want, b.stderr)
+		}
+	})
+
+	t.Run("signals reach it where it moved", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", progs["reader"])
+		id := b.id()
+		if _, err := migrate(t, sock("n1"), nil, id, "n3"); err != nil {
+			t.Fatal(err)
+		}
+		if r := mosaic(t, "--socket", sock("n2"), "kill", id); r.code != 0 {
+			t.Fatal(r)
+		}
+		if _, code := b.finish(); code != 128+int(syscall.SIGTERM) {
+			t.Fatalf("exit %d after kill, want %d", code, 128+int(syscall.SIGTERM))
+		}
+	})
+
+	t.Run("a user's process keeps exactly its credentials", func(t *testing.T) {
+		alice := &userCred{1, 1}
+		b := startBackground(t, sock("n1"), alice, "--on", "n2", "--", progs["reader"])
+		id := b.id()
+		before := psOne(t, sock("n1"), id)
+		creds := func(node string, pid int) string {
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				t.Fatalf("%s pid %d: %v", node, pid, err)
+			}
+			var keep []string
+			for line := range strings.Lines(string(st)) {
+				for _, f := range []string{"Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:", "Seccomp:"} {
+					if strings.HasPrefix(line, f) {
+						keep = append(keep, strings.Join(strings.Fields(line), " "))
+					}
+				}
+			}
+			return strings.Join(keep, "\n")
+		}
+		orig := creds("n2", before.PID)
+		res, err := migrate(t, sock("n1"), alice, id, "n3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now := creds("n3", res.PID); now != orig {
+			t.Fatalf("credentials changed in the move:\nbefore\n%s\nafter\n%s", orig, now)
+		}
+		if !strings.Contains(orig, "Uid: 1 1 1 1") || !strings.Contains(orig, "CapEff: 0000000000000000") {
+			t.Fatalf("the process did not run as its user to begin with:\n%s", orig)
+		}
+		// Someone else may not move it, nor see it.
+		if _, err := migrate(t, sock("n1"), nobody, id, "n1"); err == nil || !strings.Contains(err.Error(), "no process") && !strings.Contains(err.Error(), "another user") {
+			t.Fatalf("another user moved alice's process: %v", err)
+		}
+		b.stdin.Close()
+		if out, code := b.finish(); code != 0 || out != "eof 0 0\n" {
+			t.Fatalf("exit %d, output %q", code, out)
+		}
+	})
+
+	t.Run("what cannot move stays, and says why", func(t *testing.T) {
+		// A shell waiting for its child: the child would have to move too.
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30; echo done")
+		id := b.id()
+		eventually(t, 10*time.Second, "the shell has its child", func() (bool, string) {
+			p := psOne(t, sock("n1"), id)
+			return strings.Contains(p.Pinned, "child"), p.Pinned
+		})
+		_, err := migrate(t, sock("n1"), nil, id, "n3")
+		if err == nil || !strings.Contains(err.Error(), "child process") {
+			t.Fatalf("migrating a process with a child: %v", err)
+		}
+		if p := psOne(t, sock("n1"), id); p.Node != "n2" || p.State != "running" {
+			t.Fatalf("after a refused move: %+v", p)
+		}
+		mosaic(t, "--socket", sock("n1"), "kill", id)
+		b.finish()
+	})
+
+	t.Run("bad requests get clear errors", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", progs["reader"])
+		id := b.id()
+		for _, c := range []struct {
+			id, node, want string
+		}{
+			{id, "n9", `node "n9" is not known`},
+			{id, "n2", "runs on n2 already"},
+			{"n1.999999", "n3", "no process n1.999999"},
+			{"n7.3", "n3", "home node n7 is not known"},
+			{"bogus", "n3", "is not a process ID"},
+		} {
+			_, err := migrate(t, sock("n1"), nil, c.id, c.node)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("migrate %s %s: %v, want an error with %q", c.id, c.node, err, c.want)
+			}
+		}
+		if p := psOne(t, sock("n1"), id); p.Node != "n2" {
+			t.Fatalf("bad requests moved it: %+v", p)
+		}
+		b.stdin.Close()
+		b.finish()
+	})
+
+	t.Run("the target dies mid-transfer: the process goes on where it was", func(t *testing.T) {
+		argv := []string{progs["counter"], "40", fmt.Sprint(768 << 20)}
+		want, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBackground(t, sock("n1"), nil, append([]string{"--on", "n2", "--"}, argv...)...)
+		b.lines(3)
+		id := b.id()
+		pid := psOne(t, sock("n1"), id).PID
+		done := make(chan error, 1)
+		go func() {
+			_, err := migrate(t, sock("n1"), nil, id, "n3")
+			done <- err
+		}()
+		// Once it is frozen (traced), its image is on the way: kill n3.
+		eventually(t, 20*time.Second, "the process is frozen for the move", func() (bool, string) {
+			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+			return len(f) > 0 && f[0] == "t", string(st)
+		})
+		if err := c.Kill("n3"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err == nil {
+			t.Fatal("the migration to a node killed mid-transfer succeeded")
+		} else {
+			t.Logf("migration error: %v", err)
+		}
+		if p := psOne(t, sock("n1"), id); p.Node != "n2" {
+			t.Fatalf("after the failed move: %+v", p)
+		}
+		got, code := b.finish()
+		if code != 0 || got != string(want) {
+			t.Fatalf("exit %d; output differs after a failed move:\n got %q\nwant %q", code, got, want)
+		}
+		restartAndWait(t, c, "n3")
+	})
+}
