@@ -109,8 +109,8 @@ type NodeRemoveArgs struct {
 
 // Process operations.
 const (
-	OpRun  = "run"  // RunArgs + 3 descriptors → RunEvent frames; RunControl frames from the client
-	OpPs   = "ps"   // PsArgs → []ProcInfo
+	OpRun     = "run"     // RunArgs + 3 descriptors → RunEvent frames; RunControl frames from the client
+	OpPs      = "ps"      // PsArgs → []ProcInfo
 	OpKill    = "kill"    // KillArgs → nothing
 	OpMigrate = "migrate" // MigrateArgs → MigrateResult
 )
