@@ -2,8 +2,8 @@
 # The mosaic demo: a heterogeneous 4-node cluster on this machine.
 # Shows secure join, membership, MOSIX load dissemination, programs started
 # on one node running on others as if they ran at home (output, pipes,
-# exit status, Ctrl-C, ps, kill), placement by load, and a node that fails
-# and comes back. Needs root (cgroups, network namespaces).
+# exit status, Ctrl-C, ps, kill), a running program migrating between
+# nodes, placement by load, and a node that fails and comes back. Needs root (cgroups, network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOSAIC=${MOSAIC:-$PWD/bin/mosaic}
@@ -61,6 +61,27 @@ sleep 1
 show "$MOSAIC" --socket "$MOSAIC_SOCKET_N2" ps
 show kill -INT "$SLEEPER"
 wait "$SLEEPER" || echo "(mosaic run ended with status $?: 130 = died of SIGINT, as sleep would at home)"
+
+say "Move a running program to other nodes while it runs: it goes on where it stopped, its output still comes home"
+printf '\033[2m$ mosaic run -v --on n2 -- python3 -u -c "...count to 14, one tick every 0.4 s..." &\033[0m\n'
+"$MOSAIC" run -v --on n2 -- python3 -u -c '
+import time
+total = 0
+for i in range(1, 15):
+    total += i * i
+    print(f"tick {i:2}: sum of squares so far {total}")
+    time.sleep(0.4)
+' &
+TICKER=$!
+sleep 1.5
+ID=$("$MOSAIC" ps --json | sed -n 's/.*"id": "\(n1\.[0-9]*\)".*/\1/p' | tail -1)
+show "$MOSAIC" migrate "$ID" n3
+sleep 1.2
+show "$MOSAIC" --socket "$MOSAIC_SOCKET_N4" migrate "$ID" n4
+sleep 1.2
+show "$MOSAIC" migrate "$ID" home
+show "$MOSAIC" ps "$ID"
+wait "$TICKER"
 
 say "Without --on, each program goes where it adds the least load: n1 and n2 have a core each, n3 half, n4 a quarter"
 for i in 1 2 3 4; do
