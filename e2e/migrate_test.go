@@ -350,3 +350,124 @@ func TestMigrate(t *testing.T) {
 		restartAndWait(t, c, "n3")
 	})
 }
+
+func TestCheckpointRestore(t *testing.T) {
+	c := startPublicCluster(t, 3)
+	progs := cPrograms(t)
+	sock := func(n string) string { return c.Node(n).Socket }
+	dir := publicDir(t)
+	argv := []string{progs["counter"], "50", "3000000"}
+	want, err := exec.Command(argv[0], argv[1:]...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLines := strings.SplitAfter(string(want), "\n")
+	img := filepath.Join(dir, "counter.img")
+
+	t.Run("saved, stopped, and brought back elsewhere, it goes on where it stopped", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, append([]string{"--on", "n2", "--"}, argv...)...)
+		b.lines(5)
+		id := b.id()
+		// A checkpoint from another node: the process goes on.
+		if r := mosaic(t, "--socket", sock("n3"), "checkpoint", id, filepath.Join(dir, "first.img")); r.code != 0 {
+			t.Fatal(r)
+		}
+		b.lines(5)
+		if r := mosaic(t, "--socket", sock("n3"), "checkpoint", "--stop", id, img); r.code != 0 || !strings.Contains(r.out, "stopped") {
+			t.Fatal(r)
+		}
+		before, code := b.finish()
+		if code != 254 || !strings.Contains(b.stderr.String(), "stopped after its checkpoint") {
+			t.Fatalf("the run of a process stopped by its checkpoint: exit %d, stderr %s", code, b.stderr)
+		}
+		if st, err := os.Stat(img); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("the image file: %v %v", st, err)
+		}
+		if left, _ := filepath.Glob(filepath.Join(dir, ".*partial*")); len(left) > 0 {
+			t.Fatalf("partial files left: %v", left)
+		}
+		r := runOn(t, sock("n3"), nil, nil, "restore", "-v", "--on", "n1", img)
+		if r.code != 0 || !strings.Contains(r.stderr, "runs on n1") {
+			t.Fatalf("restore: %s", r)
+		}
+		if got := before + r.stdout; got != string(want) {
+			t.Fatalf("output across checkpoint and restore differs:\n got %q\nwant %q", got, want)
+		}
+		// The first image, taken earlier, restores too: from where it was.
+		r = runOn(t, sock("n2"), nil, nil, "restore", filepath.Join(dir, "first.img"))
+		if r.code != 0 || !strings.HasSuffix(string(want), r.stdout) || len(r.stdout) == 0 {
+			t.Fatalf("restore of the first image: %s", r)
+		}
+		if strings.Count(r.stdout, "\n") != len(wantLines)-1-5 {
+			t.Fatalf("the first image resumed at the wrong place: %q", r.stdout)
+		}
+	})
+
+	t.Run("damaged, foreign or missing images are refused before anything runs", func(t *testing.T) {
+		good, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write := func(name string, b []byte) string {
+			p := filepath.Join(dir, name)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		flipped := append([]byte(nil), good...)
+		flipped[len(flipped)/2] ^= 0x40
+		cases := []struct {
+			path, want string
+			cred       *userCred
+		}{
+			{write("flipped.img", flipped), "damaged", nil},
+			{write("short.img", good[:len(good)/3]), "damaged", nil},
+			{write("script.img", []byte("#!/bin/sh\necho hi\n")), "not a mosaic process image", nil},
+			{filepath.Join(dir, "missing.img"), "no image file", nil},
+			{write("foreign.img", good), "you may restore only your own", nobody},
+		}
+		for _, tc := range cases {
+			before := countProcs(t, progs["counter"])
+			r := runOn(t, sock("n1"), nil, tc.cred, "restore", "--on", "n2", tc.path)
+			if r.code != 125 || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("restore %s: want status 125 and %q:\n%s", filepath.Base(tc.path), tc.want, r)
+			}
+			if after := countProcs(t, progs["counter"]); after != before {
+				t.Errorf("restore %s left %d processes of the program running", filepath.Base(tc.path), after-before)
+			}
+		}
+	})
+
+	t.Run("what cannot be saved is refused, and goes on", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30; echo done")
+		id := b.id()
+		eventually(t, 10*time.Second, "the shell has its child", func() (bool, string) {
+			p := psOne(t, sock("n1"), id)
+			return strings.Contains(p.Pinned, "child"), p.Pinned
+		})
+		r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", id, filepath.Join(dir, "sh.img"))
+		expectFail(t, r, "child process")
+		if _, err := os.Stat(filepath.Join(dir, "sh.img")); err == nil {
+			t.Fatal("a refused checkpoint left an image")
+		}
+		if p := psOne(t, sock("n1"), id); p.State != "running" {
+			t.Fatalf("after a refused checkpoint: %+v", p)
+		}
+		mosaic(t, "--socket", sock("n1"), "kill", id)
+		b.finish()
+	})
+}
+
+// countProcs counts the processes running exe.
+func countProcs(t *testing.T, exe string) int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/" + e.Name() + "/exe"); err == nil && l == exe {
+			n++
+		}
+	}
+	return n
+}

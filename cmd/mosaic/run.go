@@ -42,9 +42,15 @@ input, no daemon, no such node), 126 when the program or the directory
 cannot be used, 127 when the program is not found, and 255 when the
 process was lost (the node running it, or the home node, died).`,
 		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			code := runProgram(cmd.Context(), g, f, args)
-			return exitError{code}
+		RunE: func(cmd *cobra.Command, argv []string) error {
+			if len(argv) == 0 {
+				return exitError{complain("no program given: mosaic run [--on NODE | --here] [--] PROG ARGS...")}
+			}
+			args, err := runArgs(argv)
+			if err != nil {
+				return exitError{complain("%v", err)}
+			}
+			return exitError{runProgram(cmd.Context(), g, f, args)}
 		},
 	}
 	cmd.Flags().SetInterspersed(false) // flags after PROG are PROG's
@@ -54,21 +60,17 @@ process was lost (the node running it, or the home node, died).`,
 	return cmd
 }
 
-// runProgram runs the program and returns the status to exit with. It
-// dies of the program's signal itself when the program died of one.
-func runProgram(ctx context.Context, g *globals, f *runFlags, argv []string) int {
+// complain says what went wrong and returns the status for it.
+func complain(format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, "mosaic: "+format+"\n", a...)
+	return api.StatusMosaicError
+}
+
+// runProgram runs a program (or restores one: args.Image, and the image's
+// descriptor in image) and returns the status to exit with. It dies of the
+// program's signal itself when the program died of one.
+func runProgram(ctx context.Context, g *globals, f *runFlags, args api.RunArgs, image ...int) int {
 	stderr := os.Stderr
-	complain := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "mosaic: "+format+"\n", a...)
-		return api.StatusMosaicError
-	}
-	if len(argv) == 0 {
-		return complain("no program given: mosaic run [--on NODE | --here] [--] PROG ARGS...")
-	}
-	args, err := runArgs(argv)
-	if err != nil {
-		return complain("%v", err)
-	}
 	args.On, args.Here = f.on, f.here
 
 	// Signals that reach this client are the program's. Catch them before
@@ -83,7 +85,7 @@ func runProgram(ctx context.Context, g *globals, f *runFlags, argv []string) int
 		return complain("%v", err)
 	}
 	defer conn.Close()
-	if err := conn.Send(api.OpRun, args, 0, 1, 2); err != nil {
+	if err := conn.Send(api.OpRun, args, append([]int{0, 1, 2}, image...)...); err != nil {
 		return complain("%v", err)
 	}
 	// The daemon holds our stdin, stdout and stderr now. Let go of stdout

@@ -113,6 +113,8 @@ const (
 	OpPs      = "ps"      // PsArgs → []ProcInfo
 	OpKill    = "kill"    // KillArgs → nothing
 	OpMigrate = "migrate" // MigrateArgs → MigrateResult
+	// CheckpointArgs + the image file's descriptor → CheckpointResult
+	OpCheckpoint = "checkpoint"
 )
 
 // RunArgs asks the daemon to run a program for the caller. The request
@@ -128,6 +130,9 @@ type RunArgs struct {
 	// Tty is set when stdin and stdout are a terminal: the program then
 	// runs on a pseudo-terminal with these modes and size.
 	Tty *TtyModes `json:"tty,omitempty"`
+	// Image: restore a process from the image that the request's fourth
+	// descriptor reads (mosaic restore), rather than start Argv.
+	Image bool `json:"image,omitempty"`
 }
 
 // Rlimit is one resource limit.
@@ -193,6 +198,7 @@ const (
 	StatusMosaicError   = 125 // mosaic could not run it: bad input, no daemon, no node
 	StatusNotExecutable = 126 // the program or the working directory cannot be used
 	StatusNotFound      = 127 // no such program
+	StatusCheckpointed  = 254 // mosaic checkpoint --stop ended it: its image is what is left
 	StatusLost          = 255 // the node running it, or the home node, was lost
 )
 
@@ -243,4 +249,18 @@ type MigrateResult struct {
 	FrozenMs   float64 `json:"frozen_ms"` // stopped, from freeze to run
 	TotalMs    float64 `json:"total_ms"`
 	ImageBytes uint64  `json:"image_bytes"`
+}
+
+// CheckpointArgs asks for a process's image, written to the descriptor
+// the request carries.
+type CheckpointArgs struct {
+	ID   string `json:"id"`
+	Stop bool   `json:"stop,omitempty"` // end the process once it is saved
+}
+
+// CheckpointResult says what was saved.
+type CheckpointResult struct {
+	ID         string `json:"id"`
+	ImageBytes uint64 `json:"image_bytes"`
+	Stopped    bool   `json:"stopped,omitempty"`
 }

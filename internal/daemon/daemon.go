@@ -193,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	})
 	d.home = home.New(home.Config{
 		Node: node.Name, Log: d.log, ReserveIDs: node.ReserveProcIDs, Connect: d.connect,
-		Place: d.place, CheckNode: d.checkNode,
+		Place: d.place, CheckNode: d.checkNode, DialImage: d.dialNode,
 	})
 	d.speed = cfg.Speed
 	if d.speed <= 0 {

@@ -38,6 +38,7 @@ func (d *Daemon) handlers() map[string]api.Handler {
 		api.OpPs:          d.opPs,
 		api.OpKill:        d.opKill,
 		api.OpMigrate:     d.opMigrate,
+		api.OpCheckpoint:  d.opCheckpoint,
 	}
 }
 

@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -404,6 +407,69 @@ func (d *Daemon) migrate(ctx context.Context, id, target string, uid uint32) (*p
 		TotalUs: m.Total.Microseconds(), ImageBytes: m.ImageBytes}, nil
 }
 
+func (d *Daemon) opCheckpoint(ctx context.Context, c api.Caller, args json.RawMessage, conn *api.Conn) (any, error) {
+	fds := conn.TakeFDs()
+	for _, fd := range fds[min(1, len(fds)):] {
+		syscall.Close(fd)
+	}
+	if len(fds) == 0 {
+		return nil, errors.New("the request did not carry the image file")
+	}
+	file := os.NewFile(uintptr(fds[0]), "image")
+	defer file.Close()
+	var a api.CheckpointArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	home, err := parseID(a.ID)
+	if err != nil {
+		return nil, err
+	}
+	token, err := randomToken()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	receipt := d.exec.ExpectImage(token, file)
+	defer receipt.Cancel()
+	if home == d.node.Name {
+		_, err = d.home.Checkpoint(ctx, a.ID, c.UID, d.node.Name, token, a.Stop)
+	} else {
+		m, ok := d.peer(home)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
+		case m.State != peerpb.State_ALIVE:
+			return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
+		}
+		pc, err2 := d.pool.conn(m.Name, m.Addr)
+		if err2 != nil {
+			return nil, err2
+		}
+		_, err = peerpb.NewPeerClient(pc).Checkpoint(ctx, &peerpb.CheckpointRequest{Id: a.ID, Uid: c.UID, Token: token, Stop: a.Stop})
+		if st, ok := status.FromError(err); ok && err != nil && st.Code() == codes.FailedPrecondition {
+			err = errors.New(st.Message())
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	n, err := receipt.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return api.CheckpointResult{ID: a.ID, ImageBytes: n, Stopped: a.Stop}, nil
+}
+
+func randomToken() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", errors.New("no randomness for a token")
+	}
+	return hex.EncodeToString(b), nil
+}
+
 // ListProcs and Signal of the Peer service: a caller node asks on behalf of
 // one of its users, whose uid its kernel told it (nodes trust each other's
 // word on their own users, as they trust each other's certificates).
@@ -424,4 +490,13 @@ func (s gossipServer) Migrate(ctx context.Context, req *peerpb.MigrateRequest) (
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return res, nil
+}
+
+func (s gossipServer) Checkpoint(ctx context.Context, req *peerpb.CheckpointRequest) (*peerpb.CheckpointResponse, error) {
+	// The image goes to the node that asks, and only there.
+	n, err := s.d.home.Checkpoint(ctx, req.Id, req.Uid, peerName(ctx), req.Token, req.Stop)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerpb.CheckpointResponse{ImageBytes: n}, nil
 }

@@ -70,13 +70,15 @@ type Executor struct {
 	mu        sync.Mutex
 	procs     map[string]*guest
 	adoptions map[string]*adoption // by token
+	receipts  map[string]*Receipt  // by token
 	closed    bool
 	wg        sync.WaitGroup
 }
 
 // New returns an executor.
 func New(cfg Config) *Executor {
-	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{}, adoptions: map[string]*adoption{}}
+	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
+		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}}
 }
 
 // guest is one process this node runs.
@@ -262,6 +264,8 @@ func (e *Executor) control(s ServerStream, g *guest) {
 			std.cut(2)
 		case *peerpb.ExecIn_Migrate:
 			go e.migrateOut(s, g, m.Migrate)
+		case *peerpb.ExecIn_Checkpoint:
+			go e.checkpointOut(s, g, m.Checkpoint)
 		case *peerpb.ExecIn_Discard:
 			g.tell(discard)
 		case *peerpb.ExecIn_Resume:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"time"
@@ -142,17 +143,16 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal()}
-	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: offer}}); err != nil {
-		goOn("sending its image to %s failed: %v", m.Target, err)
-		return
-	}
-	w := &imageWriter{link: link}
-	enc, err := ckpt.NewEncoder(w, img)
-	if err == nil {
-		if err = frozen.ReadMemory(enc.Pages); err == nil {
-			err = enc.Close()
+	sent, err := sendImage(link, offer, func(w io.Writer) error {
+		enc, err := ckpt.NewEncoder(w, img)
+		if err != nil {
+			return err
 		}
-	}
+		if err := frozen.ReadMemory(enc.Pages); err != nil {
+			return err
+		}
+		return enc.Close()
+	})
 	if err != nil {
 		goOn("sending its image to %s failed: %v", m.Target, err)
 		return
@@ -170,7 +170,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	frozenFor := time.Since(began)
-	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: w.n, FrozenUs: frozenFor.Microseconds()}}}); err != nil {
+	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: sent, FrozenUs: frozenFor.Microseconds()}}}); err != nil {
 		frozen.Kill() // the home is gone: the process goes with it
 		return
 	}
@@ -189,7 +189,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		// with it this stream, with no exit to report.
 		moved = true
 		frozen.Kill()
-		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", w.n, "frozen", frozenFor)
+		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", sent, "frozen", frozenFor)
 	case resume:
 		goOn("%s lost the process before it could run there", m.Target)
 	default:
@@ -257,6 +257,12 @@ type imageConn struct {
 // serveImage hands an image connection to the adoption it is for.
 func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *peerpb.ImageOffer) error {
 	e.mu.Lock()
+	if r := e.receipts[offer.Token]; r != nil {
+		delete(e.receipts, offer.Token)
+		e.mu.Unlock()
+		r.save(s, out)
+		return nil
+	}
 	a := e.adoptions[offer.Token]
 	if a != nil && a.source == from && a.id == offer.Id {
 		delete(e.adoptions, offer.Token) // one image per adoption

@@ -40,6 +40,9 @@ type Config struct {
 	// CheckNode says why a process cannot be sent to a node (unknown,
 	// dead), or nil.
 	CheckNode func(name string) error
+	// DialImage opens an image connection to node (this node included),
+	// to send a process's image there.
+	DialImage func(ctx context.Context, node string) (executor.Conn, error)
 }
 
 // lostRetention is how long a lost process stays listed.
@@ -83,7 +86,8 @@ type proc struct {
 	conn       *stream
 	cancel     context.CancelFunc
 	migrations uint32
-	pump       *pump // the user's input, while relayed
+	pump       *pump           // the user's input, while relayed
+	ckpt       *checkpointWait // a checkpoint under way
 
 	// sendMu orders what goes to the process: while a migration is under
 	// way (mig), it is held back in queued, and goes to wherever the
@@ -162,8 +166,14 @@ func fail(status int, format string, a ...any) *runError {
 // them over and closes them. It never changes their flags: they are
 // shared with the caller's shell.
 func (h *Home) Run(ctx context.Context, caller api.Caller, args api.RunArgs, conn *api.Conn, fds []int) {
+	var image *os.File
+	if args.Image && len(fds) == 4 {
+		image = os.NewFile(uintptr(fds[3]), "image")
+		defer image.Close()
+		fds = fds[:3]
+	}
 	stdio := &userStdio{}
-	if len(fds) == 3 {
+	if len(fds) == 3 && (image != nil || !args.Image) {
 		stdio.in = fds[0]
 		stdio.out = []*os.File{nil, os.NewFile(uintptr(fds[1]), "stdout"), os.NewFile(uintptr(fds[2]), "stderr")}
 	} else {
@@ -174,7 +184,16 @@ func (h *Home) Run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	}
 	defer stdio.close()
 	events := &eventWriter{conn: conn}
-	if err := h.run(ctx, caller, args, conn, events, stdio); err != nil {
+	var err error
+	switch {
+	case !args.Image:
+		err = h.run(ctx, caller, args, conn, events, stdio)
+	case stdio == nil:
+		err = fail(api.StatusMosaicError, "the request did not carry stdin, stdout, stderr and the image")
+	default:
+		err = h.restore(ctx, caller, args, conn, events, stdio, image)
+	}
+	if err != nil {
 		var re *runError
 		if !errors.As(err, &re) {
 			re = fail(api.StatusMosaicError, "%v", err)
@@ -213,23 +232,9 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	if !strings.HasPrefix(args.Cwd, "/") {
 		return fail(api.StatusMosaicError, "working directory %q is not an absolute path", args.Cwd)
 	}
-	if args.On != "" && args.Here {
-		return fail(api.StatusMosaicError, "--on and --here contradict each other: give one")
-	}
-	var candidates []string
-	switch {
-	case args.Here:
-		candidates = []string{h.cfg.Node}
-	case args.On != "":
-		if err := h.cfg.CheckNode(args.On); err != nil {
-			return fail(api.StatusMosaicError, "%v", err)
-		}
-		candidates = []string{args.On}
-	default:
-		candidates = h.cfg.Place()
-		if len(candidates) == 0 {
-			candidates = []string{h.cfg.Node}
-		}
+	candidates, err := h.candidates(args)
+	if err != nil {
+		return err
 	}
 	id, err := h.newID()
 	if err != nil {
@@ -263,6 +268,26 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	events.send(api.RunEvent{Started: &api.RunStarted{ID: id, Node: s.node, PID: s.pid}})
 	h.cfg.Log.Debug("process started", "id", id, "node", s.node, "pid", s.pid, "uid", caller.UID)
 	return h.relay(p, s, conn, events, stdio)
+}
+
+// candidates are the nodes to try for a new process, best first: the one
+// the user named, or placement's ranking.
+func (h *Home) candidates(args api.RunArgs) ([]string, error) {
+	switch {
+	case args.On != "" && args.Here:
+		return nil, fail(api.StatusMosaicError, "--on and --here contradict each other: give one")
+	case args.Here:
+		return []string{h.cfg.Node}, nil
+	case args.On != "":
+		if err := h.cfg.CheckNode(args.On); err != nil {
+			return nil, fail(api.StatusMosaicError, "%v", err)
+		}
+		return []string{args.On}, nil
+	}
+	if c := h.cfg.Place(); len(c) > 0 {
+		return c, nil
+	}
+	return []string{h.cfg.Node}, nil
 }
 
 // account is the caller's user name, primary group and groups, from its

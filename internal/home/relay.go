@@ -107,10 +107,16 @@ func (h *Home) relay(p *proc, s *stream, conn *api.Conn, events *eventWriter, st
 			if next := h.switchOver(p, s, x.Moved); next != nil {
 				s = next
 			}
+		case *peerpb.ExecOut_Checkpointed:
+			if p.checkpointed(x.Checkpointed) {
+				p.setState("checkpointed")
+				return fail(api.StatusCheckpointed, "process %s was stopped after its checkpoint: `mosaic restore IMAGE` brings it back", p.id)
+			}
 		case *peerpb.ExecOut_MigrateFailed:
 			p.endMigration(migrateResult{err: errors.New(x.MigrateFailed)})
 		case *peerpb.ExecOut_Exit:
 			p.endMigration(migrateResult{err: fmt.Errorf("process %s exited", p.id)})
+			p.checkpointed(&peerpb.Checkpointed{Error: fmt.Sprintf("process %s exited", p.id)})
 			p.setState("exited")
 			events.send(api.RunEvent{Exit: &api.RunExit{Code: int(x.Exit.Code), Signal: int(x.Exit.Signal), Core: x.Exit.CoreDumped}})
 			return nil
@@ -128,6 +134,7 @@ func (p *proc) setState(st string) {
 // why for the client.
 func (h *Home) lost(p *proc, s *stream, err error) error {
 	p.endMigration(migrateResult{err: fmt.Errorf("process %s is lost: %v", p.id, err)})
+	p.checkpointed(&peerpb.Checkpointed{Error: fmt.Sprintf("process %s is lost: %v", p.id, err)})
 	p.mu.Lock()
 	p.state, p.lost = "lost", time.Now()
 	p.mu.Unlock()

@@ -1357,6 +1357,7 @@ type ExecIn struct {
 	//	*ExecIn_Resume
 	//	*ExecIn_Go
 	//	*ExecIn_Image
+	//	*ExecIn_Checkpoint
 	Msg           isExecIn_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1516,6 +1517,15 @@ func (x *ExecIn) GetImage() *ImageOffer {
 	return nil
 }
 
+func (x *ExecIn) GetCheckpoint() *Checkpoint {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecIn_Checkpoint); ok {
+			return x.Checkpoint
+		}
+	}
+	return nil
+}
+
 type isExecIn_Msg interface {
 	isExecIn_Msg()
 }
@@ -1574,6 +1584,10 @@ type ExecIn_Image struct {
 	Image *ImageOffer `protobuf:"bytes,13,opt,name=image,proto3,oneof"` // source -> target: an image connection
 }
 
+type ExecIn_Checkpoint struct {
+	Checkpoint *Checkpoint `protobuf:"bytes,14,opt,name=checkpoint,proto3,oneof"` // home -> the node running it
+}
+
 func (*ExecIn_Start) isExecIn_Msg() {}
 
 func (*ExecIn_Stdin) isExecIn_Msg() {}
@@ -1600,6 +1614,133 @@ func (*ExecIn_Go) isExecIn_Msg() {}
 
 func (*ExecIn_Image) isExecIn_Msg() {}
 
+func (*ExecIn_Checkpoint) isExecIn_Msg() {}
+
+// Checkpoint tells the node running a process to send its image to node
+// to, on an image connection that presents token, and then to let it go
+// on (or, with stop, to end it: its image is all that is left of it).
+type Checkpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	To            string                 `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	Stop          bool                   `protobuf:"varint,3,opt,name=stop,proto3" json:"stop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_peer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Checkpoint) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *Checkpoint) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *Checkpoint) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
+// Checkpointed answers a Checkpoint: to the source on the image
+// connection (the image is saved), and to the home on the process stream.
+type Checkpointed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageBytes    uint64                 `protobuf:"varint,1,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	Stopped       bool                   `protobuf:"varint,2,opt,name=stopped,proto3" json:"stopped,omitempty"` // the process ended after its checkpoint
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`      // it was not saved: why
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpointed) Reset() {
+	*x = Checkpointed{}
+	mi := &file_peer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpointed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpointed) ProtoMessage() {}
+
+func (x *Checkpointed) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpointed.ProtoReflect.Descriptor instead.
+func (*Checkpointed) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Checkpointed) GetImageBytes() uint64 {
+	if x != nil {
+		return x.ImageBytes
+	}
+	return 0
+}
+
+func (x *Checkpointed) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
+}
+
+func (x *Checkpointed) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type Failure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          FailureKind            `protobuf:"varint,1,opt,name=kind,proto3,enum=mosaic.peer.v1.FailureKind" json:"kind,omitempty"`
@@ -1610,7 +1751,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1763,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1776,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{16}
+	return file_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Failure) GetKind() FailureKind {
@@ -1663,7 +1804,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1816,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1829,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{17}
+	return file_peer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Exit) GetCode() int32 {
@@ -1728,6 +1869,7 @@ type ExecOut struct {
 	//	*ExecOut_Restored
 	//	*ExecOut_Moved
 	//	*ExecOut_MigrateFailed
+	//	*ExecOut_Checkpointed
 	Msg           isExecOut_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1735,7 +1877,7 @@ type ExecOut struct {
 
 func (x *ExecOut) Reset() {
 	*x = ExecOut{}
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1889,7 @@ func (x *ExecOut) String() string {
 func (*ExecOut) ProtoMessage() {}
 
 func (x *ExecOut) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1902,7 @@ func (x *ExecOut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOut.ProtoReflect.Descriptor instead.
 func (*ExecOut) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{18}
+	return file_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecOut) GetMsg() isExecOut_Msg {
@@ -1878,6 +2020,15 @@ func (x *ExecOut) GetMigrateFailed() string {
 	return ""
 }
 
+func (x *ExecOut) GetCheckpointed() *Checkpointed {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Checkpointed); ok {
+			return x.Checkpointed
+		}
+	}
+	return nil
+}
+
 type isExecOut_Msg interface {
 	isExecOut_Msg()
 }
@@ -1930,6 +2081,10 @@ type ExecOut_MigrateFailed struct {
 	MigrateFailed string `protobuf:"bytes,12,opt,name=migrate_failed,json=migrateFailed,proto3,oneof"` // source -> home: why the process could not move; it runs on
 }
 
+type ExecOut_Checkpointed struct {
+	Checkpointed *Checkpointed `protobuf:"bytes,13,opt,name=checkpointed,proto3,oneof"`
+}
+
 func (*ExecOut_Started) isExecOut_Msg() {}
 
 func (*ExecOut_Stdout) isExecOut_Msg() {}
@@ -1953,6 +2108,8 @@ func (*ExecOut_Restored) isExecOut_Msg() {}
 func (*ExecOut_Moved) isExecOut_Msg() {}
 
 func (*ExecOut_MigrateFailed) isExecOut_Msg() {}
+
+func (*ExecOut_Checkpointed) isExecOut_Msg() {}
 
 // ProcInfo describes a mosaic process, as its home or the node running it
 // knows it.
@@ -1981,7 +2138,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_peer_proto_msgTypes[19]
+	mi := &file_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2150,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[19]
+	mi := &file_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2163,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{19}
+	return file_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProcInfo) GetId() string {
@@ -2138,7 +2295,7 @@ type ListProcsRequest struct {
 
 func (x *ListProcsRequest) Reset() {
 	*x = ListProcsRequest{}
-	mi := &file_peer_proto_msgTypes[20]
+	mi := &file_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2307,7 @@ func (x *ListProcsRequest) String() string {
 func (*ListProcsRequest) ProtoMessage() {}
 
 func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[20]
+	mi := &file_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2320,7 @@ func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsRequest.ProtoReflect.Descriptor instead.
 func (*ListProcsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{20}
+	return file_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListProcsRequest) GetUid() uint32 {
@@ -2189,7 +2346,7 @@ type ListProcsResponse struct {
 
 func (x *ListProcsResponse) Reset() {
 	*x = ListProcsResponse{}
-	mi := &file_peer_proto_msgTypes[21]
+	mi := &file_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2358,7 @@ func (x *ListProcsResponse) String() string {
 func (*ListProcsResponse) ProtoMessage() {}
 
 func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[21]
+	mi := &file_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2371,7 @@ func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsResponse.ProtoReflect.Descriptor instead.
 func (*ListProcsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{21}
+	return file_peer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProcsResponse) GetProcs() []*ProcInfo {
@@ -2235,7 +2392,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_peer_proto_msgTypes[22]
+	mi := &file_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2404,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[22]
+	mi := &file_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2417,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{22}
+	return file_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -2295,7 +2452,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_peer_proto_msgTypes[23]
+	mi := &file_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2464,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[23]
+	mi := &file_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2477,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{23}
+	return file_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MigrateRequest) GetId() string {
@@ -2357,7 +2514,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_peer_proto_msgTypes[24]
+	mi := &file_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2526,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[24]
+	mi := &file_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2539,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{24}
+	return file_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MigrateResponse) GetNode() string {
@@ -2414,6 +2571,118 @@ func (x *MigrateResponse) GetTotalUs() int64 {
 }
 
 func (x *MigrateResponse) GetImageBytes() uint64 {
+	if x != nil {
+		return x.ImageBytes
+	}
+	return 0
+}
+
+type CheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`    // the caller, as its node's kernel says
+	Token         string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"` // the image connection presents it
+	Stop          bool                   `protobuf:"varint,4,opt,name=stop,proto3" json:"stop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointRequest) Reset() {
+	*x = CheckpointRequest{}
+	mi := &file_peer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointRequest) ProtoMessage() {}
+
+func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CheckpointRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CheckpointRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *CheckpointRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CheckpointRequest) GetStop() bool {
+	if x != nil {
+		return x.Stop
+	}
+	return false
+}
+
+type CheckpointResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageBytes    uint64                 `protobuf:"varint,1,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointResponse) Reset() {
+	*x = CheckpointResponse{}
+	mi := &file_peer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointResponse) ProtoMessage() {}
+
+func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CheckpointResponse) GetImageBytes() uint64 {
 	if x != nil {
 		return x.ImageBytes
 	}
@@ -2522,7 +2791,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12#\n" +
 	"\rpending_stdin\x18\x03 \x01(\fR\fpendingStdin\x12%\n" +
-	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\"\x88\x04\n" +
+	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
@@ -2537,8 +2806,21 @@ const file_peer_proto_rawDesc = "" +
 	" \x01(\bH\x00R\adiscard\x12\x18\n" +
 	"\x06resume\x18\v \x01(\bH\x00R\x06resume\x12\x10\n" +
 	"\x02go\x18\f \x01(\bH\x00R\x02go\x122\n" +
-	"\x05image\x18\r \x01(\v2\x1a.mosaic.peer.v1.ImageOfferH\x00R\x05imageB\x05\n" +
-	"\x03msg\"T\n" +
+	"\x05image\x18\r \x01(\v2\x1a.mosaic.peer.v1.ImageOfferH\x00R\x05image\x12<\n" +
+	"\n" +
+	"checkpoint\x18\x0e \x01(\v2\x1a.mosaic.peer.v1.CheckpointH\x00R\n" +
+	"checkpointB\x05\n" +
+	"\x03msg\"F\n" +
+	"\n" +
+	"Checkpoint\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
+	"\x04stop\x18\x03 \x01(\bR\x04stop\"_\n" +
+	"\fCheckpointed\x12\x1f\n" +
+	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
+	"imageBytes\x12\x18\n" +
+	"\astopped\x18\x02 \x01(\bR\astopped\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"T\n" +
 	"\aFailure\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.mosaic.peer.v1.FailureKindR\x04kind\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"S\n" +
@@ -2546,7 +2828,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n" +
 	"\vcore_dumped\x18\x03 \x01(\bR\n" +
-	"coreDumped\"\xb5\x03\n" +
+	"coreDumped\"\xf9\x03\n" +
 	"\aExecOut\x12\x1a\n" +
 	"\astarted\x18\x01 \x01(\x05H\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
@@ -2562,7 +2844,8 @@ const file_peer_proto_rawDesc = "" +
 	"\brestored\x18\n" +
 	" \x01(\x05H\x00R\brestored\x12-\n" +
 	"\x05moved\x18\v \x01(\v2\x15.mosaic.peer.v1.MovedH\x00R\x05moved\x12'\n" +
-	"\x0emigrate_failed\x18\f \x01(\tH\x00R\rmigrateFailedB\x05\n" +
+	"\x0emigrate_failed\x18\f \x01(\tH\x00R\rmigrateFailed\x12B\n" +
+	"\fcheckpointed\x18\r \x01(\v2\x1c.mosaic.peer.v1.CheckpointedH\x00R\fcheckpointedB\x05\n" +
 	"\x03msg\"\x97\x03\n" +
 	"\bProcInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
@@ -2606,6 +2889,14 @@ const file_peer_proto_rawDesc = "" +
 	"\tfreeze_us\x18\x03 \x01(\x03R\bfreezeUs\x12\x19\n" +
 	"\btotal_us\x18\x04 \x01(\x03R\atotalUs\x12\x1f\n" +
 	"\vimage_bytes\x18\x05 \x01(\x04R\n" +
+	"imageBytes\"_\n" +
+	"\x11CheckpointRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x12\n" +
+	"\x04stop\x18\x04 \x01(\bR\x04stop\"5\n" +
+	"\x12CheckpointResponse\x12\x1f\n" +
+	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
 	"imageBytes*3\n" +
 	"\x05State\x12\t\n" +
 	"\x05ALIVE\x10\x00\x12\v\n" +
@@ -2626,12 +2917,14 @@ const file_peer_proto_rawDesc = "" +
 	"\x06NO_CWD\x10\x03\x12\v\n" +
 	"\aREFUSED\x10\x042I\n" +
 	"\x04Join\x12A\n" +
-	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\x9f\x02\n" +
+	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\xf4\x02\n" +
 	"\x04Peer\x129\n" +
 	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.Empty\x12P\n" +
 	"\tListProcs\x12 .mosaic.peer.v1.ListProcsRequest\x1a!.mosaic.peer.v1.ListProcsResponse\x12>\n" +
 	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.Empty\x12J\n" +
-	"\aMigrate\x12\x1e.mosaic.peer.v1.MigrateRequest\x1a\x1f.mosaic.peer.v1.MigrateResponseB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
+	"\aMigrate\x12\x1e.mosaic.peer.v1.MigrateRequest\x1a\x1f.mosaic.peer.v1.MigrateResponse\x12S\n" +
+	"\n" +
+	"Checkpoint\x12!.mosaic.peer.v1.CheckpointRequest\x1a\".mosaic.peer.v1.CheckpointResponseB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -2646,36 +2939,40 @@ func file_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_peer_proto_goTypes = []any{
-	(State)(0),                // 0: mosaic.peer.v1.State
-	(Kind)(0),                 // 1: mosaic.peer.v1.Kind
-	(FailureKind)(0),          // 2: mosaic.peer.v1.FailureKind
-	(*Empty)(nil),             // 3: mosaic.peer.v1.Empty
-	(*JoinRequest)(nil),       // 4: mosaic.peer.v1.JoinRequest
-	(*JoinResponse)(nil),      // 5: mosaic.peer.v1.JoinResponse
-	(*NodeMeta)(nil),          // 6: mosaic.peer.v1.NodeMeta
-	(*MemberUpdate)(nil),      // 7: mosaic.peer.v1.MemberUpdate
-	(*LoadReport)(nil),        // 8: mosaic.peer.v1.LoadReport
-	(*Envelope)(nil),          // 9: mosaic.peer.v1.Envelope
-	(*ExecStart)(nil),         // 10: mosaic.peer.v1.ExecStart
-	(*Rlimit)(nil),            // 11: mosaic.peer.v1.Rlimit
-	(*Tty)(nil),               // 12: mosaic.peer.v1.Tty
-	(*Signal)(nil),            // 13: mosaic.peer.v1.Signal
-	(*Adopt)(nil),             // 14: mosaic.peer.v1.Adopt
-	(*Moved)(nil),             // 15: mosaic.peer.v1.Moved
-	(*Migrate)(nil),           // 16: mosaic.peer.v1.Migrate
-	(*ImageOffer)(nil),        // 17: mosaic.peer.v1.ImageOffer
-	(*ExecIn)(nil),            // 18: mosaic.peer.v1.ExecIn
-	(*Failure)(nil),           // 19: mosaic.peer.v1.Failure
-	(*Exit)(nil),              // 20: mosaic.peer.v1.Exit
-	(*ExecOut)(nil),           // 21: mosaic.peer.v1.ExecOut
-	(*ProcInfo)(nil),          // 22: mosaic.peer.v1.ProcInfo
-	(*ListProcsRequest)(nil),  // 23: mosaic.peer.v1.ListProcsRequest
-	(*ListProcsResponse)(nil), // 24: mosaic.peer.v1.ListProcsResponse
-	(*SignalRequest)(nil),     // 25: mosaic.peer.v1.SignalRequest
-	(*MigrateRequest)(nil),    // 26: mosaic.peer.v1.MigrateRequest
-	(*MigrateResponse)(nil),   // 27: mosaic.peer.v1.MigrateResponse
+	(State)(0),                 // 0: mosaic.peer.v1.State
+	(Kind)(0),                  // 1: mosaic.peer.v1.Kind
+	(FailureKind)(0),           // 2: mosaic.peer.v1.FailureKind
+	(*Empty)(nil),              // 3: mosaic.peer.v1.Empty
+	(*JoinRequest)(nil),        // 4: mosaic.peer.v1.JoinRequest
+	(*JoinResponse)(nil),       // 5: mosaic.peer.v1.JoinResponse
+	(*NodeMeta)(nil),           // 6: mosaic.peer.v1.NodeMeta
+	(*MemberUpdate)(nil),       // 7: mosaic.peer.v1.MemberUpdate
+	(*LoadReport)(nil),         // 8: mosaic.peer.v1.LoadReport
+	(*Envelope)(nil),           // 9: mosaic.peer.v1.Envelope
+	(*ExecStart)(nil),          // 10: mosaic.peer.v1.ExecStart
+	(*Rlimit)(nil),             // 11: mosaic.peer.v1.Rlimit
+	(*Tty)(nil),                // 12: mosaic.peer.v1.Tty
+	(*Signal)(nil),             // 13: mosaic.peer.v1.Signal
+	(*Adopt)(nil),              // 14: mosaic.peer.v1.Adopt
+	(*Moved)(nil),              // 15: mosaic.peer.v1.Moved
+	(*Migrate)(nil),            // 16: mosaic.peer.v1.Migrate
+	(*ImageOffer)(nil),         // 17: mosaic.peer.v1.ImageOffer
+	(*ExecIn)(nil),             // 18: mosaic.peer.v1.ExecIn
+	(*Checkpoint)(nil),         // 19: mosaic.peer.v1.Checkpoint
+	(*Checkpointed)(nil),       // 20: mosaic.peer.v1.Checkpointed
+	(*Failure)(nil),            // 21: mosaic.peer.v1.Failure
+	(*Exit)(nil),               // 22: mosaic.peer.v1.Exit
+	(*ExecOut)(nil),            // 23: mosaic.peer.v1.ExecOut
+	(*ProcInfo)(nil),           // 24: mosaic.peer.v1.ProcInfo
+	(*ListProcsRequest)(nil),   // 25: mosaic.peer.v1.ListProcsRequest
+	(*ListProcsResponse)(nil),  // 26: mosaic.peer.v1.ListProcsResponse
+	(*SignalRequest)(nil),      // 27: mosaic.peer.v1.SignalRequest
+	(*MigrateRequest)(nil),     // 28: mosaic.peer.v1.MigrateRequest
+	(*MigrateResponse)(nil),    // 29: mosaic.peer.v1.MigrateResponse
+	(*CheckpointRequest)(nil),  // 30: mosaic.peer.v1.CheckpointRequest
+	(*CheckpointResponse)(nil), // 31: mosaic.peer.v1.CheckpointResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
@@ -2693,26 +2990,30 @@ var file_peer_proto_depIdxs = []int32{
 	14, // 12: mosaic.peer.v1.ExecIn.adopt:type_name -> mosaic.peer.v1.Adopt
 	16, // 13: mosaic.peer.v1.ExecIn.migrate:type_name -> mosaic.peer.v1.Migrate
 	17, // 14: mosaic.peer.v1.ExecIn.image:type_name -> mosaic.peer.v1.ImageOffer
-	2,  // 15: mosaic.peer.v1.Failure.kind:type_name -> mosaic.peer.v1.FailureKind
-	20, // 16: mosaic.peer.v1.ExecOut.exit:type_name -> mosaic.peer.v1.Exit
-	19, // 17: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
-	15, // 18: mosaic.peer.v1.ExecOut.moved:type_name -> mosaic.peer.v1.Moved
-	22, // 19: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
-	4,  // 20: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
-	9,  // 21: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
-	23, // 22: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
-	25, // 23: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
-	26, // 24: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
-	5,  // 25: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	3,  // 26: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	24, // 27: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
-	3,  // 28: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
-	27, // 29: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
-	25, // [25:30] is the sub-list for method output_type
-	20, // [20:25] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	19, // 15: mosaic.peer.v1.ExecIn.checkpoint:type_name -> mosaic.peer.v1.Checkpoint
+	2,  // 16: mosaic.peer.v1.Failure.kind:type_name -> mosaic.peer.v1.FailureKind
+	22, // 17: mosaic.peer.v1.ExecOut.exit:type_name -> mosaic.peer.v1.Exit
+	21, // 18: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
+	15, // 19: mosaic.peer.v1.ExecOut.moved:type_name -> mosaic.peer.v1.Moved
+	20, // 20: mosaic.peer.v1.ExecOut.checkpointed:type_name -> mosaic.peer.v1.Checkpointed
+	24, // 21: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
+	4,  // 22: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
+	9,  // 23: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
+	25, // 24: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
+	27, // 25: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
+	28, // 26: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
+	30, // 27: mosaic.peer.v1.Peer.Checkpoint:input_type -> mosaic.peer.v1.CheckpointRequest
+	5,  // 28: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 29: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	26, // 30: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 31: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	29, // 32: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
+	31, // 33: mosaic.peer.v1.Peer.Checkpoint:output_type -> mosaic.peer.v1.CheckpointResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -2734,8 +3035,9 @@ func file_peer_proto_init() {
 		(*ExecIn_Resume)(nil),
 		(*ExecIn_Go)(nil),
 		(*ExecIn_Image)(nil),
+		(*ExecIn_Checkpoint)(nil),
 	}
-	file_peer_proto_msgTypes[18].OneofWrappers = []any{
+	file_peer_proto_msgTypes[20].OneofWrappers = []any{
 		(*ExecOut_Started)(nil),
 		(*ExecOut_Stdout)(nil),
 		(*ExecOut_Stderr)(nil),
@@ -2748,6 +3050,7 @@ func file_peer_proto_init() {
 		(*ExecOut_Restored)(nil),
 		(*ExecOut_Moved)(nil),
 		(*ExecOut_MigrateFailed)(nil),
+		(*ExecOut_Checkpointed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2755,7 +3058,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

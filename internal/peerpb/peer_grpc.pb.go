@@ -129,10 +129,11 @@ var Join_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Peer_Gossip_FullMethodName    = "/mosaic.peer.v1.Peer/Gossip"
-	Peer_ListProcs_FullMethodName = "/mosaic.peer.v1.Peer/ListProcs"
-	Peer_Signal_FullMethodName    = "/mosaic.peer.v1.Peer/Signal"
-	Peer_Migrate_FullMethodName   = "/mosaic.peer.v1.Peer/Migrate"
+	Peer_Gossip_FullMethodName     = "/mosaic.peer.v1.Peer/Gossip"
+	Peer_ListProcs_FullMethodName  = "/mosaic.peer.v1.Peer/ListProcs"
+	Peer_Signal_FullMethodName     = "/mosaic.peer.v1.Peer/Signal"
+	Peer_Migrate_FullMethodName    = "/mosaic.peer.v1.Peer/Migrate"
+	Peer_Checkpoint_FullMethodName = "/mosaic.peer.v1.Peer/Checkpoint"
 )
 
 // PeerClient is the client API for Peer service.
@@ -153,6 +154,10 @@ type PeerClient interface {
 	// of a user of the calling node; it answers once the process runs there
 	// (or runs on where it was, with the reason it could not move).
 	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateResponse, error)
+	// Checkpoint asks a process's home to have its image sent to the
+	// calling node (which writes it to a file of its user's), on behalf of
+	// that user; it answers once the image is saved.
+	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
 }
 
 type peerClient struct {
@@ -203,6 +208,16 @@ func (c *peerClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...gr
 	return out, nil
 }
 
+func (c *peerClient) Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckpointResponse)
+	err := c.cc.Invoke(ctx, Peer_Checkpoint_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -221,6 +236,10 @@ type PeerServer interface {
 	// of a user of the calling node; it answers once the process runs there
 	// (or runs on where it was, with the reason it could not move).
 	Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error)
+	// Checkpoint asks a process's home to have its image sent to the
+	// calling node (which writes it to a file of its user's), on behalf of
+	// that user; it answers once the image is saved.
+	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -242,6 +261,9 @@ func (UnimplementedPeerServer) Signal(context.Context, *SignalRequest) (*Empty, 
 }
 func (UnimplementedPeerServer) Migrate(context.Context, *MigrateRequest) (*MigrateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
+}
+func (UnimplementedPeerServer) Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Checkpoint not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -336,6 +358,24 @@ func _Peer_Migrate_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Checkpoint_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckpointRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Checkpoint(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Checkpoint_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Checkpoint(ctx, req.(*CheckpointRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -358,6 +398,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Migrate",
 			Handler:    _Peer_Migrate_Handler,
+		},
+		{
+			MethodName: "Checkpoint",
+			Handler:    _Peer_Checkpoint_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/bytesize"
+)
+
+func newCheckpointCmd(g *globals) *cobra.Command {
+	var stop, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "checkpoint ID FILE [--stop]",
+		Short: "Save a running mosaic process to a file (and let it go on, or stop it)",
+		Long: `Save a running process, wherever it runs, to FILE on this node: its memory,
+registers, open files and signal state, in a checked image that
+'mosaic restore FILE' brings back to life, on any node, later. The process
+goes on running; with --stop it ends once it is saved (its 'mosaic run'
+exits with status 254), and the image is all that is left of it.
+
+FILE is written as you, readable only by you (it holds the process's
+memory); it appears only once the image is complete and checked. A process
+that holds something that cannot be saved (a socket, a child process...)
+is refused, with the reason. You may checkpoint only your own processes.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, path := args[0], args[1]
+			dir := filepath.Dir(path)
+			tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".partial-*")
+			if err != nil {
+				return fmt.Errorf("create the image file in %s: %w", dir, err)
+			}
+			defer func() {
+				tmp.Close()
+				os.Remove(tmp.Name()) // gone already when it became FILE
+			}()
+			var res api.CheckpointResult
+			if err := api.Call(cmd.Context(), g.sock(), api.OpCheckpoint, api.CheckpointArgs{ID: id, Stop: stop}, &res, int(tmp.Fd())); err != nil {
+				return err
+			}
+			if err := tmp.Sync(); err != nil {
+				return fmt.Errorf("write %s: %w", path, err)
+			}
+			if err := os.Rename(tmp.Name(), path); err != nil {
+				return fmt.Errorf("put the image in place: %w", err)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(res)
+			}
+			fmt.Fprintf(out, "%s saved to %s (%s)", id, path, bytesize.Format(res.ImageBytes))
+			if res.Stopped {
+				fmt.Fprintf(out, "; it is stopped: 'mosaic restore %s' brings it back", path)
+			}
+			fmt.Fprintln(out)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&stop, "stop", false, "end the process once it is saved")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON, for scripts")
+	return cmd
+}
+
+func newRestoreCmd(g *globals) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "restore [--on NODE | --here] [-v] FILE",
+		Short: "Bring a process saved by 'mosaic checkpoint' back to life",
+		Long: `Restore the process saved in FILE (by 'mosaic checkpoint') on the best
+node, or on NODE with --on, or here with --here, and go on with it as with
+'mosaic run': its input, output and terminal are this command's, signals
+reach it, and this command exits with its status. It gets a new process ID
+(this node is its home now) and runs as the user it ran as: you may
+restore only your own processes (root: anyone's). A damaged or foreign
+file is refused before anything runs.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, argv []string) error {
+			img, err := os.Open(argv[0])
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return exitError{complain("no image file %s", argv[0])}
+				}
+				return exitError{complain("%v", err)}
+			}
+			defer img.Close()
+			args, err := runArgs(nil)
+			if err != nil {
+				return exitError{complain("%v", err)}
+			}
+			args.Image = true
+			return exitError{runProgram(cmd.Context(), g, f, args, int(img.Fd()))}
+		},
+	}
+	cmd.Flags().StringVar(&f.on, "on", "", "restore on this node")
+	cmd.Flags().BoolVar(&f.here, "here", false, "restore on this node (the home)")
+	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "say where it runs, on stderr")
+	return cmd
+}
