@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -126,7 +127,30 @@ func newBenchCmd() *cobra.Command {
 	jobs.Flags().IntVar(&j.Parallel, "parallel", 32, "jobs launched at a time")
 	jobs.Flags().StringVar(&j.Work, "work", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done", "each job: a shell command line")
 
-	cmd.AddCommand(diss, live, upc, fail, relay, jobs)
+	var m bench.MigrateConfig
+	var migSizes string
+	mig := &cobra.Command{
+		Use:   "migrate [--sizes 1,64,256,1024] [--runs 5]",
+		Short: "Live migration between two nodes: freeze and total time by memory size, vs a raw TCP copy (root, gcc)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := rootAndSelf(); err != nil {
+				return err
+			}
+			for _, f := range strings.Split(migSizes, ",") {
+				n, err := strconv.Atoi(strings.TrimSpace(f))
+				if err != nil || n < 1 {
+					return fmt.Errorf("--sizes: %q is not a size in MiB", f)
+				}
+				m.SizesMiB = append(m.SizesMiB, n)
+			}
+			return bench.Migrate(cmd.Context(), cmd.OutOrStdout(), m)
+		},
+	}
+	mig.Flags().StringVar(&migSizes, "sizes", "1,64,256,1024", "touched memory of the workload, MiB, comma-separated")
+	mig.Flags().IntVar(&m.Runs, "runs", 5, "migrations per size")
+
+	cmd.AddCommand(diss, live, upc, fail, relay, jobs, mig)
 	return cmd
 }
 

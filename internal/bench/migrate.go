@@ -1,0 +1,270 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	_ "embed"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+)
+
+//go:embed workload/migrate.c
+var migrateWorkload []byte
+
+// MigrateConfig describes the migration benchmark.
+type MigrateConfig struct {
+	SizesMiB []int
+	Runs     int
+}
+
+// Migrate measures live migration between two nodes of a local cluster,
+// for processes of each size of touched memory: the freeze time as the
+// daemons count it (from the freeze at the source to the go at the
+// target) and as the process saw it (the gap in its clock), and the total
+// time of `mosaic migrate`; beside them, a raw TCP copy and a TLS copy of
+// as many bytes between the two nodes' addresses: the transfer's limits.
+// The workload is a C program (built with gcc) that touches its memory and
+// then wakes every millisecond.
+func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
+	cli, err := cliBinary()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "mosaic-bench-migrate-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	src, prog := filepath.Join(dir, "workload.c"), filepath.Join(dir, "workload")
+	if err := os.WriteFile(src, migrateWorkload, 0o644); err != nil {
+		return err
+	}
+	if out, err := exec.CommandContext(ctx, "gcc", "-O1", "-o", prog, src).CombinedOutput(); err != nil {
+		return fmt.Errorf("build the workload (needs gcc): %v: %s", err, out)
+	}
+	c, stop, err := startCluster(ctx, w, 2, false, "")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	sock := c.Nodes[0].Socket
+	hosts := [2]string{}
+	for i, n := range c.Nodes[:2] {
+		h, _, err := net.SplitHostPort(n.Addr)
+		if err != nil {
+			return err
+		}
+		hosts[i] = h
+	}
+
+	fmt.Fprintf(w, "%d runs each; medians. frozen: from the freeze at the source to the go at the target, as the daemons count;\n", cfg.Runs)
+	fmt.Fprintf(w, "gap: how long the process itself saw its clock jump; rate: image bytes over the total time.\n\n")
+	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %12s %12s %8s\n", "touched", "image", "frozen", "gap", "total", "rate", "TCP copy", "TLS copy", "vs TCP")
+	for _, size := range cfg.SizesMiB {
+		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs)
+		if err != nil {
+			return fmt.Errorf("%d MiB: %w", size, err)
+		}
+		bytes := int64(res.image)
+		tcp, err := copyTime(ctx, hosts, bytes, false)
+		if err != nil {
+			return fmt.Errorf("TCP copy: %w", err)
+		}
+		tlsT, err := copyTime(ctx, hosts, bytes, true)
+		if err != nil {
+			return fmt.Errorf("TLS copy: %w", err)
+		}
+		rate := float64(bytes) / res.total.Seconds() / 1e6
+		tcpRate := float64(bytes) / tcp.Seconds() / 1e6
+		fmt.Fprintf(w, "%7dM %9.1fM %8.1fms %8.1fms %8.1fms %6.0fMB/s %7.0fMB/s %7.0fMB/s %7.0f%%\n", size, float64(bytes)/(1<<20),
+			ms(res.frozen), ms(res.gap), ms(res.total), rate, tcpRate, float64(bytes)/tlsT.Seconds()/1e6, 100*rate/tcpRate)
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+type migrateFigures struct {
+	frozen, gap, total time.Duration
+	image              uint64
+}
+
+// migrateSize runs the workload with size MiB on n1 and moves it between
+// n1 and n2 runs times.
+func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int) (migrateFigures, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--on", "n1", "--", prog, strconv.Itoa(size))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return migrateFigures{}, err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return migrateFigures{}, err
+	}
+	defer func() {
+		cancel()
+		cmd.Wait()
+	}()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	next := func(prefix string) (string, error) {
+		timeout := time.After(2 * time.Minute)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					return "", fmt.Errorf("the workload ended: %s", stderr.String())
+				}
+				if strings.HasPrefix(l, prefix) {
+					return strings.TrimPrefix(l, prefix), nil
+				}
+			case <-timeout:
+				return "", fmt.Errorf("no %q from the workload", prefix)
+			}
+		}
+	}
+	if _, err := next("ready"); err != nil {
+		return migrateFigures{}, err
+	}
+	id := strings.Fields(strings.TrimPrefix(stderr.String(), "mosaic: "))[0]
+	var frozen, gaps, totals []time.Duration
+	var image uint64
+	for i := range runs {
+		to := []string{"n2", "n1"}[i%2]
+		var res api.MigrateResult
+		if err := api.Call(ctx, sock, api.OpMigrate, api.MigrateArgs{ID: id, Node: to}, &res); err != nil {
+			return migrateFigures{}, err
+		}
+		g, err := next("gap ")
+		if err != nil {
+			return migrateFigures{}, err
+		}
+		us, _ := strconv.Atoi(g)
+		frozen = append(frozen, time.Duration(res.FrozenMs*float64(time.Millisecond)))
+		totals = append(totals, time.Duration(res.TotalMs*float64(time.Millisecond)))
+		gaps = append(gaps, time.Duration(us)*time.Microsecond)
+		image = res.ImageBytes
+	}
+	return migrateFigures{frozen: median(frozen), gap: median(gaps), total: median(totals), image: image}, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// copyTime copies n bytes from hosts[0] to hosts[1] over a fresh TCP (or
+// TLS: ECDSA P-256, AES-GCM as the daemons negotiate) connection, and
+// returns how long until the receiver had them all (best of three).
+func copyTime(ctx context.Context, hosts [2]string, n int64, useTLS bool) (time.Duration, error) {
+	var tlsCfg *tls.Config
+	if useTLS {
+		cert, err := selfSigned()
+		if err != nil {
+			return 0, err
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
+	}
+	best := time.Duration(0)
+	for range 3 {
+		d, err := copyOnce(hosts, n, tlsCfg)
+		if err != nil {
+			return 0, err
+		}
+		if best == 0 || d < best {
+			best = d
+		}
+	}
+	return best, nil
+}
+
+func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(hosts[1], "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	got := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		var r io.Reader = c
+		if tlsCfg != nil {
+			r = tls.Server(c, tlsCfg)
+		}
+		_, err = io.CopyN(io.Discard, r, n)
+		got <- err
+	}()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(hosts[0])}}
+	c, err := d.Dial("tcp", l.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	var wr io.Writer = c
+	if tlsCfg != nil {
+		tc := tls.Client(c, tlsCfg)
+		if err := tc.Handshake(); err != nil {
+			return 0, err
+		}
+		wr = tc
+	}
+	buf := make([]byte, 1<<20)
+	start := time.Now()
+	for left := n; left > 0; {
+		k, err := wr.Write(buf[:min(int64(len(buf)), left)])
+		if err != nil {
+			return 0, err
+		}
+		left -= int64(k)
+	}
+	if err := <-got; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}

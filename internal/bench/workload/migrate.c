@@ -1,0 +1,26 @@
+// The migration benchmark's workload: it touches N MiB of memory (every
+// page), says "ready", then wakes every millisecond and reports on stdout
+// every gap in its clock longer than 3 ms: the time it stood still, as the
+// process itself saw it.
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+int main(int argc, char **argv) {
+	size_t n = (size_t)atol(argc > 1 ? argv[1] : "1") << 20;
+	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) return 1;
+	for (size_t i = 0; i < n; i += 4096) p[i] = (char)(i >> 12) | 1;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("ready\n");
+	struct timespec last, now, ms = {0, 1000000};
+	clock_gettime(CLOCK_MONOTONIC, &last);
+	for (;;) {
+		nanosleep(&ms, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long us = (now.tv_sec - last.tv_sec) * 1000000 + (now.tv_nsec - last.tv_nsec) / 1000;
+		if (us > 3000) printf("gap %ld\n", us);
+		last = now;
+	}
+}

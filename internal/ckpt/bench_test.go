@@ -1,0 +1,105 @@
+package ckpt
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The engine's own costs, without a network: a process with N MiB of
+// touched memory dumped into a stream (discarded, or kept), and restored
+// from a stream in memory. `go test -run X -bench . ./internal/ckpt`.
+
+func benchWorkload(b *testing.B, mib int) *exec.Cmd {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: traces other processes")
+	}
+	cmd := exec.Command(filepath.Join(benchDir(b), "workload"), fmt.Sprint(mib))
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(out, buf); err != nil {
+		b.Fatal(err)
+	}
+	return cmd
+}
+
+// benchDir builds the migration benchmark's workload once.
+func benchDir(b *testing.B) string {
+	dir := filepath.Join(os.TempDir(), "mosaic-ckpt-bench")
+	if _, err := os.Stat(filepath.Join(dir, "workload")); err == nil {
+		return dir
+	}
+	os.MkdirAll(dir, 0o755)
+	if out, err := exec.Command("gcc", "-O1", "-o", filepath.Join(dir, "workload"), "../bench/workload/migrate.c").CombinedOutput(); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	return dir
+}
+
+func BenchmarkCheckpoint(b *testing.B) {
+	for _, mib := range []int{1, 256} {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			cmd := benchWorkload(b, mib)
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			b.SetBytes(int64(mib) << 20)
+			for b.Loop() {
+				_, f, err := Checkpoint(cmd.Process.Pid, io.Discard)
+				if err != nil {
+					b.Fatal(err)
+				}
+				f.Resume()
+			}
+		})
+	}
+}
+
+func BenchmarkRestore(b *testing.B) {
+	for _, mib := range []int{1, 256} {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			cmd := benchWorkload(b, mib)
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var stream bytes.Buffer
+			img, f, err := Checkpoint(cmd.Process.Pid, &stream)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f.Kill()
+			cmd.Wait()
+			b.SetBytes(int64(mib) << 20)
+			var freeze time.Duration
+			for b.Loop() {
+				stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
+					Files: []*os.File{nil, nil, nil}, Sys: &syscall.SysProcAttr{Ptrace: true}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				d, err := NewDecoder(bytes.NewReader(stream.Bytes()))
+				if err != nil {
+					b.Fatal(err)
+				}
+				r, err := RestoreFrom(stub.Pid, d)
+				if err != nil {
+					b.Fatal(err)
+				}
+				freeze += time.Since(start)
+				r.Abort()
+			}
+			_ = freeze
+		})
+	}
+}
