@@ -303,29 +303,56 @@ func dumpInside(tid int, img *Image) (err error) {
 			err = e
 		}
 	}()
-	scratch, err := r.call(unix.SYS_MMAP, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	work, err := r.call(unix.SYS_MMAP, 0, workPages*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
 	if err != nil {
-		return fmt.Errorf("map a scratch page in the process: %w", err)
+		return fmt.Errorf("map a work area in the process: %w", err)
 	}
-	r.scratch = scratch
-	defer r.call(unix.SYS_MUNMAP, scratch, pageSize)
-	if img.MM.Brk, err = r.call(unix.SYS_BRK, 0); err != nil {
-		return fmt.Errorf("read the break: %w", err)
-	}
-	if img.Actions, err = dumpSigactions(r); err != nil {
+	defer r.call(unix.SYS_MUNMAP, work, workPages*pageSize)
+	if err := r.useWorkArea(work); err != nil {
 		return err
 	}
-	if img.Threads[0].AltStack, err = dumpAltStack(r); err != nil {
+	// One batch: the break, every signal's action, the alternate stack,
+	// the three interval timers and clear_child_tid, each into its place
+	// in the scratch memory.
+	const (
+		actionsAt = 0
+		altAt     = 64 * 32
+		timersAt  = altAt + 32
+		tidAddrAt = timersAt + 3*32
+		end       = tidAddrAt + 8
+	)
+	s := r.scratch
+	calls := []sysCall{sc(unix.SYS_BRK, 0)}
+	calls = append(calls, sigactionCalls(s+actionsAt)...)
+	calls = append(calls, sc(unix.SYS_SIGALTSTACK, 0, s+altAt))
+	for which := range uint64(3) {
+		calls = append(calls, sc(unix.SYS_GETITIMER, which, s+timersAt+32*which))
+	}
+	calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s+tidAddrAt))
+	errs, rets, err := r.batch(calls)
+	if err != nil {
 		return err
 	}
-	if img.Timers, err = dumpTimers(r); err != nil {
+	b := make([]byte, end)
+	if err := r.read(s, b); err != nil {
 		return err
 	}
-	b := make([]byte, 8)
-	if _, err := r.callScratch(unix.SYS_PRCTL, nil, 0, b, unix.PR_GET_TID_ADDRESS, r.scratch); err != nil {
-		return fmt.Errorf("read the thread's clear_child_tid: %w", err)
+	for i, what := range map[int]string{0: "the break", 65: "the alternate signal stack", 66: "interval timer 0",
+		67: "interval timer 1", 68: "interval timer 2", 69: "the thread's clear_child_tid"} {
+		if errs[i] != nil {
+			return fmt.Errorf("read %s: %w", what, errs[i])
+		}
 	}
-	img.Threads[0].TidAddress = leU64(b)
+	img.MM.Brk = rets[0]
+	if img.Actions, err = parseSigactions(b[actionsAt:], errs[1:65]); err != nil {
+		return err
+	}
+	img.Threads[0].AltStack = parseAltStack(b[altAt:])
+	for which := range 3 {
+		img.Timers[which] = parseTimer(b[timersAt+32*which:])
+	}
+	img.Threads[0].TidAddress = leU64(b[tidAddrAt:])
 	return nil
 }
 

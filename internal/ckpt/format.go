@@ -42,6 +42,7 @@ const (
 // this much.
 const maxRecord = 8 << 20
 
+
 const endSize = 8 + 8 + 4
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -201,7 +202,11 @@ func (d *Decoder) read(b []byte) error {
 
 // record reads and checks the next record; its payload is valid until the
 // next call.
-func (d *Decoder) record() (byte, []byte, error) {
+func (d *Decoder) record() (byte, []byte, error) { return d.recordInto(&d.buf) }
+
+// recordInto reads and checks the next record, its payload into *dst
+// (grown as needed).
+func (d *Decoder) recordInto(dst *[]byte) (byte, []byte, error) {
 	var hdr [9]byte
 	if err := d.read(hdr[:]); err != nil {
 		return 0, nil, err
@@ -210,10 +215,10 @@ func (d *Decoder) record() (byte, []byte, error) {
 	if n > maxRecord {
 		return 0, nil, fmt.Errorf("%w: a record of %d bytes", ErrCorrupt, n)
 	}
-	if uint64(cap(d.buf)) < n {
-		d.buf = make([]byte, n)
+	if uint64(cap(*dst)) < n {
+		*dst = make([]byte, n)
 	}
-	payload := d.buf[:n]
+	payload := (*dst)[:n]
 	if err := d.read(payload); err != nil {
 		return 0, nil, err
 	}
@@ -233,11 +238,15 @@ func (d *Decoder) record() (byte, []byte, error) {
 
 // Next returns the next run of memory, valid until the next call, or
 // io.EOF once the whole stream has arrived and checked out.
-func (d *Decoder) Next() (PageRun, error) {
+func (d *Decoder) Next() (PageRun, error) { return d.NextInto(&d.buf) }
+
+// NextInto is Next, with the run's data read into *buf (grown as needed):
+// then it is valid as long as *buf is left alone.
+func (d *Decoder) NextInto(buf *[]byte) (PageRun, error) {
 	if d.done {
 		return PageRun{}, io.EOF
 	}
-	kind, payload, err := d.record()
+	kind, payload, err := d.recordInto(buf)
 	if err != nil {
 		return PageRun{}, err
 	}

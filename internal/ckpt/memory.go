@@ -2,8 +2,10 @@ package ckpt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -80,7 +82,8 @@ func checkFiles(vs []VMA) error {
 // It carries every page of anonymous memory that was ever touched and the
 // pages of private file mappings that the process changed: pages that
 // equal their file are mapped again from it, pages never touched are zero
-// again.
+// again. Reading and fn overlap: a goroutine reads ahead into free
+// buffers while fn consumes.
 func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
 	if err != nil {
@@ -92,8 +95,66 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		return err
 	}
 	defer mem.Close()
-	const most = (maxRecord - 8) / pageSize // pages per run given to fn
-	buf := make([]byte, most*pageSize)
+	const depth = 3
+	free := make(chan []byte, depth) // grown to the runs they carry
+	for range depth {
+		free <- nil
+	}
+	type read struct {
+		run PageRun
+		err error
+	}
+	full := make(chan read, depth)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(full)
+		err := f.scanMemory(pm, func(addr uint64, pages uint64, name string) error {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return errStopped
+			}
+			if uint64(cap(buf)) < pages*pageSize {
+				buf = make([]byte, pages*pageSize)
+			}
+			data := buf[:pages*pageSize]
+			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
+				return fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, pages, name, err)
+			}
+			select {
+			case full <- read{run: PageRun{Addr: addr, Data: data}}:
+				return nil
+			case <-stop:
+				return errStopped
+			}
+		})
+		if err != nil && err != errStopped {
+			select {
+			case full <- read{err: err}:
+			case <-stop:
+			}
+		}
+	}()
+	for r := range full {
+		if r.err != nil {
+			return r.err
+		}
+		if err := fn(r.run); err != nil {
+			return err
+		}
+		free <- r.run.Data[:cap(r.run.Data)]
+	}
+	return nil
+}
+
+var errStopped = errors.New("stopped")
+
+// scanMemory finds the runs of pages ReadMemory carries, each at most a
+// record's worth, and gives them to fn.
+func (f *Frozen) scanMemory(pm *os.File, fn func(addr, pages uint64, name string) error) error {
+	const most = (maxRecord - 8) / pageSize // pages per run
 	var entries []byte
 	for _, v := range f.vmas {
 		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) {
@@ -126,12 +187,7 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 			for j < n && j-i < most && wanted(j) {
 				j++
 			}
-			addr := v.Start + i*pageSize
-			data := buf[:(j-i)*pageSize]
-			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
-				return fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, j-i, v.Name, err)
-			}
-			if err := fn(PageRun{Addr: addr, Data: data}); err != nil {
+			if err := fn(v.Start+i*pageSize, j-i, v.Name); err != nil {
 				return err
 			}
 			i = j
@@ -140,33 +196,105 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	return nil
 }
 
-// mapVMA creates one of the image's mappings in the tracee.
-func mapVMA(r *remote, v VMA) error {
-	flags := uint64(unix.MAP_FIXED)
-	if v.Shared {
-		flags |= unix.MAP_SHARED
-	} else {
-		flags |= unix.MAP_PRIVATE
+// mapVMAs creates the image's mappings in the tracee, in two batches:
+// the files to map are opened first, then everything is mapped and the
+// files closed again.
+func mapVMAs(r *remote, vs []VMA) error {
+	// The files, their names in the scratch memory (as many batches as
+	// it takes to fit them).
+	type file struct {
+		name  string
+		flags int
 	}
-	if v.GrowsDown {
-		flags |= unix.MAP_GROWSDOWN
-	}
-	size := v.End - v.Start
-	if v.Kind == VMAFile {
-		fd, err := r.callScratch(unix.SYS_OPENAT, cString(v.Name), 0, nil, atFDCWD, r.scratch, uint64(openFlags(v)), 0)
-		if err != nil {
-			return fmt.Errorf("open %s to map it: %w", v.Name, err)
+	fds := map[file]uint64{}
+	var pending []file
+	var names []byte
+	open := func() error {
+		if len(pending) == 0 {
+			return nil
 		}
-		_, err = r.call(unix.SYS_MMAP, v.Start, size, uint64(v.Prot), flags, fd, v.Offset)
-		r.call(unix.SYS_CLOSE, fd)
-		if err != nil {
-			return fmt.Errorf("map %s at %#x: %w", v.Name, v.Start, err)
+		if err := r.write(r.scratch, names); err != nil {
+			return err
 		}
+		var calls []sysCall
+		at := r.scratch
+		for _, f := range pending {
+			calls = append(calls, sc(unix.SYS_OPENAT, atFDCWD, at, uint64(f.flags), 0))
+			at += uint64(len(f.name) + 1)
+		}
+		errs, rets, err := r.batch(calls)
+		if err != nil {
+			return err
+		}
+		for i, f := range pending {
+			if errs[i] != nil {
+				return fmt.Errorf("open %s to map it: %w", f.name, errs[i])
+			}
+			fds[f] = rets[i]
+		}
+		pending, names = pending[:0], names[:0]
 		return nil
 	}
-	flags |= unix.MAP_ANONYMOUS
-	if _, err := r.call(unix.SYS_MMAP, v.Start, size, uint64(v.Prot), flags, ^uint64(0), 0); err != nil {
-		return fmt.Errorf("map %d bytes of anonymous memory (%s) at %#x: %w", size, v.Name, v.Start, err)
+	for _, v := range vs {
+		f := file{v.Name, openFlags(v)}
+		if v.Kind != VMAFile || slices.Contains(pending, f) {
+			continue
+		}
+		if _, ok := fds[f]; ok {
+			continue
+		}
+		if len(v.Name)+1 > scratchSize {
+			return fmt.Errorf("the path %.60s... is too long to map", v.Name)
+		}
+		if len(names)+len(v.Name)+1 > scratchSize {
+			if err := open(); err != nil {
+				return err
+			}
+		}
+		pending = append(pending, f)
+		names = append(names, cString(v.Name)...)
+	}
+	if err := open(); err != nil {
+		return err
+	}
+
+	var calls []sysCall
+	var mapped []VMA
+	for _, v := range vs {
+		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall {
+			continue
+		}
+		flags := uint64(unix.MAP_FIXED)
+		if v.Shared {
+			flags |= unix.MAP_SHARED
+		} else {
+			flags |= unix.MAP_PRIVATE
+		}
+		if v.GrowsDown {
+			flags |= unix.MAP_GROWSDOWN
+		}
+		if v.Kind == VMAFile {
+			calls = append(calls, sc(unix.SYS_MMAP, v.Start, v.End-v.Start, uint64(v.Prot), flags, fds[file{v.Name, openFlags(v)}], v.Offset))
+		} else {
+			calls = append(calls, sc(unix.SYS_MMAP, v.Start, v.End-v.Start, uint64(v.Prot), flags|unix.MAP_ANONYMOUS, ^uint64(0), 0))
+		}
+		mapped = append(mapped, v)
+	}
+	for _, fd := range fds {
+		calls = append(calls, sc(unix.SYS_CLOSE, fd))
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for i, v := range mapped {
+		if errs[i] == nil {
+			continue
+		}
+		if v.Kind == VMAFile {
+			return fmt.Errorf("map %s at %#x: %w", v.Name, v.Start, errs[i])
+		}
+		return fmt.Errorf("map %d bytes of anonymous memory (%s) at %#x: %w", v.End-v.Start, v.Name, v.Start, errs[i])
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package ckpt
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -19,8 +20,12 @@ type remote struct {
 	// tracee's code, if we did.
 	pokedAt uint64
 	poked   []byte
-	// scratch is a page of the tracee's memory we may use for arguments.
+	// scratch is memory of the tracee's we may use for arguments
+	// (scratchSize bytes).
 	scratch uint64
+	// codeAt and tableAt are where batches run, in the work area.
+	codeAt, tableAt uint64
+	mem             *os.File // the tracee's memory, open while needed
 }
 
 // newRemote takes over a stopped thread. It writes a syscall instruction
@@ -46,6 +51,9 @@ func newRemote(tid int) (*remote, error) {
 
 // close puts back the code and the registers.
 func (r *remote) close() error {
+	if r.mem != nil {
+		defer func() { r.mem.Close(); r.mem = nil }()
+	}
 	if r.poked != nil {
 		if _, err := unix.PtracePokeText(r.tid, uintptr(r.pokedAt), r.poked); err != nil {
 			return fmt.Errorf("restore the code of thread %d: %w", r.tid, err)
@@ -116,14 +124,25 @@ func (r *remote) stepSyscall() error {
 	return nil
 }
 
+// memory is the tracee's memory file, opened once.
+func (r *remote) memory() (*os.File, error) {
+	if r.mem == nil {
+		f, err := memFile(r.tid)
+		if err != nil {
+			return nil, err
+		}
+		r.mem = f
+	}
+	return r.mem, nil
+}
+
 // write copies b into the tracee's memory at addr, even into read-only
 // pages (as a debugger writes breakpoints).
 func (r *remote) write(addr uint64, b []byte) error {
-	f, err := memFile(r.tid)
+	f, err := r.memory()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	if _, err := f.WriteAt(b, int64(addr)); err != nil {
 		return fmt.Errorf("write %d bytes at %#x in thread %d: %w", len(b), addr, r.tid, err)
 	}
@@ -132,11 +151,10 @@ func (r *remote) write(addr uint64, b []byte) error {
 
 // read copies the tracee's memory at addr into b.
 func (r *remote) read(addr uint64, b []byte) error {
-	f, err := memFile(r.tid)
+	f, err := r.memory()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	if _, err := f.ReadAt(b, int64(addr)); err != nil {
 		return fmt.Errorf("read %d bytes at %#x in thread %d: %w", len(b), addr, r.tid, err)
 	}
@@ -176,4 +194,150 @@ func le64(vs ...uint64) []byte {
 		binary.LittleEndian.PutUint64(b[8*i:], v)
 	}
 	return b
+}
+
+// Batches. Each system call run by call costs two trips through ptrace
+// stops (tens of microseconds); a process has dozens to read or set (a
+// signal action each, a mapping each). A batch runs many in one trip: a
+// small loop, written into the tracee's work area, makes every call of a
+// table there and stores its result, then stops at a breakpoint.
+//
+// The loop, at codeAt, with r12 the table and r13 its length; each entry
+// is 8 words: the call's number, its six arguments and its result.
+//
+//	0:  test r13, r13        ; 4d 85 ed
+//	    je done              ; 74 32
+//	    mov rax, [r12]       ; 49 8b 04 24
+//	    mov rdi, [r12+8]     ; 49 8b 7c 24 08
+//	    mov rsi, [r12+16]    ; 49 8b 74 24 10
+//	    mov rdx, [r12+24]    ; 49 8b 54 24 18
+//	    mov r10, [r12+32]    ; 4d 8b 54 24 20
+//	    mov r8,  [r12+40]    ; 4d 8b 44 24 28
+//	    mov r9,  [r12+48]    ; 4d 8b 4c 24 30
+//	    syscall              ; 0f 05
+//	    mov [r12+56], rax    ; 49 89 44 24 38
+//	    add r12, 64          ; 49 83 c4 40
+//	    dec r13              ; 49 ff cd
+//	    jmp 0                ; eb c9
+//	done: int3               ; cc
+var batchCode = []byte{
+	0x4d, 0x85, 0xed, 0x74, 0x32,
+	0x49, 0x8b, 0x04, 0x24,
+	0x49, 0x8b, 0x7c, 0x24, 0x08,
+	0x49, 0x8b, 0x74, 0x24, 0x10,
+	0x49, 0x8b, 0x54, 0x24, 0x18,
+	0x4d, 0x8b, 0x54, 0x24, 0x20,
+	0x4d, 0x8b, 0x44, 0x24, 0x28,
+	0x4d, 0x8b, 0x4c, 0x24, 0x30,
+	0x0f, 0x05,
+	0x49, 0x89, 0x44, 0x24, 0x38,
+	0x49, 0x83, 0xc4, 0x40,
+	0x49, 0xff, 0xcd,
+	0xeb, 0xc9,
+	0xcc,
+}
+
+// The work area a remote needs for batches: a page of code, a page of
+// table, and scratch pages for the calls' data.
+const (
+	workPages    = 4
+	batchEntry   = 64
+	batchEntries = pageSize / batchEntry
+	scratchSize  = 2 * pageSize
+)
+
+// useWorkArea makes the remote run batches in the work area at base
+// (workPages pages, readable, writable and executable). Its code page
+// starts with a syscall instruction (for single calls, see
+// useOwnSyscall), the batch loop follows.
+func (r *remote) useWorkArea(base uint64) error {
+	r.codeAt, r.tableAt, r.scratch = base+64, base+pageSize, base+2*pageSize
+	code := make([]byte, 64+len(batchCode))
+	copy(code, []byte{0x0f, 0x05, 0xcc, 0xcc})
+	copy(code[64:], batchCode)
+	return r.write(base, code)
+}
+
+// useOwnSyscall makes single calls use the work area's syscall
+// instruction at base, and puts back the code it wrote over the
+// process's (so that nothing of it is left in the process if it dies).
+func (r *remote) useOwnSyscall(base uint64) error {
+	if r.poked != nil {
+		if _, err := unix.PtracePokeText(r.tid, uintptr(r.pokedAt), r.poked); err != nil {
+			return fmt.Errorf("restore the code of thread %d: %w", r.tid, err)
+		}
+		r.poked = nil
+	}
+	r.syscallAt = base
+	return nil
+}
+
+// sysCall is one system call of a batch.
+type sysCall struct {
+	nr   uintptr
+	args [6]uint64
+}
+
+func sc(nr uintptr, args ...uint64) sysCall {
+	c := sysCall{nr: nr}
+	copy(c.args[:], args)
+	return c
+}
+
+// batch runs calls in the tracee, in order, and returns their results (a
+// failed call's is its error; the calls after it run all the same).
+func (r *remote) batch(calls []sysCall) ([]error, []uint64, error) {
+	if r.codeAt == 0 {
+		return nil, nil, fmt.Errorf("no work area in thread %d", r.tid)
+	}
+	errs := make([]error, 0, len(calls))
+	rets := make([]uint64, 0, len(calls))
+	for len(calls) > 0 {
+		n := min(len(calls), batchEntries)
+		table := make([]byte, n*batchEntry)
+		for i, c := range calls[:n] {
+			e := table[i*batchEntry:]
+			binary.LittleEndian.PutUint64(e, uint64(c.nr))
+			for k, a := range c.args {
+				binary.LittleEndian.PutUint64(e[8+8*k:], a)
+			}
+		}
+		if err := r.write(r.tableAt, table); err != nil {
+			return nil, nil, err
+		}
+		rg := r.saved
+		rg.Rip, rg.R12, rg.R13 = r.codeAt, r.tableAt, uint64(n)
+		rg.Orig_rax = ^uint64(0) // no syscall restart on the way out of our stop
+		if err := unix.PtraceSetRegs(r.tid, &rg); err != nil {
+			return nil, nil, fmt.Errorf("set up system calls in thread %d: %w", r.tid, err)
+		}
+		if err := unix.PtraceCont(r.tid, 0); err != nil {
+			return nil, nil, fmt.Errorf("run system calls in thread %d: %w", r.tid, err)
+		}
+		ws, err := waitStop(r.tid)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := unix.PtraceGetRegs(r.tid, &rg); err != nil {
+			return nil, nil, err
+		}
+		if ws.StopSignal() != syscall.SIGTRAP || rg.Rip != r.codeAt+uint64(len(batchCode)) {
+			return nil, nil, fmt.Errorf("thread %d stopped by %v at %#x while running system calls", r.tid, ws, rg.Rip)
+		}
+		if err := r.read(r.tableAt, table); err != nil {
+			return nil, nil, err
+		}
+		for i, c := range calls[:n] {
+			v := binary.LittleEndian.Uint64(table[i*batchEntry+56:])
+			if e := int64(v); e < 0 && e > -4096 {
+				errs = append(errs, fmt.Errorf("system call %d in the process: %w", c.nr, syscall.Errno(-e)))
+				v = 0
+			} else {
+				errs = append(errs, nil)
+			}
+			rets = append(rets, v)
+		}
+		calls = calls[n:]
+	}
+	return errs, rets, nil
 }

@@ -52,18 +52,54 @@ func Restore(pid int, img *Image) error {
 // anything fails, the stub is killed.
 func RestoreFrom(pid int, d *Decoder) (*Restored, error) {
 	return restore(pid, d.Image(), func(write func(PageRun) error) error {
-		for {
-			p, err := d.Next()
-			if errors.Is(err, io.EOF) {
+		// Receiving and writing overlap: a goroutine decodes runs into
+		// free buffers while this thread writes the ones decoded.
+		const depth = 3
+		free := make(chan *[]byte, depth) // grown to the runs they carry
+		for range depth {
+			free <- new([]byte)
+		}
+		type decoded struct {
+			run PageRun
+			buf *[]byte
+			err error
+		}
+		full := make(chan decoded, depth)
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			defer close(full)
+			for {
+				var buf *[]byte
+				select {
+				case buf = <-free:
+				case <-stop:
+					return
+				}
+				p, err := d.NextInto(buf)
+				select {
+				case full <- decoded{p, buf, err}:
+				case <-stop:
+					return
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for dec := range full {
+			if errors.Is(dec.err, io.EOF) {
 				return nil
 			}
-			if err != nil {
+			if dec.err != nil {
+				return dec.err
+			}
+			if err := write(dec.run); err != nil {
 				return err
 			}
-			if err := write(p); err != nil {
-				return err
-			}
+			free <- dec.buf
 		}
+		return errors.New("the image stream ended without its end")
 	})
 }
 
@@ -141,40 +177,49 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 	if err != nil {
 		return nil, fmt.Errorf("read the new process's mappings: %w", err)
 	}
-	// The trampoline: a page of code with a syscall instruction, and a
-	// scratch page, where neither the stub nor the image has anything.
-	tramp, err := freeRange(img.VMAs, stub, 2*pageSize)
+	// The trampoline: the work area of a remote (code, a table of calls,
+	// scratch memory), where neither the stub nor the image has anything.
+	tramp, err := freeRange(img.VMAs, stub, workPages*pageSize)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.call(unix.SYS_MMAP, tramp, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+	if _, err := r.call(unix.SYS_MMAP, tramp, workPages*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
 		return nil, fmt.Errorf("map the restore trampoline: %w", err)
 	}
-	if err := r.write(tramp, []byte{0x0f, 0x05, 0xcc, 0xcc}); err != nil {
+	defer func() {
+		if r.mem != nil {
+			r.mem.Close()
+		}
+	}()
+	if err := r.useWorkArea(tramp); err != nil {
 		return nil, err
 	}
-	r.syscallAt, r.scratch, r.poked = tramp, tramp+pageSize, nil // the stub's code goes away
+	r.syscallAt, r.poked = tramp, nil // the stub's code goes away
 
 	// Clear the stub's address space but for the kernel's own mappings.
+	var unmaps []sysCall
+	var unmapped []vma
 	for _, v := range stub {
-		if v.special() {
-			continue
+		if !v.special() {
+			unmaps = append(unmaps, sc(unix.SYS_MUNMAP, v.Start, v.size()))
+			unmapped = append(unmapped, v)
 		}
-		if _, err := r.call(unix.SYS_MUNMAP, v.Start, v.size()); err != nil {
-			return nil, fmt.Errorf("unmap the new process's %s: %w", v.Path, err)
+	}
+	errs, _, err := r.batch(unmaps)
+	if err != nil {
+		return nil, err
+	}
+	for i, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("unmap the new process's %s: %w", unmapped[i].Path, err)
 		}
 	}
 	if err := moveVDSO(r, stub, img.VMAs, tramp); err != nil {
 		return nil, err
 	}
-	for _, v := range img.VMAs {
-		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall {
-			continue
-		}
-		if err := mapVMA(r, v); err != nil {
-			return nil, err
-		}
+	if err := mapVMAs(r, img.VMAs); err != nil {
+		return nil, err
 	}
 	mem, err := memFile(pid)
 	if err != nil {
@@ -236,7 +281,7 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 
 	// The last system call unmaps the trampoline; at its exit stop the
 	// thread gets its own registers, and detaching lets it run from them.
-	done, err := r.enter(unix.SYS_MUNMAP, tramp, 2*pageSize)
+	done, err := r.enter(unix.SYS_MUNMAP, tramp, workPages*pageSize)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +380,7 @@ func moveVDSO(r *remote, stub []vma, image []VMA, tramp uint64) error {
 	for _, m := range moves {
 		total += m.size
 	}
-	park, err := freeRange(append(slices.Clone(image), VMA{Start: tramp, End: tramp + 2*pageSize}), stub, total)
+	park, err := freeRange(append(slices.Clone(image), VMA{Start: tramp, End: tramp + workPages*pageSize}), stub, total)
 	if err != nil {
 		return err
 	}

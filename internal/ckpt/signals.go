@@ -11,19 +11,28 @@ import (
 // the process's own view of them, read and set by system calls run inside
 // it. (Masks come and go with ptrace directly, see dump.go and restore.go.)
 
-func dumpSigactions(r *remote) ([]Sigaction, error) {
+// sigactionCalls are the calls that read every signal's action, each
+// into 32 bytes of the scratch memory at out (64 signals: 2 KiB).
+func sigactionCalls(out uint64) []sysCall {
+	var calls []sysCall
+	for sig := uint64(1); sig <= 64; sig++ {
+		calls = append(calls, sc(unix.SYS_RT_SIGACTION, sig, 0, out+32*(sig-1), 8))
+	}
+	return calls
+}
+
+// parseSigactions reads what sigactionCalls wrote; errs are their results.
+func parseSigactions(b []byte, errs []error) ([]Sigaction, error) {
 	var out []Sigaction
-	for sig := 1; sig <= 64; sig++ {
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
-			continue
-		}
-		old := make([]byte, 32)
-		if _, err := r.callScratch(unix.SYS_RT_SIGACTION, nil, 0, old, uint64(sig), 0, r.scratch, 8); err != nil {
-			if sig >= 32 && sig <= 33 {
+	for i, err := range errs {
+		sig := i + 1
+		if err != nil {
+			if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || (sig >= 32 && sig <= 33) {
 				continue // glibc's internal signals may be refused on some kernels
 			}
 			return nil, fmt.Errorf("read the action of signal %d: %w", sig, err)
 		}
+		old := b[32*i:]
 		a := Sigaction{Signal: sig, Handler: binary.LittleEndian.Uint64(old[0:]), Flags: binary.LittleEndian.Uint64(old[8:]),
 			Restorer: binary.LittleEndian.Uint64(old[16:]), Mask: binary.LittleEndian.Uint64(old[24:])}
 		if a.Handler != 0 || a.Flags != 0 || a.Mask != 0 {
@@ -34,22 +43,32 @@ func dumpSigactions(r *remote) ([]Sigaction, error) {
 }
 
 func restoreSigactions(r *remote, as []Sigaction) error {
-	for _, a := range as {
-		act := le64(a.Handler, a.Flags, a.Restorer, a.Mask)
-		if _, err := r.callScratch(unix.SYS_RT_SIGACTION, act, 0, nil, uint64(a.Signal), r.scratch, 0, 8); err != nil {
-			return fmt.Errorf("set the action of signal %d: %w", a.Signal, err)
+	if len(as) == 0 {
+		return nil
+	}
+	var acts []byte
+	var calls []sysCall
+	for i, a := range as {
+		acts = append(acts, le64(a.Handler, a.Flags, a.Restorer, a.Mask)...)
+		calls = append(calls, sc(unix.SYS_RT_SIGACTION, uint64(a.Signal), r.scratch+uint64(32*i), 0, 8))
+	}
+	if err := r.write(r.scratch, acts); err != nil {
+		return err
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("set the action of signal %d: %w", as[i].Signal, err)
 		}
 	}
 	return nil
 }
 
-// dumpAltStack reads the thread's alternate signal stack (stack_t).
-func dumpAltStack(r *remote) ([3]uint64, error) {
-	b := make([]byte, 24)
-	if _, err := r.callScratch(unix.SYS_SIGALTSTACK, nil, 0, b, 0, r.scratch); err != nil {
-		return [3]uint64{}, fmt.Errorf("read the alternate signal stack: %w", err)
-	}
-	return [3]uint64{binary.LittleEndian.Uint64(b[0:]), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])}, nil
+func parseAltStack(b []byte) [3]uint64 {
+	return [3]uint64{binary.LittleEndian.Uint64(b[0:]), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])}
 }
 
 func restoreAltStack(r *remote, ss [3]uint64) error {
@@ -63,19 +82,12 @@ func restoreAltStack(r *remote, ss [3]uint64) error {
 	return nil
 }
 
-func dumpTimers(r *remote) ([3]ITimer, error) {
-	var out [3]ITimer
-	for which := range 3 {
-		b := make([]byte, 32)
-		if _, err := r.callScratch(unix.SYS_GETITIMER, nil, 0, b, uint64(which), r.scratch); err != nil {
-			return out, fmt.Errorf("read interval timer %d: %w", which, err)
-		}
-		tv := func(o int) int64 {
-			return int64(binary.LittleEndian.Uint64(b[o:]))*1e6 + int64(binary.LittleEndian.Uint64(b[o+8:]))
-		}
-		out[which] = ITimer{IntervalUs: tv(0), ValueUs: tv(16)}
+// parseTimer reads a struct itimerval.
+func parseTimer(b []byte) ITimer {
+	tv := func(o int) int64 {
+		return int64(binary.LittleEndian.Uint64(b[o:]))*1e6 + int64(binary.LittleEndian.Uint64(b[o+8:]))
 	}
-	return out, nil
+	return ITimer{IntervalUs: tv(0), ValueUs: tv(16)}
 }
 
 func restoreTimers(r *remote, ts [3]ITimer) error {

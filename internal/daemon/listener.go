@@ -61,7 +61,7 @@ func (l *peerListener) serve() error {
 }
 
 func (l *peerListener) route(c net.Conn) {
-	tc := tls.Server(c, l.cfg)
+	tc := tls.Server(procstream.NewBatchConn(c), l.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -157,14 +157,18 @@ func (secured) OverrideServerName(string) error { return nil }
 func dialProc(ctx context.Context, id *pki.Identity, name, addr string) (*tls.Conn, error) {
 	cfg := id.ClientConfig(name)
 	cfg.NextProtos = []string{procstream.ALPN}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 10 * time.Second}, Config: cfg}
+	d := net.Dialer{Timeout: 3 * time.Second, KeepAlive: 10 * time.Second}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := d.DialContext(dctx, "tcp", addr)
+	raw, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	tc := c.(*tls.Conn)
+	tc := tls.Client(procstream.NewBatchConn(raw), cfg)
+	if err := tc.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
 	if tc.ConnectionState().NegotiatedProtocol != procstream.ALPN {
 		tc.Close()
 		return nil, errors.New("the node does not speak process streams (an older mosaic?)")

@@ -203,7 +203,18 @@ type imageWriter struct {
 	n    uint64
 }
 
+// bulkSender is a connection that sends bulk data without copying it
+// (procstream.Client).
+type bulkSender interface{ SendData(b []byte) error }
+
 func (w *imageWriter) Write(b []byte) (int, error) {
+	if ds, ok := w.link.(bulkSender); ok {
+		if err := ds.SendData(b); err != nil {
+			return 0, err
+		}
+		w.n += uint64(len(b))
+		return len(b), nil
+	}
 	for off := 0; off < len(b); {
 		end := min(off+chunk, len(b))
 		// Send copies into a frame of its own before it returns.
@@ -220,11 +231,24 @@ func (w *imageWriter) Write(b []byte) (int, error) {
 type imageReader struct {
 	s    ServerStream
 	rest []byte
+	buf  []byte // frames are read into it, when the stream can
+}
+
+// intoReceiver is a stream that reads data frames into a buffer of the
+// caller's (procstream.Server).
+type intoReceiver interface {
+	RecvInto(reuse *[]byte) (*peerpb.ExecIn, error)
 }
 
 func (r *imageReader) Read(b []byte) (int, error) {
 	for len(r.rest) == 0 {
-		m, err := r.s.Recv()
+		var m *peerpb.ExecIn
+		var err error
+		if ir, ok := r.s.(intoReceiver); ok {
+			m, err = ir.RecvInto(&r.buf)
+		} else {
+			m, err = r.s.Recv()
+		}
 		if err != nil {
 			return 0, err
 		}

@@ -71,6 +71,10 @@ func (c *conn) writeFrame(typ byte, payload []byte) error {
 	return c.writeBuf(typ, buf)
 }
 
+// batchOver is the size of a write above which its TLS records are
+// gathered into few system calls (see BatchConn).
+const batchOver = 32 << 10
+
 // writeBuf writes a frame whose payload is buf[headerSize:], filling in
 // the header in place.
 func (c *conn) writeBuf(typ byte, buf []byte) error {
@@ -81,8 +85,44 @@ func (c *conn) writeBuf(typ byte, buf []byte) error {
 	if c.closed {
 		return io.ErrClosedPipe
 	}
+	if b := batcherOf(c.c); b != nil && len(buf) > batchOver {
+		return b.Batch(func() error {
+			_, err := c.c.Write(buf)
+			return err
+		})
+	}
 	_, err := c.c.Write(buf)
 	return err
+}
+
+// writeData writes data as frames of type typ, without copying it: each
+// frame's header and payload go as two writes, gathered into one batch.
+func (c *conn) writeData(typ byte, data []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return io.ErrClosedPipe
+	}
+	send := func() error {
+		for off := 0; off < len(data); {
+			end := min(off+maxFrame, len(data))
+			var hdr [headerSize]byte
+			hdr[0] = typ
+			binary.BigEndian.PutUint32(hdr[1:], uint32(end-off))
+			if _, err := c.c.Write(hdr[:]); err != nil {
+				return err
+			}
+			if _, err := c.c.Write(data[off:end]); err != nil {
+				return err
+			}
+			off = end
+		}
+		return nil
+	}
+	if b := batcherOf(c.c); b != nil {
+		return b.Batch(send)
+	}
+	return send()
 }
 
 func (c *conn) writeMessage(m proto.Message) error {
@@ -162,6 +202,10 @@ func (s Server) Recv() (*peerpb.ExecIn, error) {
 		}
 		return nil, err
 	}
+	return s.decodeIn(typ, payload)
+}
+
+func (s Server) decodeIn(typ byte, payload []byte) (*peerpb.ExecIn, error) {
 	switch typ {
 	case frameStdin:
 		return &peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: payload}}, nil
@@ -173,6 +217,22 @@ func (s Server) Recv() (*peerpb.ExecIn, error) {
 		return m, nil
 	}
 	return nil, fmt.Errorf("unexpected frame type %d from the home", typ)
+}
+
+// RecvInto is Recv, with the payload of a data frame read into *reuse
+// (grown as needed): valid until the next call.
+func (s Server) RecvInto(reuse *[]byte) (*peerpb.ExecIn, error) {
+	typ, payload, err := s.readFrame(reuse)
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			s.cancel()
+		}
+		return nil, err
+	}
+	if typ == frameStdin {
+		return &peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: payload}}, nil
+	}
+	return s.decodeIn(typ, payload)
 }
 
 // Close ends the connection.
@@ -200,6 +260,10 @@ func (c Client) Send(m *peerpb.ExecIn) error {
 	}
 	return c.writeMessage(m)
 }
+
+// SendData sends bulk input (an image, on an image connection) without
+// copying it.
+func (c Client) SendData(b []byte) error { return c.writeData(frameStdin, b) }
 
 // Recv receives the next message about the process; io.EOF once the
 // running node has said all and closed. The bytes of a Stdout or Stderr
