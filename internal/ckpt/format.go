@@ -42,7 +42,6 @@ const (
 // this much.
 const maxRecord = 8 << 20
 
-
 const endSize = 8 + 8 + 4
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
