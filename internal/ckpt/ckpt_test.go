@@ -386,3 +386,7 @@ func TestRestoreRefusesChangedFiles(t *testing.T) {
 		t.Fatal("the stub of a refused restore is still there")
 	}
 }
+
+// Threads: each with its registers, stack, TLS and futex waits (a barrier,
+// a condition variable, a long sleep) come back, under new thread ids.
+func TestMoveThreads(t *testing.T) { checkMove(t, "threads", 10, "40") }

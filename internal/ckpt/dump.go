@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,9 +20,9 @@ type Frozen struct {
 	pid  int
 	tids []int
 	vmas []VMA // what ReadMemory reads
-	// inflight is a signal that was being delivered when the process was
-	// stopped; Resume delivers it.
-	inflight syscall.Signal
+	// inflight are signals that were being delivered to threads when they
+	// were stopped; Resume delivers them.
+	inflight map[int]syscall.Signal
 }
 
 // Pid is the frozen process.
@@ -30,11 +31,8 @@ func (f *Frozen) Pid() int { return f.pid }
 // Resume lets the process go on as if nothing happened.
 func (f *Frozen) Resume() error {
 	var errs []error
-	for i, tid := range f.tids {
-		sig := 0
-		if i == 0 {
-			sig = int(f.inflight)
-		}
+	for _, tid := range f.tids {
+		sig := f.inflight[tid]
 		if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil && !errors.Is(err, syscall.ESRCH) {
 			errs = append(errs, fmt.Errorf("let thread %d go: %w", tid, err))
 		}
@@ -47,6 +45,14 @@ func (f *Frozen) Kill() error {
 	err := syscall.Kill(f.pid, syscall.SIGKILL)
 	for _, tid := range f.tids {
 		ptrace(unix.PTRACE_DETACH, tid, 0, 0)
+	}
+	// Threads other than the leader that died traced are the tracer's to
+	// reap; until they are, the leader cannot be waited for by its parent.
+	for _, tid := range f.tids {
+		if tid != f.pid {
+			var ws syscall.WaitStatus
+			syscall.Wait4(tid, &ws, unix.WALL, nil)
+		}
 	}
 	return err
 }
@@ -112,39 +118,55 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := Movable(pid); err != nil {
 		return nil, nil, err
 	}
-	tids, err := threads(pid)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
-	}
-	f := &Frozen{pid: pid}
-	for _, tid := range tids {
-		if err := ptrace(unix.PTRACE_SEIZE, tid, 0, unix.PTRACE_O_TRACESYSGOOD); err != nil {
-			f.Resume()
-			return nil, nil, fmt.Errorf("attach to thread %d: %w", tid, err)
-		}
-		f.tids = append(f.tids, tid)
-	}
+	f := &Frozen{pid: pid, inflight: map[int]syscall.Signal{}}
 	defer func() {
 		if err != nil {
 			f.Resume()
 		}
 	}()
-	for _, tid := range tids {
-		if err := unix.PtraceInterrupt(tid); err != nil {
-			return nil, nil, fmt.Errorf("stop thread %d: %w", tid, err)
-		}
-		ws, err := waitStop(tid)
+	// Stop every thread; list them again until no new one appears (one
+	// not stopped yet may start another meanwhile).
+	for {
+		tids, err := threads(pid)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
 		}
-		// A stop for a signal being delivered, rather than our interrupt:
-		// remember the signal, it is delivered when the process goes on.
-		if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
-			if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
-				f.inflight = s
+		added := 0
+		for _, tid := range tids {
+			if slices.Contains(f.tids, tid) {
+				continue
+			}
+			if err := ptrace(unix.PTRACE_SEIZE, tid, 0, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+				if errors.Is(err, syscall.ESRCH) && tid != pid {
+					continue // it ended meanwhile
+				}
+				return nil, nil, fmt.Errorf("attach to thread %d: %w", tid, err)
+			}
+			f.tids = append(f.tids, tid)
+			added++
+			if err := unix.PtraceInterrupt(tid); err != nil {
+				return nil, nil, fmt.Errorf("stop thread %d: %w", tid, err)
+			}
+			ws, err := waitStop(tid)
+			if err != nil {
+				return nil, nil, err
+			}
+			// A stop for a signal being delivered, rather than our
+			// interrupt: it is delivered when the process goes on.
+			if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
+				if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
+					f.inflight[tid] = s
+				}
 			}
 		}
+		if added == 0 {
+			break
+		}
 	}
+	if len(f.tids) == 0 || f.tids[0] != pid {
+		return nil, nil, fmt.Errorf("process %d has no main thread to stop", pid)
+	}
+	tids := f.tids
 	// Check again, frozen: it may have changed since.
 	if err := Movable(pid); err != nil {
 		return nil, nil, err
@@ -171,7 +193,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if img.VMAs, err = imageVMAs(maps); err != nil {
 		return nil, nil, err
 	}
-	if err := dumpInside(tids[0], img); err != nil {
+	if err := dumpInside(tids, img); err != nil {
 		return nil, nil, err
 	}
 	f.vmas = img.VMAs
@@ -277,10 +299,11 @@ func dumpThread(tid int) (Thread, error) {
 	return t, nil
 }
 
-// dumpInside runs, in the process's main thread, the system calls that
-// read what only the process itself can: its break, signal actions,
-// alternate stack, timers and clear_child_tid.
-func dumpInside(tid int, img *Image) (err error) {
+// dumpInside runs, in the process's threads, the system calls that read
+// what only the process itself can: its break, signal actions and timers
+// (in the main thread), each thread's alternate stack and clear_child_tid.
+func dumpInside(tids []int, img *Image) (err error) {
+	tid := tids[0]
 	mask, err := getSigmask(tid)
 	if err != nil {
 		return err
@@ -353,6 +376,57 @@ func dumpInside(tid int, img *Image) (err error) {
 		img.Timers[which] = parseTimer(b[timersAt+32*which:])
 	}
 	img.Threads[0].TidAddress = leU64(b[tidAddrAt:])
+	for i, t := range tids[1:] {
+		if err := dumpThreadInside(t, r, &img.Threads[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dumpThreadInside reads a thread's alternate stack and clear_child_tid
+// by a batch run in it, in the work area main set up.
+func dumpThreadInside(tid int, main *remote, t *Thread) (err error) {
+	mask, err := getSigmask(tid)
+	if err != nil {
+		return err
+	}
+	if err := setSigmask(tid, ^uint64(0)); err != nil {
+		return err
+	}
+	defer func() {
+		if e := setSigmask(tid, mask); e != nil && err == nil {
+			err = e
+		}
+	}()
+	r, err := main.forThread(tid)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if e := r.close(); e != nil && err == nil {
+			err = e
+		}
+	}()
+	s := r.scratch
+	errs, _, err := r.batch([]sysCall{
+		sc(unix.SYS_SIGALTSTACK, 0, s),
+		sc(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s+32),
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range errs {
+		if e != nil {
+			return fmt.Errorf("read the state of thread %d: %w", tid, e)
+		}
+	}
+	b := make([]byte, 40)
+	if err := r.read(s, b); err != nil {
+		return err
+	}
+	t.AltStack = parseAltStack(b)
+	t.TidAddress = leU64(b[32:])
 	return nil
 }
 
@@ -367,16 +441,9 @@ func leU64(b []byte) uint64 {
 // Movable says why the process pid cannot move (a *PinnedError), or nil:
 // what Freeze would refuse, found without stopping it.
 func Movable(pid int) error {
-	tids, err := threads(pid)
-	if err != nil {
-		return fmt.Errorf("list the threads of %d: %w", pid, err)
-	}
-	if len(tids) != 1 {
-		return &PinnedError{Reason: fmt.Sprintf("it has %d threads, and this version moves single-threaded processes only", len(tids))}
-	}
 	if err := checkChildren(pid); err != nil {
 		return err
 	}
-	_, err = dumpFiles(pid)
+	_, err := dumpFiles(pid)
 	return err
 }

@@ -49,6 +49,16 @@ func newRemote(tid int) (*remote, error) {
 	return r, nil
 }
 
+// forThread is a remote for another stopped thread of the same process,
+// running its calls in r's work area.
+func (r *remote) forThread(tid int) (*remote, error) {
+	t := &remote{tid: tid, syscallAt: r.codeAt - 64, codeAt: r.codeAt, tableAt: r.tableAt, scratch: r.scratch}
+	if err := unix.PtraceGetRegs(tid, &t.saved); err != nil {
+		return nil, fmt.Errorf("read the registers of thread %d: %w", tid, err)
+	}
+	return t, nil
+}
+
 // close puts back the code and the registers.
 func (r *remote) close() error {
 	if r.mem != nil {
@@ -107,6 +117,46 @@ func (r *remote) enter(nr uintptr, args ...uint64) (func() (uint64, error), erro
 		}
 		return rg.Rax, nil
 	}, nil
+}
+
+// cloneThread starts a new thread in the tracee, which must trace its
+// clones (PTRACE_O_TRACECLONE): the thread is returned stopped before its
+// first instruction, its registers for the caller to set.
+func (r *remote) cloneThread() (int, error) {
+	const flags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+	rg := r.saved
+	rg.Rax, rg.Orig_rax = unix.SYS_CLONE, ^uint64(0)
+	rg.Rdi, rg.Rsi, rg.Rdx, rg.R10, rg.R8 = flags, 0, 0, 0, 0
+	rg.Rip = r.syscallAt
+	if err := unix.PtraceSetRegs(r.tid, &rg); err != nil {
+		return 0, fmt.Errorf("set up a clone in thread %d: %w", r.tid, err)
+	}
+	if err := r.stepSyscall(); err != nil { // entry
+		return 0, err
+	}
+	if err := unix.PtraceSyscall(r.tid, 0); err != nil {
+		return 0, err
+	}
+	ws, err := waitStop(r.tid)
+	if err != nil {
+		return 0, err
+	}
+	if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_CLONE {
+		return 0, fmt.Errorf("thread %d stopped by %v instead of at its clone", r.tid, ws)
+	}
+	msg, err := unix.PtraceGetEventMsg(r.tid)
+	if err != nil {
+		return 0, err
+	}
+	tid := int(msg)
+	if err := r.stepSyscall(); err != nil { // exit
+		return 0, err
+	}
+	// The new thread stops first thing (it is traced, with a SIGSTOP).
+	if _, err := waitStop(tid); err != nil {
+		return 0, err
+	}
+	return tid, nil
 }
 
 // stepSyscall runs the thread to its next syscall stop.

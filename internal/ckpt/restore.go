@@ -107,6 +107,7 @@ func RestoreFrom(pid int, d *Decoder) (*Restored, error) {
 // for Go or Abort, which must be called from the thread that restored it.
 type Restored struct {
 	pid  int
+	tids []int // the other threads
 	done bool
 }
 
@@ -119,9 +120,11 @@ func (r *Restored) Go() error {
 		return errors.New("the restored process was already let go or aborted")
 	}
 	r.done = true
-	if err := ptrace(unix.PTRACE_DETACH, r.pid, 0, 0); err != nil {
-		r.kill()
-		return fmt.Errorf("let the restored process run: %w", err)
+	for _, tid := range append(slices.Clone(r.tids), r.pid) {
+		if err := ptrace(unix.PTRACE_DETACH, tid, 0, 0); err != nil {
+			r.kill()
+			return fmt.Errorf("let the restored process run: %w", err)
+		}
 	}
 	return nil
 }
@@ -137,6 +140,9 @@ func (r *Restored) Abort() {
 func (r *Restored) kill() {
 	syscall.Kill(r.pid, syscall.SIGKILL)
 	var ws syscall.WaitStatus
+	for _, tid := range r.tids {
+		syscall.Wait4(tid, &ws, syscall.WALL, nil)
+	}
 	syscall.Wait4(r.pid, &ws, syscall.WALL, nil)
 }
 
@@ -146,13 +152,14 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 	if img.Version != ImageVersion {
 		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
 	}
+	restored := &Restored{pid: pid}
 	defer func() {
 		if err != nil {
-			(&Restored{pid: pid}).kill()
+			restored.kill()
 		}
 	}()
-	if len(img.Threads) != 1 {
-		return nil, fmt.Errorf("the image has %d threads; this version restores single-threaded processes only", len(img.Threads))
+	if len(img.Threads) == 0 {
+		return nil, errors.New("the image has no threads")
 	}
 	if err := checkFiles(img.VMAs); err != nil {
 		return nil, err
@@ -163,7 +170,8 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 		return nil, fmt.Errorf("the new process stopped with %v, not at its exec", ws)
 	}
 	// If this thread dies before the restore is done, so does the stub.
-	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL); err != nil {
+	// Threads it starts are ours from their first instruction.
+	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACECLONE); err != nil {
 		return nil, fmt.Errorf("set trace options of the new process: %w", err)
 	}
 	if err := setSigmask(pid, ^uint64(0)); err != nil {
@@ -277,6 +285,17 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 			return nil, err
 		}
 	}
+	// The other threads, started by the main one, each set up in itself.
+	for _, t := range img.Threads[1:] {
+		tid, err := r.cloneThread()
+		if err != nil {
+			return nil, err
+		}
+		restored.tids = append(restored.tids, tid)
+		if err := restoreThread(r, tid, t); err != nil {
+			return nil, err
+		}
+	}
 	final := resumeRegs(t.Regs)
 
 	// The last system call unmaps the trampoline; at its exit stop the
@@ -297,7 +316,51 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 	if err := setSigmask(pid, t.Sigmask); err != nil {
 		return nil, err
 	}
-	return &Restored{pid: pid}, nil
+	return restored, nil
+}
+
+// restoreThread gives a thread started by cloneThread the state of the
+// image's thread t: its registrations with the kernel (set in it), its
+// registers, extended state and signal mask.
+func restoreThread(main *remote, tid int, t Thread) error {
+	r, err := main.forThread(tid)
+	if err != nil {
+		return err
+	}
+	var calls []sysCall
+	if t.RobustList != 0 {
+		calls = append(calls, sc(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen))
+	}
+	calls = append(calls, sc(unix.SYS_SET_TID_ADDRESS, t.TidAddress))
+	if t.RseqAddr != 0 {
+		calls = append(calls, sc(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)))
+	}
+	if ss := t.AltStack; ss[2] != 0 && ss[1]&ssDisable == 0 {
+		if err := r.write(r.scratch, le64(ss[0], ss[1]&^ssOnStack, ss[2])); err != nil {
+			return err
+		}
+		calls = append(calls, sc(unix.SYS_SIGALTSTACK, r.scratch, 0))
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for i, e := range errs {
+		if e != nil {
+			return fmt.Errorf("set up thread %d (call %d): %w", t.Tid, calls[i].nr, e)
+		}
+	}
+	if err := fixCachedTid(main, t, tid); err != nil {
+		return err
+	}
+	final := resumeRegs(t.Regs)
+	if err := unix.PtraceSetRegs(tid, &final); err != nil {
+		return fmt.Errorf("set the registers of thread %d: %w", tid, err)
+	}
+	if err := setXState(tid, t.XState); err != nil {
+		return err
+	}
+	return setSigmask(tid, t.Sigmask)
 }
 
 // resumeRegs are the registers to resume a thread with. A thread stopped
