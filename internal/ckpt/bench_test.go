@@ -92,7 +92,7 @@ func BenchmarkRestore(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				r, err := RestoreFrom(stub.Pid, d)
+				r, err := RestoreFrom(stub.Pid, d, 0)
 				if err != nil {
 					b.Fatal(err)
 				}

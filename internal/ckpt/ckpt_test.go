@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
 
 // programs are the C test programs of testdata/, built once.
@@ -164,7 +166,7 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		t.Fatalf("start the stub: %v", err)
 	}
 	w.Close()
-	restored, err := RestoreFrom(stub.Pid, d)
+	restored, err := RestoreFrom(stub.Pid, d, 0)
 	if err := <-dumped; err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
@@ -390,3 +392,144 @@ func TestRestoreRefusesChangedFiles(t *testing.T) {
 // Threads: each with its registers, stack, TLS and futex waits (a barrier,
 // a condition variable, a long sleep) come back, under new thread ids.
 func TestMoveThreads(t *testing.T) { checkMove(t, "threads", 10, "40") }
+
+// In PID namespaces of their own (as mosaic runs programs), a moved
+// process keeps what it sees of its identity: getpid, every thread's
+// gettid (with gaps between them), getppid and /proc/self; run as an
+// ordinary user, whose restore cannot choose ids itself.
+func TestMoveKeepsIDs(t *testing.T) {
+	needRoot(t)
+	s, err := spawn.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	devnull, _ := os.Open(os.DevNull)
+	defer devnull.Close()
+	for _, prog := range []string{"ids", "ids-static"} {
+		t.Run(prog, func(t *testing.T) {
+			spec := spawn.Spec{Argv: []string{programs[prog], "30"}, Dir: "/", UID: 65534, GID: 65534}
+			// start runs spec in a namespace of its own, its output into
+			// the returned pipe.
+			start := func() (*os.Process, *spawn.Namespace, *os.File) {
+				ns, err := s.NewNamespace()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ns.Close() })
+				r, w, err := os.Pipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				sp := spec
+				sp.Files, sp.Namespace = []*os.File{devnull, w, os.Stderr}, ns
+				p, err := s.Start(sp)
+				w.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p, ns, r
+			}
+			p, _, r := start()
+			want, _ := io.ReadAll(r)
+			if ws := waitFor(t, p.Pid); ws.ExitStatus() != 0 || !strings.Contains(string(want), "pid 2 tids 2 3 5 ppid 0 /proc/self 2 same") {
+				t.Fatalf("undisturbed run: %v\n%s", ws, want)
+			}
+
+			orig, _, r := start()
+			br := bufio.NewReader(r)
+			var out strings.Builder
+			for range 5 {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				out.WriteString(line)
+			}
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pr.Close()
+			decided := make(chan bool)
+			dumped := make(chan error, 1)
+			go func() {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				_, frozen, err := Checkpoint(orig.Pid, pw)
+				pw.Close()
+				dumped <- err
+				if err != nil {
+					return
+				}
+				if <-decided {
+					frozen.Kill()
+				} else {
+					frozen.Resume()
+				}
+				decided <- true
+			}()
+			d, err := NewDecoder(pr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns, err := s.NewNamespace()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Close()
+			// The restored copy writes into the same pipe.
+			stdout, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/1", orig.Pid), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pid int
+			sp := spec
+			sp.Argv, sp.Files, sp.Namespace = []string{d.Image().Exe}, []*os.File{devnull, stdout, os.Stderr}, ns
+			err = s.Traced(sp, func(p *os.Process) error {
+				pid = p.Pid
+				restored, err := RestoreFrom(p.Pid, d, ns.Init.Pid)
+				if err != nil {
+					pr.Close() // the dump may still be writing
+				}
+				derr := <-dumped
+				if err != nil || derr != nil {
+					if derr == nil {
+						decided <- false
+						<-decided
+					} else if restored != nil {
+						restored.Abort()
+					}
+					return fmt.Errorf("restore: %v; checkpoint: %v", err, derr)
+				}
+				decided <- true
+				<-decided
+				return restored.Go()
+			})
+			stdout.Close()
+			if err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			waitFor(t, orig.Pid)
+			rest, _ := io.ReadAll(br)
+			out.Write(rest)
+			if ws := waitFor(t, pid); ws.ExitStatus() != 0 || out.String() != string(want) {
+				t.Fatalf("after a move: %v\n got %s\nwant %s", ws, out.String(), want)
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, pid int) syscall.WaitStatus {
+	t.Helper()
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// Signals waiting while blocked (for a thread, for the process, queued
+// real-time ones with their values) and POSIX timers (signalling the
+// process, a thread, or no one) are all there after a move.
+func TestMovePendingSignalsAndTimers(t *testing.T) { checkMove(t, "pending", 10, "40") }

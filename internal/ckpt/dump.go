@@ -21,8 +21,10 @@ type Frozen struct {
 	tids []int
 	vmas []VMA // what ReadMemory reads
 	// inflight are signals that were being delivered to threads when they
-	// were stopped; Resume delivers them.
-	inflight map[int]syscall.Signal
+	// were stopped; Resume delivers them, and an image carries them as
+	// pending (inflightInfo, their siginfo).
+	inflight     map[int]syscall.Signal
+	inflightInfo map[int][]byte
 }
 
 // Pid is the frozen process.
@@ -118,7 +120,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := Movable(pid); err != nil {
 		return nil, nil, err
 	}
-	f := &Frozen{pid: pid, inflight: map[int]syscall.Signal{}}
+	f := &Frozen{pid: pid, inflight: map[int]syscall.Signal{}, inflightInfo: map[int][]byte{}}
 	defer func() {
 		if err != nil {
 			f.Resume()
@@ -156,6 +158,9 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 			if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
 				if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
 					f.inflight[tid] = s
+					if f.inflightInfo[tid], err = getSiginfo(tid); err != nil {
+						return nil, nil, err
+					}
 				}
 			}
 		}
@@ -175,7 +180,11 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	img = &Image{Version: ImageVersion, Pid: pid, Files: files}
+	seen, err := seenID(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	img = &Image{Version: ImageVersion, Pid: seen, Files: files}
 	if err := dumpProcess(pid, img); err != nil {
 		return nil, nil, err
 	}
@@ -184,7 +193,21 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		if info := f.inflightInfo[tid]; info != nil {
+			t.Pending = append(t.Pending, info)
+		}
+		queued, err := pendingSignals(tid, false)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.Pending = append(t.Pending, queued...)
 		img.Threads = append(img.Threads, t)
+	}
+	if img.SharedPending, err = pendingSignals(pid, true); err != nil {
+		return nil, nil, err
+	}
+	if img.PosixTimers, err = readPosixTimers(pid, tids, img.Threads); err != nil {
+		return nil, nil, err
 	}
 	maps, err := readMaps(pid)
 	if err != nil {
@@ -273,13 +296,16 @@ func dumpProcess(pid int, img *Image) error {
 // dumpThread reads a stopped thread's registers, FPU state, signal mask and
 // registrations with the kernel.
 func dumpThread(tid int) (Thread, error) {
-	t := Thread{Tid: tid}
+	t := Thread{}
+	var err error
+	if t.Tid, err = seenID(tid); err != nil {
+		return t, err
+	}
 	var rg regs
 	if err := unix.PtraceGetRegs(tid, &rg); err != nil {
 		return t, fmt.Errorf("read the registers of thread %d: %w", tid, err)
 	}
 	t.Regs = regsFrom(&rg)
-	var err error
 	if t.XState, err = getXState(tid); err != nil {
 		return t, err
 	}
@@ -353,12 +379,17 @@ func dumpInside(tids []int, img *Image) (err error) {
 		calls = append(calls, sc(unix.SYS_GETITIMER, which, s+timersAt+32*which))
 	}
 	calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s+tidAddrAt))
+	timersFrom := len(calls)
+	calls = append(calls, timerGetCalls(img.PosixTimers, s+end)...)
 	errs, rets, err := r.batch(calls)
 	if err != nil {
 		return err
 	}
-	b := make([]byte, end)
+	b := make([]byte, end+32*len(img.PosixTimers))
 	if err := r.read(s, b); err != nil {
+		return err
+	}
+	if err := parseTimerGets(img.PosixTimers, b[end:], errs[timersFrom:]); err != nil {
 		return err
 	}
 	for i, what := range map[int]string{0: "the break", 65: "the alternate signal stack", 66: "interval timer 0",

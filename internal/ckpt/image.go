@@ -13,7 +13,7 @@ package ckpt
 
 // ImageVersion is the version of the image format; a restorer refuses
 // images of another version.
-const ImageVersion = 1
+const ImageVersion = 2
 
 // Image is everything needed to recreate a process.
 type Image struct {
@@ -35,6 +35,26 @@ type Image struct {
 	Actions []Sigaction
 	Files   []File
 	Timers  [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
+	// PosixTimers are the timer_create timers.
+	PosixTimers []PosixTimer
+	// SharedPending are the signals queued for the process as a whole,
+	// as raw siginfo (128 bytes each), oldest first.
+	SharedPending [][]byte
+}
+
+// PosixTimer is a timer made by timer_create, as /proc/PID/timers and
+// timer_gettime tell.
+type PosixTimer struct {
+	ID      int32
+	Clock   int32
+	Notify  int32  // SIGEV_SIGNAL, SIGEV_NONE, with SIGEV_THREAD_ID or not
+	Signo   int32  // the signal it sends
+	Value   uint64 // sigev_value
+	Tid     int32  // the thread it signals (SIGEV_THREAD_ID), as the process sees it
+	Running bool
+	// IntervalNs and ValueNs: the period, and the time left to its next
+	// expiry.
+	IntervalNs, ValueNs int64
 }
 
 // Rlimit is one resource limit.
@@ -82,7 +102,7 @@ type PageRun struct {
 
 // Thread is one thread's state.
 type Thread struct {
-	Tid        int
+	Tid        int // as the process sees it (in its PID namespace)
 	Regs       Regs
 	XState     []byte // XSAVE area (PTRACE_GETREGSET NT_X86_XSTATE)
 	Sigmask    uint64
@@ -93,6 +113,9 @@ type Thread struct {
 	RobustList uint64
 	RobustLen  uint64
 	AltStack   [3]uint64 // ss_sp, ss_flags, ss_size
+	// Pending are the signals queued for this thread alone, the one being
+	// delivered when it stopped first; raw siginfo, 128 bytes each.
+	Pending [][]byte
 }
 
 // Regs are the general-purpose registers (user_regs_struct of x86-64).

@@ -242,3 +242,17 @@ func memFile(pid int) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// seenID is the id of thread tid as it sees itself: its number in the
+// innermost PID namespace it is in (the last of NSpid).
+func seenID(tid int) (int, error) {
+	v, err := statusField(tid, "NSpid")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(v)
+	if len(f) == 0 {
+		return 0, fmt.Errorf("empty NSpid for thread %d", tid)
+	}
+	return strconv.Atoi(f[len(f)-1])
+}

@@ -32,7 +32,7 @@ const (
 // and 2 are the process's standard ones; it should run as the image's
 // user. If Restore fails the stub is killed.
 func Restore(pid int, img *Image) error {
-	r, err := restore(pid, img, func(write func(PageRun) error) error {
+	r, err := restore(pid, img, 0, func(write func(PageRun) error) error {
 		for _, p := range img.Pages {
 			if err := write(p); err != nil {
 				return err
@@ -50,8 +50,12 @@ func Restore(pid int, img *Image) error {
 // its memory into the process as it arrives. The process is left stopped
 // (see Restored) once all of the image has arrived and checked out; if
 // anything fails, the stub is killed.
-func RestoreFrom(pid int, d *Decoder) (*Restored, error) {
-	return restore(pid, d.Image(), func(write func(PageRun) error) error {
+//
+// init, if not 0, is the init of the PID namespace the new process is in
+// (and alone in): its threads then get the ids they had, and the process
+// must have the one it had.
+func RestoreFrom(pid int, d *Decoder, init int) (*Restored, error) {
+	return restore(pid, d.Image(), init, func(write func(PageRun) error) error {
 		// Receiving and writing overlap: a goroutine decodes runs into
 		// free buffers while this thread writes the ones decoded.
 		const depth = 3
@@ -148,7 +152,7 @@ func (r *Restored) kill() {
 
 // restore does the work of Restore and RestoreFrom; pages writes the
 // image's memory with the function it is given.
-func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+func restore(pid int, img *Image, init int, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
 	if img.Version != ImageVersion {
 		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
 	}
@@ -280,21 +284,39 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 			return nil, fmt.Errorf("register rseq: %w", err)
 		}
 	}
-	if t.Tid != pid {
-		if err := fixCachedTid(r, t, pid); err != nil {
+	seen, err := seenID(pid)
+	if err != nil {
+		return nil, err
+	}
+	if init != 0 && seen != img.Pid {
+		return nil, fmt.Errorf("the new process is %d in its PID namespace, not %d as in the image", seen, img.Pid)
+	}
+	if t.Tid != seen {
+		if err := fixCachedTid(r, t, seen); err != nil {
 			return nil, err
 		}
 	}
 	// The other threads, started by the main one, each set up in itself.
-	for _, t := range img.Threads[1:] {
-		tid, err := r.cloneThread()
+	seenTids := []int{seen}
+	if len(img.Threads) > 1 {
+		others, err := restoreThreads(r, img.Threads[1:], init, restored)
 		if err != nil {
 			return nil, err
 		}
-		restored.tids = append(restored.tids, tid)
-		if err := restoreThread(r, tid, t); err != nil {
-			return nil, err
-		}
+		seenTids = append(seenTids, others...)
+	}
+	// With every thread there: the timers that may signal one, and the
+	// signals that were waiting (all blocked in every thread until it
+	// runs, so none is taken meanwhile).
+	newTid := map[int32]int32{}
+	for i, t := range img.Threads {
+		newTid[int32(t.Tid)] = int32(seenTids[i])
+	}
+	if err := restorePosixTimers(r, img.PosixTimers, newTid); err != nil {
+		return nil, err
+	}
+	if err := queueSignals(r, seen, seenTids, img.Threads, img.SharedPending); err != nil {
+		return nil, err
 	}
 	final := resumeRegs(t.Regs)
 
@@ -319,10 +341,50 @@ func restore(pid int, img *Image, pages func(write func(PageRun) error) error) (
 	return restored, nil
 }
 
+// restoreThreads starts the threads other than the main one, with their
+// ids when init (of their PID namespace) is given.
+func restoreThreads(r *remote, threads []Thread, init int, restored *Restored) (seenTids []int, err error) {
+	var ids *pidSetter
+	if init != 0 {
+		if ids, err = attachInit(init); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if e := ids.detach(); e != nil && err == nil {
+				err = e
+			}
+		}()
+	}
+	for _, t := range threads {
+		if ids != nil {
+			if err := ids.next(t.Tid); err != nil {
+				return nil, err
+			}
+		}
+		tid, err := r.cloneThread()
+		if err != nil {
+			return nil, err
+		}
+		restored.tids = append(restored.tids, tid)
+		seen, err := seenID(tid)
+		if err != nil {
+			return nil, err
+		}
+		if ids != nil && seen != t.Tid {
+			return nil, fmt.Errorf("thread %d came back as %d: the id is taken in its PID namespace", t.Tid, seen)
+		}
+		if err := restoreThread(r, tid, seen, t); err != nil {
+			return nil, err
+		}
+		seenTids = append(seenTids, seen)
+	}
+	return seenTids, nil
+}
+
 // restoreThread gives a thread started by cloneThread the state of the
 // image's thread t: its registrations with the kernel (set in it), its
 // registers, extended state and signal mask.
-func restoreThread(main *remote, tid int, t Thread) error {
+func restoreThread(main *remote, tid, seen int, t Thread) error {
 	r, err := main.forThread(tid)
 	if err != nil {
 		return err
@@ -350,8 +412,10 @@ func restoreThread(main *remote, tid int, t Thread) error {
 			return fmt.Errorf("set up thread %d (call %d): %w", t.Tid, calls[i].nr, e)
 		}
 	}
-	if err := fixCachedTid(main, t, tid); err != nil {
-		return err
+	if seen != t.Tid {
+		if err := fixCachedTid(main, t, seen); err != nil {
+			return err
+		}
 	}
 	final := resumeRegs(t.Regs)
 	if err := unix.PtraceSetRegs(tid, &final); err != nil {

@@ -2,7 +2,14 @@ package ckpt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -107,4 +114,243 @@ func restoreTimers(r *remote, ts [3]ITimer) error {
 const (
 	ssOnStack = 1
 	ssDisable = 2
+)
+
+// getSiginfo reads the siginfo of the signal a thread stopped to take.
+func getSiginfo(tid int) ([]byte, error) {
+	info := make([]byte, siginfoSize)
+	if err := ptrace(unix.PTRACE_GETSIGINFO, tid, 0, uintptr(unsafe.Pointer(&info[0]))); err != nil {
+		return nil, fmt.Errorf("read the signal thread %d is taking: %w", tid, err)
+	}
+	return info, nil
+}
+
+const siginfoSize = 128
+
+// maxPosixTimers bounds what one batch reads (32 bytes of scratch each).
+const maxPosixTimers = 150
+
+// readPosixTimers lists the process's timer_create timers from
+// /proc/PID/timers (their times are read inside it, see timerGetCalls).
+// tids are the threads' ids here, threads their image entries in the same
+// order: a timer that signals a thread names it as the process sees it.
+func readPosixTimers(pid int, tids []int, threads []Thread) ([]PosixTimer, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", pid))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil // a kernel without CONFIG_CHECKPOINT_RESTORE: none to see
+		}
+		return nil, fmt.Errorf("read the POSIX timers of %d: %w", pid, err)
+	}
+	var out []PosixTimer
+	var t *PosixTimer
+	for line := range strings.Lines(string(b)) {
+		key, val, ok := strings.Cut(strings.TrimSpace(line), ": ")
+		if !ok {
+			continue
+		}
+		switch key {
+		case "ID":
+			out = append(out, PosixTimer{})
+			t = &out[len(out)-1]
+			_, err = fmt.Sscanf(val, "%d", &t.ID)
+		case "signal":
+			if t != nil {
+				_, err = fmt.Sscanf(val, "%d/%x", &t.Signo, &t.Value)
+			}
+		case "notify":
+			if t == nil {
+				break
+			}
+			// "signal/pid.N", "none/pid.N", "signal/tid.N"
+			how, who, _ := strings.Cut(val, "/")
+			switch how {
+			case "signal":
+				t.Notify = sigevSignal
+			case "none":
+				t.Notify = sigevNone
+			default:
+				return nil, fmt.Errorf("POSIX timer %d notifies by %q, which is not carried", t.ID, how)
+			}
+			if kind, n, ok := strings.Cut(who, "."); ok && kind == "tid" {
+				t.Notify |= sigevThreadID
+				tid, _ := strconv.Atoi(n)
+				i := slices.Index(tids, tid)
+				if i < 0 {
+					return nil, fmt.Errorf("POSIX timer %d signals thread %d, not of this process", t.ID, tid)
+				}
+				t.Tid = int32(threads[i].Tid)
+			}
+		case "ClockID":
+			if t != nil {
+				_, err = fmt.Sscanf(val, "%d", &t.Clock)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the POSIX timers of %d: %q: %w", pid, line, err)
+		}
+	}
+	if len(out) > maxPosixTimers {
+		return nil, &PinnedError{Reason: fmt.Sprintf("it has %d POSIX timers, and at most %d move", len(out), maxPosixTimers)}
+	}
+	return out, nil
+}
+
+// timerGetCalls read each timer's time left and period, 32 bytes each
+// (struct itimerspec) from out.
+func timerGetCalls(ts []PosixTimer, out uint64) []sysCall {
+	var calls []sysCall
+	for i, t := range ts {
+		calls = append(calls, sc(unix.SYS_TIMER_GETTIME, uint64(t.ID), out+32*uint64(i)))
+	}
+	return calls
+}
+
+func parseTimerGets(ts []PosixTimer, b []byte, errs []error) error {
+	for i := range ts {
+		if errs[i] != nil {
+			return fmt.Errorf("read POSIX timer %d: %w", ts[i].ID, errs[i])
+		}
+		spec := b[32*i:]
+		ns := func(o int) int64 {
+			return int64(binary.LittleEndian.Uint64(spec[o:]))*1e9 + int64(binary.LittleEndian.Uint64(spec[o+8:]))
+		}
+		ts[i].IntervalNs, ts[i].ValueNs = ns(0), ns(16)
+		ts[i].Running = ts[i].ValueNs != 0
+	}
+	return nil
+}
+
+// restorePosixTimers makes the timers again under their ids (the kernel
+// takes the id asked for while PR_TIMER_CREATE_RESTORE_IDS is on) and sets
+// them going with the time they had left. newTid maps the image's thread
+// ids to the restored threads' (the same in a PID namespace).
+func restorePosixTimers(r *remote, ts []PosixTimer, newTid map[int32]int32) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	if len(ts) > maxPosixTimers {
+		return fmt.Errorf("the image has %d POSIX timers, more than %d", len(ts), maxPosixTimers)
+	}
+	// Per timer in the scratch memory: a struct sigevent (64 bytes), the
+	// id (8) and a struct itimerspec (32): 104 bytes.
+	const each = 104
+	var data []byte
+	calls := []sysCall{sc(unix.SYS_PRCTL, unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_ON)}
+	for i, t := range ts {
+		at := r.scratch + uint64(each*i)
+		ev := make([]byte, 64)
+		binary.LittleEndian.PutUint64(ev[0:], t.Value)
+		binary.LittleEndian.PutUint32(ev[8:], uint32(t.Signo))
+		binary.LittleEndian.PutUint32(ev[12:], uint32(t.Notify))
+		if t.Notify&sigevThreadID != 0 {
+			tid, ok := newTid[t.Tid]
+			if !ok {
+				return fmt.Errorf("POSIX timer %d signals thread %d, which is not in the image", t.ID, t.Tid)
+			}
+			binary.LittleEndian.PutUint32(ev[16:], uint32(tid))
+		}
+		data = append(data, ev...)
+		data = binary.LittleEndian.AppendUint64(data, uint64(t.ID))
+		iv, v := t.IntervalNs, t.ValueNs
+		data = append(data, le64(uint64(iv/1e9), uint64(iv%1e9), uint64(v/1e9), uint64(v%1e9))...)
+		calls = append(calls, sc(unix.SYS_TIMER_CREATE, uint64(t.Clock), at, at+64))
+	}
+	calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_OFF))
+	for i, t := range ts {
+		if t.Running {
+			at := r.scratch + uint64(each*i)
+			calls = append(calls, sc(unix.SYS_TIMER_SETTIME, uint64(t.ID), 0, at+72, 0))
+		}
+	}
+	if err := r.write(r.scratch, data); err != nil {
+		return err
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	if errs[0] != nil {
+		return fmt.Errorf("this kernel cannot give POSIX timers their ids back: %w", errs[0])
+	}
+	for i, t := range ts {
+		if e := errs[1+i]; e != nil {
+			return fmt.Errorf("make POSIX timer %d again: %w", t.ID, e)
+		}
+	}
+	got := make([]byte, each*len(ts))
+	if err := r.read(r.scratch, got); err != nil {
+		return err
+	}
+	for i, t := range ts {
+		if id := int32(binary.LittleEndian.Uint64(got[each*i+64:])); id != t.ID {
+			return fmt.Errorf("POSIX timer %d came back as %d", t.ID, id)
+		}
+	}
+	for i, e := range errs[len(ts)+1:] {
+		if e != nil {
+			return fmt.Errorf("set a POSIX timer going (call %d): %w", i, e)
+		}
+	}
+	return nil
+}
+
+// queueSignals queues the image's pending signals again, from inside the
+// process (which alone may queue a siginfo that says the kernel or
+// another process sent it). tgid and tids are the ids as the process sees
+// them; tids[i] is threads[i]'s.
+func queueSignals(r *remote, tgid int, tids []int, threads []Thread, shared [][]byte) error {
+	type queued struct {
+		tid  int // 0: for the process
+		info []byte
+	}
+	var all []queued
+	for i, t := range threads {
+		for _, info := range t.Pending {
+			all = append(all, queued{tids[i], info})
+		}
+	}
+	for _, info := range shared {
+		all = append(all, queued{0, info})
+	}
+	perBatch := scratchSize / siginfoSize
+	for len(all) > 0 {
+		n := min(len(all), perBatch)
+		var data []byte
+		var calls []sysCall
+		for i, q := range all[:n] {
+			if len(q.info) != siginfoSize {
+				return fmt.Errorf("a pending signal of %d bytes in the image", len(q.info))
+			}
+			sig := uint64(binary.LittleEndian.Uint32(q.info))
+			at := r.scratch + uint64(siginfoSize*i)
+			data = append(data, q.info...)
+			if q.tid == 0 {
+				calls = append(calls, sc(unix.SYS_RT_SIGQUEUEINFO, uint64(tgid), sig, at))
+			} else {
+				calls = append(calls, sc(unix.SYS_RT_TGSIGQUEUEINFO, uint64(tgid), uint64(q.tid), sig, at))
+			}
+		}
+		if err := r.write(r.scratch, data); err != nil {
+			return err
+		}
+		errs, _, err := r.batch(calls)
+		if err != nil {
+			return err
+		}
+		for i, e := range errs {
+			if e != nil {
+				return fmt.Errorf("queue pending signal %d again: %w", binary.LittleEndian.Uint32(all[i].info), e)
+			}
+		}
+		all = all[n:]
+	}
+	return nil
+}
+
+// struct sigevent's sigev_notify.
+const (
+	sigevSignal   = 0
+	sigevNone     = 1
+	sigevThreadID = 4
 )

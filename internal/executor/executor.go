@@ -87,6 +87,9 @@ type guest struct {
 	started time.Time
 	std     *stdio
 	out     *sender
+	// ns is the process's PID and mount namespace; closing it ends what
+	// the process left running in it.
+	ns *spawn.Namespace
 
 	mu  sync.Mutex
 	pid int // negated once the process is reaped
@@ -155,9 +158,14 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	defer std.close()
 	g.std = std
+	if g.ns, err = e.cfg.Spawner.NewNamespace(); err != nil {
+		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+	}
+	defer g.ns.Close()
 	p, err := e.cfg.Spawner.Start(spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Files: std.childFiles(), Terminal: st.Tty != nil,
+		Namespace: g.ns,
 	})
 	std.closeChildEnds()
 	if err != nil {
@@ -204,6 +212,11 @@ func (e *Executor) supervise(s ServerStream, g *guest) {
 	}()
 
 	status := g.wait(out)
+	// What it left running in its namespace ends with it (and so lets go
+	// of its output pipes).
+	if err := g.ns.Close(); err != nil {
+		e.log.Warn("end the process's namespace", "id", st.Id, "err", err)
+	}
 	if g.hasMoved() {
 		// It runs elsewhere now; its relays were held when it froze.
 		e.log.Debug("moved away", "id", st.Id)

@@ -378,13 +378,17 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if p := ic.offer.PendingStdin; len(p) > 0 {
 		std.writeStdin(p)
 	}
+	if g.ns, err = e.cfg.Restorer.NewNamespace(); err != nil {
+		return failed("on %s: %v", e.node, err)
+	}
+	defer g.ns.Close()
 	spec := spawn.Spec{
 		Argv: []string{img.Exe}, Dir: img.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
-		Files: std.childFiles(), Terminal: st.Tty != nil,
+		Files: std.childFiles(), Terminal: st.Tty != nil, Namespace: g.ns,
 	}
 	var pid int
 	err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
-		r, err := ckpt.RestoreFrom(p.Pid, dec)
+		r, err := ckpt.RestoreFrom(p.Pid, dec, g.ns.Init.Pid)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
 		}

@@ -48,6 +48,9 @@ type Spec struct {
 	// Terminal: the child starts a session whose controlling terminal is
 	// Files[0]. Otherwise it leads a process group of its own.
 	Terminal bool
+	// Namespace, if set, is where the child starts (see Namespace); it
+	// must come from the same Spawner.
+	Namespace *Namespace
 }
 
 // Kind classifies why a process did not start.
@@ -74,6 +77,10 @@ type Spawner struct {
 	reqs chan request
 	done chan struct{}
 
+	// Owned by the Spawner's thread.
+	self *nsSelf
+	init *os.File
+
 	once  sync.Once
 	begun chan struct{} // closed once a thread other than the main one serves
 }
@@ -91,10 +98,13 @@ type request struct {
 	// traced, when set, gets the new process stopped at its exec, on the
 	// Spawner's thread (its tracer).
 	traced func(p *os.Process) error
+	// namespace asks for a new Namespace rather than a process.
+	namespace bool
 }
 
 type result struct {
 	p   *os.Process
+	ns  *Namespace
 	err error
 }
 
@@ -124,27 +134,71 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 		runtime.UnlockOSThread()
 		return
 	}
+	s.markStarted()
+	// From here on, returning lets the thread die rather than return it
+	// to the scheduler in another cgroup or namespace.
 	if place != nil {
 		if err := place(unix.Gettid()); err != nil {
 			ready <- fmt.Errorf("place the spawning thread: %w", err)
-			// Let the thread die rather than return it to the scheduler
-			// in the wrong cgroup.
 			return
 		}
 	}
-	s.markStarted()
-	defer close(s.done)
+	var err error
+	if s.self, err = enterSelf(); err != nil {
+		ready <- err
+		return
+	}
+	if s.init, err = loadInit(); err != nil {
+		ready <- err
+		return
+	}
+	defer func() {
+		s.init.Close()
+		s.self.pid.Close()
+		s.self.mnt.Close()
+		close(s.done)
+	}()
 	ready <- nil
 	for r := range s.reqs {
-		if r.traced != nil {
-			r.reply <- result{nil, startTraced(r.spec, r.traced)}
-			continue
+		var res result
+		switch {
+		case r.namespace:
+			res.ns, res.err = newNamespace(s.init)
+		case r.traced != nil:
+			res.err = s.startTraced(r.spec, r.traced)
+		default:
+			res.p, res.err = s.start(r.spec)
 		}
-		p, err := start(r.spec)
-		r.reply <- result{p, err}
+		r.reply <- res
 	}
 	// Returning while locked ends the thread (and takes it out of the
 	// cgroup).
+}
+
+// startProcess starts spec's program, in its namespace if it has one (the
+// thread is back in its own when it returns).
+func (s *Spawner) startProcess(spec Spec, traced bool) (p *os.Process, err error) {
+	if spec.Namespace == nil {
+		return startProcess(spec, traced)
+	}
+	err = s.self.in(spec.Namespace, func() error {
+		p, err = startProcess(spec, traced)
+		return err
+	})
+	return p, err
+}
+
+// NewNamespace makes a PID and mount namespace for a process to start in
+// (Spec.Namespace). The caller closes it when the process has ended.
+func (s *Spawner) NewNamespace() (*Namespace, error) {
+	r := request{namespace: true, reply: make(chan result, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.done:
+		return nil, errors.New("the node is shutting down")
+	}
+	res := <-r.reply
+	return res.ns, res.err
 }
 
 // Start starts a process and returns once it runs the program, with its
@@ -175,9 +229,9 @@ func (s *Spawner) Traced(spec Spec, fn func(p *os.Process) error) error {
 	return (<-r.reply).err
 }
 
-func startTraced(spec Spec, fn func(p *os.Process) error) error {
+func (s *Spawner) startTraced(spec Spec, fn func(p *os.Process) error) error {
 	spec.Rlimits = nil
-	p, err := startProcess(spec, true)
+	p, err := s.startProcess(spec, true)
 	if err != nil {
 		return err
 	}
@@ -192,9 +246,9 @@ func (s *Spawner) Close() {
 	<-s.done
 }
 
-func start(spec Spec) (*os.Process, error) {
+func (s *Spawner) start(spec Spec) (*os.Process, error) {
 	limits := changedLimits(spec.Rlimits)
-	p, err := startProcess(spec, len(limits) > 0)
+	p, err := s.startProcess(spec, len(limits) > 0)
 	if err != nil {
 		return nil, err
 	}
@@ -233,6 +287,13 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 			Pdeathsig:  syscall.SIGKILL,
 			Ptrace:     traced,
 		},
+	}
+	if spec.Namespace != nil {
+		// It dies with its namespace's init, which dies with the daemon.
+		// (Go's check that the parent is still there after setting a
+		// death signal reads getppid, 0 in the namespace, and would kill
+		// the child.)
+		attr.Sys.Pdeathsig = 0
 	}
 	if spec.Terminal {
 		attr.Sys.Setsid, attr.Sys.Setctty, attr.Sys.Ctty = true, true, 0

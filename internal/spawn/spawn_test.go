@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -189,26 +190,31 @@ func TestChildrenDieWithTheDaemon(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var pid int
-	if _, err := fmt.Fscan(out, &pid); err != nil {
-		t.Fatalf("read the child's pid: %v", err)
+	// One child as it is, one in a namespace of its own.
+	var pids [2]int
+	if _, err := fmt.Fscan(out, &pids[0], &pids[1]); err != nil {
+		t.Fatalf("read the children's pids: %v", err)
 	}
-	if syscall.Kill(pid, 0) != nil {
-		t.Fatalf("child %d is not running", pid)
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) != nil {
+			t.Fatalf("child %d is not running", pid)
+		}
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
 	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		// It is a zombie until init reaps it; it is dead either way.
-		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z") {
-			break
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil {
+			// It is a zombie until init reaps it; it is dead either way.
+			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z") {
+				break
+			}
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatalf("child %d outlived the process that started it", pid)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			t.Fatalf("child %d outlived the process that started it", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -219,12 +225,74 @@ func TestMain(m *testing.M) {
 			os.Exit(2)
 		}
 		devnull, _ := os.Open(os.DevNull)
-		p, err := s.Start(Spec{Argv: []string{"sleep", "60"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", Files: []*os.File{devnull, devnull, devnull}})
+		spec := Spec{Argv: []string{"sleep", "60"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", Files: []*os.File{devnull, devnull, devnull}}
+		p, err := s.Start(spec)
 		if err != nil {
 			os.Exit(3)
 		}
-		fmt.Println(p.Pid)
+		if spec.Namespace, err = s.NewNamespace(); err != nil {
+			os.Exit(4)
+		}
+		q, err := s.Start(spec)
+		if err != nil {
+			os.Exit(5)
+		}
+		fmt.Println(p.Pid, q.Pid)
 		time.Sleep(time.Hour)
 	}
 	os.Exit(m.Run())
+}
+
+// A program in a Namespace is PID 2 there, its /proc shows the
+// namespace, what it leaves behind is reaped and, at Close, killed; the
+// node's own /proc and mounts are untouched.
+func TestNamespace(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mountsBefore, _ := os.ReadFile("/proc/self/mountinfo")
+	ns, err := s.NewNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	script := `echo $$ $PPID; readlink /proc/self; ls /proc | grep -c '^[0-9]'; ` +
+		`sleep 0.1 >/dev/null 2>&1 & sleep 1000 >/dev/null 2>&1 & ` +
+		`grep -c . /proc/2/cmdline >/dev/null && cat /proc/2/comm`
+	out, ws := run(t, s, Spec{Argv: []string{"sh", "-c", script}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", UID: 65534, GID: 65534, Namespace: ns})
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("exit %v, output %q", ws, out)
+	}
+	// sh is PID 2 with no parent in the namespace; readlink, its first
+	// child, is 3; ls and grep (4, 5) see init, sh and themselves.
+	if want := "2 0\n3\n4\nsh\n"; out != want {
+		t.Fatalf("output %q, want %q", out, want)
+	}
+	children := func() string {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", ns.Init.Pid, ns.Init.Pid))
+		return strings.TrimSpace(string(b))
+	}
+	// The short sleep ends and is reaped; the long one is still there.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(strings.Fields(children())) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("init's children: %q, want the long sleep only", children())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	left, _ := strconv.Atoi(children())
+	if err := ns.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if syscall.Kill(left, 0) == nil {
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", left)); !strings.Contains(string(st), ") Z") {
+			t.Fatalf("process %d left in the namespace outlived it", left)
+		}
+	}
+	if mountsAfter, _ := os.ReadFile("/proc/self/mountinfo"); string(mountsAfter) != string(mountsBefore) {
+		t.Fatalf("the node's mounts changed:\nbefore %s\nafter %s", mountsBefore, mountsAfter)
+	}
 }
