@@ -92,7 +92,7 @@ func BenchmarkRestore(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				r, err := RestoreFrom(stub.Pid, d, 0)
+				r, err := RestoreFrom(stub.Pid, d, RestoreOptions{})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -2,6 +2,7 @@ package ckpt
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -166,7 +167,7 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		t.Fatalf("start the stub: %v", err)
 	}
 	w.Close()
-	restored, err := RestoreFrom(stub.Pid, d, 0)
+	restored, err := RestoreFrom(stub.Pid, d, RestoreOptions{})
 	if err := <-dumped; err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
@@ -488,7 +489,7 @@ func TestMoveKeepsIDs(t *testing.T) {
 			sp.Argv, sp.Files, sp.Namespace = []string{d.Image().Exe}, []*os.File{devnull, stdout, os.Stderr}, ns
 			err = s.Traced(sp, func(p *os.Process) error {
 				pid = p.Pid
-				restored, err := RestoreFrom(p.Pid, d, ns.Init.Pid)
+				restored, err := RestoreFrom(p.Pid, d, RestoreOptions{Init: ns.Init.Pid})
 				if err != nil {
 					pr.Close() // the dump may still be writing
 				}
@@ -533,3 +534,141 @@ func waitFor(t *testing.T, pid int) syscall.WaitStatus {
 // real-time ones with their values) and POSIX timers (signalling the
 // process, a thread, or no one) are all there after a move.
 func TestMovePendingSignalsAndTimers(t *testing.T) { checkMove(t, "pending", 10, "40") }
+
+// Post-copy: the large mappings come after the process, on the same
+// stream, the pages it touches first on request; it discards, moves and
+// forks memory while pages are still missing, and its output is that of
+// an undisturbed run.
+func TestMoveLazy(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"lazymem", "lazymem-static"} {
+		t.Run(variant, func(t *testing.T) {
+			argv := []string{programs[variant], "10"}
+			want := reference(t, argv...)
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			devnull, _ := os.Open(os.DevNull)
+			defer devnull.Close()
+			orig, err := os.StartProcess(argv[0], argv, &os.ProcAttr{Files: []*os.File{devnull, w, os.Stderr}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(r)
+			var out strings.Builder
+			for range 3 {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				out.WriteString(line)
+			}
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pr.Close()
+			restored := make(chan bool)
+			served := make(chan error, 1)
+			wants := make(chan uint64, 64)
+			var lazyPages uint64
+			var lazyStats *LazyMemory
+			go func() {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				defer pw.Close()
+				err := func() error {
+					img, frozen, err := Freeze(orig.Pid)
+					if err != nil {
+						return err
+					}
+					if err := frozen.MakeLazy(img); err != nil {
+						frozen.Resume()
+						return err
+					}
+					lazyPages = lazyPages0(img)
+					enc, err := NewEncoder(pw, img)
+					if err == nil {
+						err = frozen.ReadMemory(enc.Pages)
+					}
+					if err == nil {
+						err = enc.Close()
+					}
+					if err == nil && !<-restored {
+						err = errors.New("not restored")
+					}
+					if err != nil {
+						frozen.Resume()
+						return err
+					}
+					srv, err := frozen.NewLazyServer(img)
+					if err == nil {
+						err = srv.Serve(context.Background(), pw, wants)
+					}
+					frozen.Kill()
+					return err
+				}()
+				served <- err
+			}()
+			d, err := NewDecoder(pr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dev, err := os.OpenFile("/dev/userfaultfd", os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The thread that starts the stub traces it: it restores it.
+			runtime.LockOSThread()
+			stub, err := os.StartProcess(d.Image().Exe, []string{d.Image().Exe}, &os.ProcAttr{
+				Files: []*os.File{devnull, w, os.Stderr, dev},
+				Sys:   &syscall.SysProcAttr{Ptrace: true},
+			})
+			dev.Close()
+			w.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ran chan error
+			func() {
+				defer runtime.UnlockOSThread()
+				rs, err := RestoreFrom(stub.Pid, d, RestoreOptions{Userfaultfd: 3})
+				if err != nil {
+					restored <- false
+					t.Fatalf("RestoreFrom: %v (source: %v)", err, <-served)
+				}
+				restored <- true
+				lazy := rs.Lazy()
+				lazyStats = lazy
+				if lazy == nil || lazy.Pages() == 0 {
+					t.Fatalf("nothing came lazily")
+				}
+				ran = make(chan error, 1)
+				go func() {
+					ran <- lazy.Run(context.Background(), d.Rest(), func(a uint64) error { wants <- a; return nil })
+				}()
+				if err := rs.Go(); err != nil {
+					t.Fatal(err)
+				}
+			}()
+			if err := <-ran; err != nil {
+				t.Fatalf("lazy pages: %v", err)
+			}
+			if err := <-served; err != nil {
+				t.Fatalf("source: %v", err)
+			}
+			orig.Wait()
+			rest, _ := io.ReadAll(br)
+			out.Write(rest)
+			ws := waitFor(t, stub.Pid)
+			if out.String() != want || ws.ExitStatus() != 0 {
+				t.Fatalf("after a lazy move (%v):\n got %s\nwant %s", ws, out.String(), want)
+			}
+			t.Logf("%d pages came lazily; %d asked for on faults, %d changes of the address space followed", lazyPages, lazyStats.Asked, lazyStats.Changes)
+		})
+	}
+}
+
+func lazyPages0(img *Image) uint64 { return lazyPages(img.Lazy) }

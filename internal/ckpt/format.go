@@ -297,3 +297,7 @@ func Decode(r io.Reader) (*Image, error) {
 		}
 	}
 }
+
+// Rest is what follows the image in its stream (the lazy pages of a
+// post-copy image), once the image has been read to its end.
+func (d *Decoder) Rest() io.Reader { return d.r }

@@ -35,6 +35,9 @@ type Image struct {
 	Actions []Sigaction
 	Files   []File
 	Timers  [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
+	// Lazy are the pages of Lazy mappings the process has, which come
+	// after the image (see lazy.go).
+	Lazy []LazyRun
 	// PosixTimers are the timer_create timers.
 	PosixTimers []PosixTimer
 	// SharedPending are the signals queued for the process as a whole,
@@ -92,6 +95,8 @@ type VMA struct {
 	// refuses to map a file that is not the same.
 	FileSize  int64
 	FileMtime int64
+	// Lazy: its pages are not in the image but come after it (post-copy).
+	Lazy bool
 }
 
 // PageRun is the contents of consecutive pages.

@@ -157,7 +157,7 @@ func (f *Frozen) scanMemory(pm *os.File, fn func(addr, pages uint64, name string
 	const most = (maxRecord - 8) / pageSize // pages per run
 	var entries []byte
 	for _, v := range f.vmas {
-		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) {
+		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) || v.Lazy {
 			continue
 		}
 		n := (v.End - v.Start) / pageSize

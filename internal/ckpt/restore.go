@@ -32,7 +32,7 @@ const (
 // and 2 are the process's standard ones; it should run as the image's
 // user. If Restore fails the stub is killed.
 func Restore(pid int, img *Image) error {
-	r, err := restore(pid, img, 0, func(write func(PageRun) error) error {
+	r, err := restore(pid, img, RestoreOptions{}, func(write func(PageRun) error) error {
 		for _, p := range img.Pages {
 			if err := write(p); err != nil {
 				return err
@@ -50,12 +50,8 @@ func Restore(pid int, img *Image) error {
 // its memory into the process as it arrives. The process is left stopped
 // (see Restored) once all of the image has arrived and checked out; if
 // anything fails, the stub is killed.
-//
-// init, if not 0, is the init of the PID namespace the new process is in
-// (and alone in): its threads then get the ids they had, and the process
-// must have the one it had.
-func RestoreFrom(pid int, d *Decoder, init int) (*Restored, error) {
-	return restore(pid, d.Image(), init, func(write func(PageRun) error) error {
+func RestoreFrom(pid int, d *Decoder, opt RestoreOptions) (*Restored, error) {
+	return restore(pid, d.Image(), opt, func(write func(PageRun) error) error {
 		// Receiving and writing overlap: a goroutine decodes runs into
 		// free buffers while this thread writes the ones decoded.
 		const depth = 3
@@ -111,7 +107,8 @@ func RestoreFrom(pid int, d *Decoder, init int) (*Restored, error) {
 // for Go or Abort, which must be called from the thread that restored it.
 type Restored struct {
 	pid  int
-	tids []int // the other threads
+	lazy *LazyMemory // its memory still to come, if any
+	tids []int       // the other threads
 	done bool
 }
 
@@ -143,6 +140,9 @@ func (r *Restored) Abort() {
 
 func (r *Restored) kill() {
 	syscall.Kill(r.pid, syscall.SIGKILL)
+	if r.lazy != nil {
+		r.lazy.close()
+	}
 	var ws syscall.WaitStatus
 	for _, tid := range r.tids {
 		syscall.Wait4(tid, &ws, syscall.WALL, nil)
@@ -152,7 +152,20 @@ func (r *Restored) kill() {
 
 // restore does the work of Restore and RestoreFrom; pages writes the
 // image's memory with the function it is given.
-func restore(pid int, img *Image, init int, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+// RestoreOptions say where the new process is.
+type RestoreOptions struct {
+	// Init, if not 0, is the init of the PID namespace the new process is
+	// in (and alone in): its threads then get the ids they had, and the
+	// process must have the one it had.
+	Init int
+	// Userfaultfd, if not 0, is the new process's descriptor of
+	// /dev/userfaultfd, needed for an image with lazy memory; the restore
+	// closes it.
+	Userfaultfd int
+}
+
+func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+	init := opt.Init
 	if img.Version != ImageVersion {
 		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
 	}
@@ -208,6 +221,27 @@ func restore(pid int, img *Image, init int, pages func(write func(PageRun) error
 		return nil, err
 	}
 	r.syscallAt, r.poked = tramp, nil // the stub's code goes away
+
+	// Lazy memory needs a userfaultfd of the process's own.
+	uffd := -1
+	if len(img.Lazy) > 0 && opt.Userfaultfd == 0 {
+		return nil, errors.New("the image's memory comes after it (post-copy), and this restore has no userfaultfd")
+	}
+	if opt.Userfaultfd != 0 {
+		if len(img.Lazy) > 0 {
+			if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
+				return nil, err
+			}
+			defer func() {
+				if err != nil && uffd >= 0 {
+					unix.Close(uffd)
+				}
+			}()
+		}
+		if _, err := r.call(unix.SYS_CLOSE, uint64(opt.Userfaultfd)); err != nil {
+			return nil, fmt.Errorf("close the restore's userfaultfd device: %w", err)
+		}
+	}
 
 	// Clear the stub's address space but for the kernel's own mappings.
 	var unmaps []sysCall
@@ -337,6 +371,15 @@ func restore(pid int, img *Image, init int, pages func(write func(PageRun) error
 	}
 	if err := setSigmask(pid, t.Sigmask); err != nil {
 		return nil, err
+	}
+	// Last, as nothing of ours may touch lazy memory from here on.
+	if uffd >= 0 {
+		f, err := registerLazy(uffd, img.VMAs)
+		if err != nil {
+			return nil, err
+		}
+		uffd = -1 // the file's now
+		restored.lazy = &LazyMemory{pid: pid, set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
 	}
 	return restored, nil
 }
