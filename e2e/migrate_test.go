@@ -124,9 +124,9 @@ func (b *background) finish() (string, int) {
 	return b.got.String(), code
 }
 
-func migrate(t *testing.T, sock string, cred *userCred, id, node string) (api.MigrateResult, error) {
+func migrate(t *testing.T, sock string, cred *userCred, id, node string, flags ...string) (api.MigrateResult, error) {
 	t.Helper()
-	cmd := exec.Command(bin, "--socket", sock, "migrate", "--json", id, node)
+	cmd := exec.Command(bin, append(append([]string{"--socket", sock, "migrate", "--json"}, flags...), id, node)...)
 	if cred != nil {
 		cmd.SysProcAttr = cred.attr()
 	}
@@ -179,6 +179,34 @@ func TestMigrate(t *testing.T) {
 		got, code := b.finish()
 		if code != 0 || got != string(want) {
 			t.Fatalf("exit %d; output after three moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
+		}
+	})
+
+	t.Run("post-copy: a process of 64 MiB runs at the target first, its memory follows; three times", func(t *testing.T) {
+		// It discards, moves and forks memory while pages are missing
+		// (see internal/ckpt/testdata/lazymem.c), as user alice.
+		argv := []string{progs["lazymem"], "200"}
+		alice := &userCred{1, 1}
+		want, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBackground(t, sock("n1"), alice, append([]string{"--on", "n2", "--"}, argv...)...)
+		b.lines(2)
+		id := b.id()
+		for i, to := range []string{"n3", "home", "n2"} {
+			res, err := migrate(t, sock("n1"), alice, id, to, "--lazy")
+			if err != nil {
+				t.Fatalf("lazy migration %d to %s: %v", i+1, to, err)
+			}
+			if res.LazyBytes < 48<<20 || res.ImageBytes > 8<<20 {
+				t.Fatalf("lazy migration %d: %d bytes before the switch and %d after; want the bulk after", i+1, res.ImageBytes, res.LazyBytes)
+			}
+			b.lines(2)
+		}
+		got, code := b.finish()
+		if code != 0 || got != string(want) {
+			t.Fatalf("exit %d; output after three lazy moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
 		}
 	})
 

@@ -130,7 +130,7 @@ func newBenchCmd() *cobra.Command {
 	var m bench.MigrateConfig
 	var migSizes string
 	mig := &cobra.Command{
-		Use:   "migrate [--sizes 1,64,256,1024] [--runs 5]",
+		Use:   "migrate [--sizes 1,64,256,1024] [--runs 5] [--lazy]",
 		Short: "Live migration between two nodes: freeze and total time by memory size, vs a raw TCP copy (root, gcc)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -148,6 +148,7 @@ func newBenchCmd() *cobra.Command {
 		},
 	}
 	mig.Flags().StringVar(&migSizes, "sizes", "1,64,256,1024", "touched memory of the workload, MiB, comma-separated")
+	mig.Flags().BoolVar(&m.Lazy, "lazy", false, "post-copy moves (mosaic migrate --lazy)")
 	mig.Flags().IntVar(&m.Runs, "runs", 5, "migrations per size")
 
 	cmd.AddCommand(diss, live, upc, fail, relay, jobs, mig)

@@ -239,6 +239,10 @@ type KillArgs struct {
 type MigrateArgs struct {
 	ID   string `json:"id"`
 	Node string `json:"node"` // a node name, or "home"
+	// Lazy: post-copy. The process runs at the target once its small
+	// state is there; its large memory follows. Shorter freeze, but the
+	// process needs the source until all has arrived.
+	Lazy bool `json:"lazy,omitempty"`
 }
 
 // MigrateResult is what a migration did.
@@ -249,6 +253,9 @@ type MigrateResult struct {
 	FrozenMs   float64 `json:"frozen_ms"` // stopped, from freeze to run
 	TotalMs    float64 `json:"total_ms"`
 	ImageBytes uint64  `json:"image_bytes"`
+	// LazyBytes: memory sent after the switch (post-copy); TotalMs then
+	// counts until the last of it was sent.
+	LazyBytes uint64 `json:"lazy_bytes,omitempty"`
 }
 
 // CheckpointArgs asks for a process's image, written to the descriptor

@@ -32,6 +32,9 @@ var migrateWorkload []byte
 type MigrateConfig struct {
 	SizesMiB []int
 	Runs     int
+	// Lazy: post-copy moves (mosaic migrate --lazy); the table then also
+	// gives the longest stall the process saw after it ran at the target.
+	Lazy bool
 }
 
 // Migrate measures live migration between two nodes of a local cluster,
@@ -76,14 +79,19 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 	}
 
 	fmt.Fprintf(w, "%d runs each; medians. frozen: from the freeze at the source to the go at the target, as the daemons count;\n", cfg.Runs)
-	fmt.Fprintf(w, "gap: how long the process itself saw its clock jump; rate: image bytes over the total time.\n\n")
-	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %12s %12s %8s\n", "touched", "image", "frozen", "gap", "total", "rate", "TCP copy", "TLS copy", "vs TCP")
+	fmt.Fprintf(w, "gap: how long the process itself saw its clock jump; rate: bytes moved over the total time.\n")
+	if cfg.Lazy {
+		fmt.Fprintf(w, "Post-copy (--lazy): image is what moved before the process ran, total lasts until the last page arrived,\n")
+		fmt.Fprintf(w, "stall is the longest jump of the process's clock after it ran at the target (the worst, over the runs).\n")
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %10s %12s %12s %8s\n", "touched", "image", "frozen", "gap", "stall", "total", "rate", "TCP copy", "TLS copy", "vs TCP")
 	for _, size := range cfg.SizesMiB {
-		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs)
+		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs, cfg.Lazy)
 		if err != nil {
 			return fmt.Errorf("%d MiB: %w", size, err)
 		}
-		bytes := int64(res.image)
+		bytes := int64(res.image + res.lazy)
 		tcp, err := copyTime(ctx, hosts, bytes, false)
 		if err != nil {
 			return fmt.Errorf("TCP copy: %w", err)
@@ -94,8 +102,8 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 		}
 		rate := float64(bytes) / res.total.Seconds() / 1e6
 		tcpRate := float64(bytes) / tcp.Seconds() / 1e6
-		fmt.Fprintf(w, "%7dM %9.1fM %8.1fms %8.1fms %8.1fms %6.0fMB/s %7.0fMB/s %7.0fMB/s %7.0f%%\n", size, float64(bytes)/(1<<20),
-			ms(res.frozen), ms(res.gap), ms(res.total), rate, tcpRate, float64(bytes)/tlsT.Seconds()/1e6, 100*rate/tcpRate)
+		fmt.Fprintf(w, "%7dM %9.1fM %8.1fms %8.1fms %8.1fms %8.1fms %6.0fMB/s %7.0fMB/s %7.0fMB/s %7.0f%%\n", size, float64(res.image)/(1<<20),
+			ms(res.frozen), ms(res.gap), ms(res.stall), ms(res.total), rate, tcpRate, float64(bytes)/tlsT.Seconds()/1e6, 100*rate/tcpRate)
 	}
 	return nil
 }
@@ -103,13 +111,13 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 type migrateFigures struct {
-	frozen, gap, total time.Duration
-	image              uint64
+	frozen, gap, stall, total time.Duration
+	image, lazy               uint64
 }
 
 // migrateSize runs the workload with size MiB on n1 and moves it between
 // n1 and n2 runs times.
-func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int) (migrateFigures, error) {
+func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, lazy bool) (migrateFigures, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--on", "n1", "--", prog, strconv.Itoa(size))
@@ -155,11 +163,11 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int) (m
 	}
 	id := strings.Fields(strings.TrimPrefix(stderr.String(), "mosaic: "))[0]
 	var frozen, gaps, totals []time.Duration
-	var image uint64
+	var fig migrateFigures
 	for i := range runs {
 		to := []string{"n2", "n1"}[i%2]
 		var res api.MigrateResult
-		if err := api.Call(ctx, sock, api.OpMigrate, api.MigrateArgs{ID: id, Node: to}, &res); err != nil {
+		if err := api.Call(ctx, sock, api.OpMigrate, api.MigrateArgs{ID: id, Node: to, Lazy: lazy}, &res); err != nil {
 			return migrateFigures{}, err
 		}
 		g, err := next("gap ")
@@ -170,9 +178,23 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int) (m
 		frozen = append(frozen, time.Duration(res.FrozenMs*float64(time.Millisecond)))
 		totals = append(totals, time.Duration(res.TotalMs*float64(time.Millisecond)))
 		gaps = append(gaps, time.Duration(us)*time.Microsecond)
-		image = res.ImageBytes
+		fig.image, fig.lazy = res.ImageBytes, res.LazyBytes
+		// The gaps after the first, until the move returned (with all the
+		// memory there): stalls on missing pages.
+		for drained := false; !drained; {
+			select {
+			case l := <-lines:
+				if s, ok := strings.CutPrefix(l, "gap "); ok {
+					us, _ := strconv.Atoi(s)
+					fig.stall = max(fig.stall, time.Duration(us)*time.Microsecond)
+				}
+			case <-time.After(20 * time.Millisecond):
+				drained = true
+			}
+		}
 	}
-	return migrateFigures{frozen: median(frozen), gap: median(gaps), total: median(totals), image: image}, nil
+	fig.frozen, fig.gap, fig.total = median(frozen), median(gaps), median(totals)
+	return fig, nil
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -240,7 +240,18 @@ func mergeProcs(entries []*peerpb.ProcInfo, now time.Time) []api.ProcInfo {
 		}
 		return p
 	}
+	// Where the home says a process runs: a report from another node is
+	// of a copy it is discarding (the process just moved away from it).
+	homeSays := map[string]string{}
 	for _, e := range entries {
+		if e.FromHome {
+			homeSays[e.Id] = e.Node
+		}
+	}
+	for _, e := range entries {
+		if n, ok := homeSays[e.Id]; ok && !e.FromHome && n != "" && e.Node != n {
+			continue
+		}
 		p := get(e.Id)
 		if e.FromHome {
 			p.UID, p.User, p.Argv, p.Cwd, p.Tty = e.Uid, e.User, e.Argv, e.Cwd, e.Tty
@@ -369,7 +380,7 @@ func (d *Daemon) opMigrate(ctx context.Context, c api.Caller, args json.RawMessa
 	defer cancel()
 	var res *peerpb.MigrateResponse
 	if home == d.node.Name {
-		res, err = d.migrate(ctx, a.ID, a.Node, c.UID)
+		res, err = d.migrate(ctx, a.ID, a.Node, c.UID, a.Lazy)
 	} else {
 		m, ok := d.peer(home)
 		switch {
@@ -382,7 +393,7 @@ func (d *Daemon) opMigrate(ctx context.Context, c api.Caller, args json.RawMessa
 		if err != nil {
 			return nil, err
 		}
-		res, err = peerpb.NewPeerClient(conn).Migrate(ctx, &peerpb.MigrateRequest{Id: a.ID, Target: a.Node, Uid: c.UID})
+		res, err = peerpb.NewPeerClient(conn).Migrate(ctx, &peerpb.MigrateRequest{Id: a.ID, Target: a.Node, Uid: c.UID, Lazy: a.Lazy})
 		if err != nil {
 			if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
 				return nil, errors.New(st.Message())
@@ -394,17 +405,17 @@ func (d *Daemon) opMigrate(ctx context.Context, c api.Caller, args json.RawMessa
 		return nil, err
 	}
 	return api.MigrateResult{ID: a.ID, Node: res.Node, PID: int(res.Pid), FrozenMs: float64(res.FreezeUs) / 1000,
-		TotalMs: float64(res.TotalUs) / 1000, ImageBytes: res.ImageBytes}, nil
+		TotalMs: float64(res.TotalUs) / 1000, ImageBytes: res.ImageBytes, LazyBytes: res.LazyBytes}, nil
 }
 
 // migrate moves a process this node is home of.
-func (d *Daemon) migrate(ctx context.Context, id, target string, uid uint32) (*peerpb.MigrateResponse, error) {
-	m, err := d.home.Migrate(ctx, id, target, uid)
+func (d *Daemon) migrate(ctx context.Context, id, target string, uid uint32, lazy bool) (*peerpb.MigrateResponse, error) {
+	m, err := d.home.Migrate(ctx, id, target, uid, lazy)
 	if err != nil {
 		return nil, err
 	}
 	return &peerpb.MigrateResponse{Node: m.Node, Pid: int32(m.PID), FreezeUs: m.Frozen.Microseconds(),
-		TotalUs: m.Total.Microseconds(), ImageBytes: m.ImageBytes}, nil
+		TotalUs: m.Total.Microseconds(), ImageBytes: m.ImageBytes, LazyBytes: m.LazyBytes}, nil
 }
 
 func (d *Daemon) opCheckpoint(ctx context.Context, c api.Caller, args json.RawMessage, conn *api.Conn) (any, error) {
@@ -485,7 +496,7 @@ func (s gossipServer) Signal(ctx context.Context, req *peerpb.SignalRequest) (*p
 }
 
 func (s gossipServer) Migrate(ctx context.Context, req *peerpb.MigrateRequest) (*peerpb.MigrateResponse, error) {
-	res, err := s.d.migrate(ctx, req.Id, req.Target, req.Uid)
+	res, err := s.d.migrate(ctx, req.Id, req.Target, req.Uid, req.Lazy)
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}

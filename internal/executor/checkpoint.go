@@ -50,7 +50,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 		failed("%s cannot be checkpointed: %s", id, pinnedReason(err))
 		return
 	}
-	n, err := sendImage(link, &peerpb.ImageOffer{Id: id, Token: m.Token}, func(w io.Writer) error {
+	n, err := sendImage(link, &peerpb.ImageOffer{Id: id, Token: m.Token}, false, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {
 			return err
@@ -85,7 +85,9 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 // sendImage opens an image connection with offer, writes the image that
 // write produces as data frames and closes its side; it returns the bytes
 // sent.
-func sendImage(link Conn, offer *peerpb.ImageOffer, write func(io.Writer) error) (uint64, error) {
+// more: something follows the image on the link (post-copy memory): the
+// link stays open for it.
+func sendImage(link Conn, offer *peerpb.ImageOffer, more bool, write func(io.Writer) error) (uint64, error) {
 	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: offer}}); err != nil {
 		return 0, fmt.Errorf("send the image: %w", err)
 	}
@@ -94,6 +96,9 @@ func sendImage(link Conn, offer *peerpb.ImageOffer, write func(io.Writer) error)
 		return w.n, fmt.Errorf("send the image: %w", err)
 	}
 	// All of it: an image that ends early ends here, for the receiver too.
+	if more {
+		return w.n, nil
+	}
 	if err := link.CloseSend(); err != nil {
 		return w.n, fmt.Errorf("send the image: %w", err)
 	}
@@ -104,7 +109,7 @@ func sendImage(link Conn, offer *peerpb.ImageOffer, write func(io.Writer) error)
 // restore from a file: its home sends it to the node that restores it).
 // The answer is for the caller to read.
 func SendImage(link Conn, offer *peerpb.ImageOffer, r io.Reader) (uint64, error) {
-	return sendImage(link, offer, func(w io.Writer) error {
+	return sendImage(link, offer, false, func(w io.Writer) error {
 		_, err := io.Copy(w, r)
 		return err
 	})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
@@ -123,6 +124,13 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		failed("%s cannot move: %s", id, pinnedReason(err))
 		return
 	}
+	if m.Lazy {
+		if err := frozen.MakeLazy(img); err != nil {
+			frozen.Resume()
+			failed("%s stays on %s: %v", id, e.node, err)
+			return
+		}
+	}
 	// Frozen: what it wrote so far goes home first, from here, and what
 	// it did not read yet goes with it.
 	std.holdRelays()
@@ -143,7 +151,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal()}
-	sent, err := sendImage(link, offer, func(w io.Writer) error {
+	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {
 			return err
@@ -170,7 +178,17 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	frozenFor := time.Since(began)
+	// Post-copy: the rest of the memory goes now, whatever the home says;
+	// if it calls the move off, the sending stops.
+	var lazy *lazySend
+	if len(img.Lazy) > 0 {
+		if lazy, err = startLazy(ctx, frozen, img, link); err != nil {
+			goOn("%v", err)
+			return
+		}
+	}
 	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: sent, FrozenUs: frozenFor.Microseconds()}}}); err != nil {
+		lazy.stop()
 		frozen.Kill() // the home is gone: the process goes with it
 		return
 	}
@@ -186,15 +204,98 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	switch d {
 	case discard:
 		// The home switched to the copy at the target: this one ends, and
-		// with it this stream, with no exit to report.
+		// with it this stream, with no exit to report; after the rest of
+		// its memory has gone, if it moves lazily.
 		moved = true
+		if lazy != nil {
+			switched := time.Now()
+			err := lazy.wait()
+			if err != nil {
+				e.log.Warn("post-copy failed: the process is lost at the target", "id", id, "to", m.Target, "err", err)
+			} else {
+				out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_LazyDone{LazyDone: &peerpb.LazyDone{
+					Bytes: lazy.bytes(), Us: time.Since(switched).Microseconds()}}})
+			}
+		}
 		frozen.Kill()
 		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", sent, "frozen", frozenFor)
 	case resume:
+		lazy.stop()
 		goOn("%s lost the process before it could run there", m.Target)
 	default:
+		lazy.stop()
 		frozen.Kill()
 	}
+}
+
+// lazySend sends a frozen process's lazy memory to the target, pages the
+// target asks for first.
+type lazySend struct {
+	cancel context.CancelFunc
+	done   chan error
+	w      *imageWriter
+	// confirmed is closed when the target says it has every page (until
+	// then the link must stay: closing it with its requests unread would
+	// reset it, and could lose pages in flight).
+	confirmed chan struct{}
+}
+
+func startLazy(ctx context.Context, frozen *ckpt.Frozen, img *ckpt.Image, link Conn) (*lazySend, error) {
+	srv, err := frozen.NewLazyServer(img)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	l := &lazySend{cancel: cancel, done: make(chan error, 1), w: &imageWriter{link: link}, confirmed: make(chan struct{})}
+	wants := make(chan uint64, 1024)
+	go func() {
+		// The target's requests, and at the end its word that all is in.
+		for {
+			m, err := link.Recv()
+			if err != nil {
+				return
+			}
+			if m.GetLazyDone() != nil {
+				close(l.confirmed)
+				return
+			}
+			if a := m.GetPageWanted(); a != 0 {
+				select {
+				case wants <- a:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	go func() { l.done <- srv.Serve(ctx, l.w, wants) }()
+	return l, nil
+}
+
+func (l *lazySend) wait() error {
+	if err := <-l.done; err != nil {
+		return err
+	}
+	select {
+	case <-l.confirmed:
+		return nil
+	case <-time.After(lazyConfirmWait):
+		return errors.New("the target did not confirm it had all the memory")
+	}
+}
+
+// lazyConfirmWait bounds the wait for the target's word once all memory
+// is sent (it has the last pages to copy in).
+const lazyConfirmWait = time.Minute
+
+func (l *lazySend) bytes() uint64 { return l.w.n }
+
+func (l *lazySend) stop() {
+	if l == nil {
+		return
+	}
+	l.cancel()
+	<-l.done
 }
 
 // imageWriter sends an image over a process connection, as data frames.
@@ -368,6 +469,16 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if !e.add(st.Id, g) {
 		return failed("node %s is shutting down", e.node)
 	}
+	// Post-copy: the restore needs /dev/userfaultfd (opened here, as
+	// root; the process gets it as its descriptor 3 and the restore
+	// closes it).
+	var uffdDev *os.File
+	if len(img.Lazy) > 0 {
+		if uffdDev, err = os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0); err != nil {
+			return failed("node %s cannot take a process lazily: %v", e.node, err)
+		}
+		defer uffdDev.Close()
+	}
 	defer e.remove(st.Id)
 	std, err := newStdio(st)
 	if err != nil {
@@ -386,11 +497,24 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		Argv: []string{img.Exe}, Dir: img.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Files: std.childFiles(), Terminal: st.Tty != nil, Namespace: g.ns,
 	}
+	opt := ckpt.RestoreOptions{Init: g.ns.Init.Pid}
+	if uffdDev != nil {
+		opt.Userfaultfd = len(spec.Files)
+		spec.Files = append(spec.Files, uffdDev)
+	}
+	// Its memory stops coming when it is gone (or not restored).
+	lazyCtx, stopLazy := context.WithCancel(context.Background())
+	defer stopLazy()
 	var pid int
 	err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
-		r, err := ckpt.RestoreFrom(p.Pid, dec, g.ns.Init.Pid)
+		r, err := ckpt.RestoreFrom(p.Pid, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
+		}
+		if lazy := r.Lazy(); lazy != nil {
+			// Its memory comes in while it waits for the home's word,
+			// and after.
+			go e.fillLazy(lazyCtx, st.Id, p.Pid, lazy, dec, ic.out)
 		}
 		var limits []spawn.Rlimit
 		for _, l := range img.Rlimits {
@@ -428,4 +552,26 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid)
 	e.supervise(s, g)
 	return nil
+}
+
+// fillLazy brings a process's lazy memory in from the source. Should the
+// source or the link fail first, the process cannot go on (a page it
+// needs is gone): it is killed, and its home hears so as its end.
+func (e *Executor) fillLazy(ctx context.Context, id string, pid int, lazy *ckpt.LazyMemory, dec *ckpt.Decoder, source *sender) {
+	began := time.Now()
+	err := lazy.Run(ctx, dec.Rest(), func(addr uint64) error {
+		// A request that cannot go is no failure in itself: the source
+		// sends every page anyway; a source that is gone ends the stream.
+		source.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_PageWanted{PageWanted: addr}})
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Error("post-copy failed: killing the process, whose memory is incomplete", "id", id, "err", err)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return
+	}
+	source.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_LazyDone{LazyDone: &peerpb.LazyDone{Us: time.Since(began).Microseconds()}}})
+	e.log.Info("post-copy done", "id", id, "in", time.Since(began), "asked", lazy.Asked, "changes", lazy.Changes)
 }

@@ -32,6 +32,7 @@ type Moved struct {
 	Frozen     time.Duration // from the freeze to the switch
 	Total      time.Duration
 	ImageBytes uint64
+	LazyBytes  uint64 // sent after the switch (post-copy)
 }
 
 // migration is one move under way.
@@ -39,18 +40,42 @@ type migration struct {
 	target string
 	next   *stream // to the target
 	began  time.Time
+	lazy   bool
 	done   chan migrateResult // buffered: written once
 }
 
 type migrateResult struct {
 	moved Moved
 	err   error
+	// later, after a lazy move, gives the result once all the memory
+	// has arrived (the switch is done already).
+	later chan migrateResult
+}
+
+// wait waits for a migration's result (after a lazy move, for the end of
+// its memory's transfer too).
+func (mig *migration) wait(ctx context.Context) (migrateResult, bool) {
+	var r migrateResult
+	select {
+	case r = <-mig.done:
+	case <-ctx.Done():
+		return r, false
+	}
+	if r.later == nil {
+		return r, true
+	}
+	select {
+	case r = <-r.later:
+		return r, true
+	case <-ctx.Done():
+		return migrateResult{err: fmt.Errorf("the process moved; its memory was still on the way: %w", ctx.Err())}, true
+	}
 }
 
 // Migrate moves process id to target (a node name, or "home" for this
 // node) on behalf of uid, which must own it (or be root), and returns once
 // it runs there, or runs on where it was: then the error says why.
-func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32) (Moved, error) {
+func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32, lazy bool) (Moved, error) {
 	h.mu.Lock()
 	p := h.procs[id]
 	h.mu.Unlock()
@@ -93,7 +118,7 @@ func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32) (Move
 		next.close()
 		return Moved{}, fmt.Errorf("reach %s: %w", target, err)
 	}
-	mig := &migration{target: target, next: next, began: time.Now(), done: make(chan migrateResult, 1)}
+	mig := &migration{target: target, next: next, began: time.Now(), lazy: lazy, done: make(chan migrateResult, 1)}
 	p.sendMu.Lock()
 	if p.mig != nil {
 		p.sendMu.Unlock()
@@ -101,7 +126,7 @@ func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32) (Move
 		return Moved{}, fmt.Errorf("process %s is moving already", id)
 	}
 	p.mig = mig
-	err = s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Migrate{Migrate: &peerpb.Migrate{Target: target, Token: token}}})
+	err = s.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Migrate{Migrate: &peerpb.Migrate{Target: target, Token: token, Lazy: lazy}}})
 	p.sendMu.Unlock()
 	if err != nil {
 		p.endMigration(migrateResult{err: fmt.Errorf("reach %s, where %s runs: %w", node, id, err)})
@@ -113,20 +138,18 @@ func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32) (Move
 	}
 	p.mu.Unlock()
 	h.cfg.Log.Debug("migrating", "id", id, "from", node, "to", target)
-	select {
-	case r := <-mig.done:
+	if r, ok := mig.wait(ctx); ok {
 		return r.moved, r.err
-	case <-ctx.Done():
 	}
 	// The caller gave up: so does the target, and the source lets the
 	// process go on, and says so.
 	next.cancel()
-	select {
-	case r := <-mig.done:
+	wctx, cancelWait := context.WithTimeout(context.Background(), abandonWait)
+	defer cancelWait()
+	if r, ok := mig.wait(wctx); ok {
 		return r.moved, r.err
-	case <-time.After(abandonWait):
-		return Moved{}, fmt.Errorf("process %s: no word from %s on the move: %w", id, node, ctx.Err())
 	}
+	return Moved{}, fmt.Errorf("process %s: no word from %s on the move: %w", id, node, ctx.Err())
 }
 
 // switchOver makes the copy at the target the process, once the source
@@ -169,23 +192,46 @@ func (h *Home) switchOver(p *proc, old *stream, moved *peerpb.Moved) *stream {
 		return nil
 	}
 	old.send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Discard{Discard: true}})
-	// The old stream ends when the source has dropped its copy.
-	go func() {
-		for {
-			if _, err := old.conn.Recv(); err != nil {
-				break
-			}
-		}
-		old.close()
-	}()
 	pid := int(first.GetRestored())
 	p.mu.Lock()
 	p.node, p.pid, p.conn, p.cancel = mig.target, pid, next, next.cancel
 	p.migrations++
 	p.mu.Unlock()
 	r := Moved{Node: mig.target, PID: pid, Frozen: frozen, Total: time.Since(mig.began), ImageBytes: moved.GetImageBytes()}
-	p.endMigration(migrateResult{moved: r})
-	h.cfg.Log.Info("migrated", "id", p.id, "from", old.node, "to", mig.target, "bytes", r.ImageBytes, "frozen", r.Frozen, "total", r.Total)
+	// The old stream ends when the source has dropped its copy; after a
+	// lazy move, once it has sent the rest of the memory, which it says.
+	lazyDone := make(chan *peerpb.LazyDone, 1)
+	go func() {
+		defer close(lazyDone)
+		for {
+			m, err := old.conn.Recv()
+			if err != nil {
+				break
+			}
+			if d := m.GetLazyDone(); d != nil {
+				lazyDone <- d
+			}
+		}
+		old.close()
+	}()
+	if !mig.lazy {
+		p.endMigration(migrateResult{moved: r})
+	} else {
+		// The process runs at the target already: what was held goes
+		// there now; the caller hears when the memory is all there.
+		later := make(chan migrateResult, 1)
+		p.endMigration(migrateResult{later: later})
+		go func() {
+			d := <-lazyDone
+			if d == nil {
+				later <- migrateResult{err: fmt.Errorf("process %s runs on %s, but the source stopped before all its memory was sent: it is lost", p.id, mig.target)}
+				return
+			}
+			r.LazyBytes, r.Total = d.GetBytes(), time.Since(mig.began)
+			later <- migrateResult{moved: r}
+		}()
+	}
+	h.cfg.Log.Info("migrated", "id", p.id, "from", old.node, "to", mig.target, "bytes", r.ImageBytes, "frozen", r.Frozen, "lazy", mig.lazy)
 	return next
 }
 

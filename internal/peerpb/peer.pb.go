@@ -1220,9 +1220,14 @@ func (x *Moved) GetFrozenUs() int64 {
 
 // Migrate tells the node running a process to send it to target.
 type Migrate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Target        string                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
-	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Target string                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Token  string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// lazy: post-copy. The large anonymous memory follows the image, after
+	// the switch (pages the process touches first on request: PageWanted);
+	// the source keeps its frozen copy until all is sent, then says
+	// LazyDone to the home.
+	Lazy          bool `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1269,6 +1274,13 @@ func (x *Migrate) GetToken() string {
 		return x.Token
 	}
 	return ""
+}
+
+func (x *Migrate) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
 }
 
 // ImageOffer opens an image connection.
@@ -1870,6 +1882,8 @@ type ExecOut struct {
 	//	*ExecOut_Moved
 	//	*ExecOut_MigrateFailed
 	//	*ExecOut_Checkpointed
+	//	*ExecOut_PageWanted
+	//	*ExecOut_LazyDone
 	Msg           isExecOut_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2029,6 +2043,24 @@ func (x *ExecOut) GetCheckpointed() *Checkpointed {
 	return nil
 }
 
+func (x *ExecOut) GetPageWanted() uint64 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_PageWanted); ok {
+			return x.PageWanted
+		}
+	}
+	return 0
+}
+
+func (x *ExecOut) GetLazyDone() *LazyDone {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_LazyDone); ok {
+			return x.LazyDone
+		}
+	}
+	return nil
+}
+
 type isExecOut_Msg interface {
 	isExecOut_Msg()
 }
@@ -2085,6 +2117,14 @@ type ExecOut_Checkpointed struct {
 	Checkpointed *Checkpointed `protobuf:"bytes,13,opt,name=checkpointed,proto3,oneof"`
 }
 
+type ExecOut_PageWanted struct {
+	PageWanted uint64 `protobuf:"varint,14,opt,name=page_wanted,json=pageWanted,proto3,oneof"` // target -> source (post-copy): the process waits for this page
+}
+
+type ExecOut_LazyDone struct {
+	LazyDone *LazyDone `protobuf:"bytes,15,opt,name=lazy_done,json=lazyDone,proto3,oneof"` // source -> home (post-copy): all memory sent
+}
+
 func (*ExecOut_Started) isExecOut_Msg() {}
 
 func (*ExecOut_Stdout) isExecOut_Msg() {}
@@ -2110,6 +2150,62 @@ func (*ExecOut_Moved) isExecOut_Msg() {}
 func (*ExecOut_MigrateFailed) isExecOut_Msg() {}
 
 func (*ExecOut_Checkpointed) isExecOut_Msg() {}
+
+func (*ExecOut_PageWanted) isExecOut_Msg() {}
+
+func (*ExecOut_LazyDone) isExecOut_Msg() {}
+
+type LazyDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         uint64                 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Us            int64                  `protobuf:"varint,2,opt,name=us,proto3" json:"us,omitempty"` // from the switch to the last page sent
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LazyDone) Reset() {
+	*x = LazyDone{}
+	mi := &file_peer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LazyDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LazyDone) ProtoMessage() {}
+
+func (x *LazyDone) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LazyDone.ProtoReflect.Descriptor instead.
+func (*LazyDone) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LazyDone) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *LazyDone) GetUs() int64 {
+	if x != nil {
+		return x.Us
+	}
+	return 0
+}
 
 // ProcInfo describes a mosaic process, as its home or the node running it
 // knows it.
@@ -2138,7 +2234,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_peer_proto_msgTypes[21]
+	mi := &file_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2246,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[21]
+	mi := &file_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2259,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{21}
+	return file_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProcInfo) GetId() string {
@@ -2295,7 +2391,7 @@ type ListProcsRequest struct {
 
 func (x *ListProcsRequest) Reset() {
 	*x = ListProcsRequest{}
-	mi := &file_peer_proto_msgTypes[22]
+	mi := &file_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2403,7 @@ func (x *ListProcsRequest) String() string {
 func (*ListProcsRequest) ProtoMessage() {}
 
 func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[22]
+	mi := &file_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2416,7 @@ func (x *ListProcsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsRequest.ProtoReflect.Descriptor instead.
 func (*ListProcsRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{22}
+	return file_peer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProcsRequest) GetUid() uint32 {
@@ -2346,7 +2442,7 @@ type ListProcsResponse struct {
 
 func (x *ListProcsResponse) Reset() {
 	*x = ListProcsResponse{}
-	mi := &file_peer_proto_msgTypes[23]
+	mi := &file_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2454,7 @@ func (x *ListProcsResponse) String() string {
 func (*ListProcsResponse) ProtoMessage() {}
 
 func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[23]
+	mi := &file_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2467,7 @@ func (x *ListProcsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcsResponse.ProtoReflect.Descriptor instead.
 func (*ListProcsResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{23}
+	return file_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListProcsResponse) GetProcs() []*ProcInfo {
@@ -2392,7 +2488,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_peer_proto_msgTypes[24]
+	mi := &file_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2500,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[24]
+	mi := &file_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2513,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{24}
+	return file_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SignalRequest) GetId() string {
@@ -2446,13 +2542,14 @@ type MigrateRequest struct {
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"` // a node name
 	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`      // the caller, as its node's kernel says
+	Lazy          bool                   `protobuf:"varint,4,opt,name=lazy,proto3" json:"lazy,omitempty"`    // post-copy (see Migrate)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_peer_proto_msgTypes[25]
+	mi := &file_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2561,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[25]
+	mi := &file_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2574,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{25}
+	return file_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MigrateRequest) GetId() string {
@@ -2501,6 +2598,13 @@ func (x *MigrateRequest) GetUid() uint32 {
 	return 0
 }
 
+func (x *MigrateRequest) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
+}
+
 type MigrateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"` // where it runs now
@@ -2508,13 +2612,14 @@ type MigrateResponse struct {
 	FreezeUs      int64                  `protobuf:"varint,3,opt,name=freeze_us,json=freezeUs,proto3" json:"freeze_us,omitempty"` // how long it was stopped
 	TotalUs       int64                  `protobuf:"varint,4,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
 	ImageBytes    uint64                 `protobuf:"varint,5,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
+	LazyBytes     uint64                 `protobuf:"varint,6,opt,name=lazy_bytes,json=lazyBytes,proto3" json:"lazy_bytes,omitempty"` // sent after the switch (post-copy)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_peer_proto_msgTypes[26]
+	mi := &file_peer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2631,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[26]
+	mi := &file_peer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2644,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{26}
+	return file_peer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MigrateResponse) GetNode() string {
@@ -2577,6 +2682,13 @@ func (x *MigrateResponse) GetImageBytes() uint64 {
 	return 0
 }
 
+func (x *MigrateResponse) GetLazyBytes() uint64 {
+	if x != nil {
+		return x.LazyBytes
+	}
+	return 0
+}
+
 type CheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2589,7 +2701,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_peer_proto_msgTypes[27]
+	mi := &file_peer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2713,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[27]
+	mi := &file_peer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2726,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{27}
+	return file_peer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckpointRequest) GetId() string {
@@ -2654,7 +2766,7 @@ type CheckpointResponse struct {
 
 func (x *CheckpointResponse) Reset() {
 	*x = CheckpointResponse{}
-	mi := &file_peer_proto_msgTypes[28]
+	mi := &file_peer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2778,7 @@ func (x *CheckpointResponse) String() string {
 func (*CheckpointResponse) ProtoMessage() {}
 
 func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[28]
+	mi := &file_peer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2791,7 @@ func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{28}
+	return file_peer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CheckpointResponse) GetImageBytes() uint64 {
@@ -2782,10 +2894,11 @@ const file_peer_proto_rawDesc = "" +
 	"\x05Moved\x12\x1f\n" +
 	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
 	"imageBytes\x12\x1b\n" +
-	"\tfrozen_us\x18\x02 \x01(\x03R\bfrozenUs\"7\n" +
+	"\tfrozen_us\x18\x02 \x01(\x03R\bfrozenUs\"K\n" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"~\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"~\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -2828,7 +2941,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n" +
 	"\vcore_dumped\x18\x03 \x01(\bR\n" +
-	"coreDumped\"\xf9\x03\n" +
+	"coreDumped\"\xd5\x04\n" +
 	"\aExecOut\x12\x1a\n" +
 	"\astarted\x18\x01 \x01(\x05H\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
@@ -2845,8 +2958,14 @@ const file_peer_proto_rawDesc = "" +
 	" \x01(\x05H\x00R\brestored\x12-\n" +
 	"\x05moved\x18\v \x01(\v2\x15.mosaic.peer.v1.MovedH\x00R\x05moved\x12'\n" +
 	"\x0emigrate_failed\x18\f \x01(\tH\x00R\rmigrateFailed\x12B\n" +
-	"\fcheckpointed\x18\r \x01(\v2\x1c.mosaic.peer.v1.CheckpointedH\x00R\fcheckpointedB\x05\n" +
-	"\x03msg\"\x97\x03\n" +
+	"\fcheckpointed\x18\r \x01(\v2\x1c.mosaic.peer.v1.CheckpointedH\x00R\fcheckpointed\x12!\n" +
+	"\vpage_wanted\x18\x0e \x01(\x04H\x00R\n" +
+	"pageWanted\x127\n" +
+	"\tlazy_done\x18\x0f \x01(\v2\x18.mosaic.peer.v1.LazyDoneH\x00R\blazyDoneB\x05\n" +
+	"\x03msg\"0\n" +
+	"\bLazyDone\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x0e\n" +
+	"\x02us\x18\x02 \x01(\x03R\x02us\"\x97\x03\n" +
 	"\bProcInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x12\n" +
@@ -2878,18 +2997,21 @@ const file_peer_proto_rawDesc = "" +
 	"\rSignalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
-	"\x03uid\x18\x03 \x01(\rR\x03uid\"J\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\"^\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x10\n" +
-	"\x03uid\x18\x03 \x01(\rR\x03uid\"\x90\x01\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x12\n" +
+	"\x04lazy\x18\x04 \x01(\bR\x04lazy\"\xaf\x01\n" +
 	"\x0fMigrateResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1b\n" +
 	"\tfreeze_us\x18\x03 \x01(\x03R\bfreezeUs\x12\x19\n" +
 	"\btotal_us\x18\x04 \x01(\x03R\atotalUs\x12\x1f\n" +
 	"\vimage_bytes\x18\x05 \x01(\x04R\n" +
-	"imageBytes\"_\n" +
+	"imageBytes\x12\x1d\n" +
+	"\n" +
+	"lazy_bytes\x18\x06 \x01(\x04R\tlazyBytes\"_\n" +
 	"\x11CheckpointRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x14\n" +
@@ -2939,7 +3061,7 @@ func file_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_peer_proto_goTypes = []any{
 	(State)(0),                 // 0: mosaic.peer.v1.State
 	(Kind)(0),                  // 1: mosaic.peer.v1.Kind
@@ -2965,14 +3087,15 @@ var file_peer_proto_goTypes = []any{
 	(*Failure)(nil),            // 21: mosaic.peer.v1.Failure
 	(*Exit)(nil),               // 22: mosaic.peer.v1.Exit
 	(*ExecOut)(nil),            // 23: mosaic.peer.v1.ExecOut
-	(*ProcInfo)(nil),           // 24: mosaic.peer.v1.ProcInfo
-	(*ListProcsRequest)(nil),   // 25: mosaic.peer.v1.ListProcsRequest
-	(*ListProcsResponse)(nil),  // 26: mosaic.peer.v1.ListProcsResponse
-	(*SignalRequest)(nil),      // 27: mosaic.peer.v1.SignalRequest
-	(*MigrateRequest)(nil),     // 28: mosaic.peer.v1.MigrateRequest
-	(*MigrateResponse)(nil),    // 29: mosaic.peer.v1.MigrateResponse
-	(*CheckpointRequest)(nil),  // 30: mosaic.peer.v1.CheckpointRequest
-	(*CheckpointResponse)(nil), // 31: mosaic.peer.v1.CheckpointResponse
+	(*LazyDone)(nil),           // 24: mosaic.peer.v1.LazyDone
+	(*ProcInfo)(nil),           // 25: mosaic.peer.v1.ProcInfo
+	(*ListProcsRequest)(nil),   // 26: mosaic.peer.v1.ListProcsRequest
+	(*ListProcsResponse)(nil),  // 27: mosaic.peer.v1.ListProcsResponse
+	(*SignalRequest)(nil),      // 28: mosaic.peer.v1.SignalRequest
+	(*MigrateRequest)(nil),     // 29: mosaic.peer.v1.MigrateRequest
+	(*MigrateResponse)(nil),    // 30: mosaic.peer.v1.MigrateResponse
+	(*CheckpointRequest)(nil),  // 31: mosaic.peer.v1.CheckpointRequest
+	(*CheckpointResponse)(nil), // 32: mosaic.peer.v1.CheckpointResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
@@ -2996,24 +3119,25 @@ var file_peer_proto_depIdxs = []int32{
 	21, // 18: mosaic.peer.v1.ExecOut.failure:type_name -> mosaic.peer.v1.Failure
 	15, // 19: mosaic.peer.v1.ExecOut.moved:type_name -> mosaic.peer.v1.Moved
 	20, // 20: mosaic.peer.v1.ExecOut.checkpointed:type_name -> mosaic.peer.v1.Checkpointed
-	24, // 21: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
-	4,  // 22: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
-	9,  // 23: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
-	25, // 24: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
-	27, // 25: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
-	28, // 26: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
-	30, // 27: mosaic.peer.v1.Peer.Checkpoint:input_type -> mosaic.peer.v1.CheckpointRequest
-	5,  // 28: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	3,  // 29: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	26, // 30: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
-	3,  // 31: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
-	29, // 32: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
-	31, // 33: mosaic.peer.v1.Peer.Checkpoint:output_type -> mosaic.peer.v1.CheckpointResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 21: mosaic.peer.v1.ExecOut.lazy_done:type_name -> mosaic.peer.v1.LazyDone
+	25, // 22: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
+	4,  // 23: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
+	9,  // 24: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
+	26, // 25: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
+	28, // 26: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
+	29, // 27: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
+	31, // 28: mosaic.peer.v1.Peer.Checkpoint:input_type -> mosaic.peer.v1.CheckpointRequest
+	5,  // 29: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 30: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	27, // 31: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 32: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	30, // 33: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
+	32, // 34: mosaic.peer.v1.Peer.Checkpoint:output_type -> mosaic.peer.v1.CheckpointResponse
+	29, // [29:35] is the sub-list for method output_type
+	23, // [23:29] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -3051,6 +3175,8 @@ func file_peer_proto_init() {
 		(*ExecOut_Moved)(nil),
 		(*ExecOut_MigrateFailed)(nil),
 		(*ExecOut_Checkpointed)(nil),
+		(*ExecOut_PageWanted)(nil),
+		(*ExecOut_LazyDone)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3058,7 +3184,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

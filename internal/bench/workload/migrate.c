@@ -1,7 +1,9 @@
 // The migration benchmark's workload: it touches N MiB of memory (every
-// page), says "ready", then wakes every millisecond and reports on stdout
-// every gap in its clock longer than 3 ms: the time it stood still, as the
-// process itself saw it.
+// page), says "ready", then wakes every millisecond, writes to the next 16
+// pages of its memory (a sweep at 64 MB/s, so that after a post-copy move
+// it needs pages that are not there yet), and reports on stdout every gap
+// in its clock longer than 3 ms: the time it stood still, as the process
+// itself saw it.
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -15,9 +17,11 @@ int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("ready\n");
 	struct timespec last, now, ms = {0, 1000000};
+	size_t at = 0;
 	clock_gettime(CLOCK_MONOTONIC, &last);
 	for (;;) {
 		nanosleep(&ms, NULL);
+		for (int k = 0; k < 16; k++, at = (at + 4096) % n) p[at]++;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		long us = (now.tv_sec - last.tv_sec) * 1000000 + (now.tv_nsec - last.tv_nsec) / 1000;
 		if (us > 3000) printf("gap %ld\n", us);
