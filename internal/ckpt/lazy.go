@@ -567,36 +567,72 @@ func (l *LazyMemory) event(ev uffdEvent) error {
 }
 
 // fill copies a record's pages into every space, where each page is now,
-// skipping what is there already or was discarded.
+// skipping what is there already or was discarded: runs of pages that
+// are all still to come, and sit unchanged in a space, in one call.
 func (l *LazyMemory) fill(addr uint64, data []byte) error {
-	for off := 0; off < len(data); off += pageSize {
+	for off := 0; off < len(data); {
 		src := addr + uint64(off)
 		run, page, ok := l.set.find(src)
 		if !ok {
 			return fmt.Errorf("lazy page at %#x, which the image does not list: %w", src, ErrCorrupt)
 		}
 		if l.set.isDone(run, page) {
+			off += pageSize
 			continue
 		}
+		n := uint64(1)
+		for uint64(off)+(n+1)*pageSize <= uint64(len(data)) && page+n < l.set.runs[run].Pages && !l.set.isDone(run, page+n) {
+			n++
+		}
+		content := data[off : off+int(n)*pageSize]
 		// By index: a fork while a copy waits adds a space, which misses
-		// this page too.
+		// these pages too.
 		for i := 0; i < len(l.spaces); i++ {
-			sp := l.spaces[i]
-			content := data[off : off+pageSize]
-			var at uint64
-			err := l.retry(func() error {
-				if at = sp.to(src); sp.dead || sp.isDropped(at) {
-					return nil
-				}
-				return copyPage(sp.uffd, at, content)
-			})
-			switch {
-			case err == nil, errors.Is(err, syscall.EEXIST), gone(err):
-			default:
-				return fmt.Errorf("copy a lazy page to %#x: %w", at, err)
+			if err := l.fillSpace(l.spaces[i], src, content); err != nil {
+				return err
 			}
 		}
-		l.set.mark(run, page)
+		for k := range n {
+			l.set.mark(run, page+k)
+		}
+		off += int(n) * pageSize
+	}
+	return nil
+}
+
+// fillSpace copies pages from the source's address src into one space.
+func (l *LazyMemory) fillSpace(sp *space, src uint64, content []byte) error {
+	for len(content) > 0 {
+		if sp.dead {
+			return nil
+		}
+		var at, copied uint64
+		err := l.retry(func() error {
+			// (Again after events: the pages may have moved or gone.)
+			n := uint64(len(content))
+			if len(sp.remaps) > 0 || len(sp.dropped) > 0 {
+				n = pageSize // the space changed: page by page
+			}
+			if at = sp.to(src); sp.isDropped(at) {
+				copied = pageSize
+				return nil
+			}
+			var err error
+			copied, err = copyPages(sp.uffd, at, content[:n])
+			return err
+		})
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.EEXIST):
+			copied += pageSize // that page was there: skip it
+		case gone(err):
+			copied = max(copied, pageSize)
+		default:
+			return fmt.Errorf("copy lazy pages to %#x: %w", at, err)
+		}
+		copied = min(copied, uint64(len(content)))
+		src += copied
+		content = content[copied:]
 	}
 	return nil
 }
@@ -627,11 +663,19 @@ func gone(err error) bool {
 	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) || errors.Is(err, syscall.EINVAL)
 }
 
-func copyPage(uffd *os.File, at uint64, page []byte) error {
-	c := [5]uint64{at, uint64(uintptr(unsafe.Pointer(&page[0]))), pageSize, 0, 0}
+// copyPages copies b to at; it returns how many bytes it copied before an
+// error (EEXIST: at the first page that was there already).
+func copyPages(uffd *os.File, at uint64, b []byte) (uint64, error) {
+	c := [5]uint64{at, uint64(uintptr(unsafe.Pointer(&b[0]))), uint64(len(b)), 0, 0}
 	err := uffdIoctl(uffd, uffdioCopy, unsafe.Pointer(&c))
-	runtime.KeepAlive(page)
-	return err
+	runtime.KeepAlive(b)
+	if err == nil {
+		return uint64(len(b)), nil
+	}
+	if n := int64(c[4]); n > 0 {
+		return uint64(n), err
+	}
+	return 0, err
 }
 
 func zeroPage(uffd *os.File, at uint64) error {

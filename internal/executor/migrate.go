@@ -187,7 +187,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 			return
 		}
 	}
-	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: sent, FrozenUs: frozenFor.Microseconds()}}}); err != nil {
+	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Moved{Moved: &peerpb.Moved{ImageBytes: sent, FrozenUs: frozenFor.Microseconds(), Lazy: lazy != nil}}}); err != nil {
 		lazy.stop()
 		frozen.Kill() // the home is gone: the process goes with it
 		return

@@ -40,7 +40,6 @@ type migration struct {
 	target string
 	next   *stream // to the target
 	began  time.Time
-	lazy   bool
 	done   chan migrateResult // buffered: written once
 }
 
@@ -118,7 +117,7 @@ func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32, lazy 
 		next.close()
 		return Moved{}, fmt.Errorf("reach %s: %w", target, err)
 	}
-	mig := &migration{target: target, next: next, began: time.Now(), lazy: lazy, done: make(chan migrateResult, 1)}
+	mig := &migration{target: target, next: next, began: time.Now(), done: make(chan migrateResult, 1)}
 	p.sendMu.Lock()
 	if p.mig != nil {
 		p.sendMu.Unlock()
@@ -214,7 +213,7 @@ func (h *Home) switchOver(p *proc, old *stream, moved *peerpb.Moved) *stream {
 		}
 		old.close()
 	}()
-	if !mig.lazy {
+	if !moved.GetLazy() { // asked for, but nothing was large enough
 		p.endMigration(migrateResult{moved: r})
 	} else {
 		// The process runs at the target already: what was held goes
@@ -231,7 +230,7 @@ func (h *Home) switchOver(p *proc, old *stream, moved *peerpb.Moved) *stream {
 			later <- migrateResult{moved: r}
 		}()
 	}
-	h.cfg.Log.Info("migrated", "id", p.id, "from", old.node, "to", mig.target, "bytes", r.ImageBytes, "frozen", r.Frozen, "lazy", mig.lazy)
+	h.cfg.Log.Info("migrated", "id", p.id, "from", old.node, "to", mig.target, "bytes", r.ImageBytes, "frozen", r.Frozen, "lazy", moved.GetLazy())
 	return next
 }
 

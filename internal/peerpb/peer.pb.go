@@ -1170,6 +1170,7 @@ type Moved struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ImageBytes    uint64                 `protobuf:"varint,1,opt,name=image_bytes,json=imageBytes,proto3" json:"image_bytes,omitempty"`
 	FrozenUs      int64                  `protobuf:"varint,2,opt,name=frozen_us,json=frozenUs,proto3" json:"frozen_us,omitempty"` // since the source froze it
+	Lazy          bool                   `protobuf:"varint,3,opt,name=lazy,proto3" json:"lazy,omitempty"`                         // memory follows the switch (post-copy), then LazyDone
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1216,6 +1217,13 @@ func (x *Moved) GetFrozenUs() int64 {
 		return x.FrozenUs
 	}
 	return 0
+}
+
+func (x *Moved) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
 }
 
 // Migrate tells the node running a process to send it to target.
@@ -2890,11 +2898,12 @@ const file_peer_proto_rawDesc = "" +
 	"\x05Adopt\x12/\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartR\x05start\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x16\n" +
-	"\x06source\x18\x03 \x01(\tR\x06source\"E\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\"Y\n" +
 	"\x05Moved\x12\x1f\n" +
 	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
 	"imageBytes\x12\x1b\n" +
-	"\tfrozen_us\x18\x02 \x01(\x03R\bfrozenUs\"K\n" +
+	"\tfrozen_us\x18\x02 \x01(\x03R\bfrozenUs\x12\x12\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"K\n" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +

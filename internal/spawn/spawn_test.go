@@ -296,3 +296,23 @@ func TestNamespace(t *testing.T) {
 		t.Fatalf("the node's mounts changed:\nbefore %s\nafter %s", mountsBefore, mountsAfter)
 	}
 }
+
+// The cost a namespace adds to every start: making it (its init execs and
+// mounts /proc) and ending it.
+func BenchmarkNamespace(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	s, err := New(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for b.Loop() {
+		ns, err := s.NewNamespace()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ns.Close()
+	}
+}
