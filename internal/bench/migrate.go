@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	_ "embed"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -125,11 +126,26 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, la
 	if err != nil {
 		return migrateFigures{}, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		return migrateFigures{}, err
+	}
 	if err := cmd.Start(); err != nil {
 		return migrateFigures{}, err
 	}
+	// -v's first line says the ID: "mosaic: n1.4 runs on n1 (...)".
+	ids := make(chan string, 1)
+	var stderr strings.Builder // read once the ID is known or lines end
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		for sc.Scan() {
+			if f := strings.Fields(strings.TrimPrefix(sc.Text(), "mosaic: ")); len(f) > 0 && len(ids) == 0 && stderr.Len() == 0 {
+				ids <- f[0]
+			}
+			stderr.WriteString(sc.Text() + "\n")
+		}
+		close(ids)
+	}()
 	defer func() {
 		cancel()
 		cmd.Wait()
@@ -148,7 +164,7 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, la
 			select {
 			case l, ok := <-lines:
 				if !ok {
-					return "", fmt.Errorf("the workload ended: %s", stderr.String())
+					return "", errors.New("the workload ended")
 				}
 				if strings.HasPrefix(l, prefix) {
 					return strings.TrimPrefix(l, prefix), nil
@@ -161,7 +177,10 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, la
 	if _, err := next("ready"); err != nil {
 		return migrateFigures{}, err
 	}
-	id := strings.Fields(strings.TrimPrefix(stderr.String(), "mosaic: "))[0]
+	id, ok := <-ids
+	if !ok {
+		return migrateFigures{}, errors.New("mosaic run -v did not say the process's ID")
+	}
 	var frozen, gaps, totals []time.Duration
 	var fig migrateFigures
 	for i := range runs {
