@@ -429,6 +429,11 @@ func TestCheckpointRestore(t *testing.T) {
 		if strings.Count(r.stdout, "\n") != len(wantLines)-1-5 {
 			t.Fatalf("the first image resumed at the wrong place: %q", r.stdout)
 		}
+		// And on the restoring node itself.
+		r = runOn(t, sock("n3"), nil, nil, "restore", "-v", "--here", img)
+		if r.code != 0 || !strings.Contains(r.stderr, "runs on n3") || before+r.stdout != string(want) {
+			t.Fatalf("restore on the restoring node: %s", r)
+		}
 	})
 
 	t.Run("damaged, foreign or missing images are refused before anything runs", func(t *testing.T) {

@@ -293,30 +293,8 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 		return nil, err
 	}
 	t := img.Threads[0]
-	if err := restoreAltStack(r, t.AltStack); err != nil {
+	if err := restoreMainThread(r, img, t); err != nil {
 		return nil, err
-	}
-	if err := restoreTimers(r, img.Timers); err != nil {
-		return nil, err
-	}
-	if _, err := r.call(unix.SYS_UMASK, uint64(img.Umask)); err != nil {
-		return nil, fmt.Errorf("set the umask: %w", err)
-	}
-	if _, err := r.callScratch(unix.SYS_CHDIR, cString(img.Cwd), 0, nil, r.scratch); err != nil {
-		return nil, fmt.Errorf("enter the working directory %s: %w", img.Cwd, err)
-	}
-	if t.RobustList != 0 {
-		if _, err := r.call(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen); err != nil {
-			return nil, fmt.Errorf("set the robust futex list: %w", err)
-		}
-	}
-	if _, err := r.call(unix.SYS_SET_TID_ADDRESS, t.TidAddress); err != nil {
-		return nil, fmt.Errorf("set clear_child_tid: %w", err)
-	}
-	if t.RseqAddr != 0 {
-		if _, err := r.call(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)); err != nil {
-			return nil, fmt.Errorf("register rseq: %w", err)
-		}
 	}
 	seen, err := seenID(pid)
 	if err != nil {
@@ -382,6 +360,68 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 		restored.lazy = &LazyMemory{pid: pid, set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
 	}
 	return restored, nil
+}
+
+// restoreMainThread sets, in one batch, what the process and its main
+// thread registered with the kernel: alternate signal stack, interval
+// timers, umask, working directory, robust futex list, clear_child_tid
+// and rseq.
+func restoreMainThread(r *remote, img *Image, t Thread) error {
+	const (
+		altAt    = 0
+		timersAt = 32
+		cwdAt    = timersAt + 3*32
+	)
+	if len(img.Cwd)+1 > scratchSize-cwdAt {
+		return fmt.Errorf("the working directory's path is too long (%d bytes)", len(img.Cwd))
+	}
+	data := make([]byte, cwdAt)
+	type named struct {
+		call sysCall
+		what string
+	}
+	var calls []named
+	if ss := t.AltStack; ss[2] != 0 && ss[1]&ssDisable == 0 {
+		// The kernel works SS_ONSTACK out from the stack pointer.
+		copy(data[altAt:], le64(ss[0], ss[1]&^ssOnStack, ss[2]))
+		calls = append(calls, named{sc(unix.SYS_SIGALTSTACK, r.scratch+altAt, 0), "set the alternate signal stack"})
+	}
+	for which, it := range img.Timers {
+		if it.ValueUs == 0 && it.IntervalUs == 0 {
+			continue
+		}
+		at := timersAt + 32*which
+		copy(data[at:], le64(uint64(it.IntervalUs/1e6), uint64(it.IntervalUs%1e6), uint64(it.ValueUs/1e6), uint64(it.ValueUs%1e6)))
+		calls = append(calls, named{sc(unix.SYS_SETITIMER, uint64(which), r.scratch+uint64(at), 0), fmt.Sprintf("set interval timer %d", which)})
+	}
+	data = append(data, cString(img.Cwd)...)
+	calls = append(calls,
+		named{sc(unix.SYS_UMASK, uint64(img.Umask)), "set the umask"},
+		named{sc(unix.SYS_CHDIR, r.scratch+cwdAt), "enter the working directory " + img.Cwd})
+	if t.RobustList != 0 {
+		calls = append(calls, named{sc(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen), "set the robust futex list"})
+	}
+	calls = append(calls, named{sc(unix.SYS_SET_TID_ADDRESS, t.TidAddress), "set clear_child_tid"})
+	if t.RseqAddr != 0 {
+		calls = append(calls, named{sc(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)), "register rseq"})
+	}
+	if err := r.write(r.scratch, data); err != nil {
+		return err
+	}
+	batch := make([]sysCall, len(calls))
+	for i, c := range calls {
+		batch[i] = c.call
+	}
+	errs, _, err := r.batch(batch)
+	if err != nil {
+		return err
+	}
+	for i, e := range errs {
+		if e != nil {
+			return fmt.Errorf("%s: %w", calls[i].what, e)
+		}
+	}
+	return nil
 }
 
 // restoreThreads starts the threads other than the main one, with their
@@ -554,17 +594,25 @@ func moveVDSO(r *remote, stub []vma, image []VMA, tramp uint64) error {
 	if err != nil {
 		return err
 	}
+	// One batch: out of the way, then into place.
+	var calls []sysCall
 	at := park
-	for i := range moves {
-		if _, err := r.call(unix.SYS_MREMAP, moves[i].from, moves[i].size, moves[i].size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, at); err != nil {
-			return fmt.Errorf("move the vDSO: %w", err)
-		}
-		moves[i].from = at
-		at += moves[i].size
-	}
 	for _, m := range moves {
-		if _, err := r.call(unix.SYS_MREMAP, m.from, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, m.to); err != nil {
-			return fmt.Errorf("move the vDSO into place: %w", err)
+		calls = append(calls, sc(unix.SYS_MREMAP, m.from, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, at))
+		at += m.size
+	}
+	at = park
+	for _, m := range moves {
+		calls = append(calls, sc(unix.SYS_MREMAP, at, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, m.to))
+		at += m.size
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for _, e := range errs {
+		if e != nil {
+			return fmt.Errorf("move the vDSO into place: %w", e)
 		}
 	}
 	return nil

@@ -78,36 +78,12 @@ func parseAltStack(b []byte) [3]uint64 {
 	return [3]uint64{binary.LittleEndian.Uint64(b[0:]), binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])}
 }
 
-func restoreAltStack(r *remote, ss [3]uint64) error {
-	if ss[2] == 0 || ss[1]&ssDisable != 0 {
-		return nil
-	}
-	flags := ss[1] &^ ssOnStack // the kernel works it out from the stack pointer
-	if _, err := r.callScratch(unix.SYS_SIGALTSTACK, le64(ss[0], flags, ss[2]), 0, nil, r.scratch, 0); err != nil {
-		return fmt.Errorf("set the alternate signal stack: %w", err)
-	}
-	return nil
-}
-
 // parseTimer reads a struct itimerval.
 func parseTimer(b []byte) ITimer {
 	tv := func(o int) int64 {
 		return int64(binary.LittleEndian.Uint64(b[o:]))*1e6 + int64(binary.LittleEndian.Uint64(b[o+8:]))
 	}
 	return ITimer{IntervalUs: tv(0), ValueUs: tv(16)}
-}
-
-func restoreTimers(r *remote, ts [3]ITimer) error {
-	for which, t := range ts {
-		if t.ValueUs == 0 && t.IntervalUs == 0 {
-			continue
-		}
-		v := le64(uint64(t.IntervalUs/1e6), uint64(t.IntervalUs%1e6), uint64(t.ValueUs/1e6), uint64(t.ValueUs%1e6))
-		if _, err := r.callScratch(unix.SYS_SETITIMER, v, 0, nil, uint64(which), r.scratch, 0); err != nil {
-			return fmt.Errorf("set interval timer %d: %w", which, err)
-		}
-	}
-	return nil
 }
 
 // stack_t flags.

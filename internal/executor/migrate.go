@@ -415,7 +415,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if err := checkHome(from, st); err != nil {
 		return refuse(out, peerpb.FailureKind_REFUSED, "%v", err)
 	}
-	if a.Source == e.node {
+	// (A home restoring an image on itself sends it from itself.)
+	if a.Source == e.node && from != e.node {
 		return refuse(out, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
 	}
 	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
@@ -426,6 +427,16 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	}
 	e.adoptions[a.Token] = ad
 	e.mu.Unlock()
+	// Its PID namespace, made while the source freezes and dumps it: one
+	// thing less while it stands still.
+	ns, err := e.cfg.Restorer.NewNamespace()
+	if err != nil {
+		e.mu.Lock()
+		delete(e.adoptions, a.Token)
+		e.mu.Unlock()
+		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+	}
+	defer ns.Close()
 	var ic *imageConn
 	select {
 	case ic = <-ad.image:
@@ -489,10 +500,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if p := ic.offer.PendingStdin; len(p) > 0 {
 		std.writeStdin(p)
 	}
-	if g.ns, err = e.cfg.Restorer.NewNamespace(); err != nil {
-		return failed("on %s: %v", e.node, err)
-	}
-	defer g.ns.Close()
+	g.ns = ns
 	spec := spawn.Spec{
 		Argv: []string{img.Exe}, Dir: img.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Files: std.childFiles(), Terminal: st.Tty != nil, Namespace: g.ns,
