@@ -241,6 +241,36 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("the end of its input goes with it, and so does what it did not read", func(t *testing.T) {
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "/usr/bin/python3", "-c",
+			"import sys, time\nprint('waiting', flush=True)\ntime.sleep(1.5)\nprint(len(sys.stdin.read()))")
+		b.lines(1)
+		id := b.id()
+		io.WriteString(b.stdin, strings.Repeat("abc\n", 100))
+		b.stdin.Close()
+		time.Sleep(300 * time.Millisecond) // the end reaches n2 first
+		if _, err := migrate(t, sock("n1"), nil, id, "n3"); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			out  string
+			code int
+		}
+		done := make(chan result, 1)
+		go func() {
+			out, code := b.finish()
+			done <- result{out, code}
+		}()
+		select {
+		case r := <-done:
+			if r.code != 0 || r.out != "waiting\n400\n" {
+				t.Fatalf("exit %d, output %q; stderr %s", r.code, r.out, b.stderr)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("after the move it still waits for input that ended before it")
+		}
+	})
+
 	t.Run("signals reach it where it moved", func(t *testing.T) {
 		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", progs["reader"])
 		id := b.id()

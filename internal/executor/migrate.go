@@ -140,8 +140,8 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		if err := frozen.Resume(); err != nil {
 			e.log.Error("resume after a failed migration", "id", id, "err", err)
 		}
-		if len(pending) > 0 {
-			std.writeStdin(pending)
+		if err := std.giveBack(pid, pending); err != nil {
+			e.log.Error("give back the input of a process that stays", "id", id, "err", err)
 		}
 		std.releaseRelays(out)
 		failed("%s stays on %s: %s", id, e.node, fmt.Sprintf(format, a...))
@@ -150,7 +150,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		goOn("the link to its home broke: %v", drained)
 		return
 	}
-	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal()}
+	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded()}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {
@@ -499,6 +499,9 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	g.std = std
 	if p := ic.offer.PendingStdin; len(p) > 0 {
 		std.writeStdin(p)
+	}
+	if ic.offer.StdinEof {
+		std.closeStdin()
 	}
 	g.ns = ns
 	spec := spawn.Spec{

@@ -304,6 +304,33 @@ func (s *stdio) stdinEOF() {
 	}
 }
 
+// giveBack puts input taken by takeInput back, for a process that stays:
+// through our end of its pipe, or, if we closed it (the input had ended),
+// through a new one opened on the same pipe.
+func (s *stdio) giveBack(pid int, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if !s.inputEnded() {
+		return s.writeStdin(b)
+	}
+	f, err := os.OpenFile("/proc/"+strconv.Itoa(pid)+"/fd/0", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.Write(b)
+	return err
+}
+
+// inputEnded says the user's input has ended and the process's pipe was
+// closed (it reads end of file once it has read what is in it).
+func (s *stdio) inputEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.master == nil && s.stdin == nil
+}
+
 func (s *stdio) closeStdin() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1298,6 +1298,7 @@ type ImageOffer struct {
 	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
 	PendingStdin  []byte                 `protobuf:"bytes,3,opt,name=pending_stdin,json=pendingStdin,proto3" json:"pending_stdin,omitempty"` // input the process had not read yet
 	Tty           *Tty                   `protobuf:"bytes,4,opt,name=tty,proto3" json:"tty,omitempty"`                                       // its terminal's modes and size, if on one
+	StdinEof      bool                   `protobuf:"varint,5,opt,name=stdin_eof,json=stdinEof,proto3" json:"stdin_eof,omitempty"`            // its input had ended (after pending_stdin)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,6 +1359,13 @@ func (x *ImageOffer) GetTty() *Tty {
 		return x.Tty
 	}
 	return nil
+}
+
+func (x *ImageOffer) GetStdinEof() bool {
+	if x != nil {
+		return x.StdinEof
+	}
+	return false
 }
 
 type ExecIn struct {
@@ -2907,13 +2915,14 @@ const file_peer_proto_rawDesc = "" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"~\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\x9b\x01\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12#\n" +
 	"\rpending_stdin\x18\x03 \x01(\fR\fpendingStdin\x12%\n" +
-	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\"\xc6\x04\n" +
+	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x1b\n" +
+	"\tstdin_eof\x18\x05 \x01(\bR\bstdinEof\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
