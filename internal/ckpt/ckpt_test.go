@@ -672,3 +672,39 @@ func TestMoveLazy(t *testing.T) {
 }
 
 func lazyPages0(img *Image) uint64 { return lazyPages(img.Lazy) }
+
+// File locks: the moved copy holds the process's POSIX locks (the frozen
+// one let them go), and a process that holds an flock is pinned.
+func TestMoveLocks(t *testing.T) {
+	needRoot(t)
+	path := filepath.Join(t.TempDir(), "locked")
+	argv := []string{programs["locker"], path, "40"}
+	want := "round 0\n"
+	for r := 1; r < 40; r++ {
+		want += fmt.Sprintf("round %d\n", r)
+	}
+	want += "unlock 0\n"
+	got, ws, img := move{argv: argv, before: 5, after: func(img *Image) {
+		if len(img.Locks) != 2 {
+			t.Errorf("image locks: %+v", img.Locks)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fl := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 0, Len: 10}
+		if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &fl); err != nil {
+			t.Fatal(err)
+		}
+		if fl.Type != unix.F_WRLCK || fl.Pid == 0 {
+			t.Errorf("after the move nobody holds the write lock: %+v", fl)
+		} else if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", fl.Pid)); exe != programs["locker"] {
+			t.Errorf("the write lock is held by %d (%s), not the moved process", fl.Pid, exe)
+		}
+	}}.run(t)
+	if got != want || !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("after a move: %v\n got %q\nwant %q", ws, got, want)
+	}
+	_ = img
+}

@@ -25,6 +25,8 @@ type Frozen struct {
 	// pending (inflightInfo, their siginfo).
 	inflight     map[int]syscall.Signal
 	inflightInfo map[int][]byte
+	// locks are the file locks it held, let go while it is frozen.
+	locks []Lock
 }
 
 // Pid is the frozen process.
@@ -33,6 +35,9 @@ func (f *Frozen) Pid() int { return f.pid }
 // Resume lets the process go on as if nothing happened.
 func (f *Frozen) Resume() error {
 	var errs []error
+	if err := f.relock(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, tid := range f.tids {
 		sig := f.inflight[tid]
 		if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -185,6 +190,9 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 		return nil, nil, err
 	}
 	img = &Image{Version: ImageVersion, Pid: seen, Files: files}
+	if img.Locks, err = readLocks(pid, files); err != nil {
+		return nil, nil, err
+	}
 	if err := dumpProcess(pid, img); err != nil {
 		return nil, nil, err
 	}
@@ -216,7 +224,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if img.VMAs, err = imageVMAs(maps); err != nil {
 		return nil, nil, err
 	}
-	if err := dumpInside(tids, img); err != nil {
+	if err := dumpInside(tids, img, f); err != nil {
 		return nil, nil, err
 	}
 	f.vmas = img.VMAs
@@ -328,7 +336,7 @@ func dumpThread(tid int) (Thread, error) {
 // dumpInside runs, in the process's threads, the system calls that read
 // what only the process itself can: its break, signal actions and timers
 // (in the main thread), each thread's alternate stack and clear_child_tid.
-func dumpInside(tids []int, img *Image) (err error) {
+func dumpInside(tids []int, img *Image, f *Frozen) (err error) {
 	tid := tids[0]
 	mask, err := getSigmask(tid)
 	if err != nil {
@@ -407,6 +415,12 @@ func dumpInside(tids []int, img *Image) (err error) {
 		img.Timers[which] = parseTimer(b[timersAt+32*which:])
 	}
 	img.Threads[0].TidAddress = leU64(b[tidAddrAt:])
+	// Its file locks go with it: the frozen copy lets them go (Resume
+	// takes them back).
+	f.locks = img.Locks
+	if err := setLocks(r, img.Locks, true); err != nil {
+		return fmt.Errorf("let go of its file locks: %w", err)
+	}
 	for i, t := range tids[1:] {
 		if err := dumpThreadInside(t, r, &img.Threads[i+1]); err != nil {
 			return err
@@ -475,6 +489,10 @@ func Movable(pid int) error {
 	if err := checkChildren(pid); err != nil {
 		return err
 	}
-	_, err := dumpFiles(pid)
+	files, err := dumpFiles(pid)
+	if err != nil {
+		return err
+	}
+	_, err = readLocks(pid, files)
 	return err
 }

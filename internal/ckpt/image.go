@@ -38,6 +38,8 @@ type Image struct {
 	// Lazy are the pages of Lazy mappings the process has, which come
 	// after the image (see lazy.go).
 	Lazy []LazyRun
+	// Locks are the POSIX record locks it held (see locks.go).
+	Locks []Lock
 	// PosixTimers are the timer_create timers.
 	PosixTimers []PosixTimer
 	// SharedPending are the signals queued for the process as a whole,

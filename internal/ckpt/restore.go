@@ -289,6 +289,9 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 	if err := restoreFiles(r, img.Files); err != nil {
 		return nil, err
 	}
+	if err := setLocks(r, img.Locks, false); err != nil {
+		return nil, err
+	}
 	if err := restoreSigactions(r, img.Actions); err != nil {
 		return nil, err
 	}

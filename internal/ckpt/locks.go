@@ -1,0 +1,186 @@
+package ckpt
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// File locks. A process's POSIX record locks (fcntl F_SETLK, as sqlite
+// takes them) belong to the process: the copy restored elsewhere must hold
+// them, and the frozen copy must not, or the restored one would find its
+// own files locked against it. So a freeze lets them go (the process is
+// stopped: nobody notices), the restore takes them again before the
+// process runs (failing, and so leaving the process where it was, if
+// someone else took one meanwhile), and a process that stays takes them
+// back on resume. flock and open-file-description locks belong to open
+// files, which a restore opens anew: a process holding one is pinned.
+
+// Lock is a POSIX record lock a process holds.
+type Lock struct {
+	Fd         int   // a descriptor of the file (any will do: the lock is the process's)
+	Write      bool  // F_WRLCK, else F_RDLCK
+	Start, Len int64 // Len 0: to the end of the file, however long
+}
+
+// readLocks lists the locks process pid holds on its files (from
+// /proc/locks), with a descriptor for each; a lock of a kind that cannot
+// move pins it.
+func readLocks(pid int, files []File) ([]Lock, error) {
+	b, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return nil, fmt.Errorf("read the file locks: %w", err)
+	}
+	type key struct {
+		maj, min uint32
+		ino      uint64
+	}
+	fdOf := map[key]int{}
+	for _, f := range files {
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, f.Fd), &st) == nil {
+			k := key{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}
+			if _, ok := fdOf[k]; !ok {
+				fdOf[k] = f.Fd
+			}
+		}
+	}
+	own := strconv.Itoa(pid)
+	var out []Lock
+	for line := range strings.Lines(string(b)) {
+		// "1: POSIX  ADVISORY  WRITE 18174 fe:00:9995360 0 EOF"; waiters
+		// ("1: -> POSIX ...") hold nothing.
+		f := strings.Fields(line)
+		if len(f) < 8 || f[1] == "->" {
+			continue
+		}
+		kind, mode, holder, where := f[1], f[3], f[4], f[5]
+		var k key
+		if _, err := fmt.Sscanf(where, "%x:%x:%d", &k.maj, &k.min, &k.ino); err != nil {
+			continue
+		}
+		fd, ours := fdOf[k]
+		switch {
+		case kind == "POSIX" && holder == own:
+		case (kind == "FLOCK" || kind == "OFDLCK") && ours && holdsOpenFileLock(pid, fd, line):
+			return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), fd)}
+		default:
+			continue
+		}
+		if !ours {
+			continue // a lock on a file it has no descriptor of: none is left
+		}
+		l := Lock{Fd: fd, Write: mode == "WRITE"}
+		if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
+			continue
+		}
+		if f[7] != "EOF" {
+			end, err := strconv.ParseInt(f[7], 10, 64)
+			if err != nil {
+				continue
+			}
+			l.Len = end - l.Start + 1
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// holdsOpenFileLock says whether the flock or OFD lock of /proc/locks line
+// is on one of the process's own open files (its fdinfo lists it).
+func holdsOpenFileLock(pid, fd int, line string) bool {
+	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		return false
+	}
+	// fdinfo's "lock:" lines are /proc/locks lines without the number.
+	_, rest, _ := strings.Cut(strings.TrimSpace(line), ":")
+	return strings.Contains(string(info), strings.TrimSpace(rest))
+}
+
+// lockCalls are the fcntl calls that take (or, with unlock, let go of) the
+// locks, each with its struct flock at out+32*i in the scratch memory,
+// whose contents they return.
+func lockCalls(ls []Lock, out uint64, unlock bool) ([]sysCall, []byte) {
+	var calls []sysCall
+	data := make([]byte, 32*len(ls))
+	for i, l := range ls {
+		typ := uint16(unix.F_RDLCK)
+		switch {
+		case unlock:
+			typ = unix.F_UNLCK
+		case l.Write:
+			typ = unix.F_WRLCK
+		}
+		fl := data[32*i:]
+		binary.LittleEndian.PutUint16(fl[0:], typ)
+		binary.LittleEndian.PutUint16(fl[2:], 0) // SEEK_SET
+		binary.LittleEndian.PutUint64(fl[8:], uint64(l.Start))
+		binary.LittleEndian.PutUint64(fl[16:], uint64(l.Len))
+		calls = append(calls, sc(unix.SYS_FCNTL, uint64(l.Fd), unix.F_SETLK, out+32*uint64(i)))
+	}
+	return calls, data
+}
+
+// setLocks takes (or lets go of) the locks, from inside the process.
+func setLocks(r *remote, ls []Lock, unlock bool) error {
+	if len(ls) == 0 {
+		return nil
+	}
+	if 32*len(ls) > scratchSize {
+		return fmt.Errorf("%d file locks are more than this version moves", len(ls))
+	}
+	calls, data := lockCalls(ls, r.scratch, unlock)
+	if err := r.write(r.scratch, data); err != nil {
+		return err
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for i, e := range errs {
+		if e == nil {
+			continue
+		}
+		if !unlock && (errors.Is(e, syscall.EAGAIN) || errors.Is(e, syscall.EACCES)) {
+			return fmt.Errorf("another process locked the file of descriptor %d meanwhile: %w", ls[i].Fd, e)
+		}
+		return fmt.Errorf("file lock on descriptor %d: %w", ls[i].Fd, e)
+	}
+	return nil
+}
+
+// relock takes the frozen process's locks back (it stays), from inside it.
+func (f *Frozen) relock() error {
+	if len(f.locks) == 0 {
+		return nil
+	}
+	r, err := newRemote(f.pid)
+	if err != nil {
+		return err
+	}
+	work, err := r.call(unix.SYS_MMAP, 0, workPages*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		r.close()
+		return fmt.Errorf("map a work area in the process: %w", err)
+	}
+	err = r.useWorkArea(work)
+	if err == nil {
+		err = setLocks(r, f.locks, false)
+	}
+	r.call(unix.SYS_MUNMAP, work, workPages*pageSize)
+	if e := r.close(); e != nil && err == nil {
+		err = e
+	}
+	if err != nil {
+		return fmt.Errorf("take its file locks back: %w", err)
+	}
+	return nil
+}
