@@ -1,0 +1,383 @@
+//go:build cluster
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The transparency corpus: real, unmodified programs started with `mosaic
+// run` and moved three times while they run, at random moments (also while
+// they wait for input), must write exactly what the same run without moves
+// writes, and exit as it does. Each logs its time with and without the
+// moves ("corpus timing"), which docs/BENCHMARKS.md cites.
+func TestTransparencyCorpus(t *testing.T) {
+	c := startPublicCluster(t, 3)
+	progs := cPrograms(t)
+	dir := publicDir(t)
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("MOSAIC_CORPUS_SEED"); s != "" {
+		fmt.Sscan(s, &seed)
+	}
+	t.Logf("seed %d (MOSAIC_CORPUS_SEED=%d repeats these moments)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 0x6d6f73))
+
+	input := filepath.Join(dir, "input.txt")
+	writeCorpusInput(t, input, 1_500_000)
+	sql := filepath.Join(dir, "load.sql")
+	writeSQL(t, sql, 800)
+	python := "/usr/bin/python3"
+
+	cases := []corpusCase{
+		{name: "C: counter (a loop that sleeps)", argv: []string{progs["counter"], "150", "8000000"}},
+		{name: "C: threads (barriers, TLS, a condition variable, a sleeper)", argv: []string{progs["threads"], "150"}},
+		{name: "C: signals (handlers, an alternate stack, an interval timer)", argv: []string{progs["signals"], "200"}},
+		{name: "C: pending signals and POSIX timers", argv: []string{progs["pending"], "150"}},
+		{name: "C: AVX registers", argv: []string{progs["avx"], "150"}},
+		{name: "C: files written at offsets and appended to", argv: []string{progs["files"], "200", "@log", "@data"}},
+		{name: "C: blocked in read, fed between moves", argv: []string{progs["reader"]}, feed: []string{"one\n", "two two\n", "three three three\n", "four\n"}},
+		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
+		{name: "python3 with threads", argv: []string{python, "-c", pythonThreads}},
+		{name: "python3 blocked reading its input", argv: []string{python, "-u", "-c", "import sys\nfor l in sys.stdin:\n    print(l.strip().upper(), len(l))"},
+			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
+		{name: "perl", argv: []string{"perl", "-e", perlLoop}},
+		// -n: no time stamp in the output (gzip takes it from its input
+		// when that is a file, and the moved run reads a pipe).
+		{name: "gzip of a large input", argv: []string{"gzip", "-n", "-c", "-9"}, stdin: input, hash: true},
+		{name: "sort of a large input", argv: []string{"sort", "-S", "1G"}, stdin: input + "3", hash: true},
+		{name: "sha256sum", argv: append([]string{"sha256sum"}, slices.Repeat([]string{input}, 24)...)},
+		{name: "bc computing pi", argv: []string{"bc", "-l"}, stdin: "@scale=2500; 4*a(1)\n", hash: true},
+		{name: "awk", argv: []string{"awk", "BEGIN{s=0; for(i=0;i<30000000;i++){s=(s*31+i)%1000003; if(i%1000000==0) print i, s}}"}},
+		{name: "sqlite3 writing a database", argv: []string{"sqlite3", "@db"}, stdin: sql, sqlite: true},
+	}
+	// sort reads three copies of the input.
+	catInto(t, input+"3", input, input, input)
+
+	nodes := []string{"n3", "home", "n2", "n3"}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := tc.run(t, dir, "ref", nil)
+			steps := rng.IntN(len(nodes) - 2)
+			moves := &corpusMoves{t: t, sock: c.Node("n1").Socket, to: nodes[steps : steps+3]}
+			for range 3 {
+				moves.delays = append(moves.delays, time.Duration(100+rng.IntN(300))*time.Millisecond)
+			}
+			got := tc.run(t, dir, "moved", moves)
+			if got.code != ref.code || got.out != ref.out {
+				t.Fatalf("after %d moves (%v, at %v): exit %d, want %d; output differs:\n got %s\nwant %s\nstderr %s",
+					moves.done, moves.to, moves.delays, got.code, ref.code, clip(got.out), clip(ref.out), got.stderr)
+			}
+			if moves.done != 3 {
+				t.Fatalf("moved %d times, want 3 (it ended too soon: make it longer)", moves.done)
+			}
+			if tc.sqlite {
+				for _, db := range []string{got.db, ref.db} {
+					out, err := exec.Command("sqlite3", db, "PRAGMA integrity_check").CombinedOutput()
+					if err != nil || strings.TrimSpace(string(out)) != "ok" {
+						t.Fatalf("integrity of %s: %v %s", db, err, out)
+					}
+				}
+				a, _ := exec.Command("sqlite3", got.db, "SELECT count(*), sum(x), max(s) FROM t").Output()
+				b, _ := exec.Command("sqlite3", ref.db, "SELECT count(*), sum(x), max(s) FROM t").Output()
+				if len(a) == 0 || !bytes.Equal(a, b) {
+					t.Fatalf("the databases differ: %q and %q", a, b)
+				}
+			}
+			t.Logf("corpus timing: %s: plain %.2fs, moved 3 times %.2fs", tc.name, ref.took.Seconds(), got.took.Seconds())
+		})
+	}
+}
+
+// corpusCase is one program of the corpus. In argv and stdin, "@name" is a
+// file of that name made for each run; stdin "@text" (with a space or a
+// newline) is that text; otherwise stdin is a file's path.
+type corpusCase struct {
+	name   string
+	argv   []string
+	stdin  string
+	feed   []string // written to its input one at a time, a move between each
+	hash   bool     // compare the output's SHA-256 (large outputs)
+	sqlite bool     // argv names a database: check it afterwards
+}
+
+type corpusRun struct {
+	out, stderr string
+	code        int
+	took        time.Duration
+	db          string
+}
+
+// run runs the case directly (moves nil) or with `mosaic run`, moved.
+func (tc corpusCase) run(t *testing.T, dir, which string, moves *corpusMoves) corpusRun {
+	t.Helper()
+	var res corpusRun
+	base := filepath.Join(dir, strings.NewReplacer(" ", "_", ":", "", "(", "", ")", "", ",", "").Replace(tc.name)+"."+which)
+	argv := make([]string, len(tc.argv))
+	for i, a := range tc.argv {
+		if name, ok := strings.CutPrefix(a, "@"); ok {
+			a = base + "." + name
+			os.Remove(a)
+			if name == "db" {
+				res.db = a
+			}
+		}
+		argv[i] = a
+	}
+	var cmd *exec.Cmd
+	if moves == nil {
+		cmd = exec.Command(argv[0], argv[1:]...)
+	} else {
+		cmd = exec.Command(bin, append([]string{"--socket", moves.sock, "run", "-v", "--on", "n2", "--"}, argv...)...)
+	}
+	cmd.Dir = dir
+	var stdin io.WriteCloser
+	switch {
+	case tc.feed != nil:
+		w, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdin = w
+	case strings.HasPrefix(tc.stdin, "@"):
+		cmd.Stdin = strings.NewReader(tc.stdin[1:])
+	case tc.stdin != "":
+		f, err := os.Open(tc.stdin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd.Stdin = f
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	// Output: hashed or kept; the first byte of it says the program runs.
+	h := sha256.New()
+	var kept bytes.Buffer
+	firstOut := make(chan struct{})
+	lines := make(chan struct{}, 64)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		br := bufio.NewReader(stdout)
+		once := sync.Once{}
+		for {
+			line, err := br.ReadBytes('\n')
+			if len(line) > 0 {
+				once.Do(func() { close(firstOut) })
+				if tc.hash {
+					h.Write(line)
+				} else {
+					kept.Write(line)
+				}
+				select {
+				case lines <- struct{}{}:
+				default:
+				}
+			}
+			if err != nil {
+				once.Do(func() { close(firstOut) })
+				return
+			}
+		}
+	}()
+	if moves != nil {
+		moves.run(stderr, firstOut, stdin, tc.feed, lines)
+	} else if stdin != nil {
+		for _, l := range tc.feed {
+			io.WriteString(stdin, l)
+			<-lines
+		}
+	}
+	if stdin != nil {
+		stdin.Close()
+	}
+	<-readDone
+	err = cmd.Wait()
+	res.took = time.Since(began)
+	if ee, ok := err.(*exec.ExitError); ok {
+		ws := ee.Sys().(syscall.WaitStatus)
+		res.code = ws.ExitStatus()
+		if ws.Signaled() {
+			res.code = 128 + int(ws.Signal())
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	res.stderr = stderr.String()
+	if tc.hash {
+		res.out = hex.EncodeToString(h.Sum(nil))
+	} else {
+		res.out = kept.String()
+	}
+	return res
+}
+
+// corpusMoves moves a running program to each of to in turn, after each
+// delay (a fed program: after each line it answered, too).
+type corpusMoves struct {
+	t      *testing.T
+	sock   string
+	to     []string
+	delays []time.Duration
+	done   int
+}
+
+func (m *corpusMoves) run(stderr *syncBuffer, started <-chan struct{}, stdin io.Writer, feed []string, lines <-chan struct{}) {
+	t := m.t
+	var id string
+	eventually(t, 10*time.Second, "the run reports its ID", func() (bool, string) {
+		for _, f := range strings.Fields(stderr.String()) {
+			if strings.Count(f, ".") == 1 && strings.HasPrefix(f, "n") {
+				id = f
+				return true, ""
+			}
+		}
+		return false, stderr.String()
+	})
+	if feed == nil {
+		// Running: it wrote something, or it writes only at the end.
+		select {
+		case <-started:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	for i, to := range m.to {
+		if i < len(feed) {
+			io.WriteString(stdin, feed[i])
+			<-lines
+		}
+		// Fed programs move while they wait for their next line.
+		time.Sleep(m.delays[i])
+		if _, err := migrate(t, m.sock, nil, id, to); err != nil {
+			if strings.Contains(err.Error(), "exited") || strings.Contains(err.Error(), "no process") {
+				return // ended first: the caller says so
+			}
+			t.Errorf("move %d to %s: %v", i+1, to, err)
+			return
+		}
+		m.done++
+	}
+	for _, l := range feed[min(len(feed), len(m.to)):] {
+		io.WriteString(stdin, l)
+		<-lines
+	}
+}
+
+func clip(s string) string {
+	if len(s) > 600 {
+		return s[:300] + " … " + s[len(s)-300:]
+	}
+	return s
+}
+
+// writeCorpusInput writes n lines of text: a number and words, as a log.
+func writeCorpusInput(t *testing.T, path string, n int) {
+	t.Helper()
+	words := []string{"alpha", "beta", "gamma", "delta", "omega", "mosaic", "node", "home", "cluster", "page", "fault", "thread"}
+	rng := rand.New(rand.NewPCG(7, 7))
+	var b bytes.Buffer
+	for range n {
+		fmt.Fprintf(&b, "%08d %s %s %d\n", rng.IntN(100_000_000), words[rng.IntN(len(words))], words[rng.IntN(len(words))], rng.IntN(1000))
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func catInto(t *testing.T, dst string, srcs ...string) {
+	t.Helper()
+	var all []byte
+	for _, s := range srcs {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	if err := os.WriteFile(dst, all, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeSQL writes a script that fills a table in txns transactions, and
+// reports as it goes.
+func writeSQL(t *testing.T, path string, txns int) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER, s TEXT);\n")
+	for i := 1; i <= txns; i++ {
+		fmt.Fprintf(&b, "BEGIN; WITH RECURSIVE c(k) AS (SELECT 1 UNION ALL SELECT k+1 FROM c WHERE k<2000) "+
+			"INSERT INTO t(x,s) SELECT (k*7919+%d)%%100003, printf('row-%%d-%%d', %d, k) FROM c; COMMIT;\n", i, i)
+		if i%50 == 0 {
+			fmt.Fprintf(&b, "SELECT 'after %d', count(*), sum(x) FROM t;\n", i)
+		}
+	}
+	b.WriteString("SELECT count(*), sum(x), max(s) FROM t;\n")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const pythonPrimes = `
+import sys
+n, found, last = 2, 0, 0
+while found < 80000:
+    if all(n % p for p in range(2, int(n ** 0.5) + 1)):
+        found += 1
+        last = n
+        if found % 5000 == 0:
+            print(found, n, flush=True)
+    n += 1
+print("last", last)
+`
+
+const pythonThreads = `
+import hashlib, threading
+print("start", flush=True)
+results = [None] * 4
+def work(i):
+    h = hashlib.sha256(str(i).encode()).digest()
+    x = 0
+    for k in range(1200000):
+        h = hashlib.sha256(h).digest()
+        x = (x * 31 + h[0]) % 1000003
+    results[i] = (h.hex(), x)
+ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+for i, r in enumerate(results): print(i, r[0], r[1])
+`
+
+const perlLoop = `
+$| = 1; my $s = 0; my %h;
+for my $i (0 .. 25_000_000) {
+    $s = ($s * 31 + $i) % 1000003;
+    $h{$s % 1000}++;
+    print "$i $s\n" if $i % 2_000_000 == 0;
+}
+print join(",", map { $h{$_} } sort { $a <=> $b } keys %h), "\n";
+`
