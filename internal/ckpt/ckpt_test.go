@@ -708,3 +708,7 @@ func TestMoveLocks(t *testing.T) {
 	}
 	_ = img
 }
+
+// Anonymous memory mapped shared (within the process) comes back with
+// its contents.
+func TestMoveSharedAnonymous(t *testing.T) { checkMove(t, "shmem", 10, "40") }
