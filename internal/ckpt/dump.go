@@ -338,16 +338,12 @@ func dumpThread(tid int) (Thread, error) {
 // (in the main thread), each thread's alternate stack and clear_child_tid.
 func dumpInside(tids []int, img *Image, f *Frozen) (err error) {
 	tid := tids[0]
-	mask, err := getSigmask(tid)
+	unblock, err := blockAll(tid)
 	if err != nil {
 		return err
 	}
-	// Nothing is delivered while we borrow the thread.
-	if err := setSigmask(tid, ^uint64(0)); err != nil {
-		return err
-	}
 	defer func() {
-		if e := setSigmask(tid, mask); e != nil && err == nil {
+		if e := unblock(); e != nil && err == nil {
 			err = e
 		}
 	}()
@@ -429,18 +425,28 @@ func dumpInside(tids []int, img *Image, f *Frozen) (err error) {
 	return nil
 }
 
+// blockAll blocks every signal of thread tid while we borrow it (nothing
+// is delivered meanwhile), and returns what puts its mask back.
+func blockAll(tid int) (func() error, error) {
+	mask, err := getSigmask(tid)
+	if err != nil {
+		return nil, err
+	}
+	if err := setSigmask(tid, ^uint64(0)); err != nil {
+		return nil, err
+	}
+	return func() error { return setSigmask(tid, mask) }, nil
+}
+
 // dumpThreadInside reads a thread's alternate stack and clear_child_tid
 // by a batch run in it, in the work area main set up.
 func dumpThreadInside(tid int, main *remote, t *Thread) (err error) {
-	mask, err := getSigmask(tid)
+	unblock, err := blockAll(tid)
 	if err != nil {
 		return err
 	}
-	if err := setSigmask(tid, ^uint64(0)); err != nil {
-		return err
-	}
 	defer func() {
-		if e := setSigmask(tid, mask); e != nil && err == nil {
+		if e := unblock(); e != nil && err == nil {
 			err = e
 		}
 	}()

@@ -137,10 +137,7 @@ func setLocks(r *remote, ls []Lock, unlock bool) error {
 		return fmt.Errorf("%d file locks are more than this version moves", len(ls))
 	}
 	calls, data := lockCalls(ls, r.scratch, unlock)
-	if err := r.write(r.scratch, data); err != nil {
-		return err
-	}
-	errs, _, err := r.batch(calls)
+	errs, _, err := r.batchWith(data, calls)
 	if err != nil {
 		return err
 	}

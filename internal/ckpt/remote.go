@@ -334,6 +334,18 @@ func sc(nr uintptr, args ...uint64) sysCall {
 	return c
 }
 
+// batchWith writes data at the start of the scratch memory (the calls'
+// arguments point into it) and runs the calls.
+func (r *remote) batchWith(data []byte, calls []sysCall) ([]error, []uint64, error) {
+	if len(data) > scratchSize {
+		return nil, nil, fmt.Errorf("%d bytes of arguments do not fit the scratch memory", len(data))
+	}
+	if err := r.write(r.scratch, data); err != nil {
+		return nil, nil, err
+	}
+	return r.batch(calls)
+}
+
 // batch runs calls in the tracee, in order, and returns their results (a
 // failed call's is its error; the calls after it run all the same).
 func (r *remote) batch(calls []sysCall) ([]error, []uint64, error) {

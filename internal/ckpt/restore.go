@@ -408,14 +408,11 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 	if t.RseqAddr != 0 {
 		calls = append(calls, named{sc(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)), "register rseq"})
 	}
-	if err := r.write(r.scratch, data); err != nil {
-		return err
-	}
 	batch := make([]sysCall, len(calls))
 	for i, c := range calls {
 		batch[i] = c.call
 	}
-	errs, _, err := r.batch(batch)
+	errs, _, err := r.batchWith(data, batch)
 	if err != nil {
 		return err
 	}

@@ -59,10 +59,7 @@ func restoreSigactions(r *remote, as []Sigaction) error {
 		acts = append(acts, le64(a.Handler, a.Flags, a.Restorer, a.Mask)...)
 		calls = append(calls, sc(unix.SYS_RT_SIGACTION, uint64(a.Signal), r.scratch+uint64(32*i), 0, 8))
 	}
-	if err := r.write(r.scratch, acts); err != nil {
-		return err
-	}
-	errs, _, err := r.batch(calls)
+	errs, _, err := r.batchWith(acts, calls)
 	if err != nil {
 		return err
 	}
@@ -239,10 +236,7 @@ func restorePosixTimers(r *remote, ts []PosixTimer, newTid map[int32]int32) erro
 			calls = append(calls, sc(unix.SYS_TIMER_SETTIME, uint64(t.ID), 0, at+72, 0))
 		}
 	}
-	if err := r.write(r.scratch, data); err != nil {
-		return err
-	}
-	errs, _, err := r.batch(calls)
+	errs, _, err := r.batchWith(data, calls)
 	if err != nil {
 		return err
 	}
@@ -307,10 +301,7 @@ func queueSignals(r *remote, tgid int, tids []int, threads []Thread, shared [][]
 				calls = append(calls, sc(unix.SYS_RT_TGSIGQUEUEINFO, uint64(tgid), uint64(q.tid), sig, at))
 			}
 		}
-		if err := r.write(r.scratch, data); err != nil {
-			return err
-		}
-		errs, _, err := r.batch(calls)
+		errs, _, err := r.batchWith(data, calls)
 		if err != nil {
 			return err
 		}
