@@ -712,3 +712,48 @@ func TestMoveLocks(t *testing.T) {
 // Anonymous memory mapped shared (within the process) comes back with
 // its contents.
 func TestMoveSharedAnonymous(t *testing.T) { checkMove(t, "shmem", 10, "40") }
+
+// Open /dev/null, /dev/zero and /dev/urandom come back open, with their
+// flags.
+func TestMoveDevices(t *testing.T) { checkMove(t, "devices", 10, "40") }
+
+// What cannot move is refused, with the reason in words, and the process
+// goes on untouched.
+func TestPinned(t *testing.T) {
+	needRoot(t)
+	lockFile := filepath.Join(t.TempDir(), "lock")
+	for _, c := range []struct{ name, code, reason string }{
+		{"socket", "import socket; s = socket.socket()", "a network or local socket"},
+		{"pipe", "import os; r, w = os.pipe()", "a pipe"},
+		{"flock", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.flock(f, fcntl.LOCK_EX)", "flock lock"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+				t.Fatal(err)
+			}
+			var pe *PinnedError
+			if err := Movable(cmd.Process.Pid); !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
+				t.Fatalf("Movable: %v, want pinned for %q", err, c.reason)
+			}
+			runtime.LockOSThread()
+			_, _, err = Freeze(cmd.Process.Pid)
+			runtime.UnlockOSThread()
+			if !errors.As(err, &pe) {
+				t.Fatalf("Freeze: %v, want pinned", err)
+			}
+			st, _ := statusField(cmd.Process.Pid, "State")
+			if tracer, _ := statusField(cmd.Process.Pid, "TracerPid"); tracer != "0" || strings.HasPrefix(st, "t") || strings.HasPrefix(st, "T") {
+				t.Fatalf("after a refused freeze the process is %q, traced by %s", st, tracer)
+			}
+		})
+	}
+}

@@ -33,6 +33,10 @@ func dumpFiles(pid int) ([]File, error) {
 				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
 				continue
 			}
+			if statelessDevices[f.Link] {
+				out = append(out, File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags})
+				continue
+			}
 		}
 		if f.Fd <= 2 {
 			// Its pipe or terminal to its home (or whatever the node that
@@ -46,6 +50,12 @@ func dumpFiles(pid int) ([]File, error) {
 		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
 	}
 	return out, nil
+}
+
+// statelessDevices are the devices every node has and that keep no state
+// for an open file: opened again by path, they are the same to the process.
+var statelessDevices = map[string]bool{
+	"/dev/null": true, "/dev/zero": true, "/dev/full": true, "/dev/random": true, "/dev/urandom": true,
 }
 
 // describeLink says in words what a /proc/PID/fd link is.
@@ -77,7 +87,7 @@ func restoreFiles(r *remote, files []File) error {
 		}
 	}
 	for _, f := range files {
-		if f.Kind != FileRegular {
+		if f.Kind != FileRegular && f.Kind != FileDevice {
 			continue
 		}
 		flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
@@ -92,6 +102,9 @@ func restoreFiles(r *remote, files []File) error {
 			r.call(unix.SYS_CLOSE, fd)
 		} else if f.Flags&unix.O_CLOEXEC != 0 {
 			r.call(unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+		if f.Kind != FileRegular {
+			continue // a device: no position to keep
 		}
 		if _, err := r.call(unix.SYS_LSEEK, uint64(f.Fd), uint64(f.Pos), 0); err != nil {
 			return fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)

@@ -145,7 +145,8 @@ type Sigaction struct {
 // File kinds.
 const (
 	FileRegular = "regular"
-	FileStdio   = "stdio" // connected to the home (pipes or terminal)
+	FileDevice  = "device" // one of statelessDevices, opened again by path
+	FileStdio   = "stdio"  // connected to the home (pipes or terminal)
 )
 
 // File is an open descriptor.
