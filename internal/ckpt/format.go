@@ -77,6 +77,11 @@ func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
 	if err := e.record(recHeader, buf.Bytes()); err != nil {
 		return nil, err
 	}
+	// The header goes out at once: the receiver starts the new process
+	// with it while the memory follows.
+	if err := e.w.Flush(); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

@@ -29,79 +29,50 @@ type Lock struct {
 	Start, Len int64 // Len 0: to the end of the file, however long
 }
 
-// readLocks lists the locks process pid holds on its files (from
-// /proc/locks), with a descriptor for each; a lock of a kind that cannot
-// move pins it.
+// readLocks lists the locks process pid holds on its files, with the
+// descriptor each was taken through (its fdinfo lists it); a lock of a
+// kind that cannot move pins it. (Not /proc/locks: reading that takes a
+// lock of the whole kernel's that waits for an RCU grace period, ~10 ms.)
 func readLocks(pid int, files []File) ([]Lock, error) {
-	b, err := os.ReadFile("/proc/locks")
-	if err != nil {
-		return nil, fmt.Errorf("read the file locks: %w", err)
-	}
-	type key struct {
-		maj, min uint32
-		ino      uint64
-	}
-	fdOf := map[key]int{}
-	for _, f := range files {
-		var st unix.Stat_t
-		if unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, f.Fd), &st) == nil {
-			k := key{unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino}
-			if _, ok := fdOf[k]; !ok {
-				fdOf[k] = f.Fd
-			}
-		}
-	}
 	own := strconv.Itoa(pid)
 	var out []Lock
-	for line := range strings.Lines(string(b)) {
-		// "1: POSIX  ADVISORY  WRITE 18174 fe:00:9995360 0 EOF"; waiters
-		// ("1: -> POSIX ...") hold nothing.
-		f := strings.Fields(line)
-		if len(f) < 8 || f[1] == "->" {
-			continue
+	for _, file := range files {
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, file.Fd))
+		if err != nil {
+			continue // closed meanwhile: it holds nothing through it
 		}
-		kind, mode, holder, where := f[1], f[3], f[4], f[5]
-		var k key
-		if _, err := fmt.Sscanf(where, "%x:%x:%d", &k.maj, &k.min, &k.ino); err != nil {
-			continue
-		}
-		fd, ours := fdOf[k]
-		switch {
-		case kind == "POSIX" && holder == own:
-		case (kind == "FLOCK" || kind == "OFDLCK") && ours && holdsOpenFileLock(pid, fd, line):
-			return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), fd)}
-		default:
-			continue
-		}
-		if !ours {
-			continue // a lock on a file it has no descriptor of: none is left
-		}
-		l := Lock{Fd: fd, Write: mode == "WRITE"}
-		if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
-			continue
-		}
-		if f[7] != "EOF" {
-			end, err := strconv.ParseInt(f[7], 10, 64)
-			if err != nil {
+		for line := range strings.Lines(string(info)) {
+			// "lock:\t1: POSIX  ADVISORY  WRITE 18174 fe:00:9995360 0 EOF"
+			rest, ok := strings.CutPrefix(line, "lock:")
+			if !ok {
 				continue
 			}
-			l.Len = end - l.Start + 1
+			f := strings.Fields(rest)
+			if len(f) < 8 || f[1] == "->" {
+				continue
+			}
+			kind, mode, holder := f[1], f[3], f[4]
+			switch {
+			case kind == "FLOCK" || kind == "OFDLCK":
+				return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), file.Fd)}
+			case kind != "POSIX" || holder != own:
+				continue
+			}
+			l := Lock{Fd: file.Fd, Write: mode == "WRITE"}
+			if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
+				continue
+			}
+			if f[7] != "EOF" {
+				end, err := strconv.ParseInt(f[7], 10, 64)
+				if err != nil {
+					continue
+				}
+				l.Len = end - l.Start + 1
+			}
+			out = append(out, l)
 		}
-		out = append(out, l)
 	}
 	return out, nil
-}
-
-// holdsOpenFileLock says whether the flock or OFD lock of /proc/locks line
-// is on one of the process's own open files (its fdinfo lists it).
-func holdsOpenFileLock(pid, fd int, line string) bool {
-	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
-	if err != nil {
-		return false
-	}
-	// fdinfo's "lock:" lines are /proc/locks lines without the number.
-	_, rest, _ := strings.Cut(strings.TrimSpace(line), ":")
-	return strings.Contains(string(info), strings.TrimSpace(rest))
 }
 
 // lockCalls are the fcntl calls that take (or, with unlock, let go of) the
