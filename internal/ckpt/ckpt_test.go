@@ -573,7 +573,7 @@ func TestMoveLazy(t *testing.T) {
 			restored := make(chan bool)
 			served := make(chan error, 1)
 			wants := make(chan uint64, 64)
-			var lazyPages uint64
+			var lazyCount uint64
 			var lazyStats *LazyMemory
 			go func() {
 				runtime.LockOSThread()
@@ -588,7 +588,7 @@ func TestMoveLazy(t *testing.T) {
 						frozen.Resume()
 						return err
 					}
-					lazyPages = lazyPages0(img)
+					lazyCount = lazyPages(img.Lazy)
 					enc, err := NewEncoder(pw, img)
 					if err == nil {
 						err = frozen.ReadMemory(enc.Pages)
@@ -666,12 +666,10 @@ func TestMoveLazy(t *testing.T) {
 			if out.String() != want || ws.ExitStatus() != 0 {
 				t.Fatalf("after a lazy move (%v):\n got %s\nwant %s", ws, out.String(), want)
 			}
-			t.Logf("%d pages came lazily; %d asked for on faults, %d changes of the address space followed", lazyPages, lazyStats.Asked, lazyStats.Changes)
+			t.Logf("%d pages came lazily; %d asked for on faults, %d changes of the address space followed", lazyCount, lazyStats.Asked, lazyStats.Changes)
 		})
 	}
 }
-
-func lazyPages0(img *Image) uint64 { return lazyPages(img.Lazy) }
 
 // File locks: the moved copy holds the process's POSIX locks (the frozen
 // one let them go), and a process that holds an flock is pinned.
@@ -684,7 +682,7 @@ func TestMoveLocks(t *testing.T) {
 		want += fmt.Sprintf("round %d\n", r)
 	}
 	want += "unlock 0\n"
-	got, ws, img := move{argv: argv, before: 5, after: func(img *Image) {
+	got, ws, _ := move{argv: argv, before: 5, after: func(img *Image) {
 		if len(img.Locks) != 2 {
 			t.Errorf("image locks: %+v", img.Locks)
 		}
@@ -706,7 +704,6 @@ func TestMoveLocks(t *testing.T) {
 	if got != want || !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Fatalf("after a move: %v\n got %q\nwant %q", ws, got, want)
 	}
-	_ = img
 }
 
 // Anonymous memory mapped shared (within the process) comes back with

@@ -1,6 +1,7 @@
 package ckpt
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,11 +21,10 @@ type Frozen struct {
 	pid  int
 	tids []int
 	vmas []VMA // what ReadMemory reads
-	// inflight are signals that were being delivered to threads when they
-	// were stopped; Resume delivers them, and an image carries them as
-	// pending (inflightInfo, their siginfo).
-	inflight     map[int]syscall.Signal
-	inflightInfo map[int][]byte
+	// inflight are the signals (their siginfo) that were being delivered
+	// to threads when they were stopped; Resume delivers them, and an
+	// image carries them as pending.
+	inflight map[int][]byte
 	// locks are the file locks it held, let go while it is frozen.
 	locks []Lock
 }
@@ -39,7 +39,10 @@ func (f *Frozen) Resume() error {
 		errs = append(errs, err)
 	}
 	for _, tid := range f.tids {
-		sig := f.inflight[tid]
+		var sig int
+		if info := f.inflight[tid]; info != nil {
+			sig = int(int32(binary.LittleEndian.Uint32(info))) // si_signo
+		}
 		if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil && !errors.Is(err, syscall.ESRCH) {
 			errs = append(errs, fmt.Errorf("let thread %d go: %w", tid, err))
 		}
@@ -125,7 +128,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := Movable(pid); err != nil {
 		return nil, nil, err
 	}
-	f := &Frozen{pid: pid, inflight: map[int]syscall.Signal{}, inflightInfo: map[int][]byte{}}
+	f := &Frozen{pid: pid, inflight: map[int][]byte{}}
 	defer func() {
 		if err != nil {
 			f.Resume()
@@ -162,8 +165,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 			// interrupt: it is delivered when the process goes on.
 			if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
 				if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
-					f.inflight[tid] = s
-					if f.inflightInfo[tid], err = getSiginfo(tid); err != nil {
+					if f.inflight[tid], err = getSiginfo(tid); err != nil {
 						return nil, nil, err
 					}
 				}
@@ -178,10 +180,10 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	}
 	tids := f.tids
 	// Check again, frozen: it may have changed since.
-	if err := Movable(pid); err != nil {
+	if err := checkChildren(pid); err != nil {
 		return nil, nil, err
 	}
-	files, err := dumpFiles(pid)
+	files, locks, err := dumpFiles(pid)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -189,10 +191,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	img = &Image{Version: ImageVersion, Pid: seen, Files: files}
-	if img.Locks, err = readLocks(pid, files); err != nil {
-		return nil, nil, err
-	}
+	img = &Image{Version: ImageVersion, Pid: seen, Files: files, Locks: locks}
 	if err := dumpProcess(pid, img); err != nil {
 		return nil, nil, err
 	}
@@ -201,7 +200,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		if info := f.inflightInfo[tid]; info != nil {
+		if info := f.inflight[tid]; info != nil {
 			t.Pending = append(t.Pending, info)
 		}
 		queued, err := pendingSignals(tid, false)
@@ -495,10 +494,6 @@ func Movable(pid int) error {
 	if err := checkChildren(pid); err != nil {
 		return err
 	}
-	files, err := dumpFiles(pid)
-	if err != nil {
-		return err
-	}
-	_, err = readLocks(pid, files)
+	_, _, err := dumpFiles(pid)
 	return err
 }

@@ -20,14 +20,22 @@ type PinnedError struct{ Reason string }
 
 func (e *PinnedError) Error() string { return "the process cannot move: " + e.Reason }
 
-func dumpFiles(pid int) ([]File, error) {
+// dumpFiles lists the process's open descriptors and the file locks it
+// holds through them, or why it cannot move with them.
+func dumpFiles(pid int) ([]File, []Lock, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
-		return nil, fmt.Errorf("list open descriptors: %w", err)
+		return nil, nil, fmt.Errorf("list open descriptors: %w", err)
 	}
 	var out []File
+	var locks []Lock
 	var cannot []string
 	for _, f := range fds {
+		ls, err := parseLocks(pid, f.Fd, f.Locks)
+		if err != nil {
+			return nil, nil, err
+		}
+		locks = append(locks, ls...)
 		if strings.HasPrefix(f.Link, "/") && !strings.HasSuffix(f.Link, " (deleted)") {
 			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
 				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
@@ -47,9 +55,9 @@ func dumpFiles(pid int) ([]File, error) {
 		cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, describeLink(f.Link)))
 	}
 	if len(cannot) > 0 {
-		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
+		return nil, nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
 	}
-	return out, nil
+	return out, locks, nil
 }
 
 // statelessDevices are the devices every node has and that keep no state

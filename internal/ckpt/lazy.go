@@ -348,7 +348,6 @@ func withFd(f *os.File, fn func(fd uintptr)) error {
 // LazyMemory fills a restored process's lazy pages as they come (the
 // target's side).
 type LazyMemory struct {
-	pid    int
 	set    *lazySet
 	spaces []*space
 	// Stats, for logs and benchmarks: pages asked for on a fault, and

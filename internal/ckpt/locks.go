@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,48 +28,39 @@ type Lock struct {
 	Start, Len int64 // Len 0: to the end of the file, however long
 }
 
-// readLocks lists the locks process pid holds on its files, with the
-// descriptor each was taken through (its fdinfo lists it); a lock of a
-// kind that cannot move pins it. (Not /proc/locks: reading that takes a
-// lock of the whole kernel's that waits for an RCU grace period, ~10 ms.)
-func readLocks(pid int, files []File) ([]Lock, error) {
+// parseLocks gives the locks process pid holds through descriptor fd,
+// from its fdinfo's lock lines; a lock of a kind that cannot move pins
+// it. (Not /proc/locks: reading that takes a lock of the whole kernel's
+// that waits for an RCU grace period, ~10 ms.)
+func parseLocks(pid, fd int, lines []string) ([]Lock, error) {
 	own := strconv.Itoa(pid)
 	var out []Lock
-	for _, file := range files {
-		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, file.Fd))
-		if err != nil {
-			continue // closed meanwhile: it holds nothing through it
+	for _, line := range lines {
+		// "1: POSIX  ADVISORY  WRITE 18174 fe:00:9995360 0 EOF"
+		f := strings.Fields(line)
+		if len(f) < 8 || f[1] == "->" {
+			continue
 		}
-		for line := range strings.Lines(string(info)) {
-			// "lock:\t1: POSIX  ADVISORY  WRITE 18174 fe:00:9995360 0 EOF"
-			rest, ok := strings.CutPrefix(line, "lock:")
-			if !ok {
-				continue
-			}
-			f := strings.Fields(rest)
-			if len(f) < 8 || f[1] == "->" {
-				continue
-			}
-			kind, mode, holder := f[1], f[3], f[4]
-			switch {
-			case kind == "FLOCK" || kind == "OFDLCK":
-				return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), file.Fd)}
-			case kind != "POSIX" || holder != own:
-				continue
-			}
-			l := Lock{Fd: file.Fd, Write: mode == "WRITE"}
-			if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
-				continue
-			}
-			if f[7] != "EOF" {
-				end, err := strconv.ParseInt(f[7], 10, 64)
-				if err != nil {
-					continue
-				}
-				l.Len = end - l.Start + 1
-			}
-			out = append(out, l)
+		kind, mode, holder := f[1], f[3], f[4]
+		switch {
+		case kind == "FLOCK" || kind == "OFDLCK":
+			return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), fd)}
+		case kind != "POSIX" || holder != own:
+			continue
 		}
+		l := Lock{Fd: fd, Write: mode == "WRITE"}
+		var err error
+		if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
+			continue
+		}
+		if f[7] != "EOF" {
+			end, err := strconv.ParseInt(f[7], 10, 64)
+			if err != nil {
+				continue
+			}
+			l.Len = end - l.Start + 1
+		}
+		out = append(out, l)
 	}
 	return out, nil
 }

@@ -193,6 +193,7 @@ type fdEntry struct {
 	Link  string // readlink of /proc/PID/fd/N
 	Pos   int64
 	Flags int
+	Locks []string // fdinfo's "lock:" lines: locks taken through it
 }
 
 func readFDs(pid int) ([]fdEntry, error) {
@@ -225,6 +226,8 @@ func readFDs(pid int) ([]fdEntry, error) {
 			case "flags":
 				f, _ := strconv.ParseInt(v, 8, 64)
 				fe.Flags = int(f)
+			case "lock":
+				fe.Locks = append(fe.Locks, v)
 			}
 		}
 		out = append(out, fe)

@@ -360,7 +360,7 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 			return nil, err
 		}
 		uffd = -1 // the file's now
-		restored.lazy = &LazyMemory{pid: pid, set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
+		restored.lazy = &LazyMemory{set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
 	}
 	return restored, nil
 }

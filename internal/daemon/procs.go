@@ -166,6 +166,23 @@ func (d *Daemon) opRun(ctx context.Context, c api.Caller, args json.RawMessage, 
 	return nil, nil // the run wrote its own frames
 }
 
+// homeOfProcess is a client of the peer that is home of process id
+// (home, another node), or why there is none to ask.
+func (d *Daemon) homeOfProcess(id, home string) (peerpb.PeerClient, error) {
+	m, ok := d.peer(home)
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("no process %s: its home node %s is not known", id, home)
+	case m.State != peerpb.State_ALIVE:
+		return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", id, home, stateName(m.State))
+	}
+	conn, err := d.pool.conn(m.Name, m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	return peerpb.NewPeerClient(conn), nil
+}
+
 // listProcs is this node's part of `mosaic ps`: what it is home of and
 // what it runs.
 func (d *Daemon) listProcs(uid uint32, all bool) []*peerpb.ProcInfo {
@@ -332,20 +349,13 @@ func (d *Daemon) opKill(ctx context.Context, c api.Caller, args json.RawMessage,
 		}
 		return map[string]string{"signalled": a.ID}, nil
 	}
-	m, ok := d.peer(home)
-	if !ok {
-		return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
-	}
-	if m.State != peerpb.State_ALIVE {
-		return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
-	}
-	conn, err := d.pool.conn(m.Name, m.Addr)
+	pc, err := d.homeOfProcess(a.ID, home)
 	if err != nil {
 		return nil, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, err = peerpb.NewPeerClient(conn).Signal(cctx, &peerpb.SignalRequest{Id: a.ID, Signal: int32(a.Signal), Uid: c.UID})
+	_, err = pc.Signal(cctx, &peerpb.SignalRequest{Id: a.ID, Signal: int32(a.Signal), Uid: c.UID})
 	if err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
 			return nil, errors.New(st.Message())
@@ -382,18 +392,11 @@ func (d *Daemon) opMigrate(ctx context.Context, c api.Caller, args json.RawMessa
 	if home == d.node.Name {
 		res, err = d.migrate(ctx, a.ID, a.Node, c.UID, a.Lazy)
 	} else {
-		m, ok := d.peer(home)
-		switch {
-		case !ok:
-			return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
-		case m.State != peerpb.State_ALIVE:
-			return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
-		}
-		conn, err := d.pool.conn(m.Name, m.Addr)
+		pc, err := d.homeOfProcess(a.ID, home)
 		if err != nil {
 			return nil, err
 		}
-		res, err = peerpb.NewPeerClient(conn).Migrate(ctx, &peerpb.MigrateRequest{Id: a.ID, Target: a.Node, Uid: c.UID, Lazy: a.Lazy})
+		res, err = pc.Migrate(ctx, &peerpb.MigrateRequest{Id: a.ID, Target: a.Node, Uid: c.UID, Lazy: a.Lazy})
 		if err != nil {
 			if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
 				return nil, errors.New(st.Message())
@@ -447,18 +450,11 @@ func (d *Daemon) opCheckpoint(ctx context.Context, c api.Caller, args json.RawMe
 	if home == d.node.Name {
 		_, err = d.home.Checkpoint(ctx, a.ID, c.UID, d.node.Name, token, a.Stop)
 	} else {
-		m, ok := d.peer(home)
-		switch {
-		case !ok:
-			return nil, fmt.Errorf("no process %s: its home node %s is not known", a.ID, home)
-		case m.State != peerpb.State_ALIVE:
-			return nil, fmt.Errorf("no process %s: its home node %s is %s, and its processes died with it", a.ID, home, stateName(m.State))
-		}
-		pc, err2 := d.pool.conn(m.Name, m.Addr)
+		pc, err2 := d.homeOfProcess(a.ID, home)
 		if err2 != nil {
 			return nil, err2
 		}
-		_, err = peerpb.NewPeerClient(pc).Checkpoint(ctx, &peerpb.CheckpointRequest{Id: a.ID, Uid: c.UID, Token: token, Stop: a.Stop})
+		_, err = pc.Checkpoint(ctx, &peerpb.CheckpointRequest{Id: a.ID, Uid: c.UID, Token: token, Stop: a.Stop})
 		if st, ok := status.FromError(err); ok && err != nil && st.Code() == codes.FailedPrecondition {
 			err = errors.New(st.Message())
 		}

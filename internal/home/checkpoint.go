@@ -125,10 +125,7 @@ func (h *Home) restore(ctx context.Context, caller api.Caller, args api.RunArgs,
 	start := &peerpb.ExecStart{
 		Id: id, Home: h.cfg.Node, Argv: img.Argv, Cwd: img.Cwd, Uid: img.UID, Gid: gid, Groups: groups, User: name,
 	}
-	if t := args.Tty; t != nil {
-		start.Tty = &peerpb.Tty{Rows: uint32(t.Rows), Cols: uint32(t.Cols), Iflag: t.Iflag, Oflag: t.Oflag, Cflag: t.Cflag,
-			Lflag: t.Lflag, Cc: t.Cc, Ispeed: t.Ispeed, Ospeed: t.Ospeed, HasModes: true}
-	}
+	start.Tty = peerTty(args.Tty)
 	p := &proc{id: id, uid: img.UID, user: name, argv: img.Argv, cwd: img.Cwd, tty: args.Tty != nil,
 		started: time.Now(), state: "starting", start: start}
 	if !h.add(p) {

@@ -165,6 +165,16 @@ func fail(status int, format string, a ...any) *runError {
 // program is over. fds are the caller's descriptors 0, 1 and 2; Run takes
 // them over and closes them. It never changes their flags: they are
 // shared with the caller's shell.
+// peerTty is the caller's terminal (its modes and size) as the running
+// node gets it, or nil.
+func peerTty(t *api.TtyModes) *peerpb.Tty {
+	if t == nil {
+		return nil
+	}
+	return &peerpb.Tty{Rows: uint32(t.Rows), Cols: uint32(t.Cols), Iflag: t.Iflag, Oflag: t.Oflag, Cflag: t.Cflag,
+		Lflag: t.Lflag, Cc: t.Cc, Ispeed: t.Ispeed, Ospeed: t.Ospeed, HasModes: true}
+}
+
 func (h *Home) Run(ctx context.Context, caller api.Caller, args api.RunArgs, conn *api.Conn, fds []int) {
 	var image *os.File
 	if args.Image && len(fds) == 4 {
@@ -248,10 +258,7 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	for _, r := range args.Rlimits {
 		start.Rlimits = append(start.Rlimits, &peerpb.Rlimit{Resource: int32(r.Resource), Cur: r.Cur, Max: r.Max})
 	}
-	if t := args.Tty; t != nil {
-		start.Tty = &peerpb.Tty{Rows: uint32(t.Rows), Cols: uint32(t.Cols), Iflag: t.Iflag, Oflag: t.Oflag, Cflag: t.Cflag,
-			Lflag: t.Lflag, Cc: t.Cc, Ispeed: t.Ispeed, Ospeed: t.Ospeed, HasModes: true}
-	}
+	start.Tty = peerTty(args.Tty)
 	p := &proc{id: id, uid: caller.UID, user: name, argv: args.Argv, cwd: args.Cwd, tty: args.Tty != nil,
 		started: time.Now(), state: "starting", start: start}
 	if !h.add(p) {

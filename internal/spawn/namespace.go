@@ -17,7 +17,8 @@ import (
 // PID 2 (the first process started there after the init), so that the
 // number it sees for itself, and its threads' numbers, can be given back
 // when it is restored on another node, where the same numbers are free
-// because the namespace is new (see docs/ARCHITECTURE.md, "PIDs").
+// because the namespace is new (docs/ARCHITECTURE.md, "A PID namespace
+// per process").
 //
 // The program is not the init, because an init ignores every signal it
 // has no handler for, even from outside (Ctrl-C would do nothing), and
