@@ -714,6 +714,13 @@ func TestMoveSharedAnonymous(t *testing.T) { checkMove(t, "shmem", 10, "40") }
 // flags.
 func TestMoveDevices(t *testing.T) { checkMove(t, "devices", 10, "40") }
 
+// An open directory comes back at its position (the next entry it reads
+// is the one it would have read), usable for the *at calls and fsync.
+func TestMoveDirectory(t *testing.T) {
+	dir := t.TempDir()
+	checkMove(t, "dirs", 8, "30", dir)
+}
+
 // What cannot move is refused, with the reason in words, and the process
 // goes on untouched.
 func TestPinned(t *testing.T) {

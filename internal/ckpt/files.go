@@ -10,9 +10,10 @@ import (
 )
 
 // Descriptors. A process carries its standard descriptors (the pipes or
-// terminal to its home, which the node that restores it provides anew)
-// and regular files opened by path, which it reopens at the same offset
-// with the same flags. Anything else it cannot carry: dumpFiles says what.
+// terminal to its home, which the node that restores it provides anew),
+// regular files and directories opened by path, which it reopens at the
+// same offset with the same flags, and the stateless devices. Anything
+// else it cannot carry: dumpFiles says what.
 
 // PinnedError says why a process cannot move: it holds something the
 // engine cannot carry. The text is for its user.
@@ -39,6 +40,13 @@ func dumpFiles(pid int) ([]File, []Lock, error) {
 		if strings.HasPrefix(f.Link, "/") && !strings.HasSuffix(f.Link, " (deleted)") {
 			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
 				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
+				continue
+			} else if err == nil && st.IsDir() {
+				// Programs hold directories to fsync them (sqlite3 does, at
+				// every commit), to walk them, or for the *at calls. Its
+				// position is the file system's cookie, which the same
+				// directory takes back.
+				out = append(out, File{Fd: f.Fd, Kind: FileDirectory, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
 				continue
 			}
 			if statelessDevices[f.Link] {
@@ -85,9 +93,9 @@ func describeLink(l string) string {
 	return l
 }
 
-// restoreFiles reopens the image's regular files at their descriptors,
-// and closes the standard ones the process had closed (the stub was
-// given all three).
+// restoreFiles reopens the image's files, directories and devices at
+// their descriptors, and closes the standard ones the process had closed
+// (the stub was given all three).
 func restoreFiles(r *remote, files []File) error {
 	for fd := range 3 {
 		if !slices.ContainsFunc(files, func(f File) bool { return f.Fd == fd }) {
@@ -95,8 +103,12 @@ func restoreFiles(r *remote, files []File) error {
 		}
 	}
 	for _, f := range files {
-		if f.Kind != FileRegular && f.Kind != FileDevice {
+		switch f.Kind {
+		case FileStdio:
 			continue
+		case FileRegular, FileDevice, FileDirectory:
+		default:
+			return fmt.Errorf("descriptor %d is of a kind this mosaic does not know (%q): restore it with the version that made the image", f.Fd, f.Kind)
 		}
 		flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
 		fd, err := r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0)
@@ -111,8 +123,8 @@ func restoreFiles(r *remote, files []File) error {
 		} else if f.Flags&unix.O_CLOEXEC != 0 {
 			r.call(unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC)
 		}
-		if f.Kind != FileRegular {
-			continue // a device: no position to keep
+		if f.Kind == FileDevice {
+			continue // no position to keep
 		}
 		if _, err := r.call(unix.SYS_LSEEK, uint64(f.Fd), uint64(f.Pos), 0); err != nil {
 			return fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)

@@ -144,9 +144,10 @@ type Sigaction struct {
 
 // File kinds.
 const (
-	FileRegular = "regular"
-	FileDevice  = "device" // one of statelessDevices, opened again by path
-	FileStdio   = "stdio"  // connected to the home (pipes or terminal)
+	FileRegular   = "regular"
+	FileDirectory = "directory"
+	FileDevice    = "device" // one of statelessDevices, opened again by path
+	FileStdio     = "stdio"  // connected to the home (pipes or terminal)
 )
 
 // File is an open descriptor.
