@@ -1,8 +1,12 @@
 // Package policy decides where processes run. It is pure: it takes a view
 // of the cluster (what gossip says of each node, what this node knows of
-// its own recent decisions) and returns decisions, with no clock, socket
-// or state of its own, so that the daemon and the simulator run the same
-// code.
+// its own processes and recent decisions) and returns decisions, with no
+// clock, socket or state of its own, so that the daemon and the simulator
+// run the same code.
+//
+// A Policy places new processes (Place) and, if it migrates, proposes
+// moves of running ones (Balance). The policies, their rules and constants
+// are described in docs/ARCHITECTURE.md ("Placement and load balancing").
 package policy
 
 import (
@@ -11,19 +15,22 @@ import (
 	"time"
 )
 
-// Node is what placement knows of one candidate node.
+// Node is what a node knows of one node of the cluster (itself included).
 type Node struct {
 	Name     string
-	Load     float64       // runnable processes per reference core (MOSIX load, as gossiped)
+	Load     float64       // runnable processes per unit of capacity (MOSIX load, as gossiped)
 	Capacity float64       // cores' worth of CPU the node offers (its quota, or its cores)
 	Speed    float64       // per-core speed relative to the reference
-	FreeMem  uint64        // bytes free for new processes; 0 with HasLoad unset = unknown
-	HasLoad  bool          // Load and FreeMem are known
+	FreeMem  uint64        // bytes free for new processes
+	MemTotal uint64        // bytes the node has for processes; 0 = unknown
+	MemUsed  uint64        // bytes its processes use (may exceed MemTotal: it pages)
+	HasLoad  bool          // Load and the memory figures are known
 	Age      time.Duration // how old the load information is
-	// Pending is the number of processes this node placed there that the
+	// Pending is the number of processes this node sent there that the
 	// load information cannot show yet (placed after it was measured).
-	Pending int
-	Self    bool
+	Pending  int
+	Self     bool
+	NoGuests bool // it takes no processes from other nodes
 }
 
 // Request is what is known of the process to place.
@@ -41,7 +48,8 @@ type Choice struct {
 // load after the process is added (its share of the node's capacity, as
 // MOSIX counts a process's load on a node), among the nodes with the memory
 // it needs. Nodes whose load is unknown come last; ties go to this node
-// (no remote start), then to fresher information, then by name.
+// (no remote start), then to fresher information, then by name. It is the
+// leastload policy's placement, and mosix's.
 func Place(nodes []Node, req Request) []Choice {
 	type scored struct {
 		Node
@@ -49,11 +57,10 @@ func Place(nodes []Node, req Request) []Choice {
 	}
 	var cands []scored
 	for _, n := range nodes {
-		if req.Mem > 0 && n.HasLoad && n.FreeMem < req.Mem {
+		if !takes(n) || (req.Mem > 0 && n.HasLoad && n.FreeMem < req.Mem) {
 			continue
 		}
-		unit := unitLoad(n)
-		expected := n.Load + float64(n.Pending+1)*unit
+		expected := n.Load + float64(n.Pending+1)*unitLoad(n)
 		cands = append(cands, scored{n, expected})
 	}
 	slices.SortStableFunc(cands, func(a, b scored) int {
@@ -83,6 +90,9 @@ func Place(nodes []Node, req Request) []Choice {
 	}
 	return out
 }
+
+// takes says whether a node may be given a process by this one.
+func takes(n Node) bool { return n.Self || !n.NoGuests }
 
 // unitLoad is the load one more CPU-bound process adds to a node.
 func unitLoad(n Node) float64 {

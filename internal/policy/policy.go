@@ -1,0 +1,402 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+)
+
+// View is what one node knows when it decides.
+type View struct {
+	Nodes []Node // every node it may use, itself included (Self set)
+	Procs []Proc // the processes it runs that a policy may move
+	// PeakLoad is the largest node load this node has seen so far: E-PVM
+	// scales its CPU cost by the power of two above it.
+	PeakLoad float64
+	// Placed counts the processes this node has placed so far: round
+	// robin's turn.
+	Placed int
+	// Seed makes the random choices of this decision (E-Mosix's
+	// candidate set); the caller varies it from one decision to the next.
+	Seed uint64
+}
+
+// Proc is a process this node runs.
+type Proc struct {
+	ID string
+	// Demand is the share of one core the process would use if it had
+	// the core alone: 1 for a CPU-bound process, less for one that waits.
+	Demand float64
+	Mem    uint64        // bytes it uses
+	Age    time.Duration // since it started
+	// Resident is the time since it came to this node (started or moved
+	// here): processes that arrived recently do not move again.
+	Resident time.Duration
+	Pinned   bool // it must not move (the user said so, or it cannot)
+}
+
+// Move is a migration a policy proposes.
+type Move struct {
+	Proc   string
+	To     string
+	Reason string // in words, for `mosaic recommend` and the logs
+}
+
+// Policy is a placement and migration policy.
+type Policy interface {
+	Name() string
+	// Place ranks the nodes for a new process, best first. An empty
+	// result means no node can take it.
+	Place(v View, r Request) []string
+	// Balance proposes migrations of this node's processes; nil when
+	// nothing should move. A policy that never migrates returns nil.
+	Balance(v View) []Move
+}
+
+// Names lists the policies New accepts, in the order of the study: the
+// static baselines, then the dynamic ones.
+func Names() []string { return []string{"roundrobin", "leastload", "epvm", "mosix", "emosix"} }
+
+// New returns the named policy with its published constants.
+func New(name string) (Policy, error) {
+	switch name {
+	case "roundrobin":
+		return RoundRobin{}, nil
+	case "leastload":
+		return LeastLoad{}, nil
+	case "mosix":
+		return DefaultMosix(), nil
+	case "epvm":
+		return EPVM{}, nil
+	case "emosix":
+		return DefaultEMosix(), nil
+	}
+	return nil, fmt.Errorf("no policy %q: choose one of %s", name, strings.Join(Names(), ", "))
+}
+
+// self is the view's own node.
+func (v View) self() (Node, bool) {
+	for _, n := range v.Nodes {
+		if n.Self {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// RoundRobin is PVM's default: new processes go to the nodes in turn,
+// whatever their load, and never move.
+type RoundRobin struct{}
+
+func (RoundRobin) Name() string { return "roundrobin" }
+
+func (RoundRobin) Place(v View, _ Request) []string {
+	var ns []string
+	for _, n := range v.Nodes {
+		if takes(n) {
+			ns = append(ns, n.Name)
+		}
+	}
+	if len(ns) == 0 {
+		return nil
+	}
+	slices.Sort(ns)
+	k := v.Placed % len(ns)
+	return append(ns[k:], ns[:k]...)
+}
+
+func (RoundRobin) Balance(View) []Move { return nil }
+
+// LeastLoad places a new process where the expected load is least (Place)
+// and never moves it.
+type LeastLoad struct{}
+
+func (LeastLoad) Name() string { return "leastload" }
+
+func (LeastLoad) Place(v View, r Request) []string { return choiceNames(Place(v.Nodes, r)) }
+
+func (LeastLoad) Balance(View) []Move { return nil }
+
+func choiceNames(cs []Choice) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.Node
+	}
+	return out
+}
+
+// Mosix is the MOSIX load balancer with memory ushering. A new process is
+// placed as by LeastLoad (MOSIX starts it at home and its balancer moves it
+// at once; placing it there directly saves the move). Then, each time it is
+// asked:
+//
+//   - Memory ushering: when the node's processes use more than
+//     (1 - UsherFree) of its memory, the largest movable process that
+//     fits goes to the least loaded node that can hold it and stay below
+//     that mark.
+//   - Load balancing: a movable process p goes to node t when
+//     load(t) + Factor × demand(p) × unit(t) < load(self), where unit(t)
+//     is the load one process adds to t; Factor > 1 pays for the move and
+//     keeps two nodes from trading a process back and forth. Among the
+//     candidates the most CPU-bound and then the oldest goes first, to the
+//     node where its expected load is least.
+//
+// A process moves only after MinResident on its node, and one process at a
+// time moves from a node.
+type Mosix struct {
+	Factor      float64
+	MinResident time.Duration
+	UsherFree   float64
+}
+
+// DefaultMosix has Kerrighed's factor of 1.3 and ushering at 10% free.
+func DefaultMosix() Mosix {
+	return Mosix{Factor: 1.3, MinResident: 2 * time.Second, UsherFree: 0.1}
+}
+
+func (Mosix) Name() string { return "mosix" }
+
+func (Mosix) Place(v View, r Request) []string { return choiceNames(Place(v.Nodes, r)) }
+
+func (m Mosix) Balance(v View) []Move {
+	self, ok := v.self()
+	if !ok {
+		return nil
+	}
+	movable := movableProcs(v.Procs, m.MinResident)
+	if len(movable) == 0 {
+		return nil
+	}
+	if mv, ok := m.usher(v, self, movable); ok {
+		return []Move{mv}
+	}
+	// Most CPU-bound first, then oldest: they gain most and, having run
+	// long, are likely to run on.
+	slices.SortStableFunc(movable, func(a, b Proc) int {
+		if c := cmp.Compare(b.Demand, a.Demand); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Age, a.Age); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	for _, p := range movable {
+		best, bestLoad := "", math.Inf(1)
+		for _, t := range v.Nodes {
+			if t.Self || !t.HasLoad || t.NoGuests || (t.MemTotal > 0 && t.FreeMem < p.Mem) {
+				continue
+			}
+			unit := unitLoad(t)
+			there := t.Load + float64(t.Pending)*unit
+			if there+m.Factor*p.Demand*unit >= self.Load {
+				continue
+			}
+			if after := there + p.Demand*unit; after < bestLoad || (after == bestLoad && t.Name < best) {
+				best, bestLoad = t.Name, after
+			}
+		}
+		if best != "" {
+			return []Move{{Proc: p.ID, To: best, Reason: fmt.Sprintf("load %.2f here, %.2f there with it", self.Load, bestLoad)}}
+		}
+	}
+	return nil
+}
+
+// usher proposes the move that takes the node back under its memory mark.
+func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
+	if self.MemTotal == 0 || float64(self.MemUsed) <= (1-m.UsherFree)*float64(self.MemTotal) {
+		return Move{}, false
+	}
+	// Largest first: fewest moves to get back under the mark.
+	slices.SortStableFunc(movable, func(a, b Proc) int {
+		if c := cmp.Compare(b.Mem, a.Mem); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	for _, p := range movable {
+		best, bestLoad := "", math.Inf(1)
+		for _, t := range v.Nodes {
+			if t.Self || !t.HasLoad || t.NoGuests || t.MemTotal == 0 {
+				continue
+			}
+			if float64(t.MemUsed+p.Mem) > (1-m.UsherFree)*float64(t.MemTotal) {
+				continue
+			}
+			if l := t.Load + float64(t.Pending)*unitLoad(t); l < bestLoad || (l == bestLoad && t.Name < best) {
+				best, bestLoad = t.Name, l
+			}
+		}
+		if best != "" {
+			return Move{Proc: p.ID, To: best, Reason: fmt.Sprintf("memory %d%% used here", 100*self.MemUsed/self.MemTotal)}, true
+		}
+	}
+	return Move{}, false
+}
+
+// movableProcs are the processes that may move now.
+func movableProcs(ps []Proc, minResident time.Duration) []Proc {
+	var out []Proc
+	for _, p := range ps {
+		if !p.Pinned && p.Resident >= minResident {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// The opportunity-cost policies (Amir, Awerbuch, Barak, Borgstrom, Keren,
+// IEEE TPDS 11(7), 2000). A node's cost is the sum over its resources of
+// n^utilization, n the number of nodes: for memory, used / total; for
+// CPU, load / L, L the smallest power of two not below the largest load
+// seen (at least 1). A process costs, on a node, the marginal cost of
+// adding it there.
+
+// costModel is what the cost of a view needs.
+type costModel struct {
+	n, l float64
+}
+
+func newCostModel(v View) costModel {
+	peak := v.PeakLoad
+	for _, n := range v.Nodes {
+		if n.HasLoad {
+			peak = max(peak, n.Load)
+		}
+	}
+	l := 1.0
+	for l < peak {
+		l *= 2
+	}
+	return costModel{n: float64(max(len(v.Nodes), 2)), l: l}
+}
+
+// cost is a node's cost with extra load and memory added (negative:
+// taken away).
+func (c costModel) cost(t Node, load float64, mem float64) float64 {
+	x := math.Pow(c.n, (t.Load+load)/c.l)
+	if t.MemTotal > 0 {
+		x += math.Pow(c.n, (float64(t.MemUsed)+mem)/float64(t.MemTotal))
+	}
+	return x
+}
+
+// marginal is what adding a process of the given demand and memory to t
+// costs.
+func (c costModel) marginal(t Node, demand float64, mem uint64) float64 {
+	unit := unitLoad(t)
+	pending := float64(t.Pending) * unit
+	return c.cost(t, pending+demand*unit, float64(mem)) - c.cost(t, pending, 0)
+}
+
+// EPVM places a new process where its marginal cost is least, and never
+// moves it. A process's demand is unknown at start: it counts as one
+// CPU-bound process.
+type EPVM struct{}
+
+func (EPVM) Name() string { return "epvm" }
+
+func (EPVM) Place(v View, r Request) []string { return placeByCost(v, r) }
+
+func (EPVM) Balance(View) []Move { return nil }
+
+func placeByCost(v View, r Request) []string {
+	c := newCostModel(v)
+	type scored struct {
+		Node
+		cost float64
+	}
+	var cands []scored
+	for _, n := range v.Nodes {
+		if !takes(n) || (!n.HasLoad && !n.Self) {
+			continue
+		}
+		cands = append(cands, scored{n, c.marginal(n, 1, r.Mem)})
+	}
+	slices.SortStableFunc(cands, func(a, b scored) int {
+		if x := cmp.Compare(a.cost, b.cost); x != 0 {
+			return x
+		}
+		if a.Self != b.Self {
+			if a.Self {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.Name, b.Name)
+	})
+	out := make([]string, len(cands))
+	for i, s := range cands {
+		out[i] = s.Name
+	}
+	return out
+}
+
+// EMosix places as EPVM, then reassigns: a movable process goes to a node
+// of a random set of SetSize others when its marginal cost there is below
+// what it costs here by more than Margin (what a move costs, in cost
+// units). As the paper's E-Mosix, it does not remember what a process
+// cost when it was placed; it greedily lowers the cluster's cost now,
+// under MOSIX's limits on moving (MinResident, one move at a time).
+type EMosix struct {
+	SetSize     int
+	Margin      float64
+	MinResident time.Duration
+}
+
+// DefaultEMosix: a set of 3 (the paper gives no figure), no margin (the
+// study ignores the cost of a move), the residence of Mosix.
+func DefaultEMosix() EMosix { return EMosix{SetSize: 3, MinResident: 2 * time.Second} }
+
+func (EMosix) Name() string { return "emosix" }
+
+func (EMosix) Place(v View, r Request) []string { return placeByCost(v, r) }
+
+func (e EMosix) Balance(v View) []Move {
+	self, ok := v.self()
+	if !ok {
+		return nil
+	}
+	movable := movableProcs(v.Procs, e.MinResident)
+	if len(movable) == 0 {
+		return nil
+	}
+	var others []Node
+	for _, t := range v.Nodes {
+		if !t.Self && t.HasLoad && !t.NoGuests {
+			others = append(others, t)
+		}
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	// The random set: a seeded shuffle, so the decision is a function of
+	// the view.
+	rng := rand.New(rand.NewPCG(v.Seed, 0x656d6f736978))
+	rng.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	if e.SetSize > 0 && len(others) > e.SetSize {
+		others = others[:e.SetSize]
+	}
+	c := newCostModel(v)
+	unit := unitLoad(self)
+	var best Move
+	bestGain := e.Margin
+	for _, p := range movable {
+		// What p costs here: the cost saved by taking it away.
+		here := c.cost(self, 0, 0) - c.cost(self, -p.Demand*unit, -float64(p.Mem))
+		for _, t := range others {
+			if gain := here - c.marginal(t, p.Demand, p.Mem); gain > bestGain {
+				best, bestGain = Move{Proc: p.ID, To: t.Name, Reason: fmt.Sprintf("costs %.3g here, %.3g there", here, here-gain)}, gain
+			}
+		}
+	}
+	if best.Proc == "" {
+		return nil
+	}
+	return []Move{best}
+}
