@@ -55,6 +55,8 @@ type Policy interface {
 	// Balance proposes migrations of this node's processes; nil when
 	// nothing should move. A policy that never migrates returns nil.
 	Balance(v View) []Move
+	// Migrates says whether Balance can ever propose a move.
+	Migrates() bool
 }
 
 // Names lists the policies New accepts, in the order of the study: the
@@ -110,6 +112,7 @@ func (RoundRobin) Place(v View, _ Request) []string {
 }
 
 func (RoundRobin) Balance(View) []Move { return nil }
+func (RoundRobin) Migrates() bool      { return false }
 
 // LeastLoad places a new process where the expected load is least (Place)
 // and never moves it.
@@ -120,6 +123,7 @@ func (LeastLoad) Name() string { return "leastload" }
 func (LeastLoad) Place(v View, r Request) []string { return choiceNames(Place(v.Nodes, r)) }
 
 func (LeastLoad) Balance(View) []Move { return nil }
+func (LeastLoad) Migrates() bool      { return false }
 
 func choiceNames(cs []Choice) []string {
 	out := make([]string, len(cs))
@@ -158,7 +162,8 @@ func DefaultMosix() Mosix {
 	return Mosix{Factor: 1.3, MinResident: 2 * time.Second, UsherFree: 0.1}
 }
 
-func (Mosix) Name() string { return "mosix" }
+func (Mosix) Name() string   { return "mosix" }
+func (Mosix) Migrates() bool { return true }
 
 func (Mosix) Place(v View, r Request) []string { return choiceNames(Place(v.Nodes, r)) }
 
@@ -241,7 +246,7 @@ func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
 
 // movableProcs are the processes that may move now.
 func movableProcs(ps []Proc, minResident time.Duration) []Proc {
-	var out []Proc
+	out := make([]Proc, 0, len(ps))
 	for _, p := range ps {
 		if !p.Pinned && p.Resident >= minResident {
 			out = append(out, p)
@@ -259,7 +264,7 @@ func movableProcs(ps []Proc, minResident time.Duration) []Proc {
 
 // costModel is what the cost of a view needs.
 type costModel struct {
-	n, l float64
+	lnN, l float64
 }
 
 func newCostModel(v View) costModel {
@@ -273,15 +278,29 @@ func newCostModel(v View) costModel {
 	for l < peak {
 		l *= 2
 	}
-	return costModel{n: float64(max(len(v.Nodes), 2)), l: l}
+	return costModel{lnN: math.Log(float64(max(len(v.Nodes), 2))), l: l}
+}
+
+// maxExponent is where n^x stops growing exponentially and goes on as its
+// tangent: a machine far over its memory (the study's heavy tail reaches
+// utilizations of 10^10) would otherwise cost +Inf, and a marginal cost of
+// Inf - Inf is NaN, which sorts anywhere.
+const maxExponent = 60
+
+// pow is n^x, continued linearly beyond maxExponent.
+func (c costModel) pow(x float64) float64 {
+	if x <= maxExponent {
+		return math.Exp(c.lnN * x)
+	}
+	return math.Exp(c.lnN*maxExponent) * (1 + c.lnN*(x-maxExponent))
 }
 
 // cost is a node's cost with extra load and memory added (negative:
 // taken away).
 func (c costModel) cost(t Node, load float64, mem float64) float64 {
-	x := math.Pow(c.n, (t.Load+load)/c.l)
+	x := c.pow((t.Load + load) / c.l)
 	if t.MemTotal > 0 {
-		x += math.Pow(c.n, (float64(t.MemUsed)+mem)/float64(t.MemTotal))
+		x += c.pow((float64(t.MemUsed) + mem) / float64(t.MemTotal))
 	}
 	return x
 }
@@ -291,7 +310,12 @@ func (c costModel) cost(t Node, load float64, mem float64) float64 {
 func (c costModel) marginal(t Node, demand float64, mem uint64) float64 {
 	unit := unitLoad(t)
 	pending := float64(t.Pending) * unit
-	return c.cost(t, pending+demand*unit, float64(mem)) - c.cost(t, pending, 0)
+	m := c.pow((t.Load+pending+demand*unit)/c.l) - c.pow((t.Load+pending)/c.l)
+	if t.MemTotal > 0 {
+		used := float64(t.MemUsed) / float64(t.MemTotal)
+		m += c.pow(used+float64(mem)/float64(t.MemTotal)) - c.pow(used)
+	}
+	return m
 }
 
 // EPVM places a new process where its marginal cost is least, and never
@@ -304,6 +328,7 @@ func (EPVM) Name() string { return "epvm" }
 func (EPVM) Place(v View, r Request) []string { return placeByCost(v, r) }
 
 func (EPVM) Balance(View) []Move { return nil }
+func (EPVM) Migrates() bool      { return false }
 
 func placeByCost(v View, r Request) []string {
 	c := newCostModel(v)
@@ -353,7 +378,8 @@ type EMosix struct {
 // study ignores the cost of a move), the residence of Mosix.
 func DefaultEMosix() EMosix { return EMosix{SetSize: 3, MinResident: 2 * time.Second} }
 
-func (EMosix) Name() string { return "emosix" }
+func (EMosix) Name() string   { return "emosix" }
+func (EMosix) Migrates() bool { return true }
 
 func (EMosix) Place(v View, r Request) []string { return placeByCost(v, r) }
 
@@ -383,20 +409,48 @@ func (e EMosix) Balance(v View) []Move {
 		others = others[:e.SetSize]
 	}
 	c := newCostModel(v)
+	// The terms that do not depend on the process, once per node: a
+	// process's CPU term depends only on its demand (1 for most), its
+	// memory term on its size.
+	type target struct {
+		Node
+		cpu1, used, total float64 // the CPU marginal of demand 1; memory used and total
+	}
+	ts := make([]target, len(others))
+	for i, t := range others {
+		ts[i] = target{Node: t, cpu1: c.marginal(Node{Load: t.Load, Pending: t.Pending, Capacity: t.Capacity, Speed: t.Speed}, 1, 0),
+			used: float64(t.MemUsed), total: float64(t.MemTotal)}
+	}
+	memTerm := func(used, total, delta float64) float64 {
+		if total == 0 {
+			return 0
+		}
+		return c.pow((used+delta)/total) - c.pow(used/total)
+	}
 	unit := unitLoad(self)
+	selfCPU1 := c.pow(self.Load/c.l) - c.pow((self.Load-unit)/c.l)
 	var best Move
 	bestGain := e.Margin
 	for _, p := range movable {
 		// What p costs here: the cost saved by taking it away.
-		here := c.cost(self, 0, 0) - c.cost(self, -p.Demand*unit, -float64(p.Mem))
-		for _, t := range others {
-			if gain := here - c.marginal(t, p.Demand, p.Mem); gain > bestGain {
-				best, bestGain = Move{Proc: p.ID, To: t.Name, Reason: fmt.Sprintf("costs %.3g here, %.3g there", here, here-gain)}, gain
+		cpuHere := selfCPU1
+		if p.Demand != 1 {
+			cpuHere = c.pow(self.Load/c.l) - c.pow((self.Load-p.Demand*unit)/c.l)
+		}
+		here := cpuHere - memTerm(float64(self.MemUsed), float64(self.MemTotal), -float64(p.Mem))
+		for _, t := range ts {
+			cpu := t.cpu1
+			if p.Demand != 1 {
+				cpu = c.marginal(Node{Load: t.Load, Pending: t.Pending, Capacity: t.Capacity, Speed: t.Speed}, p.Demand, 0)
+			}
+			if gain := here - cpu - memTerm(t.used, t.total, float64(p.Mem)); gain > bestGain {
+				best, bestGain = Move{Proc: p.ID, To: t.Name}, gain
 			}
 		}
 	}
 	if best.Proc == "" {
 		return nil
 	}
+	best.Reason = fmt.Sprintf("moving it lowers the cluster's cost by %.3g", bestGain)
 	return []Move{best}
 }

@@ -131,7 +131,7 @@ type dissemination struct {
 	step   time.Duration
 	start  time.Duration // measurement begins
 	end    time.Duration // and ends
-	q      eventQueue[simEvent]
+	q      eventQueue[time.Duration, simEvent]
 	nodes  []simNode
 	byAddr map[string]int32
 
@@ -144,6 +144,10 @@ type dissemination struct {
 	trials     []*spreadTrial // pending and running
 	spreadSum  float64
 	spreadDone int
+
+	// record, when set, replaces the sampling of ages: it is called at
+	// each evSample with the sample's index.
+	record func(now time.Time, k int)
 }
 
 type simNode struct {
@@ -278,7 +282,11 @@ func (d *dissemination) run() {
 				d.checkSpread(ev.node, at)
 			}
 		case evSample:
-			d.sample(now)
+			if d.record != nil {
+				d.record(now, int(ev.node))
+			} else {
+				d.sample(now)
+			}
 		case evSpread:
 			d.trials = append(d.trials, &spreadTrial{source: int32(d.rng.IntN(d.cfg.Nodes)), reached: make([]bool, d.cfg.Nodes)})
 		}
@@ -400,4 +408,80 @@ func (d *dissemination) result() DisseminationResult {
 	}
 	r.ExpectedMeanAge = time.Duration((n-1)/w*float64(cfg.Interval)) + r.MeanWindowAge
 	return r
+}
+
+// AgeTrace is what the gossip cores of a cluster knew of each other over a
+// stretch of time: for each observer, node and step, how old the report
+// the observer held was. The study replays it against the loads its own
+// simulation produces, so that every simulated node decides on what the
+// real dissemination would have told it, with its real delays.
+type AgeTrace struct {
+	Nodes int
+	Step  time.Duration
+	// ages[(o*Nodes+x)*steps+k] is the age, at step k, of o's report
+	// about x; -1 when o held none. Own entries (o == x) are 0.
+	ages   []time.Duration
+	steps  int
+	maxAge time.Duration
+}
+
+// Age is how old observer o's report about node x was at step k (taken
+// modulo the trace's length); ok is false when o held none.
+func (a *AgeTrace) Age(o, x, k int) (time.Duration, bool) {
+	d := a.ages[(o*a.Nodes+x)*a.steps+k%a.steps]
+	return d, d >= 0
+}
+
+// Steps is the trace's length.
+func (a *AgeTrace) Steps() int { return a.steps }
+
+// MaxAge is the oldest report any observer used.
+func (a *AgeTrace) MaxAge() time.Duration { return a.maxAge }
+
+// RecordAges runs the gossip cores of cfg (as RunDissemination does) and
+// records, every tenth of an interval of the measured period, the age of
+// every report every node holds.
+func RecordAges(cfg DisseminationConfig) (*AgeTrace, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Observers = cfg.Nodes
+	d := &dissemination{
+		cfg:    cfg,
+		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), 0x64697373)),
+		base:   time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		step:   cfg.Interval / ticksPerInterval,
+		byAddr: make(map[string]int32, cfg.Nodes),
+		ages:   newDurationStats(cfg.Interval / 1000),
+		bytes:  make(map[peerpb.Kind]float64),
+	}
+	d.start = time.Duration(1+cfg.Warmup) * cfg.Interval
+	d.end = d.start + time.Duration(cfg.Intervals)*cfg.Interval
+	if err := d.startNodes(); err != nil {
+		return nil, err
+	}
+	n := cfg.Nodes
+	tr := &AgeTrace{Nodes: n, Step: d.step, steps: cfg.Intervals * ticksPerInterval}
+	tr.ages = make([]time.Duration, n*n*tr.steps)
+	for k := range tr.steps {
+		d.q.push(d.start+time.Duration(k)*d.step, simEvent{kind: evSample, node: int32(k)})
+	}
+	d.record = func(now time.Time, k int) {
+		for o := range n {
+			for x := range n {
+				age := time.Duration(0)
+				if o != x {
+					var ok bool
+					if age, ok = d.nodes[o].core.LoadAge(now, d.nodes[x].name); !ok {
+						age = -1
+					}
+				}
+				tr.ages[(o*n+x)*tr.steps+k] = age
+				tr.maxAge = max(tr.maxAge, age)
+			}
+		}
+	}
+	d.run()
+	return tr, nil
 }

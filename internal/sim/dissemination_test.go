@@ -128,7 +128,7 @@ func TestDisseminationConfigDefaultsAndErrors(t *testing.T) {
 }
 
 func TestEventQueueOrdersByTimeThenInsertion(t *testing.T) {
-	var q eventQueue[string]
+	var q eventQueue[time.Duration, string]
 	q.push(3, "c")
 	q.push(1, "a1")
 	q.push(2, "b")

@@ -1,23 +1,27 @@
 package sim
 
-import "time"
+import "cmp"
 
 // eventQueue is a priority queue of events ordered by virtual time, then by
 // insertion order, so that simultaneous events run in a deterministic order. It
 // is a hand-rolled binary heap: container/heap's interface calls cost a third
 // of a large simulation's time.
-type eventQueue[T any] struct {
-	items []queued[T]
+//
+// K is the type of virtual time: time.Duration for the protocol simulations,
+// float64 seconds for the job study (whose heavy-tailed jobs outlast what a
+// Duration can count).
+type eventQueue[K cmp.Ordered, T any] struct {
+	items []queued[K, T]
 	seq   uint64
 }
 
-type queued[T any] struct {
-	at  time.Duration
+type queued[K cmp.Ordered, T any] struct {
+	at  K
 	seq uint64
 	v   T
 }
 
-func (q *eventQueue[T]) less(i, j int) bool {
+func (q *eventQueue[K, T]) less(i, j int) bool {
 	a, b := &q.items[i], &q.items[j]
 	if a.at != b.at {
 		return a.at < b.at
@@ -26,9 +30,9 @@ func (q *eventQueue[T]) less(i, j int) bool {
 }
 
 // push schedules v at virtual time at.
-func (q *eventQueue[T]) push(at time.Duration, v T) {
+func (q *eventQueue[K, T]) push(at K, v T) {
 	q.seq++
-	q.items = append(q.items, queued[T]{at: at, seq: q.seq, v: v})
+	q.items = append(q.items, queued[K, T]{at: at, seq: q.seq, v: v})
 	for i := len(q.items) - 1; i > 0; {
 		p := (i - 1) / 2
 		if !q.less(i, p) {
@@ -40,14 +44,14 @@ func (q *eventQueue[T]) push(at time.Duration, v T) {
 }
 
 // pop removes and returns the earliest event; ok is false when none is left.
-func (q *eventQueue[T]) pop() (at time.Duration, v T, ok bool) {
+func (q *eventQueue[K, T]) pop() (at K, v T, ok bool) {
 	n := len(q.items)
 	if n == 0 {
-		return 0, v, false
+		return at, v, false
 	}
 	top := q.items[0]
 	q.items[0] = q.items[n-1]
-	q.items[n-1] = queued[T]{}
+	q.items[n-1] = queued[K, T]{}
 	q.items = q.items[:n-1]
 	n--
 	for i := 0; ; {
@@ -68,4 +72,4 @@ func (q *eventQueue[T]) pop() (at time.Duration, v T, ok bool) {
 	return top.at, top.v, true
 }
 
-func (q *eventQueue[T]) len() int { return len(q.items) }
+func (q *eventQueue[K, T]) len() int { return len(q.items) }

@@ -1,0 +1,448 @@
+package sim
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/policy"
+)
+
+// The job study's cluster model: each machine shares its CPU equally among
+// its jobs (a job progresses at speed / jobs fastest-machine seconds per
+// second), and all of them run Thrash times slower while their memory
+// exceeds the machine's. A machine keeps one counter of the work each of
+// its jobs has received (all receive the same), so a job's completion is
+// the counter reaching a mark, and a change to a machine costs a scan of
+// its jobs, not of the cluster.
+
+// study is the state of one run of one policy; its slices are reused from
+// run to run.
+type study struct {
+	cfg    StudyConfig
+	pol    policy.Policy
+	trace  *AgeTrace
+	offset int     // the run's first trace step
+	quiet  float64 // a node that found nothing to move this long after the last change sleeps
+	period float64 // between a node's balancing decisions, in seconds
+	step   float64 // of the age trace, in seconds
+	q      eventQueue[float64, studyEvent]
+	ms     []machine
+	ns     []nodeState
+	tasks  []task
+	ids    []string
+	names  []string
+	// lastChange is when a job last arrived, ended or moved.
+	lastChange float64
+	sum        float64 // of the slowdowns of finished jobs
+	moves      int
+	// view and procs are scratch for building a node's view.
+	view  []policy.Node
+	procs []policy.Proc
+}
+
+type machine struct {
+	speed, mem float64
+	thrash     float64
+	jobs       []int32
+	memUsed    float64
+	work, at   float64 // work each job has received, as of at
+	ver        uint32  // bumps invalidate its scheduled completion
+	hist       []snapshot
+}
+
+// snapshot is a machine's state from t on: what its load report says when
+// measured then.
+type snapshot struct {
+	t       float64
+	jobs    int32
+	memUsed float64
+}
+
+type nodeState struct {
+	placed   int
+	peak     float64
+	sleeping bool
+	ver      uint32 // bumps invalidate its scheduled balancing
+	decided  uint64 // decisions so far: varies the policy's seed
+	// idleSig is the signature of the last view on which balancing moved
+	// nothing: the same view would move nothing again.
+	idleSig uint64
+	// sent are the jobs this node placed or moved elsewhere recently:
+	// until the load reports show them, they count as pending there.
+	sent []sending
+}
+
+type sending struct {
+	t  float64
+	to int32
+}
+
+type task struct {
+	job
+	left  float64 // work it still needs, as of when it last left a machine
+	mark  float64 // its machine's work counter at which it is done
+	since float64 // when it came to its machine
+}
+
+type studyEvent struct {
+	kind uint8
+	node int32
+	task int32
+	ver  uint32
+}
+
+const (
+	evArrive uint8 = iota
+	evDone
+	evBalance
+	evLand
+)
+
+// run simulates jobs under p and returns the sum of their slowdowns and
+// the number of migrations.
+func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, tr *AgeTrace, seed uint64) (float64, int) {
+	*s = study{
+		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
+		q: eventQueue[float64, studyEvent]{items: s.q.items[:0]},
+		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], view: s.view[:0], procs: s.procs[:0],
+	}
+	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
+	s.period = cfg.Period.Seconds()
+	s.quiet = 5 + s.period
+	if tr != nil {
+		s.step = tr.Step.Seconds()
+		s.offset = rng.IntN(tr.Steps())
+		s.quiet += tr.MaxAge().Seconds()
+	}
+	for i, m := range cfg.Machines {
+		s.ms = append(s.ms, machine{speed: m.Speed, mem: m.MemMB, thrash: cfg.Thrash, hist: []snapshot{{t: math.Inf(-1)}}})
+		s.ns = append(s.ns, nodeState{placed: i, sleeping: true})
+		if len(s.names) <= i {
+			s.names = append(s.names, "m"+strconv.Itoa(i))
+		}
+	}
+	for i, j := range jobs {
+		s.tasks = append(s.tasks, task{job: j, left: j.cpu})
+		s.q.push(j.arrive, studyEvent{kind: evArrive, task: int32(i)})
+	}
+	for {
+		t, ev, ok := s.q.pop()
+		if !ok {
+			break
+		}
+		switch ev.kind {
+		case evArrive:
+			s.arrive(t, int(ev.task))
+		case evDone:
+			if m := &s.ms[ev.node]; ev.ver == m.ver {
+				s.finish(t, int(ev.node))
+			}
+		case evBalance:
+			if ns := &s.ns[ev.node]; ev.ver == ns.ver && !ns.sleeping {
+				s.balance(t, int(ev.node))
+			}
+		case evLand:
+			s.add(t, int(ev.node), int(ev.task))
+			s.changed(t)
+		}
+	}
+	return s.sum, s.moves
+}
+
+// arrive places a new job from its home node.
+func (s *study) arrive(t float64, i int) {
+	home := int(s.tasks[i].home)
+	v := s.viewOf(t, home, false)
+	v.Placed = s.ns[home].placed
+	s.ns[home].placed++
+	to := home
+	if ranked := s.pol.Place(v, policy.Request{Mem: bytesOf(s.tasks[i].mem)}); len(ranked) > 0 {
+		to = s.index(ranked[0])
+	}
+	if to != home {
+		s.sent(t, home, to)
+	}
+	s.add(t, to, i)
+	s.changed(t)
+}
+
+// balance asks node o's policy what to move, moves it, and schedules the
+// next decision (or lets the node sleep until something changes).
+func (s *study) balance(t float64, o int) {
+	v := s.viewOf(t, o, true)
+	ns := &s.ns[o]
+	var moves []policy.Move
+	if sig := signature(v); sig != ns.idleSig {
+		if moves = s.pol.Balance(v); len(moves) == 0 {
+			ns.idleSig = sig
+		}
+	}
+	for _, mv := range moves {
+		i, err := strconv.Atoi(mv.Proc)
+		if err != nil || i < 0 || i >= len(s.tasks) {
+			continue
+		}
+		to := s.index(mv.To)
+		if to == o || to < 0 || !slices.Contains(s.ms[o].jobs, int32(i)) {
+			continue
+		}
+		s.remove(t, o, i)
+		s.sent(t, o, to)
+		s.moves++
+		if s.cfg.MoveCost > 0 {
+			s.q.push(t+s.cfg.MoveCost, studyEvent{kind: evLand, node: int32(to), task: int32(i)})
+		} else {
+			s.add(t, to, i)
+		}
+	}
+	if len(moves) > 0 {
+		ns.idleSig = 0
+		s.changed(t)
+	}
+	if len(s.ms[o].jobs) == 0 || (len(moves) == 0 && t-s.lastChange > s.quiet) {
+		ns.sleeping = true
+		return
+	}
+	s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+}
+
+// changed wakes the nodes that sleep with jobs to move: what they know is
+// about to change.
+func (s *study) changed(t float64) {
+	s.lastChange = t
+	if !s.pol.Migrates() {
+		return
+	}
+	for o := range s.ns {
+		if ns := &s.ns[o]; ns.sleeping && len(s.ms[o].jobs) > 0 {
+			ns.sleeping = false
+			ns.ver++
+			s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+		}
+	}
+}
+
+func (s *study) sent(t float64, from, to int) {
+	ns := &s.ns[from]
+	keep := t - s.quiet
+	k := 0
+	for k < len(ns.sent) && ns.sent[k].t < keep {
+		k++
+	}
+	ns.sent = append(ns.sent[:0], ns.sent[k:]...)
+	ns.sent = append(ns.sent, sending{t: t, to: int32(to)})
+}
+
+func (s *study) index(name string) int {
+	return slices.Index(s.names[:len(s.ms)], name)
+}
+
+// advance brings machine m's work counter to t.
+func (m *machine) advance(t float64) {
+	if len(m.jobs) > 0 {
+		m.work += m.rate() * (t - m.at)
+	}
+	m.at = t
+}
+
+// rate is the work per second each job of m receives.
+func (m *machine) rate() float64 {
+	r := m.speed / float64(len(m.jobs))
+	if m.memUsed > m.mem {
+		r /= m.thrash
+	}
+	return r
+}
+
+func (s *study) add(t float64, o, i int) {
+	m, k := &s.ms[o], &s.tasks[i]
+	m.advance(t)
+	k.mark = m.work + k.left
+	k.since = t
+	m.jobs = append(m.jobs, int32(i))
+	m.memUsed += k.mem
+	s.settle(t, o)
+}
+
+// remove takes job i off machine o, keeping the work it still needs.
+func (s *study) remove(t float64, o, i int) {
+	m, k := &s.ms[o], &s.tasks[i]
+	m.advance(t)
+	k.left = max(k.mark-m.work, 0)
+	m.jobs = slices.DeleteFunc(m.jobs, func(j int32) bool { return j == int32(i) })
+	m.memUsed -= k.mem
+	if len(m.jobs) == 0 {
+		m.memUsed = 0 // no rounding left behind
+	}
+	s.settle(t, o)
+}
+
+// finish ends the jobs of machine o that are done at t: the one scheduled,
+// and those within rounding of it.
+func (s *study) finish(t float64, o int) {
+	m := &s.ms[o]
+	m.advance(t)
+	first := s.next(m)
+	if first < 0 {
+		return
+	}
+	until := max(s.tasks[first].mark, m.work)
+	eps := 1e-9 * max(1, math.Abs(until))
+	kept := m.jobs[:0]
+	for _, j := range m.jobs {
+		k := &s.tasks[j]
+		if j == int32(first) || k.mark <= until+eps {
+			s.sum += (t - k.arrive) / k.cpu
+			m.memUsed -= k.mem
+			continue
+		}
+		kept = append(kept, j)
+	}
+	m.jobs = kept
+	if len(m.jobs) == 0 {
+		m.memUsed = 0
+	}
+	s.settle(t, o)
+	s.changed(t)
+}
+
+// next is the job of m that finishes first, or -1.
+func (s *study) next(m *machine) int {
+	first, mark := -1, math.Inf(1)
+	for _, j := range m.jobs {
+		if k := s.tasks[j].mark; k < mark {
+			first, mark = int(j), k
+		}
+	}
+	return first
+}
+
+// settle records machine o's new state and schedules its next completion.
+func (s *study) settle(t float64, o int) {
+	m := &s.ms[o]
+	m.ver++
+	m.hist = append(m.hist, snapshot{t: t, jobs: int32(len(m.jobs)), memUsed: m.memUsed})
+	// Keep what a report of the last quiet seconds may show.
+	if len(m.hist) >= 64 {
+		keep := t - s.quiet
+		k := 0
+		for k+1 < len(m.hist) && m.hist[k+1].t <= keep {
+			k++
+		}
+		m.hist = append(m.hist[:0], m.hist[k:]...)
+	}
+	if len(m.jobs) == 0 {
+		return
+	}
+	first := s.tasks[s.next(m)].mark
+	s.q.push(t+math.Max(first-m.work, 0)/m.rate(), studyEvent{kind: evDone, node: int32(o), ver: m.ver})
+}
+
+// stateAt is machine x's state as measured at time at.
+func (m *machine) stateAt(at float64) snapshot {
+	i, _ := slices.BinarySearchFunc(m.hist, at, func(s snapshot, t float64) int {
+		if s.t <= t {
+			return -1
+		}
+		return 1
+	})
+	return m.hist[max(i-1, 0)]
+}
+
+// viewOf is node o's view at t: itself as it is, the others as its load
+// reports say (or as they are, when omniscient).
+func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
+	s.view = s.view[:0]
+	ns := &s.ns[o]
+	step := 0
+	if s.trace != nil {
+		step = int(t/s.step) + s.offset
+	}
+	for x := range s.ms {
+		m := &s.ms[x]
+		nd := policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: bytesOf(m.mem), Self: x == o, HasLoad: true}
+		st := snapshot{jobs: int32(len(m.jobs)), memUsed: m.memUsed}
+		measured := t
+		if x != o && s.trace != nil {
+			age, ok := s.trace.Age(o, x, step)
+			if !ok {
+				nd.HasLoad = false
+				s.view = append(s.view, nd)
+				continue
+			}
+			nd.Age = age
+			measured = t - age.Seconds()
+			st = m.stateAt(measured)
+		}
+		if x != o {
+			for _, sd := range ns.sent {
+				if int(sd.to) == x && sd.t > measured {
+					nd.Pending++
+				}
+			}
+		}
+		nd.Load = float64(st.jobs) / m.speed
+		nd.MemUsed = bytesOf(st.memUsed)
+		nd.FreeMem = nd.MemTotal - min(nd.MemTotal, nd.MemUsed)
+		ns.peak = max(ns.peak, nd.Load)
+		s.view = append(s.view, nd)
+	}
+	v := policy.View{Nodes: s.view, PeakLoad: ns.peak}
+	ns.decided++
+	v.Seed = ns.decided*1_000_003 + uint64(o)
+	if withProcs {
+		s.procs = s.procs[:0]
+		// The balancer is offered the processes that have been here
+		// longest (a machine's jobs are kept in their order of arrival),
+		// at most maxOffered: in a thrashing machine's backlog of
+		// hundreds, the rest would only cost time.
+		for _, j := range s.ms[o].jobs[:min(len(s.ms[o].jobs), maxOffered)] {
+			k := &s.tasks[j]
+			s.procs = append(s.procs, policy.Proc{ID: s.ids[j], Demand: 1, Mem: bytesOf(k.mem), Age: seconds(t - k.arrive), Resident: seconds(t - k.since)})
+		}
+		v.Procs = s.procs
+	}
+	return v
+}
+
+// maxOffered is how many of its processes a node's balancer considers at a
+// time.
+const maxOffered = 16
+
+// signature hashes what a balancing decision depends on in the study's
+// views (FNV-1a over the nodes' loads, memory and pending counts, and the
+// processes' memory and whether they may move yet). It leaves out the
+// seed: a node whose view has not changed since it last found nothing to
+// move does not ask again (E-Mosix's random set then waits for the next
+// change to be drawn anew).
+func signature(v policy.View) uint64 {
+	h := uint64(14695981039346656037)
+	mix := func(x uint64) {
+		h ^= x
+		h *= 1099511628211
+	}
+	for _, n := range v.Nodes {
+		mix(math.Float64bits(n.Load))
+		mix(n.MemUsed)
+		mix(uint64(n.Pending))
+	}
+	for _, p := range v.Procs {
+		mix(p.Mem)
+		if p.Resident >= 2*time.Second {
+			mix(1)
+		}
+	}
+	return h | 1 // never 0, which means "none"
+}
+
+// bytesOf converts megabytes to bytes, bounded where uint64 ends (the
+// heavy tail of memory needs reaches beyond it).
+func bytesOf(mb float64) uint64 { return uint64(math.Min(mb*(1<<20), 1<<62)) }
+
+// seconds converts to a Duration, bounded at a century.
+func seconds(x float64) time.Duration {
+	return time.Duration(math.Min(x, 100*365*24*3600) * float64(time.Second))
+}
