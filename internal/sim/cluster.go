@@ -106,7 +106,7 @@ const (
 func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, tr *AgeTrace, seed uint64) (float64, int) {
 	*s = study{
 		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
-		q: eventQueue[float64, studyEvent]{items: s.q.items[:0]},
+		q:  eventQueue[float64, studyEvent]{items: s.q.items[:0]},
 		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], view: s.view[:0], procs: s.procs[:0],
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
