@@ -39,9 +39,17 @@ func startCluster(t *testing.T, n int, capacities ...float64) *up.Cluster {
 
 func startClusterIn(t *testing.T, dir string, n int, capacities ...float64) *up.Cluster {
 	t.Helper()
+	return startClusterCfg(t, up.Config{Dir: dir, Nodes: n, Capacities: capacities})
+}
+
+// startClusterCfg starts the cluster of cfg, each node in its own network
+// namespace, with the daemons under test.
+func startClusterCfg(t *testing.T, cfg up.Config) *up.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: n, NetNS: true, Binary: daemonBin, Capacities: capacities, Out: testWriter{t}})
+	cfg.NetNS, cfg.Binary, cfg.Out = true, daemonBin, testWriter{t}
+	c, err := up.Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}

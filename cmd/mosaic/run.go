@@ -20,6 +20,7 @@ import (
 type runFlags struct {
 	on      string
 	here    bool
+	pin     bool
 	verbose bool
 }
 
@@ -56,6 +57,7 @@ process was lost (the node running it, or the home node, died).`,
 	cmd.Flags().SetInterspersed(false) // flags after PROG are PROG's
 	cmd.Flags().StringVar(&f.on, "on", "", "run on this node")
 	cmd.Flags().BoolVar(&f.here, "here", false, "run on this node (the home)")
+	cmd.Flags().BoolVar(&f.pin, "pin", false, "never let a policy move it (mosaic migrate still can)")
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "say where the program runs, on stderr")
 	return cmd
 }
@@ -71,7 +73,7 @@ func complain(format string, a ...any) int {
 // program's signal itself when the program died of one.
 func runProgram(ctx context.Context, g *globals, f *runFlags, args api.RunArgs, image ...int) int {
 	stderr := os.Stderr
-	args.On, args.Here = f.on, f.here
+	args.On, args.Here, args.Pin = f.on, f.here, f.pin
 
 	// Signals that reach this client are the program's. Catch them before
 	// the program starts, so that none is lost in between.

@@ -23,6 +23,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/cluster"
 	"github.com/mosaic-cluster/mosaic/internal/daemon"
 	"github.com/mosaic-cluster/mosaic/internal/netns"
+	"github.com/mosaic-cluster/mosaic/internal/policy"
 	"github.com/mosaic-cluster/mosaic/internal/version"
 )
 
@@ -93,6 +94,9 @@ its own cgroup, not the machine's run queue.`,
 	fl.DurationVar(&f.cfg.Interval, "interval", time.Second, "gossip period: each period the node sends its load window to one random node")
 	fl.IntVar(&f.cfg.Window, "window", 16, "load reports per gossip message (the MOSIX window)")
 	fl.StringVar(&f.netns, "netns", "", "run inside this network namespace (a path such as /run/netns/NAME)")
+	fl.StringVar(&f.cfg.Policy, "policy", "leastload", "placement and migration policy: "+strings.Join(policy.Names(), ", ")+", or off (run where started, never move)")
+	fl.BoolVar(&f.cfg.Manual, "manual", false, "the policy only recommends moves (mosaic recommend); it moves nothing by itself")
+	fl.BoolVar(&f.cfg.NoGuests, "no-guests", false, "take no processes from other nodes")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.cfg.Socket, "socket", "", "local API socket (default $"+api.SocketEnv+" or "+api.DefaultSocket+")")
 	return cmd
@@ -124,6 +128,11 @@ func runNode(cmd *cobra.Command, f *nodeFlags) error {
 	}
 	if f.cfg.Capacity < 0 {
 		return errors.New("--capacity must be positive (cores, e.g. 0.5)")
+	}
+	if f.cfg.Policy != daemon.PolicyOff {
+		if _, err := policy.New(f.cfg.Policy); err != nil {
+			return fmt.Errorf("--policy: %w, or off", err)
+		}
 	}
 	if f.cfg.Window < 2 {
 		return errors.New("--window must be at least 2")

@@ -13,12 +13,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mosaic-cluster/mosaic/internal/bytesize"
+	"github.com/mosaic-cluster/mosaic/internal/daemon"
+	"github.com/mosaic-cluster/mosaic/internal/policy"
 	"github.com/mosaic-cluster/mosaic/internal/up"
 )
 
 func newUpCmd() *cobra.Command {
 	var cfg up.Config
-	var capacities, memories, base string
+	var capacities, memories, base, pol string
 	cmd := &cobra.Command{
 		Use:   "up --nodes N [--capacity 1,1,0.5,0.25] [--dir DIR] [--netns]",
 		Short: "Run a whole cluster on this machine, in the foreground (root)",
@@ -49,6 +51,14 @@ Point the CLI at the nodes with 'source DIR/env' (node n1) or
 					return fmt.Errorf("--base %q: give a loopback address such as 127.77.3.1", base)
 				}
 			}
+			if pol != "" {
+				if pol != daemon.PolicyOff {
+					if _, err := policy.New(pol); err != nil {
+						return fmt.Errorf("--policy: %w, or off", err)
+					}
+				}
+				cfg.ExtraArgs = append(cfg.ExtraArgs, "--policy", pol)
+			}
 			return runUp(cmd.Context(), cmd, cfg)
 		},
 	}
@@ -62,6 +72,7 @@ Point the CLI at the nodes with 'source DIR/env' (node n1) or
 	fl.IntVar(&cfg.Window, "window", 0, "load reports per gossip message (default 16)")
 	fl.Float64Var(&cfg.Speed, "speed", 0, "per-core speed every node reports (default: measured once)")
 	fl.StringVar(&base, "base", "", "first loopback address (default: the first free block in 127.77.0.0/16)")
+	fl.StringVar(&pol, "policy", "", "placement and migration policy of every node (see mosaic node --help; default leastload)")
 	return cmd
 }
 

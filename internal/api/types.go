@@ -36,6 +36,8 @@ type NodeInfo struct {
 	CA          bool      `json:"ca,omitempty"`
 	Shared      bool      `json:"shared,omitempty"`
 	Version     string    `json:"version,omitempty"`
+	Policy      string    `json:"policy,omitempty"`
+	NoGuests    bool      `json:"no_guests,omitempty"`
 	// Cgroup is the node's cpu cgroup directory; only for the answering node.
 	Cgroup string `json:"cgroup,omitempty"`
 }
@@ -113,6 +115,12 @@ const (
 	OpPs      = "ps"      // PsArgs → []ProcInfo
 	OpKill    = "kill"    // KillArgs → nothing
 	OpMigrate = "migrate" // MigrateArgs → MigrateResult
+	// OpPolicy shows or changes the node's policy (root to change).
+	OpPolicy = "policy" // PolicyArgs → PolicyResult
+	// OpRecommend lists the moves the nodes' policies would make now.
+	OpRecommend = "recommend" // RecommendArgs → RecommendResult
+	// OpDrain sends a node's guests away and closes it to new ones (root).
+	OpDrain = "drain" // DrainArgs → DrainResult
 	// CheckpointArgs + the image file's descriptor → CheckpointResult
 	OpCheckpoint = "checkpoint"
 )
@@ -127,6 +135,7 @@ type RunArgs struct {
 	Rlimits []Rlimit `json:"rlimits,omitempty"`
 	On      string   `json:"on,omitempty"`   // run on this node
 	Here    bool     `json:"here,omitempty"` // run on the caller's node
+	Pin     bool     `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
 	// Tty is set when stdin and stdout are a terminal: the program then
 	// runs on a pseudo-terminal with these modes and size.
 	Tty *TtyModes `json:"tty,omitempty"`
@@ -270,4 +279,56 @@ type CheckpointResult struct {
 	ID         string `json:"id"`
 	ImageBytes uint64 `json:"image_bytes"`
 	Stopped    bool   `json:"stopped,omitempty"`
+}
+
+// PolicyArgs changes the node's policy; empty fields keep what is set.
+type PolicyArgs struct {
+	Policy   string `json:"policy,omitempty"`
+	Manual   *bool  `json:"manual,omitempty"`
+	NoGuests *bool  `json:"no_guests,omitempty"`
+}
+
+// PolicyResult is the node's policy after the change.
+type PolicyResult struct {
+	Node     string `json:"node"`
+	Policy   string `json:"policy"`
+	Manual   bool   `json:"manual"`
+	NoGuests bool   `json:"no_guests"`
+	Draining bool   `json:"draining"`
+}
+
+// RecommendArgs asks every alive node for the moves its policy (or the
+// named one) would make now.
+type RecommendArgs struct {
+	Policy string `json:"policy,omitempty"`
+}
+
+// Recommendation is one move a policy recommends, or one a drain made or
+// could not make.
+type Recommendation struct {
+	ID     string `json:"id"`
+	From   string `json:"from"`
+	To     string `json:"to,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// RecommendResult lists the recommended moves, and the nodes that could
+// not be asked.
+type RecommendResult struct {
+	Moves    []Recommendation  `json:"moves"`
+	Policies map[string]string `json:"policies"` // node -> policy evaluated
+	Errors   map[string]string `json:"errors,omitempty"`
+}
+
+// DrainArgs names the node to drain (or to open again, Undo).
+type DrainArgs struct {
+	Node string `json:"node"`
+	Undo bool   `json:"undo,omitempty"`
+}
+
+// DrainResult is what moved and what stayed.
+type DrainResult struct {
+	Node   string           `json:"node"`
+	Moved  []Recommendation `json:"moved"`
+	Stayed []Recommendation `json:"stayed"`
 }

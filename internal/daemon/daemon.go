@@ -58,6 +58,13 @@ type Config struct {
 	Window         int           // load reports sent per message
 	LoadExpiry     time.Duration // load reports older than this are dropped
 
+	// Policy places and moves processes (internal/policy), or is "off";
+	// default leastload. Manual: the policy only recommends. NoGuests:
+	// processes of other homes are refused.
+	Policy   string
+	Manual   bool
+	NoGuests bool
+
 	CgroupRoot string
 	Seeds      []string // extra peer addresses to contact at start
 	Log        *slog.Logger
@@ -103,6 +110,7 @@ type Daemon struct {
 	group   *cgroup.Group // nil when the node has no cgroup
 	spawner *spawn.Spawner
 	exec    *executor.Executor // runs processes here
+	bal     *balancer          // the placement and migration policy
 	home    *home.Home         // answers for the processes started here
 	probe   load.Probe
 	speed   float64
@@ -191,6 +199,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	d.exec = executor.New(executor.Config{
 		Node: node.Name, Spawner: d.spawner, Restorer: restorer, Dial: d.dialNode, Log: d.log,
 	})
+	if d.bal, err = newBalancer(cfg.Policy, cfg.Manual, cfg.NoGuests); err != nil {
+		return err
+	}
+	d.exec.SetNoGuests(cfg.NoGuests)
 	d.home = home.New(home.Config{
 		Node: node.Name, Log: d.log, ReserveIDs: node.ReserveProcIDs, Connect: d.connect,
 		Place: d.place, CheckNode: d.checkNode, DialImage: d.dialNode,
@@ -256,6 +268,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	goFn("load sampler", func() error { return d.sampleLoop(ctx) })
 	goFn("gossip", func() error { return d.gossipLoop(ctx) })
 	goFn("store", func() error { return d.storeLoop(ctx) })
+	goFn("balancer", func() error { return d.balanceLoop(ctx) })
 
 	d.log.Info("node started", "cluster", node.ClusterID, "addr", node.Addr, "socket", cfg.Socket,
 		"incarnation", inc, "cores", d.cores, "capacity", cfg.Capacity, "speed", fmt.Sprintf("%.2f", d.speed),
@@ -345,6 +358,11 @@ func (d *Daemon) meta() *peerpb.NodeMeta {
 	m := &peerpb.NodeMeta{
 		Cores: uint32(d.cores), Capacity: d.cfg.Capacity, Speed: d.speed, MemTotal: d.self.memTotal,
 		Version: version.Version, Shared: d.cfg.Shared, Ca: d.node.CA.Key != nil,
+	}
+	if d.bal != nil {
+		d.bal.mu.Lock()
+		m.Policy, m.NoGuests = d.bal.name, d.bal.refusesGuests()
+		d.bal.mu.Unlock()
 	}
 	if d.node.StoreMember {
 		m.StoreClientUrl, _ = cluster.StoreURLs(d.node.Addr)

@@ -17,6 +17,8 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/pki"
 	"github.com/mosaic-cluster/mosaic/internal/token"
 	"github.com/mosaic-cluster/mosaic/internal/version"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Limits on join tokens.
@@ -39,6 +41,9 @@ func (d *Daemon) handlers() map[string]api.Handler {
 		api.OpKill:        d.opKill,
 		api.OpMigrate:     d.opMigrate,
 		api.OpCheckpoint:  d.opCheckpoint,
+		api.OpPolicy:      d.opPolicy,
+		api.OpRecommend:   d.opRecommend,
+		api.OpDrain:       d.opDrain,
 	}
 }
 
@@ -78,7 +83,7 @@ func (d *Daemon) opNodes(ctx context.Context, c api.Caller, args json.RawMessage
 			Self: m.Name == d.node.Name, Cores: m.Meta.GetCores(), Capacity: m.Meta.GetCapacity(),
 			Speed: m.Meta.GetSpeed(), MemTotal: m.Meta.GetMemTotal(), Since: m.Since,
 			StoreMember: m.Meta.GetStoreClientUrl() != "", CA: m.Meta.GetCa(), Shared: m.Meta.GetShared(),
-			Version: m.Meta.GetVersion(), AgeMs: -1,
+			Version: m.Meta.GetVersion(), AgeMs: -1, Policy: m.Meta.GetPolicy(), NoGuests: m.Meta.GetNoGuests(),
 		}
 		if l, ok := byNode[m.Name]; ok {
 			ni.HasLoad, ni.Load, ni.MemFree, ni.Procs, ni.AgeMs = true, l.Report.GetLoad(), l.Report.GetFreeMem(), l.Report.GetProcs(), l.Age.Milliseconds()
@@ -296,4 +301,119 @@ func (d *Daemon) opNodeRemove(ctx context.Context, c api.Caller, args json.RawMe
 func peerURLOf(addr string) string {
 	_, peer := cluster.StoreURLs(addr)
 	return peer
+}
+
+func (d *Daemon) opPolicy(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.PolicyArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	if a.Policy != "" || a.Manual != nil || a.NoGuests != nil {
+		if err := d.admin(c, "change the node's policy"); err != nil {
+			return nil, err
+		}
+		if err := d.setPolicy(a.Policy, a.Manual, a.NoGuests); err != nil {
+			return nil, err
+		}
+	}
+	b := d.bal
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return api.PolicyResult{Node: d.node.Name, Policy: b.name, Manual: b.manual, NoGuests: b.refusesGuests(), Draining: b.draining}, nil
+}
+
+func (d *Daemon) opRecommend(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.RecommendArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	res := api.RecommendResult{Moves: []api.Recommendation{}, Policies: map[string]string{}}
+	add := func(node string, r *peerpb.RecommendResponse) {
+		res.Policies[node] = r.Policy
+		for _, m := range r.Moves {
+			res.Moves = append(res.Moves, api.Recommendation{ID: m.Id, From: m.From, To: m.To, Reason: m.Reason})
+		}
+	}
+	for _, m := range d.members() {
+		if m.State != peerpb.State_ALIVE {
+			continue
+		}
+		if m.Name == d.node.Name {
+			name, moves, err := d.recommend(a.Policy)
+			if err != nil {
+				return nil, err
+			}
+			r := &peerpb.RecommendResponse{Policy: name}
+			for _, mv := range moves {
+				r.Moves = append(r.Moves, &peerpb.Recommendation{Id: mv.Proc, From: d.node.Name, To: mv.To, Reason: mv.Reason})
+			}
+			add(m.Name, r)
+			continue
+		}
+		conn, err := d.pool.conn(m.Name, m.Addr)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			var r *peerpb.RecommendResponse
+			r, err = peerpb.NewPeerClient(conn).Recommend(cctx, &peerpb.RecommendRequest{Policy: a.Policy})
+			cancel()
+			if err == nil {
+				add(m.Name, r)
+				continue
+			}
+		}
+		if res.Errors == nil {
+			res.Errors = map[string]string{}
+		}
+		res.Errors[m.Name] = err.Error()
+	}
+	slices.SortFunc(res.Moves, func(x, y api.Recommendation) int { return strings.Compare(x.ID, y.ID) })
+	return res, nil
+}
+
+func (d *Daemon) opDrain(ctx context.Context, c api.Caller, args json.RawMessage, _ *api.Conn) (any, error) {
+	var a api.DrainArgs
+	if err := decode(args, &a); err != nil {
+		return nil, err
+	}
+	if err := d.admin(c, "drain a node"); err != nil {
+		return nil, err
+	}
+	if a.Node == "" {
+		a.Node = d.node.Name
+	}
+	var moved, stayed []*peerpb.Recommendation
+	if a.Node == d.node.Name {
+		var err error
+		if moved, stayed, err = d.drain(ctx, a.Undo); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := d.checkNode(a.Node); err != nil {
+			return nil, err
+		}
+		m, _ := d.peer(a.Node)
+		conn, err := d.pool.conn(m.Name, m.Addr)
+		if err != nil {
+			return nil, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+		defer cancel()
+		// The caller passed admin here: root on this node asks.
+		r, err := peerpb.NewPeerClient(conn).Drain(cctx, &peerpb.DrainRequest{Uid: 0, Undo: a.Undo})
+		if err != nil {
+			if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
+				return nil, errors.New(st.Message())
+			}
+			return nil, fmt.Errorf("drain %s: %w", a.Node, err)
+		}
+		moved, stayed = r.Moved, r.Stayed
+	}
+	res := api.DrainResult{Node: a.Node, Moved: []api.Recommendation{}, Stayed: []api.Recommendation{}}
+	for _, m := range moved {
+		res.Moved = append(res.Moved, api.Recommendation{ID: m.Id, From: m.From, To: m.To})
+	}
+	for _, m := range stayed {
+		res.Stayed = append(res.Stayed, api.Recommendation{ID: m.Id, From: m.From, Reason: m.Reason})
+	}
+	return res, nil
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/executor"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/pki"
-	"github.com/mosaic-cluster/mosaic/internal/policy"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
 
@@ -83,50 +82,6 @@ func (d *Daemon) checkNode(name string) error {
 		return fmt.Errorf("node %q is %s: choose another with --on, or omit --on", name, stateName(m.State))
 	}
 	return nil
-}
-
-// place ranks the alive nodes for a new process (policy.Place on the
-// gossiped view).
-func (d *Daemon) place() []string {
-	now := time.Now()
-	d.mu.Lock()
-	members := d.core.Members()
-	loads := d.core.Loads(now)
-	self := d.self
-	d.mu.Unlock()
-	byNode := map[string]*peerpb.LoadReport{}
-	ages := map[string]time.Duration{}
-	for _, l := range loads {
-		byNode[l.Report.GetNode()] = l.Report
-		ages[l.Report.GetNode()] = l.Age
-	}
-	var nodes []policy.Node
-	for _, m := range members {
-		if m.State != peerpb.State_ALIVE {
-			continue
-		}
-		n := policy.Node{Name: m.Name, Capacity: m.Meta.GetCapacity(), Speed: m.Meta.GetSpeed(), Self: m.Name == d.node.Name}
-		if n.Capacity <= 0 {
-			n.Capacity = float64(m.Meta.GetCores())
-		}
-		if r, ok := byNode[m.Name]; ok {
-			n.HasLoad, n.Load, n.FreeMem, n.Age = true, r.GetLoad(), r.GetFreeMem(), ages[m.Name]
-		}
-		if n.Self {
-			n.HasLoad, n.Load, n.FreeMem, n.Age = true, self.export, self.memFree, 0
-		}
-		// A report shows the processes that ran during the period it
-		// averages (one interval) before it was measured: those this home
-		// started there since, and that still run, it cannot show.
-		measured := now.Add(-n.Age - d.cfg.Interval)
-		n.Pending = d.home.RunningSince(m.Name, measured)
-		nodes = append(nodes, n)
-	}
-	var out []string
-	for _, c := range policy.Place(nodes, policy.Request{}) {
-		out = append(out, c.Node)
-	}
-	return out
 }
 
 func (d *Daemon) members() []gossipMember {
@@ -492,6 +447,15 @@ func (s gossipServer) Signal(ctx context.Context, req *peerpb.SignalRequest) (*p
 }
 
 func (s gossipServer) Migrate(ctx context.Context, req *peerpb.MigrateRequest) (*peerpb.MigrateResponse, error) {
+	if req.Auto {
+		// The node the process runs on moves it by its policy: the home
+		// checks that the caller is that node.
+		m, err := s.d.home.MigrateAuto(ctx, req.Id, req.Target, peerName(ctx))
+		if err != nil {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		return &peerpb.MigrateResponse{Node: m.Node, Pid: int32(m.PID), FreezeUs: m.Frozen.Microseconds(), TotalUs: m.Total.Microseconds(), ImageBytes: m.ImageBytes}, nil
+	}
 	res, err := s.d.migrate(ctx, req.Id, req.Target, req.Uid, req.Lazy)
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -506,4 +470,27 @@ func (s gossipServer) Checkpoint(ctx context.Context, req *peerpb.CheckpointRequ
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &peerpb.CheckpointResponse{ImageBytes: n}, nil
+}
+
+func (s gossipServer) Recommend(ctx context.Context, req *peerpb.RecommendRequest) (*peerpb.RecommendResponse, error) {
+	name, moves, err := s.d.recommend(req.Policy)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	res := &peerpb.RecommendResponse{Policy: name}
+	for _, m := range moves {
+		res.Moves = append(res.Moves, &peerpb.Recommendation{Id: m.Proc, From: s.d.node.Name, To: m.To, Reason: m.Reason})
+	}
+	return res, nil
+}
+
+func (s gossipServer) Drain(ctx context.Context, req *peerpb.DrainRequest) (*peerpb.DrainResponse, error) {
+	if req.Uid != 0 {
+		return nil, status.Error(codes.FailedPrecondition, "permission denied: only root may drain a node")
+	}
+	moved, stayed, err := s.d.drain(ctx, req.Undo)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &peerpb.DrainResponse{Moved: moved, Stayed: stayed}, nil
 }

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,6 +74,21 @@ type Executor struct {
 	receipts  map[string]*Receipt  // by token
 	closed    bool
 	wg        sync.WaitGroup
+	// noGuests: processes of other homes are refused (--no-guests, or
+	// the node drains).
+	noGuests atomic.Bool
+}
+
+// SetNoGuests makes the node refuse (or take again) processes whose home
+// is another node; those it runs stay.
+func (e *Executor) SetNoGuests(no bool) { e.noGuests.Store(no) }
+
+// refusesGuest says why a process from home cannot come here, or "".
+func (e *Executor) refusesGuest(home string) string {
+	if home != e.node && e.noGuests.Load() {
+		return fmt.Sprintf("node %s takes no guests (it drains, or runs with --no-guests)", e.node)
+	}
+	return ""
 }
 
 // New returns an executor.
@@ -145,6 +161,9 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	if len(st.Argv) == 0 {
 		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "no program given")
+	}
+	if why := e.refusesGuest(from); why != "" {
+		return refuse(out, peerpb.FailureKind_REFUSED, "%s", why)
 	}
 	g := &guest{start: st, started: time.Now(), out: out}
 	if !e.add(st.Id, g) {
@@ -447,6 +466,8 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 		} else {
 			if err := ckpt.Movable(pid); err != nil {
 				pi.Pinned = pinnedReason(err)
+			} else if st.Pinned {
+				pi.Pinned = "its user pinned it (mosaic run --pin): policies do not move it"
 			}
 			pi.CpuSeconds, pi.Rss, pi.ProcState = procStat(pid)
 			if pi.ProcState == "T" {
@@ -456,6 +477,51 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 		out = append(out, pi)
 	}
 	slices.SortFunc(out, func(a, b *peerpb.ProcInfo) int { return strings.Compare(a.Id, b.Id) })
+	return out
+}
+
+// Running is a process that runs here, as the node's policy sees it.
+type Running struct {
+	ID, Home   string
+	Since      time.Time // it started or arrived here
+	CPUSeconds float64   // user and system time of all its threads
+	RSS        uint64
+	// Pinned says why a policy must not move it ("" = it may): its user
+	// pinned it, or it holds what the engine cannot carry.
+	Pinned string
+}
+
+// Running lists the processes that run here now (not starting, stopped,
+// exited or leaving).
+func (e *Executor) Running() []Running {
+	e.mu.Lock()
+	type entry struct {
+		id  string
+		g   *guest
+		pid int
+	}
+	var gs []entry
+	for id, g := range e.procs {
+		if pid := g.livePID(); pid > 0 {
+			gs = append(gs, entry{id, g, pid})
+		}
+	}
+	e.mu.Unlock()
+	var out []Running
+	for _, x := range gs {
+		cpu, rss, state := procStat(x.pid)
+		if state == "T" || state == "Z" || state == "?" {
+			continue
+		}
+		r := Running{ID: x.id, Home: x.g.start.Home, Since: x.g.started, CPUSeconds: cpu, RSS: rss}
+		if x.g.start.Pinned {
+			r.Pinned = "pinned by its user"
+		} else if err := ckpt.Movable(x.pid); err != nil {
+			r.Pinned = pinnedReason(err)
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Running) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 

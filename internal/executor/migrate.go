@@ -419,6 +419,9 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if a.Source == e.node && from != e.node {
 		return refuse(out, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
 	}
+	if why := e.refusesGuest(from); why != "" {
+		return refuse(out, peerpb.FailureKind_REFUSED, "%s", why)
+	}
 	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
 	e.mu.Lock()
 	if e.closed {

@@ -86,8 +86,12 @@ type proc struct {
 	conn       *stream
 	cancel     context.CancelFunc
 	migrations uint32
-	pump       *pump           // the user's input, while relayed
-	ckpt       *checkpointWait // a checkpoint under way
+	// arrived is when it came to the node it runs on; autoMoves counts
+	// the moves policies made (each doubles the stay before the next).
+	arrived   time.Time
+	autoMoves int
+	pump      *pump           // the user's input, while relayed
+	ckpt      *checkpointWait // a checkpoint under way
 
 	// sendMu orders what goes to the process: while a migration is under
 	// way (mig), it is held back in queued, and goes to wherever the
@@ -253,14 +257,14 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	name, gid, groups := account(caller)
 	start := &peerpb.ExecStart{
 		Id: id, Home: h.cfg.Node, Argv: args.Argv, Env: args.Env, Cwd: args.Cwd,
-		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name,
+		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
 	}
 	for _, r := range args.Rlimits {
 		start.Rlimits = append(start.Rlimits, &peerpb.Rlimit{Resource: int32(r.Resource), Cur: r.Cur, Max: r.Max})
 	}
 	start.Tty = peerTty(args.Tty)
 	p := &proc{id: id, uid: caller.UID, user: name, argv: args.Argv, cwd: args.Cwd, tty: args.Tty != nil,
-		started: time.Now(), state: "starting", start: start}
+		started: time.Now(), arrived: time.Now(), state: "starting", start: start}
 	if !h.add(p) {
 		return fail(api.StatusLost, "node %s is shutting down", h.cfg.Node)
 	}

@@ -74,6 +74,51 @@ func (mig *migration) wait(ctx context.Context) (migrateResult, bool) {
 // Migrate moves process id to target (a node name, or "home" for this
 // node) on behalf of uid, which must own it (or be root), and returns once
 // it runs there, or runs on where it was: then the error says why.
+// AutoStay is how long a process stays where a policy moved it before a
+// policy may move it again; the stay doubles with each automatic move
+// (the first move may come at once), so that in any stretch of time T a
+// process moves automatically at most 1 + log2(T/AutoStay + 1) times,
+// whatever the views say: the stability bound of docs/ARCHITECTURE.md.
+const AutoStay = 4 * time.Second
+
+// autoStay is the stay required after n automatic moves.
+func autoStay(n int) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	return AutoStay << min(n-1, 16)
+}
+
+// MigrateAuto moves a process for the policy of the node it runs on
+// (from). The home refuses unless from is where the process runs, its
+// user did not pin it, and it has stayed autoStay(moves so far).
+func (h *Home) MigrateAuto(ctx context.Context, id, target, from string) (Moved, error) {
+	h.mu.Lock()
+	p := h.procs[id]
+	h.mu.Unlock()
+	if p == nil {
+		return Moved{}, fmt.Errorf("no process %s", id)
+	}
+	p.mu.Lock()
+	node, pinned, stay, since := p.node, p.start.GetPinned(), autoStay(p.autoMoves), time.Since(p.arrived)
+	p.mu.Unlock()
+	switch {
+	case node != from:
+		return Moved{}, fmt.Errorf("process %s runs on %s, not on %s: only the node it runs on may move it by policy", id, node, from)
+	case pinned:
+		return Moved{}, fmt.Errorf("process %s is pinned by its user (mosaic run --pin)", id)
+	case since < stay:
+		return Moved{}, fmt.Errorf("process %s arrived %v ago: policies move it again after %v", id, since.Round(time.Millisecond), stay)
+	}
+	m, err := h.Migrate(ctx, id, target, 0, false)
+	if err == nil {
+		p.mu.Lock()
+		p.autoMoves++
+		p.mu.Unlock()
+	}
+	return m, err
+}
+
 func (h *Home) Migrate(ctx context.Context, id, target string, uid uint32, lazy bool) (Moved, error) {
 	h.mu.Lock()
 	p := h.procs[id]
@@ -195,6 +240,7 @@ func (h *Home) switchOver(p *proc, old *stream, moved *peerpb.Moved) *stream {
 	p.mu.Lock()
 	p.node, p.pid, p.conn, p.cancel = mig.target, pid, next, next.cancel
 	p.migrations++
+	p.arrived = time.Now()
 	p.mu.Unlock()
 	r := Moved{Node: mig.target, PID: pid, Frozen: frozen, Total: time.Since(mig.began), ImageBytes: moved.GetImageBytes()}
 	// The old stream ends when the source has dropped its copy; after a

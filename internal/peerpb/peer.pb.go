@@ -389,6 +389,8 @@ type NodeMeta struct {
 	Version        string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`                                       // mosaic version
 	Shared         bool                   `protobuf:"varint,7,opt,name=shared,proto3" json:"shared,omitempty"`                                        // several nodes share this machine (load counts the node's cgroup)
 	Ca             bool                   `protobuf:"varint,8,opt,name=ca,proto3" json:"ca,omitempty"`                                                // holds the CA key: can sign certificates for joining nodes
+	NoGuests       bool                   `protobuf:"varint,9,opt,name=no_guests,json=noGuests,proto3" json:"no_guests,omitempty"`                    // takes no processes from other nodes (--no-guests, or draining)
+	Policy         string                 `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`                                        // the placement and migration policy it runs (internal/policy), or "off"
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -477,6 +479,20 @@ func (x *NodeMeta) GetCa() bool {
 		return x.Ca
 	}
 	return false
+}
+
+func (x *NodeMeta) GetNoGuests() bool {
+	if x != nil {
+		return x.NoGuests
+	}
+	return false
+}
+
+func (x *NodeMeta) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
 }
 
 // MemberUpdate is a SWIM state change, piggybacked on every message.
@@ -755,8 +771,9 @@ type ExecStart struct {
 	Groups        []uint32               `protobuf:"varint,8,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	Umask         uint32                 `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
 	Rlimits       []*Rlimit              `protobuf:"bytes,10,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	Tty           *Tty                   `protobuf:"bytes,11,opt,name=tty,proto3" json:"tty,omitempty"`   // set: run on a pseudo-terminal with these modes
-	User          string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"` // the user's name, for listings
+	Tty           *Tty                   `protobuf:"bytes,11,opt,name=tty,proto3" json:"tty,omitempty"`        // set: run on a pseudo-terminal with these modes
+	User          string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`      // the user's name, for listings
+	Pinned        bool                   `protobuf:"varint,13,opt,name=pinned,proto3" json:"pinned,omitempty"` // the user opted out of automatic migration (mosaic run --pin)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -873,6 +890,13 @@ func (x *ExecStart) GetUser() string {
 		return x.User
 	}
 	return ""
+}
+
+func (x *ExecStart) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
 }
 
 type Rlimit struct {
@@ -2554,11 +2578,15 @@ func (x *SignalRequest) GetUid() uint32 {
 }
 
 type MigrateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Target        string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"` // a node name
-	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`      // the caller, as its node's kernel says
-	Lazy          bool                   `protobuf:"varint,4,opt,name=lazy,proto3" json:"lazy,omitempty"`    // post-copy (see Migrate)
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Target string                 `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"` // a node name
+	Uid    uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`      // the caller, as its node's kernel says
+	Lazy   bool                   `protobuf:"varint,4,opt,name=lazy,proto3" json:"lazy,omitempty"`    // post-copy (see Migrate)
+	// auto: the calling node runs the process and its policy moves it. The
+	// home honours it only from the node the process runs on, and not for a
+	// process pinned by its user.
+	Auto          bool `protobuf:"varint,5,opt,name=auto,proto3" json:"auto,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2617,6 +2645,13 @@ func (x *MigrateRequest) GetUid() uint32 {
 func (x *MigrateRequest) GetLazy() bool {
 	if x != nil {
 		return x.Lazy
+	}
+	return false
+}
+
+func (x *MigrateRequest) GetAuto() bool {
+	if x != nil {
+		return x.Auto
 	}
 	return false
 }
@@ -2817,6 +2852,274 @@ func (x *CheckpointResponse) GetImageBytes() uint64 {
 	return 0
 }
 
+type RecommendRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"` // evaluate with this policy instead of the node's own
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecommendRequest) Reset() {
+	*x = RecommendRequest{}
+	mi := &file_peer_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecommendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecommendRequest) ProtoMessage() {}
+
+func (x *RecommendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecommendRequest.ProtoReflect.Descriptor instead.
+func (*RecommendRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RecommendRequest) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+type Recommendation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recommendation) Reset() {
+	*x = Recommendation{}
+	mi := &file_peer_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recommendation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recommendation) ProtoMessage() {}
+
+func (x *Recommendation) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recommendation.ProtoReflect.Descriptor instead.
+func (*Recommendation) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Recommendation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Recommendation) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *Recommendation) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *Recommendation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RecommendResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Moves         []*Recommendation      `protobuf:"bytes,2,rep,name=moves,proto3" json:"moves,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecommendResponse) Reset() {
+	*x = RecommendResponse{}
+	mi := &file_peer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecommendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecommendResponse) ProtoMessage() {}
+
+func (x *RecommendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecommendResponse.ProtoReflect.Descriptor instead.
+func (*RecommendResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RecommendResponse) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *RecommendResponse) GetMoves() []*Recommendation {
+	if x != nil {
+		return x.Moves
+	}
+	return nil
+}
+
+type DrainRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`   // the caller, as its node's kernel says: must be 0
+	Undo          bool                   `protobuf:"varint,2,opt,name=undo,proto3" json:"undo,omitempty"` // take guests again
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_peer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DrainRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *DrainRequest) GetUndo() bool {
+	if x != nil {
+		return x.Undo
+	}
+	return false
+}
+
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Moved         []*Recommendation      `protobuf:"bytes,1,rep,name=moved,proto3" json:"moved,omitempty"`   // guests sent away
+	Stayed        []*Recommendation      `protobuf:"bytes,2,rep,name=stayed,proto3" json:"stayed,omitempty"` // guests that could not move, with why (reason)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_peer_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DrainResponse) GetMoved() []*Recommendation {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
+func (x *DrainResponse) GetStayed() []*Recommendation {
+	if x != nil {
+		return x.Stayed
+	}
+	return nil
+}
+
 var File_peer_proto protoreflect.FileDescriptor
 
 const file_peer_proto_rawDesc = "" +
@@ -2836,7 +3139,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x06ca_der\x18\x03 \x01(\fR\x05caDer\x12'\n" +
 	"\x0fstore_endpoints\x18\x04 \x03(\tR\x0estoreEndpoints\x122\n" +
 	"\x15store_initial_cluster\x18\x05 \x01(\tR\x13storeInitialCluster\x12\x14\n" +
-	"\x05seeds\x18\x06 \x03(\tR\x05seeds\"\xdb\x01\n" +
+	"\x05seeds\x18\x06 \x03(\tR\x05seeds\"\x90\x02\n" +
 	"\bNodeMeta\x12\x14\n" +
 	"\x05cores\x18\x01 \x01(\rR\x05cores\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x01R\bcapacity\x12\x14\n" +
@@ -2845,7 +3148,10 @@ const file_peer_proto_rawDesc = "" +
 	"\x10store_client_url\x18\x05 \x01(\tR\x0estoreClientUrl\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12\x16\n" +
 	"\x06shared\x18\a \x01(\bR\x06shared\x12\x0e\n" +
-	"\x02ca\x18\b \x01(\bR\x02ca\"\xc7\x01\n" +
+	"\x02ca\x18\b \x01(\bR\x02ca\x12\x1b\n" +
+	"\tno_guests\x18\t \x01(\bR\bnoGuests\x12\x16\n" +
+	"\x06policy\x18\n" +
+	" \x01(\tR\x06policy\"\xc7\x01\n" +
 	"\fMemberUpdate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12 \n" +
@@ -2869,7 +3175,7 @@ const file_peer_proto_rawDesc = "" +
 	"targetAddr\x126\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1c.mosaic.peer.v1.MemberUpdateR\aupdates\x120\n" +
 	"\x05loads\x18\a \x03(\v2\x1a.mosaic.peer.v1.LoadReportR\x05loads\x12\x1b\n" +
-	"\tfrom_addr\x18\b \x01(\tR\bfromAddr\"\xa6\x02\n" +
+	"\tfrom_addr\x18\b \x01(\tR\bfromAddr\"\xbe\x02\n" +
 	"\tExecStart\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04home\x18\x02 \x01(\tR\x04home\x12\x12\n" +
@@ -2883,7 +3189,8 @@ const file_peer_proto_rawDesc = "" +
 	"\arlimits\x18\n" +
 	" \x03(\v2\x16.mosaic.peer.v1.RlimitR\arlimits\x12%\n" +
 	"\x03tty\x18\v \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x12\n" +
-	"\x04user\x18\f \x01(\tR\x04user\"H\n" +
+	"\x04user\x18\f \x01(\tR\x04user\x12\x16\n" +
+	"\x06pinned\x18\r \x01(\bR\x06pinned\"H\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
@@ -3015,12 +3322,13 @@ const file_peer_proto_rawDesc = "" +
 	"\rSignalRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
-	"\x03uid\x18\x03 \x01(\rR\x03uid\"^\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\"r\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x10\n" +
 	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x12\n" +
-	"\x04lazy\x18\x04 \x01(\bR\x04lazy\"\xaf\x01\n" +
+	"\x04lazy\x18\x04 \x01(\bR\x04lazy\x12\x12\n" +
+	"\x04auto\x18\x05 \x01(\bR\x04auto\"\xaf\x01\n" +
 	"\x0fMigrateResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1b\n" +
@@ -3037,7 +3345,23 @@ const file_peer_proto_rawDesc = "" +
 	"\x04stop\x18\x04 \x01(\bR\x04stop\"5\n" +
 	"\x12CheckpointResponse\x12\x1f\n" +
 	"\vimage_bytes\x18\x01 \x01(\x04R\n" +
-	"imageBytes*3\n" +
+	"imageBytes\"*\n" +
+	"\x10RecommendRequest\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\"\\\n" +
+	"\x0eRecommendation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"a\n" +
+	"\x11RecommendResponse\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x124\n" +
+	"\x05moves\x18\x02 \x03(\v2\x1e.mosaic.peer.v1.RecommendationR\x05moves\"4\n" +
+	"\fDrainRequest\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x12\n" +
+	"\x04undo\x18\x02 \x01(\bR\x04undo\"}\n" +
+	"\rDrainResponse\x124\n" +
+	"\x05moved\x18\x01 \x03(\v2\x1e.mosaic.peer.v1.RecommendationR\x05moved\x126\n" +
+	"\x06stayed\x18\x02 \x03(\v2\x1e.mosaic.peer.v1.RecommendationR\x06stayed*3\n" +
 	"\x05State\x12\t\n" +
 	"\x05ALIVE\x10\x00\x12\v\n" +
 	"\aSUSPECT\x10\x01\x12\b\n" +
@@ -3057,14 +3381,16 @@ const file_peer_proto_rawDesc = "" +
 	"\x06NO_CWD\x10\x03\x12\v\n" +
 	"\aREFUSED\x10\x042I\n" +
 	"\x04Join\x12A\n" +
-	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\xf4\x02\n" +
+	"\x04Join\x12\x1b.mosaic.peer.v1.JoinRequest\x1a\x1c.mosaic.peer.v1.JoinResponse2\x8c\x04\n" +
 	"\x04Peer\x129\n" +
 	"\x06Gossip\x12\x18.mosaic.peer.v1.Envelope\x1a\x15.mosaic.peer.v1.Empty\x12P\n" +
 	"\tListProcs\x12 .mosaic.peer.v1.ListProcsRequest\x1a!.mosaic.peer.v1.ListProcsResponse\x12>\n" +
 	"\x06Signal\x12\x1d.mosaic.peer.v1.SignalRequest\x1a\x15.mosaic.peer.v1.Empty\x12J\n" +
 	"\aMigrate\x12\x1e.mosaic.peer.v1.MigrateRequest\x1a\x1f.mosaic.peer.v1.MigrateResponse\x12S\n" +
 	"\n" +
-	"Checkpoint\x12!.mosaic.peer.v1.CheckpointRequest\x1a\".mosaic.peer.v1.CheckpointResponseB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
+	"Checkpoint\x12!.mosaic.peer.v1.CheckpointRequest\x1a\".mosaic.peer.v1.CheckpointResponse\x12P\n" +
+	"\tRecommend\x12 .mosaic.peer.v1.RecommendRequest\x1a!.mosaic.peer.v1.RecommendResponse\x12D\n" +
+	"\x05Drain\x12\x1c.mosaic.peer.v1.DrainRequest\x1a\x1d.mosaic.peer.v1.DrainResponseB2Z0github.com/mosaic-cluster/mosaic/internal/peerpbb\x06proto3"
 
 var (
 	file_peer_proto_rawDescOnce sync.Once
@@ -3079,7 +3405,7 @@ func file_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_peer_proto_goTypes = []any{
 	(State)(0),                 // 0: mosaic.peer.v1.State
 	(Kind)(0),                  // 1: mosaic.peer.v1.Kind
@@ -3114,6 +3440,11 @@ var file_peer_proto_goTypes = []any{
 	(*MigrateResponse)(nil),    // 30: mosaic.peer.v1.MigrateResponse
 	(*CheckpointRequest)(nil),  // 31: mosaic.peer.v1.CheckpointRequest
 	(*CheckpointResponse)(nil), // 32: mosaic.peer.v1.CheckpointResponse
+	(*RecommendRequest)(nil),   // 33: mosaic.peer.v1.RecommendRequest
+	(*Recommendation)(nil),     // 34: mosaic.peer.v1.Recommendation
+	(*RecommendResponse)(nil),  // 35: mosaic.peer.v1.RecommendResponse
+	(*DrainRequest)(nil),       // 36: mosaic.peer.v1.DrainRequest
+	(*DrainResponse)(nil),      // 37: mosaic.peer.v1.DrainResponse
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: mosaic.peer.v1.MemberUpdate.state:type_name -> mosaic.peer.v1.State
@@ -3139,23 +3470,30 @@ var file_peer_proto_depIdxs = []int32{
 	20, // 20: mosaic.peer.v1.ExecOut.checkpointed:type_name -> mosaic.peer.v1.Checkpointed
 	24, // 21: mosaic.peer.v1.ExecOut.lazy_done:type_name -> mosaic.peer.v1.LazyDone
 	25, // 22: mosaic.peer.v1.ListProcsResponse.procs:type_name -> mosaic.peer.v1.ProcInfo
-	4,  // 23: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
-	9,  // 24: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
-	26, // 25: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
-	28, // 26: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
-	29, // 27: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
-	31, // 28: mosaic.peer.v1.Peer.Checkpoint:input_type -> mosaic.peer.v1.CheckpointRequest
-	5,  // 29: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
-	3,  // 30: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
-	27, // 31: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
-	3,  // 32: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
-	30, // 33: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
-	32, // 34: mosaic.peer.v1.Peer.Checkpoint:output_type -> mosaic.peer.v1.CheckpointResponse
-	29, // [29:35] is the sub-list for method output_type
-	23, // [23:29] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	34, // 23: mosaic.peer.v1.RecommendResponse.moves:type_name -> mosaic.peer.v1.Recommendation
+	34, // 24: mosaic.peer.v1.DrainResponse.moved:type_name -> mosaic.peer.v1.Recommendation
+	34, // 25: mosaic.peer.v1.DrainResponse.stayed:type_name -> mosaic.peer.v1.Recommendation
+	4,  // 26: mosaic.peer.v1.Join.Join:input_type -> mosaic.peer.v1.JoinRequest
+	9,  // 27: mosaic.peer.v1.Peer.Gossip:input_type -> mosaic.peer.v1.Envelope
+	26, // 28: mosaic.peer.v1.Peer.ListProcs:input_type -> mosaic.peer.v1.ListProcsRequest
+	28, // 29: mosaic.peer.v1.Peer.Signal:input_type -> mosaic.peer.v1.SignalRequest
+	29, // 30: mosaic.peer.v1.Peer.Migrate:input_type -> mosaic.peer.v1.MigrateRequest
+	31, // 31: mosaic.peer.v1.Peer.Checkpoint:input_type -> mosaic.peer.v1.CheckpointRequest
+	33, // 32: mosaic.peer.v1.Peer.Recommend:input_type -> mosaic.peer.v1.RecommendRequest
+	36, // 33: mosaic.peer.v1.Peer.Drain:input_type -> mosaic.peer.v1.DrainRequest
+	5,  // 34: mosaic.peer.v1.Join.Join:output_type -> mosaic.peer.v1.JoinResponse
+	3,  // 35: mosaic.peer.v1.Peer.Gossip:output_type -> mosaic.peer.v1.Empty
+	27, // 36: mosaic.peer.v1.Peer.ListProcs:output_type -> mosaic.peer.v1.ListProcsResponse
+	3,  // 37: mosaic.peer.v1.Peer.Signal:output_type -> mosaic.peer.v1.Empty
+	30, // 38: mosaic.peer.v1.Peer.Migrate:output_type -> mosaic.peer.v1.MigrateResponse
+	32, // 39: mosaic.peer.v1.Peer.Checkpoint:output_type -> mosaic.peer.v1.CheckpointResponse
+	35, // 40: mosaic.peer.v1.Peer.Recommend:output_type -> mosaic.peer.v1.RecommendResponse
+	37, // 41: mosaic.peer.v1.Peer.Drain:output_type -> mosaic.peer.v1.DrainResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -3202,7 +3540,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

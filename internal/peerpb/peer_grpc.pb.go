@@ -134,6 +134,8 @@ const (
 	Peer_Signal_FullMethodName     = "/mosaic.peer.v1.Peer/Signal"
 	Peer_Migrate_FullMethodName    = "/mosaic.peer.v1.Peer/Migrate"
 	Peer_Checkpoint_FullMethodName = "/mosaic.peer.v1.Peer/Checkpoint"
+	Peer_Recommend_FullMethodName  = "/mosaic.peer.v1.Peer/Recommend"
+	Peer_Drain_FullMethodName      = "/mosaic.peer.v1.Peer/Drain"
 )
 
 // PeerClient is the client API for Peer service.
@@ -158,6 +160,12 @@ type PeerClient interface {
 	// calling node (which writes it to a file of its user's), on behalf of
 	// that user; it answers once the image is saved.
 	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
+	// Recommend returns the migrations the node's policy would make now
+	// (mosaic recommend).
+	Recommend(ctx context.Context, in *RecommendRequest, opts ...grpc.CallOption) (*RecommendResponse, error)
+	// Drain asks the node to take no more guests and send those it has
+	// away (mosaic drain); the caller must be root on its node.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 }
 
 type peerClient struct {
@@ -218,6 +226,26 @@ func (c *peerClient) Checkpoint(ctx context.Context, in *CheckpointRequest, opts
 	return out, nil
 }
 
+func (c *peerClient) Recommend(ctx context.Context, in *RecommendRequest, opts ...grpc.CallOption) (*RecommendResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecommendResponse)
+	err := c.cc.Invoke(ctx, Peer_Recommend_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, Peer_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -240,6 +268,12 @@ type PeerServer interface {
 	// calling node (which writes it to a file of its user's), on behalf of
 	// that user; it answers once the image is saved.
 	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)
+	// Recommend returns the migrations the node's policy would make now
+	// (mosaic recommend).
+	Recommend(context.Context, *RecommendRequest) (*RecommendResponse, error)
+	// Drain asks the node to take no more guests and send those it has
+	// away (mosaic drain); the caller must be root on its node.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -264,6 +298,12 @@ func (UnimplementedPeerServer) Migrate(context.Context, *MigrateRequest) (*Migra
 }
 func (UnimplementedPeerServer) Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Checkpoint not implemented")
+}
+func (UnimplementedPeerServer) Recommend(context.Context, *RecommendRequest) (*RecommendResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Recommend not implemented")
+}
+func (UnimplementedPeerServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -376,6 +416,42 @@ func _Peer_Checkpoint_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Recommend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecommendRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Recommend(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Recommend_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Recommend(ctx, req.(*RecommendRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -402,6 +478,14 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Checkpoint",
 			Handler:    _Peer_Checkpoint_Handler,
+		},
+		{
+			MethodName: "Recommend",
+			Handler:    _Peer_Recommend_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _Peer_Drain_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

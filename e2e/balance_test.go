@@ -1,0 +1,233 @@
+//go:build cluster
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/up"
+)
+
+// busy is a CPU-bound program that runs for secs seconds of wall time and
+// says so.
+func busy(secs int) []string {
+	return []string{"/usr/bin/python3", "-c", fmt.Sprintf("import time\ne = time.time() + %d\nn = 0\nwhile time.time() < e: n += 1\nprint('done', flush=True)", secs)}
+}
+
+// procsByID is `mosaic ps --json` of every user's processes, by ID.
+func procsByID(t *testing.T, sock string) map[string]api.ProcInfo {
+	t.Helper()
+	var ps []api.ProcInfo
+	if err := api.Call(context.Background(), sock, api.OpPs, api.PsArgs{All: true}, &ps); err != nil {
+		t.Fatalf("ps: %v", err)
+	}
+	m := map[string]api.ProcInfo{}
+	for _, p := range ps {
+		m[p.ID] = p
+	}
+	return m
+}
+
+func setPolicy(t *testing.T, sock string, args ...string) {
+	t.Helper()
+	if r := mosaic(t, append([]string{"--socket", sock, "policy"}, args...)...); r.code != 0 {
+		t.Fatalf("mosaic policy %v: %v", args, r)
+	}
+}
+
+// TestBalance runs the MOSIX policy live on four nodes of unequal
+// capacity: work started on one node spreads by itself, each process
+// moves a bounded number of times and settles, pinned processes stay,
+// manual mode only recommends, a node that refuses guests gets none, and
+// a drained node sends its guests away and keeps its own.
+func TestBalance(t *testing.T) {
+	c := startClusterCfg(t, up.Config{Dir: t.TempDir(), Nodes: 4, Capacities: []float64{1, 1, 0.5, 0.5}, ExtraArgs: []string{"--policy", "mosix"}})
+	n1, n2, n3 := c.Node("n1"), c.Node("n2"), c.Node("n3")
+	for _, n := range c.Nodes {
+		eventually(t, 20*time.Second, n.Name+" hears every node's load", func() (bool, string) {
+			view := nodes(t, n.Socket)
+			for _, m := range view {
+				if !m.HasLoad || m.Policy != "mosix" {
+					return false, jsonString(view)
+				}
+			}
+			return len(view) == 4, jsonString(view)
+		})
+	}
+
+	t.Run("work started on one node spreads and settles", func(t *testing.T) {
+		var jobs []*background
+		for range 6 {
+			jobs = append(jobs, startBackground(t, n1.Socket, nil, append([]string{"--here", "--"}, busy(25)...)...))
+		}
+		pinned := startBackground(t, n1.Socket, nil, append([]string{"--here", "--pin", "--"}, busy(25)...)...)
+		var ids []string
+		for _, j := range jobs {
+			ids = append(ids, j.id())
+		}
+		pid := pinned.id()
+		eventually(t, 15*time.Second, "the jobs spread over the cluster", func() (bool, string) {
+			ps := procsByID(t, n1.Socket)
+			where := map[string]int{}
+			for _, id := range ids {
+				where[ps[id].Node]++
+			}
+			return len(where) == 4 && where["n1"] <= 2, jsonString(where)
+		})
+		// Settled: over the next seconds, nothing moves again, and no job
+		// moved more than twice (the bound is 1 + log2(T/4s + 1): 3 for
+		// these 25 s; the rule itself should need one move each).
+		before := procsByID(t, n1.Socket)
+		time.Sleep(6 * time.Second)
+		after := procsByID(t, n1.Socket)
+		for _, id := range ids {
+			if after[id].Migrations != before[id].Migrations {
+				t.Errorf("%s still moves after the spread: %d then %d moves", id, before[id].Migrations, after[id].Migrations)
+			}
+			if after[id].Migrations > 2 {
+				t.Errorf("%s moved %d times", id, after[id].Migrations)
+			}
+		}
+		if p := after[pid]; p.Node != "n1" || p.Migrations != 0 {
+			t.Errorf("the pinned process moved: %s", jsonString(p))
+		}
+		for _, j := range append(jobs, pinned) {
+			if out, code := j.finish(); out != "done\n" || code != 0 {
+				t.Errorf("a job ended with %d: %q", code, out)
+			}
+		}
+	})
+
+	t.Run("manual mode recommends and moves nothing", func(t *testing.T) {
+		setPolicy(t, n1.Socket, "--manual")
+		var jobs []*background
+		var ids []string
+		for range 4 {
+			j := startBackground(t, n1.Socket, nil, append([]string{"--here", "--"}, busy(12)...)...)
+			jobs = append(jobs, j)
+			ids = append(ids, j.id())
+		}
+		eventually(t, 10*time.Second, "recommendations for n1's jobs", func() (bool, string) {
+			var rec api.RecommendResult
+			if err := api.Call(context.Background(), n2.Socket, api.OpRecommend, api.RecommendArgs{}, &rec); err != nil {
+				return false, err.Error()
+			}
+			for _, m := range rec.Moves {
+				if m.From == "n1" && m.To != "n1" && strings.HasPrefix(m.ID, "n1.") && m.Reason != "" {
+					return true, ""
+				}
+			}
+			return false, jsonString(rec)
+		})
+		if r := mosaic(t, "--socket", n1.Socket, "recommend"); r.code != 0 || !strings.Contains(r.out, "n1.") {
+			t.Errorf("mosaic recommend: %v", r)
+		}
+		ps := procsByID(t, n1.Socket)
+		for _, id := range ids {
+			if ps[id].Node != "n1" || ps[id].Migrations != 0 {
+				t.Errorf("in manual mode %s moved: %s", id, jsonString(ps[id]))
+			}
+		}
+		setPolicy(t, n1.Socket, "--auto")
+		eventually(t, 10*time.Second, "back in automatic mode, the jobs spread", func() (bool, string) {
+			ps := procsByID(t, n1.Socket)
+			away := 0
+			for _, id := range ids {
+				if ps[id].Node != "n1" {
+					away++
+				}
+			}
+			return away >= 2, jsonString(ps)
+		})
+		for _, j := range jobs {
+			j.finish()
+		}
+	})
+
+	t.Run("a node that takes no guests gets none", func(t *testing.T) {
+		setPolicy(t, n2.Socket, "--no-guests")
+		eventually(t, 10*time.Second, "n1 learns that n2 takes no guests", func() (bool, string) {
+			v := nodes(t, n1.Socket)
+			return v["n2"].NoGuests, jsonString(v["n2"])
+		})
+		r := runOn(t, n1.Socket, nil, nil, "run", "--on", "n2", "--", "true")
+		if r.code == 0 || !strings.Contains(r.stderr, "takes no guests") {
+			t.Errorf("run --on a node without guests: %v", r)
+		}
+		var jobs []*background
+		var ids []string
+		for range 5 {
+			j := startBackground(t, n1.Socket, nil, append([]string{"--here", "--"}, busy(10)...)...)
+			jobs = append(jobs, j)
+			ids = append(ids, j.id())
+		}
+		time.Sleep(5 * time.Second)
+		ps := procsByID(t, n1.Socket)
+		for _, id := range ids {
+			if ps[id].Node == "n2" {
+				t.Errorf("%s went to n2, which takes no guests", id)
+			}
+		}
+		for _, j := range jobs {
+			j.finish()
+		}
+		setPolicy(t, n2.Socket, "--guests")
+	})
+
+	t.Run("drain sends the guests away and keeps the node's own", func(t *testing.T) {
+		setPolicy(t, n1.Socket, "off") // n3's guests come from n1; n1 must not send more
+		var guests []*background
+		var ids []string
+		for range 2 {
+			j := startBackground(t, n1.Socket, nil, append([]string{"--on", "n3", "--"}, busy(15)...)...)
+			guests = append(guests, j)
+			ids = append(ids, j.id())
+		}
+		own := startBackground(t, n3.Socket, nil, append([]string{"--here", "--"}, busy(15)...)...)
+		ownID := own.id()
+		r := mosaic(t, "--socket", n1.Socket, "drain", "n3", "--json")
+		if r.code != 0 {
+			t.Fatalf("drain: %v", r)
+		}
+		var res api.DrainResult
+		if err := json.Unmarshal([]byte(r.out), &res); err != nil || len(res.Moved) != 2 {
+			t.Fatalf("drain result %q: %v", r.out, err)
+		}
+		ps := procsByID(t, n1.Socket)
+		for _, id := range ids {
+			if ps[id].Node == "n3" {
+				t.Errorf("%s is still on n3 after the drain", id)
+			}
+		}
+		if p := psOne(t, n3.Socket, ownID); p.Node != "n3" || p.State != "running" {
+			t.Errorf("n3's own process after the drain: %s", jsonString(p))
+		}
+		if r := runOn(t, n1.Socket, nil, nil, "run", "--on", "n3", "--", "true"); r.code == 0 {
+			t.Errorf("a drained node took a new guest: %v", r)
+		}
+		for _, j := range append(guests, own) {
+			if out, code := j.finish(); out != "done\n" || code != 0 {
+				t.Errorf("a job ended with %d: %q", code, out)
+			}
+		}
+		if r := mosaic(t, "--socket", n1.Socket, "drain", "n3", "--undo"); r.code != 0 {
+			t.Fatalf("drain --undo: %v", r)
+		}
+		if r := runOn(t, n1.Socket, nil, nil, "run", "--on", "n3", "--", "true"); r.code != 0 {
+			t.Errorf("after drain --undo, n3 refuses: %v", r)
+		}
+		setPolicy(t, n1.Socket, "mosix")
+	})
+
+	t.Run("bad input", func(t *testing.T) {
+		expectFail(t, mosaic(t, "--socket", n1.Socket, "policy", "best"), "no policy \"best\"")
+		expectFail(t, mosaic(t, "--socket", n1.Socket, "drain", "n9"), "n9")
+		expectFail(t, mosaic(t, "--socket", n1.Socket, "recommend", "--policy", "best"), "no policy")
+	})
+}

@@ -1,0 +1,456 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/executor"
+	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/policy"
+)
+
+// This file runs the node's policy (internal/policy) live: placement of
+// new processes, and, for the policies that migrate, a balancing round
+// every interval that asks the homes of this node's processes to move the
+// ones the policy chose. The policy is pure; what it needs to remember
+// (the round-robin turn, the peak load, what this node sent where and
+// when) is kept here and handed to it in the view.
+
+// PolicyOff runs every process where it is started and never moves one.
+const PolicyOff = "off"
+
+// targetBackoff is how long a node that failed a move is not offered to
+// the policy again: a dead or refusing node must not draw a retry every
+// round from every node.
+const targetBackoff = 30 * time.Second
+
+// balancer is the node's policy state.
+type balancer struct {
+	mu       sync.Mutex
+	name     string        // policy name, or PolicyOff
+	pol      policy.Policy // nil when off
+	manual   bool          // recommend only: never move by itself
+	noGuests bool          // the node's own wish (--no-guests, mosaic guests)
+	draining bool          // mosaic drain: no guests, and the guests leave
+	peak     float64
+	placed   int
+	rounds   uint64
+	cpu      map[string]cpuSample // by process ID: the last CPU reading
+	sent     []sentTo             // moves and placements this node made, recent first out
+	failed   map[string]time.Time // node -> not offered before
+	held     map[string]time.Time // process -> not offered before (a move of it failed)
+}
+
+type cpuSample struct {
+	seconds float64
+	at      time.Time
+	demand  float64
+}
+
+type sentTo struct {
+	at   time.Time
+	node string
+}
+
+func newBalancer(name string, manual, noGuests bool) (*balancer, error) {
+	b := &balancer{cpu: map[string]cpuSample{}, failed: map[string]time.Time{}, held: map[string]time.Time{}, manual: manual, noGuests: noGuests}
+	return b, b.set(name)
+}
+
+// set changes the policy.
+func (b *balancer) set(name string) error {
+	if name == "" {
+		name = "leastload"
+	}
+	var p policy.Policy
+	if name != PolicyOff {
+		var err error
+		if p, err = policy.New(name); err != nil {
+			return fmt.Errorf("%w, or %s", err, PolicyOff)
+		}
+	}
+	b.name, b.pol = name, p
+	return nil
+}
+
+// refusesGuests says whether the node takes no processes of other homes.
+func (b *balancer) refusesGuests() bool { return b.noGuests || b.draining }
+
+// setPolicy changes the node's policy and modes at run time (root).
+func (d *Daemon) setPolicy(name string, manual, noGuests *bool) error {
+	b := d.bal
+	b.mu.Lock()
+	if name != "" {
+		if err := b.set(name); err != nil {
+			b.mu.Unlock()
+			return err
+		}
+	}
+	if manual != nil {
+		b.manual = *manual
+	}
+	if noGuests != nil {
+		b.noGuests = *noGuests
+	}
+	name, refuses := b.name, b.refusesGuests()
+	b.mu.Unlock()
+	d.exec.SetNoGuests(refuses)
+	d.announce()
+	d.log.Info("policy", "policy", name, "no_guests", refuses)
+	return nil
+}
+
+// announce tells the cluster this node's policy and whether it takes
+// guests.
+func (d *Daemon) announce() {
+	d.mu.Lock()
+	d.core.SetMeta(d.meta())
+	d.mu.Unlock()
+}
+
+// view is what the policy sees from this node now: every alive node
+// (what gossip says of it, and what this node sent there since), and, if
+// withProcs, the processes running here.
+func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
+	d.mu.Lock()
+	members := d.core.Members()
+	loads := d.core.Loads(now)
+	self := d.self
+	d.mu.Unlock()
+	byNode := map[string]int{}
+	for i, l := range loads {
+		byNode[l.Report.GetNode()] = i
+	}
+	b := d.bal
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var v policy.View
+	// This node's own load, for balancing: its processes' demand now.
+	// The load meter's figure decays slowly after a process leaves (as
+	// MOSIX's does, so that others do not rush in), which would have this
+	// node send away more than it should.
+	ownLoad := -1.0
+	if withProcs {
+		v.Procs = b.procs(now, d.exec.Running(), d.capacity())
+		ownLoad = 0
+		for _, p := range v.Procs {
+			ownLoad += p.Demand
+		}
+		ownLoad /= d.capacity() * max(d.speed, 0.01)
+	}
+	for _, m := range members {
+		if m.State != peerpb.State_ALIVE {
+			continue
+		}
+		n := policy.Node{Name: m.Name, Capacity: m.Meta.GetCapacity(), Speed: m.Meta.GetSpeed(), MemTotal: m.Meta.GetMemTotal(),
+			Self: m.Name == d.node.Name, NoGuests: m.Meta.GetNoGuests()}
+		if n.Capacity <= 0 {
+			n.Capacity = float64(m.Meta.GetCores())
+		}
+		if i, ok := byNode[m.Name]; ok {
+			r := loads[i]
+			n.HasLoad, n.Load, n.FreeMem, n.Age = true, r.Report.GetLoad(), r.Report.GetFreeMem(), r.Age
+		}
+		if n.Self {
+			n.HasLoad, n.Load, n.FreeMem, n.Age, n.MemTotal = true, self.export, self.memFree, 0, self.memTotal
+			if ownLoad >= 0 {
+				n.Load = ownLoad
+			}
+			n.NoGuests = b.refusesGuests()
+		}
+		if n.MemTotal > 0 {
+			n.MemUsed = n.MemTotal - min(n.FreeMem, n.MemTotal)
+		}
+		if until, ok := b.failed[m.Name]; ok && now.Before(until) && !n.Self {
+			n.NoGuests = true
+		}
+		// A report shows the processes that ran during the period it
+		// averages (one interval) before it was measured: those sent
+		// there since it cannot show.
+		if !n.Self {
+			measured := now.Add(-n.Age - d.cfg.Interval)
+			n.Pending = d.home.RunningSince(m.Name, measured)
+			for _, s := range b.sent {
+				if s.node == m.Name && s.at.After(measured) {
+					n.Pending++
+				}
+			}
+		}
+		b.peak = max(b.peak, n.Load)
+		v.Nodes = append(v.Nodes, n)
+	}
+	v.PeakLoad, v.Placed = b.peak, b.placed
+	b.rounds++
+	v.Seed = b.rounds
+	return v
+}
+
+// procs turns the processes running here into the policy's terms. A
+// process's demand is its CPU use over the last round against the share
+// it could have had: 1 for one that is always runnable.
+func (b *balancer) procs(now time.Time, running []executor.Running, capacity float64) []policy.Proc {
+	seen := map[string]bool{}
+	active := 0
+	for _, r := range running {
+		if prev, ok := b.cpu[r.ID]; ok && now.Sub(prev.at) > 0 && (r.CPUSeconds-prev.seconds)/now.Sub(prev.at).Seconds() > 0.05 {
+			active++
+		}
+	}
+	share := math.Min(1, capacity/math.Max(1, float64(active)))
+	var out []policy.Proc
+	for _, r := range running {
+		seen[r.ID] = true
+		demand := 1.0 // until measured: count it as CPU-bound, as placement does
+		if prev, ok := b.cpu[r.ID]; ok {
+			demand = prev.demand
+			if dt := now.Sub(prev.at).Seconds(); dt > 0.2 {
+				demand = math.Min(1, (r.CPUSeconds-prev.seconds)/dt/share)
+				b.cpu[r.ID] = cpuSample{seconds: r.CPUSeconds, at: now, demand: demand}
+			}
+		} else {
+			b.cpu[r.ID] = cpuSample{seconds: r.CPUSeconds, at: now, demand: demand}
+		}
+		held := now.Before(b.held[r.ID])
+		// Age: how long it has run here (the node knows no more; a moved
+		// process starts again from its arrival).
+		out = append(out, policy.Proc{ID: r.ID, Demand: demand, Mem: r.RSS, Age: now.Sub(r.Since), Resident: now.Sub(r.Since), Pinned: r.Pinned != "" || held})
+	}
+	for id := range b.cpu {
+		if !seen[id] {
+			delete(b.cpu, id)
+			delete(b.held, id)
+		}
+	}
+	return out
+}
+
+func (d *Daemon) capacity() float64 {
+	if d.cfg.Capacity > 0 {
+		return d.cfg.Capacity
+	}
+	return float64(d.cores)
+}
+
+// place ranks the alive nodes for a new process with the node's policy
+// (just this node when it is off).
+func (d *Daemon) place() []string {
+	v := d.view(time.Now(), false)
+	b := d.bal
+	b.mu.Lock()
+	pol := b.pol
+	b.placed++
+	b.mu.Unlock()
+	if pol == nil {
+		return []string{d.node.Name}
+	}
+	return pol.Place(v, policy.Request{})
+}
+
+// recommend is what the node's policy (or the named one) would move now.
+func (d *Daemon) recommend(name string) (string, []policy.Move, error) {
+	b := d.bal
+	b.mu.Lock()
+	pol, polName := b.pol, b.name
+	b.mu.Unlock()
+	if name != "" {
+		p, err := policy.New(name)
+		if err != nil {
+			return "", nil, err
+		}
+		pol, polName = p, name
+	}
+	if pol == nil || !pol.Migrates() {
+		return polName, nil, nil
+	}
+	return polName, pol.Balance(d.view(time.Now(), true)), nil
+}
+
+// balanceLoop runs a balancing round every interval.
+func (d *Daemon) balanceLoop(ctx context.Context) error {
+	t := time.NewTicker(d.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			d.balanceRound(ctx)
+		}
+	}
+}
+
+// balanceRound asks the policy what to move and has it moved, one
+// process at a time, each through its home.
+func (d *Daemon) balanceRound(ctx context.Context) {
+	b := d.bal
+	b.mu.Lock()
+	pol, manual, draining := b.pol, b.manual, b.draining
+	b.mu.Unlock()
+	if draining {
+		d.drainRound(ctx)
+		return
+	}
+	if pol == nil || !pol.Migrates() {
+		return
+	}
+	now := time.Now()
+	v := d.view(now, true)
+	if len(v.Procs) == 0 {
+		return
+	}
+	moves := pol.Balance(v)
+	if manual {
+		return
+	}
+	for _, mv := range moves {
+		d.autoMove(ctx, mv.Proc, mv.To, mv.Reason)
+	}
+}
+
+// autoMove has a process's home move it for this node's policy.
+func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
+	home, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	b := d.bal
+	b.mu.Lock()
+	b.sent = append(b.sent, sentTo{at: time.Now(), node: to})
+	if len(b.sent) > 64 {
+		b.sent = b.sent[len(b.sent)-64:]
+	}
+	b.mu.Unlock()
+	if home == d.node.Name {
+		_, err = d.home.MigrateAuto(ctx, id, to, d.node.Name)
+	} else {
+		var pc peerpb.PeerClient
+		if pc, err = d.homeOfProcess(id, home); err == nil {
+			_, err = pc.Migrate(ctx, &peerpb.MigrateRequest{Id: id, Target: to, Auto: true})
+		}
+	}
+	if err != nil {
+		d.log.Info("policy move failed", "id", id, "to", to, "reason", reason, "err", err)
+		if !errors.Is(err, context.Canceled) {
+			// The process waits before it is offered again; the target
+			// too, when it was the target that failed (unreachable,
+			// refusing, dying).
+			b.mu.Lock()
+			until := time.Now().Add(targetBackoff)
+			b.held[id] = until
+			if msg := err.Error(); strings.Contains(msg, "reach "+to) || strings.Contains(msg, "takes no guests") || strings.Contains(msg, "node "+to+" is") {
+				b.failed[to] = until
+			}
+			b.mu.Unlock()
+		}
+		return err
+	}
+	d.log.Info("policy moved a process", "id", id, "to", to, "reason", reason)
+	return nil
+}
+
+// drainRound sends one guest away (mosaic drain): to where the policy
+// would place it now, among the nodes that take guests (its home
+// included). Guests that cannot move stay, and are reported by Drain.
+func (d *Daemon) drainRound(ctx context.Context) {
+	for _, r := range d.exec.Running() {
+		if r.Home == d.node.Name || r.Pinned != "" {
+			continue
+		}
+		b := d.bal
+		b.mu.Lock()
+		held := time.Now().Before(b.held[r.ID])
+		b.mu.Unlock()
+		if held {
+			continue
+		}
+		to := d.drainTarget()
+		if to == "" {
+			return
+		}
+		d.autoMove(ctx, r.ID, to, "the node drains")
+		return
+	}
+}
+
+// drainTarget is where a draining node's guests go: the best node that
+// takes guests by leastload placement.
+func (d *Daemon) drainTarget() string {
+	v := d.view(time.Now(), false)
+	var others []policy.Node
+	for _, n := range v.Nodes {
+		if !n.Self {
+			others = append(others, n)
+		}
+	}
+	if c := policy.Place(others, policy.Request{}); len(c) > 0 {
+		return c[0].Node
+	}
+	return ""
+}
+
+// drain makes the node refuse guests and send those it has away
+// (undo: take guests again). It returns once every guest that can move
+// has moved, or ctx ends; what stayed, and why, is in stayed.
+func (d *Daemon) drain(ctx context.Context, undo bool) (moved, stayed []*peerpb.Recommendation, err error) {
+	b := d.bal
+	b.mu.Lock()
+	b.draining = !undo
+	refuses := b.refusesGuests()
+	b.mu.Unlock()
+	d.exec.SetNoGuests(refuses)
+	d.announce()
+	if undo {
+		d.log.Info("drain ended: guests are welcome again")
+		return nil, nil, nil
+	}
+	d.log.Info("draining: guests leave, no new ones")
+	before := map[string]bool{}
+	for _, r := range d.exec.Running() {
+		if r.Home != d.node.Name {
+			before[r.ID] = true
+		}
+	}
+	for {
+		left := 0
+		stayed = stayed[:0]
+		for _, r := range d.exec.Running() {
+			if r.Home == d.node.Name {
+				continue
+			}
+			if r.Pinned != "" {
+				stayed = append(stayed, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, Reason: r.Pinned})
+				continue
+			}
+			left++
+		}
+		if left == 0 {
+			break
+		}
+		to := d.drainTarget()
+		if to == "" {
+			return nil, nil, errors.New("no other node takes guests: the guests stay")
+		}
+		for _, r := range d.exec.Running() {
+			if r.Home == d.node.Name || r.Pinned != "" {
+				continue
+			}
+			if err := d.autoMove(ctx, r.ID, to, "the node drains"); err == nil {
+				moved = append(moved, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, To: to})
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return moved, stayed, fmt.Errorf("drain: %w", ctx.Err())
+		default:
+		}
+	}
+	return moved, stayed, nil
+}
