@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +49,8 @@ func setPolicy(t *testing.T, sock string, args ...string) {
 // manual mode only recommends, a node that refuses guests gets none, and
 // a drained node sends its guests away and keeps its own.
 func TestBalance(t *testing.T) {
-	c := startClusterCfg(t, up.Config{Dir: t.TempDir(), Nodes: 4, Capacities: []float64{1, 1, 0.5, 0.5}, ExtraArgs: []string{"--policy", "mosix"}})
+	c := startClusterCfg(t, up.Config{Dir: t.TempDir(), Nodes: 4, Capacities: []float64{1, 1, 0.5, 0.5},
+		Memories: []uint64{400 << 20, 0, 0, 0}, ExtraArgs: []string{"--policy", "mosix"}})
 	n1, n2, n3 := c.Node("n1"), c.Node("n2"), c.Node("n3")
 	for _, n := range c.Nodes {
 		eventually(t, 20*time.Second, n.Name+" hears every node's load", func() (bool, string) {
@@ -223,6 +226,51 @@ func TestBalance(t *testing.T) {
 			t.Errorf("after drain --undo, n3 refuses: %v", r)
 		}
 		setPolicy(t, n1.Socket, "mosix")
+	})
+
+	t.Run("memory ushering moves a process before the node runs out", func(t *testing.T) {
+		// Three mostly sleeping processes grow to 150 MiB each on n1, which
+		// offers 400 MiB: together they would exceed it. One must leave
+		// once n1 is 90% full, before it is over.
+		grow := []string{"/usr/bin/python3", "-c", "import time\nb = []\nfor i in range(30):\n    b.append(bytearray(5 << 20))\n    time.sleep(0.5)\ntime.sleep(3)\nprint('done', len(b), flush=True)"}
+		var jobs []*background
+		for range 3 {
+			jobs = append(jobs, startBackground(t, n1.Socket, nil, append([]string{"--here", "--"}, grow...)...))
+		}
+		ids := map[string]bool{}
+		for _, j := range jobs {
+			ids[j.id()] = true
+		}
+		var worst uint64
+		ushered := false
+		deadline := time.Now().Add(25 * time.Second)
+		for time.Now().Before(deadline) && !ushered {
+			if v := nodes(t, n1.Socket)["n1"]; v.MemTotal > 0 {
+				worst = max(worst, v.MemTotal-min(v.MemFree, v.MemTotal))
+				if v.MemFree == 0 {
+					t.Errorf("n1 ran out of memory: %s", jsonString(v))
+					break
+				}
+			}
+			for id, p := range procsByID(t, n1.Socket) {
+				if ids[id] && p.Node != "n1" {
+					ushered = true
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !ushered {
+			t.Fatalf("no process left n1 as its memory filled (most used seen: %d MiB of 400)", worst>>20)
+		}
+		if log, err := os.ReadFile(n1.Log); err != nil || !regexp.MustCompile(`policy moved a process.*reason="memory \d+% used here"`).Match(log) {
+			t.Errorf("n1's log (%v) shows no move for memory:\n%s", err, log)
+		}
+		for _, j := range jobs {
+			if out, code := j.finish(); out != "done 30\n" || code != 0 {
+				t.Errorf("a growing job ended with %d: %q", code, out)
+			}
+		}
+		t.Logf("n1 used at most %d MiB of its 400 before a process was ushered away", worst>>20)
 	})
 
 	t.Run("bad input", func(t *testing.T) {

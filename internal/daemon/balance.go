@@ -136,6 +136,11 @@ func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
 	// node send away more than it should.
 	ownLoad := -1.0
 	if withProcs {
+		// And its memory as it is now, not as last published: ushering
+		// must act before the node runs out.
+		if total, free, err := d.probe.Memory(); err == nil {
+			self.memTotal, self.memFree = total, free
+		}
 		v.Procs = b.procs(now, d.exec.Running(), d.capacity())
 		ownLoad = 0
 		for _, p := range v.Procs {
@@ -205,8 +210,12 @@ func (b *balancer) procs(now time.Time, running []executor.Running, capacity flo
 	var out []policy.Proc
 	for _, r := range running {
 		seen[r.ID] = true
-		demand := 1.0 // until measured: count it as CPU-bound, as placement does
+		// Until its demand is measured (a round after it is first seen) a
+		// process counts as CPU-bound, as placement counts it, and does
+		// not move: it may be anything.
+		demand, measured := 1.0, false
 		if prev, ok := b.cpu[r.ID]; ok {
+			measured = true
 			demand = prev.demand
 			if dt := now.Sub(prev.at).Seconds(); dt > 0.2 {
 				demand = math.Min(1, (r.CPUSeconds-prev.seconds)/dt/share)
@@ -218,7 +227,11 @@ func (b *balancer) procs(now time.Time, running []executor.Running, capacity flo
 		held := now.Before(b.held[r.ID])
 		// Age: how long it has run here (the node knows no more; a moved
 		// process starts again from its arrival).
-		out = append(out, policy.Proc{ID: r.ID, Demand: demand, Mem: r.RSS, Age: now.Sub(r.Since), Resident: now.Sub(r.Since), Pinned: r.Pinned != "" || held})
+		resident := now.Sub(r.Since)
+		if !measured {
+			resident = 0
+		}
+		out = append(out, policy.Proc{ID: r.ID, Demand: demand, Mem: r.RSS, Age: now.Sub(r.Since), Resident: resident, Pinned: r.Pinned != "" || held})
 	}
 	for id := range b.cpu {
 		if !seen[id] {

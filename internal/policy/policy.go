@@ -150,16 +150,19 @@ func choiceNames(cs []Choice) []string {
 //     node where its expected load is least.
 //
 // A process moves only after MinResident on its node, and one process at a
-// time moves from a node.
+// time moves from a node. A process whose demand is below MinDemand (it
+// mostly waits) does not move for load: it would gain nothing.
 type Mosix struct {
 	Factor      float64
 	MinResident time.Duration
 	UsherFree   float64
+	MinDemand   float64
 }
 
-// DefaultMosix has Kerrighed's factor of 1.3 and ushering at 10% free.
+// DefaultMosix has Kerrighed's factor of 1.3, ushering at 10% free, and
+// moves for load only processes that want at least a fifth of a core.
 func DefaultMosix() Mosix {
-	return Mosix{Factor: 1.3, MinResident: 2 * time.Second, UsherFree: 0.1}
+	return Mosix{Factor: 1.3, MinResident: 2 * time.Second, UsherFree: 0.1, MinDemand: 0.2}
 }
 
 func (Mosix) Name() string   { return "mosix" }
@@ -191,6 +194,9 @@ func (m Mosix) Balance(v View) []Move {
 		return cmp.Compare(a.ID, b.ID)
 	})
 	for _, p := range movable {
+		if p.Demand < m.MinDemand {
+			continue
+		}
 		best, bestLoad := "", math.Inf(1)
 		for _, t := range v.Nodes {
 			if t.Self || !t.HasLoad || t.NoGuests || (t.MemTotal > 0 && t.FreeMem < p.Mem) {

@@ -89,6 +89,8 @@ func TestMosixBalance(t *testing.T) {
 		{"the CPU-bound and older goes first", []Node{selfNode(node("a", 3)), node("b", 0)},
 			[]Proc{{ID: "waiter", Demand: 0.1, Age: time.Hour, Resident: old}, cpuBound("young", old), cpuBound("old", time.Hour)},
 			[]Move{{Proc: "old", To: "b"}}},
+		{"a process that mostly waits does not move for load", []Node{selfNode(node("a", 0.3)), node("b", 0)},
+			[]Proc{{ID: "p", Demand: 0.1, Age: old, Resident: old}, {ID: "q", Demand: 0.1, Age: old, Resident: old}}, nil},
 		{"memory ushering before paging", []Node{selfNode(withMem(node("a", 1), 950)), withMem(node("b", 3), 100), withMem(node("c", 0), 800)},
 			[]Proc{{ID: "small", Demand: 1, Resident: old, Mem: 50}, {ID: "big", Demand: 1, Resident: old, Mem: 400}},
 			[]Move{{Proc: "big", To: "b"}}},
