@@ -273,6 +273,57 @@ func TestBalance(t *testing.T) {
 		t.Logf("n1 used at most %d MiB of its 400 before a process was ushered away", worst>>20)
 	})
 
+	t.Run("a node that dies with guests draws no storm of retries", func(t *testing.T) {
+		var jobs []*background
+		ids := map[string]*background{}
+		for range 6 {
+			j := startBackground(t, n1.Socket, nil, append([]string{"--here", "--"}, busy(20)...)...)
+			jobs = append(jobs, j)
+			ids[j.id()] = j
+		}
+		var onN4 string
+		eventually(t, 15*time.Second, "a job runs on n4", func() (bool, string) {
+			ps := procsByID(t, n1.Socket)
+			for id := range ids {
+				if ps[id].Node == "n4" {
+					onN4 = id
+					return true, ""
+				}
+			}
+			return false, jsonString(ps)
+		})
+		killed := time.Now()
+		if err := c.Kill("n4"); err != nil {
+			t.Fatal(err)
+		}
+		for id, j := range ids {
+			out, code := j.finish()
+			switch {
+			case id == onN4 && code == 0:
+				t.Errorf("%s ran on n4, which died, and ended well: %q", id, out)
+			case id != onN4 && (code != 0 || out != "done\n"):
+				t.Errorf("%s ended with %d: %q", id, code, out)
+			}
+		}
+		// Every node may try n4 once before it learns it is dead (then the
+		// target waits out its backoff); no more.
+		for _, n := range []*up.Node{n1, n2, n3} {
+			log, _ := os.ReadFile(n.Log)
+			tries := 0
+			for _, line := range strings.Split(string(log), "\n") {
+				if strings.Contains(line, "policy move failed") && strings.Contains(line, "to=n4") {
+					if at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(strings.Fields(line)[0], "time=")); err == nil && at.After(killed) {
+						tries++
+					}
+				}
+			}
+			if tries > 1 {
+				t.Errorf("%s tried to move %d processes to the dead n4", n.Name, tries)
+			}
+		}
+		restartAndWait(t, c, "n4")
+	})
+
 	t.Run("bad input", func(t *testing.T) {
 		expectFail(t, mosaic(t, "--socket", n1.Socket, "policy", "best"), "no policy \"best\"")
 		expectFail(t, mosaic(t, "--socket", n1.Socket, "drain", "n9"), "n9")
