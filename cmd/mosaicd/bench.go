@@ -12,6 +12,8 @@ import (
 
 	"github.com/mosaic-cluster/mosaic/internal/bench"
 	"github.com/mosaic-cluster/mosaic/internal/bytesize"
+	"github.com/mosaic-cluster/mosaic/internal/daemon"
+	"github.com/mosaic-cluster/mosaic/internal/policy"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -151,7 +153,35 @@ func newBenchCmd() *cobra.Command {
 	mig.Flags().BoolVar(&m.Lazy, "lazy", false, "post-copy moves (mosaic migrate --lazy)")
 	mig.Flags().IntVar(&m.Runs, "runs", 5, "migrations per size")
 
-	cmd.AddCommand(diss, live, upc, fail, relay, jobs, mig)
+	var bal bench.BalanceConfig
+	var balCaps, balPolicies string
+	balance := &cobra.Command{
+		Use:   "balance [--capacity 1,1,0.5,0.5] [--jobs 24] [--policies off,roundrobin,epvm,mosix,emosix]",
+		Short: "Live load balancing: makespan and slowdown of a batch started on one node, by policy, vs the ideal (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if bal.Capacities, err = parseList(balCaps, func(s string) (float64, error) { return strconv.ParseFloat(s, 64) }); err != nil || len(bal.Capacities) < 2 {
+				return fmt.Errorf("--capacity %q: give two or more capacities in cores, e.g. 1,1,0.5,0.5", balCaps)
+			}
+			bal.Policies = strings.Split(balPolicies, ",")
+			for _, p := range bal.Policies {
+				if _, err := policy.New(p); err != nil && p != daemon.PolicyOff {
+					return fmt.Errorf("--policies: %w, or off", err)
+				}
+			}
+			if bal.Jobs < 1 || bal.Unit <= 0 {
+				return errors.New("--jobs and --unit must be positive")
+			}
+			return bench.Balance(cmd.Context(), cmd.OutOrStdout(), bal)
+		},
+	}
+	balance.Flags().StringVar(&balCaps, "capacity", "1,1,0.5,0.5", "CPU of each node, in cores")
+	balance.Flags().IntVar(&bal.Jobs, "jobs", 24, "jobs")
+	balance.Flags().StringVar(&balPolicies, "policies", "off,roundrobin,epvm,mosix,emosix", "policies to compare")
+	balance.Flags().DurationVar(&bal.Unit, "unit", time.Second, "CPU time of the shortest job on a whole core (jobs take 1 to 3.5 units)")
+
+	cmd.AddCommand(diss, live, upc, fail, relay, jobs, mig, balance)
 	return cmd
 }
 

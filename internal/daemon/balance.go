@@ -176,8 +176,9 @@ func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
 		}
 		// A report shows the processes that ran during the period it
 		// averages (one interval) before it was measured: those sent
-		// there since it cannot show.
-		if !n.Self {
+		// there since it cannot show. (This node's own load, when
+		// balancing, is counted now: nothing is pending.)
+		if !n.Self || ownLoad < 0 {
 			measured := now.Add(-n.Age - d.cfg.Interval)
 			n.Pending = d.home.RunningSince(m.Name, measured)
 			for _, s := range b.sent {

@@ -1,0 +1,185 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/up"
+)
+
+// BalanceConfig describes the live balancing benchmark.
+type BalanceConfig struct {
+	Capacities []float64 // per node, in cores
+	Jobs       int
+	Policies   []string
+	// Unit is the CPU time of the shortest job on a whole core; job i
+	// needs (1 + i mod 6 / 2) units: uneven lengths, 1 to 3.5 units.
+	Unit time.Duration
+}
+
+// jobProgram is a CPU-bound job of a fixed amount of work (iterations, not
+// time: a moved process must not start its clock again).
+const jobProgram = "import sys\nx = 0\nfor i in range(int(sys.argv[1])): x += i\nprint(x)"
+
+// Balance starts a cluster of the given capacities, then for each policy
+// starts Jobs CPU-bound jobs of uneven lengths from n1 at once and reports
+// the makespan, the mean slowdown (time taken / time alone on a core) and
+// the moves, beside the ideal makespan (total work / total capacity).
+func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
+	cli, err := cliBinary()
+	if err != nil {
+		return err
+	}
+	rate, err := calibrate(ctx)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "mosaic-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: len(cfg.Capacities), Capacities: cfg.Capacities, Out: io.Discard})
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	sock := c.Nodes[0].Socket
+
+	work := make([]float64, cfg.Jobs) // seconds on a whole core
+	var total, capacity float64
+	for i := range work {
+		work[i] = cfg.Unit.Seconds() * (1 + float64(i%6)/2)
+		total += work[i]
+	}
+	for _, cp := range cfg.Capacities {
+		capacity += cp
+	}
+	usable := min(capacity, float64(runtime.NumCPU()))
+	fmt.Fprintf(w, "%d jobs of %.1f to %.1f s of CPU (%.0f s in all), started from n1 at once; nodes of %v cores (%.2g in all, %d CPUs here)\n",
+		cfg.Jobs, work[0], work[5%len(work)], total, cfg.Capacities, capacity, runtime.NumCPU())
+	fmt.Fprintf(w, "ideal makespan: %.1f s (total work / min(capacity, CPUs))\n\n", total/usable)
+	fmt.Fprintf(w, "%-11s %9s %9s %9s %7s  %s\n", "policy", "makespan", "/ ideal", "slowdown", "moves", "where they started")
+	for _, pol := range cfg.Policies {
+		for _, n := range c.Nodes {
+			if err := api.Call(ctx, n.Socket, api.OpPolicy, api.PolicyArgs{Policy: pol}, nil); err != nil {
+				return fmt.Errorf("set policy %s on %s: %w", pol, n.Name, err)
+			}
+		}
+		if err := sleep(ctx, 4*time.Second); err != nil { // loads back to idle
+			return err
+		}
+		r, err := balanceRun(ctx, cli, sock, work, rate)
+		if err != nil {
+			return fmt.Errorf("policy %s: %w", pol, err)
+		}
+		fmt.Fprintf(w, "%-11s %8.1fs %9.2f %9.2f %7d  %s\n", pol, r.makespan.Seconds(), r.makespan.Seconds()/(total/usable), r.slowdown, r.moves, r.started)
+	}
+	return nil
+}
+
+type balanceResult struct {
+	makespan time.Duration
+	slowdown float64
+	moves    int
+	started  string
+}
+
+func balanceRun(ctx context.Context, cli, sock string, work []float64, rate float64) (balanceResult, error) {
+	var res balanceResult
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	where := map[string]int{}
+	ends := make([]time.Duration, len(work))
+	start := time.Now()
+	for i, secs := range work {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := strconv.FormatInt(int64(secs*rate), 10)
+			out, err := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--", "python3", "-c", jobProgram, n).CombinedOutput()
+			mu.Lock()
+			defer mu.Unlock()
+			ends[i] = time.Since(start)
+			if err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("job %d: %v: %s", i, err, out)
+			}
+			if m := runsOn.FindSubmatch(out); m != nil {
+				where[string(m[1])]++
+			}
+		}()
+	}
+	// The moves: each process's count of migrations, the last seen.
+	done := make(chan struct{})
+	moves := map[string]int{}
+	go func() {
+		defer close(done)
+		for {
+			var ps []api.ProcInfo
+			if api.Call(ctx, sock, api.OpPs, api.PsArgs{All: true}, &ps) == nil {
+				mu.Lock()
+				for _, p := range ps {
+					moves[p.ID] = max(moves[p.ID], p.Migrations)
+				}
+				mu.Unlock()
+			}
+			if finished(&mu, ends) {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	<-done
+	if firstErr != nil {
+		return res, firstErr
+	}
+	for i, e := range ends {
+		res.makespan = max(res.makespan, e)
+		res.slowdown += e.Seconds() / work[i]
+	}
+	res.slowdown /= float64(len(work))
+	for _, m := range moves {
+		res.moves += m
+	}
+	var parts []string
+	for _, n := range []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"} {
+		if where[n] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", n, where[n]))
+		}
+	}
+	res.started = strings.Join(parts, ", ")
+	return res, nil
+}
+
+func finished(mu *sync.Mutex, ends []time.Duration) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range ends {
+		if e == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// calibrate measures the job program's iterations per second on a whole
+// core here.
+func calibrate(ctx context.Context) (float64, error) {
+	const n = 20_000_000
+	start := time.Now()
+	if out, err := exec.CommandContext(ctx, "python3", "-c", jobProgram, strconv.Itoa(n)).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("calibrate the job (python3): %v: %s", err, out)
+	}
+	return n / time.Since(start).Seconds(), nil
+}
