@@ -49,7 +49,7 @@ func newNodesCmd(g *globals) *cobra.Command {
 
 func printNodes(out io.Writer, nodes []api.NodeInfo) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tADDRESS\tSTATE\tCORES\tCAP\tSPEED\tLOAD\tFREE\tPROCS\tAGE")
+	fmt.Fprintln(w, "NAME\tADDRESS\tSTATE\tCORES\tCAP\tSPEED\tLOAD\tFREE\tPROCS\tAGE\tPOLICY")
 	for _, n := range nodes {
 		name := n.Name
 		if n.Self {
@@ -66,8 +66,15 @@ func printNodes(out io.Writer, nodes []api.NodeInfo) error {
 			procs = strconv.Itoa(int(n.Procs))
 			age = (time.Duration(n.AgeMs) * time.Millisecond).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%.2f\t%s\t%s\t%s\t%s\n",
-			name, n.Addr, n.State, n.Cores, capacity, n.Speed, ld, free, procs, age)
+		pol := n.Policy
+		if pol == "" {
+			pol = "-"
+		}
+		if n.NoGuests {
+			pol += ", no guests"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\n",
+			name, n.Addr, n.State, n.Cores, capacity, n.Speed, ld, free, procs, age, pol)
 	}
 	return w.Flush()
 }

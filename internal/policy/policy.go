@@ -172,15 +172,36 @@ func (Mosix) Place(v View, r Request) []string { return choiceNames(Place(v.Node
 
 func (m Mosix) Balance(v View) []Move {
 	self, ok := v.self()
-	if !ok {
+	if !ok || len(v.Procs) == 0 {
+		return nil
+	}
+	full := self.MemTotal > 0 && float64(self.MemUsed) > (1-m.UsherFree)*float64(self.MemTotal)
+	// Is any node light enough to take even the least demanding process
+	// worth moving? Most rounds end here, before the processes are sorted.
+	possible := false
+	for _, t := range v.Nodes {
+		if !t.Self && t.HasLoad && !t.NoGuests {
+			unit := unitLoad(t)
+			if t.Load+float64(t.Pending)*unit+m.Factor*m.MinDemand*unit < self.Load {
+				possible = true
+				break
+			}
+		}
+	}
+	if !full && !possible {
 		return nil
 	}
 	movable := movableProcs(v.Procs, m.MinResident)
 	if len(movable) == 0 {
 		return nil
 	}
-	if mv, ok := m.usher(v, self, movable); ok {
-		return []Move{mv}
+	if full {
+		if mv, ok := m.usher(v, self, movable); ok {
+			return []Move{mv}
+		}
+		if !possible {
+			return nil
+		}
 	}
 	// Most CPU-bound first, then oldest: they gain most and, having run
 	// long, are likely to run on.
@@ -218,11 +239,9 @@ func (m Mosix) Balance(v View) []Move {
 	return nil
 }
 
-// usher proposes the move that takes the node back under its memory mark.
+// usher proposes the move that takes the node, over its memory mark, back
+// under it.
 func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
-	if self.MemTotal == 0 || float64(self.MemUsed) <= (1-m.UsherFree)*float64(self.MemTotal) {
-		return Move{}, false
-	}
 	// Largest first: fewest moves to get back under the mark.
 	slices.SortStableFunc(movable, func(a, b Proc) int {
 		if c := cmp.Compare(b.Mem, a.Mem); c != 0 {
@@ -314,14 +333,24 @@ func (c costModel) cost(t Node, load float64, mem float64) float64 {
 // marginal is what adding a process of the given demand and memory to t
 // costs.
 func (c costModel) marginal(t Node, demand float64, mem uint64) float64 {
+	return c.cpuMarginal(t, demand) + c.memMarginal(t, mem)
+}
+
+// cpuMarginal is the CPU part of marginal.
+func (c costModel) cpuMarginal(t Node, demand float64) float64 {
 	unit := unitLoad(t)
 	pending := float64(t.Pending) * unit
-	m := c.pow((t.Load+pending+demand*unit)/c.l) - c.pow((t.Load+pending)/c.l)
-	if t.MemTotal > 0 {
-		used := float64(t.MemUsed) / float64(t.MemTotal)
-		m += c.pow(used+float64(mem)/float64(t.MemTotal)) - c.pow(used)
+	return c.pow((t.Load+pending+demand*unit)/c.l) - c.pow((t.Load+pending)/c.l)
+}
+
+// memMarginal is the memory part of marginal: what adding mem to t's
+// memory costs.
+func (c costModel) memMarginal(t Node, mem uint64) float64 {
+	if t.MemTotal == 0 {
+		return 0
 	}
-	return m
+	used := float64(t.MemUsed) / float64(t.MemTotal)
+	return c.pow(used+float64(mem)/float64(t.MemTotal)) - c.pow(used)
 }
 
 // EPVM places a new process where its marginal cost is least, and never
@@ -394,23 +423,32 @@ func (e EMosix) Balance(v View) []Move {
 	if !ok {
 		return nil
 	}
-	movable := movableProcs(v.Procs, e.MinResident)
-	if len(movable) == 0 {
+	movable := 0
+	for _, p := range v.Procs {
+		if !p.Pinned && p.Resident >= e.MinResident {
+			movable++
+		}
+	}
+	if movable == 0 {
 		return nil
 	}
-	var others []Node
-	for _, t := range v.Nodes {
+	var buf [16]int // indices into v.Nodes: no copies, no allocation up to 16 nodes
+	others := buf[:0]
+	for i, t := range v.Nodes {
 		if !t.Self && t.HasLoad && !t.NoGuests {
-			others = append(others, t)
+			others = append(others, i)
 		}
 	}
 	if len(others) == 0 {
 		return nil
 	}
-	// The random set: a seeded shuffle, so the decision is a function of
-	// the view.
-	rng := rand.New(rand.NewPCG(v.Seed, 0x656d6f736978))
-	rng.Shuffle(len(others), func(i, j int) { others[i], others[j] = others[j], others[i] })
+	// The random set: a seeded Fisher-Yates shuffle, so the decision is a
+	// function of the view.
+	pcg := rand.NewPCG(v.Seed, 0x656d6f736978)
+	for i := len(others) - 1; i > 0; i-- {
+		j := int(pcg.Uint64() % uint64(i+1))
+		others[i], others[j] = others[j], others[i]
+	}
 	if e.SetSize > 0 && len(others) > e.SetSize {
 		others = others[:e.SetSize]
 	}
@@ -419,13 +457,18 @@ func (e EMosix) Balance(v View) []Move {
 	// process's CPU term depends only on its demand (1 for most), its
 	// memory term on its size.
 	type target struct {
-		Node
-		cpu1, used, total float64 // the CPU marginal of demand 1; memory used and total
+		node                       int
+		cpu1, used, total, memBase float64 // the CPU marginal of demand 1; memory used and total, and its cost
 	}
-	ts := make([]target, len(others))
-	for i, t := range others {
-		ts[i] = target{Node: t, cpu1: c.marginal(Node{Load: t.Load, Pending: t.Pending, Capacity: t.Capacity, Speed: t.Speed}, 1, 0),
-			used: float64(t.MemUsed), total: float64(t.MemTotal)}
+	var tbuf [16]target
+	ts := tbuf[:0]
+	for _, i := range others {
+		t := &v.Nodes[i]
+		x := target{node: i, cpu1: c.cpuMarginal(*t, 1), used: float64(t.MemUsed), total: float64(t.MemTotal)}
+		if t.MemTotal > 0 {
+			x.memBase = c.pow(x.used / x.total)
+		}
+		ts = append(ts, x)
 	}
 	memTerm := func(used, total, delta float64) float64 {
 		if total == 0 {
@@ -435,22 +478,56 @@ func (e EMosix) Balance(v View) []Move {
 	}
 	unit := unitLoad(self)
 	selfCPU1 := c.pow(self.Load/c.l) - c.pow((self.Load-unit)/c.l)
+	selfMemBase := 0.0
+	if self.MemTotal > 0 {
+		selfMemBase = c.pow(float64(self.MemUsed) / float64(self.MemTotal))
+	}
+	// No process can gain more than the most a CPU-bound one frees here
+	// (the biggest one's memory included) minus the cheapest CPU there
+	// (memory only adds): most rounds end here.
+	var maxMem uint64
+	allUnit := true
+	for _, p := range v.Procs {
+		if !p.Pinned && p.Resident >= e.MinResident {
+			maxMem = max(maxMem, p.Mem)
+			allUnit = allUnit && p.Demand == 1
+		}
+	}
+	if allUnit {
+		cheapest := math.Inf(1)
+		for _, t := range ts {
+			cheapest = min(cheapest, t.cpu1)
+		}
+		if selfCPU1-memTerm(float64(self.MemUsed), float64(self.MemTotal), -float64(maxMem))-cheapest <= e.Margin {
+			return nil
+		}
+	}
 	var best Move
 	bestGain := e.Margin
-	for _, p := range movable {
+	for _, p := range v.Procs {
+		if p.Pinned || p.Resident < e.MinResident {
+			continue
+		}
 		// What p costs here: the cost saved by taking it away.
 		cpuHere := selfCPU1
 		if p.Demand != 1 {
 			cpuHere = c.pow(self.Load/c.l) - c.pow((self.Load-p.Demand*unit)/c.l)
 		}
-		here := cpuHere - memTerm(float64(self.MemUsed), float64(self.MemTotal), -float64(p.Mem))
+		here := cpuHere
+		if self.MemTotal > 0 {
+			here += selfMemBase - c.pow((float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal))
+		}
 		for _, t := range ts {
 			cpu := t.cpu1
 			if p.Demand != 1 {
-				cpu = c.marginal(Node{Load: t.Load, Pending: t.Pending, Capacity: t.Capacity, Speed: t.Speed}, p.Demand, 0)
+				cpu = c.cpuMarginal(v.Nodes[t.node], p.Demand)
 			}
-			if gain := here - cpu - memTerm(t.used, t.total, float64(p.Mem)); gain > bestGain {
-				best, bestGain = Move{Proc: p.ID, To: t.Name}, gain
+			mem := 0.0
+			if t.total > 0 {
+				mem = c.pow((t.used+float64(p.Mem))/t.total) - t.memBase
+			}
+			if gain := here - cpu - mem; gain > bestGain {
+				best, bestGain = Move{Proc: p.ID, To: v.Nodes[t.node].Name}, gain
 			}
 		}
 	}

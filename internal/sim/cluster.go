@@ -25,7 +25,7 @@ type study struct {
 	pol    policy.Policy
 	trace  *AgeTrace
 	offset int     // the run's first trace step
-	quiet  float64 // a node that found nothing to move this long after the last change sleeps
+	quiet  float64 // how far back a report may look: history and sends older are dropped
 	period float64 // between a node's balancing decisions, in seconds
 	step   float64 // of the age trace, in seconds
 	q      eventQueue[float64, studyEvent]
@@ -35,9 +35,10 @@ type study struct {
 	ids    []string
 	names  []string
 	// lastChange is when a job last arrived, ended or moved.
-	lastChange float64
-	sum        float64 // of the slowdowns of finished jobs
-	moves      int
+	lastChange                 float64
+	sum                        float64 // of the slowdowns of finished jobs
+	moves                      int
+	calls, policyCalls, events int // counters, for tuning
 	// view and procs are scratch for building a node's view.
 	view  []policy.Node
 	procs []policy.Proc
@@ -45,6 +46,7 @@ type study struct {
 
 type machine struct {
 	speed, mem float64
+	memBytes   uint64
 	thrash     float64
 	jobs       []int32
 	memUsed    float64
@@ -118,7 +120,7 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		s.quiet += tr.MaxAge().Seconds()
 	}
 	for i, m := range cfg.Machines {
-		s.ms = append(s.ms, machine{speed: m.Speed, mem: m.MemMB, thrash: cfg.Thrash, hist: []snapshot{{t: math.Inf(-1)}}})
+		s.ms = append(s.ms, machine{speed: m.Speed, mem: m.MemMB, memBytes: bytesOf(m.MemMB), thrash: cfg.Thrash, hist: []snapshot{{t: math.Inf(-1)}}})
 		s.ns = append(s.ns, nodeState{placed: i, sleeping: true})
 		if len(s.names) <= i {
 			s.names = append(s.names, "m"+strconv.Itoa(i))
@@ -202,11 +204,58 @@ func (s *study) balance(t float64, o int) {
 		ns.idleSig = 0
 		s.changed(t)
 	}
-	if len(s.ms[o].jobs) == 0 || (len(moves) == 0 && t-s.lastChange > s.quiet) {
+	if len(s.ms[o].jobs) == 0 {
+		ns.sleeping = true
+		return
+	}
+	if len(moves) == 0 && s.current(t, o) {
+		// Its view shows every machine as it is, and nothing moved: it
+		// would decide the same until something changes, or one of its
+		// processes has stayed long enough to be movable.
+		if wake := s.residentAt(t, o); wake > t {
+			s.q.push(math.Max(wake, t+s.period), studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+			return
+		}
 		ns.sleeping = true
 		return
 	}
 	s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+}
+
+// minResident is how long a process stays before the policies of the
+// study may move it (policy.DefaultMosix and DefaultEMosix; a test checks
+// they agree).
+const minResident = 2.0
+
+// current says whether node o's view at t shows every machine in its
+// latest state (each report measured after the machine last changed).
+func (s *study) current(t float64, o int) bool {
+	if s.trace == nil {
+		return true
+	}
+	step := int(t/s.step) + s.offset
+	for x := range s.ms {
+		if x == o {
+			continue
+		}
+		age, ok := s.trace.Age(o, x, step)
+		if !ok || t-age < s.ms[x].hist[len(s.ms[x].hist)-1].t {
+			return false
+		}
+	}
+	return true
+}
+
+// residentAt is the next time after t one of node o's processes becomes
+// movable, or 0.
+func (s *study) residentAt(t float64, o int) float64 {
+	next := 0.0
+	for _, j := range s.ms[o].jobs[:min(len(s.ms[o].jobs), maxOffered)] {
+		if at := s.tasks[j].since + minResident; at > t && (next == 0 || at < next) {
+			next = at
+		}
+	}
+	return next
 }
 
 // changed wakes the nodes that sleep with jobs to move: what they know is
@@ -341,15 +390,16 @@ func (s *study) settle(t float64, o int) {
 	s.q.push(t+math.Max(first-m.work, 0)/m.rate(), studyEvent{kind: evDone, node: int32(o), ver: m.ver})
 }
 
-// stateAt is machine x's state as measured at time at.
+// stateAt is machine x's state as measured at time at. Reports are
+// seconds old and the history is short: the scan from the end stops
+// after a step or two.
 func (m *machine) stateAt(at float64) snapshot {
-	i, _ := slices.BinarySearchFunc(m.hist, at, func(s snapshot, t float64) int {
-		if s.t <= t {
-			return -1
+	for i := len(m.hist) - 1; i > 0; i-- {
+		if m.hist[i].t <= at {
+			return m.hist[i]
 		}
-		return 1
-	})
-	return m.hist[max(i-1, 0)]
+	}
+	return m.hist[0]
 }
 
 // viewOf is node o's view at t: itself as it is, the others as its load
@@ -363,7 +413,7 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 	}
 	for x := range s.ms {
 		m := &s.ms[x]
-		nd := policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: bytesOf(m.mem), Self: x == o, HasLoad: true}
+		nd := policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o, HasLoad: true}
 		st := snapshot{jobs: int32(len(m.jobs)), memUsed: m.memUsed}
 		measured := t
 		if x != o && s.trace != nil {
@@ -373,13 +423,13 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 				s.view = append(s.view, nd)
 				continue
 			}
-			nd.Age = age
-			measured = t - age.Seconds()
+			nd.Age = seconds(age)
+			measured = t - age
 			st = m.stateAt(measured)
 		}
 		if x != o {
-			for _, sd := range ns.sent {
-				if int(sd.to) == x && sd.t > measured {
+			for i := len(ns.sent) - 1; i >= 0 && ns.sent[i].t > measured; i-- {
+				if int(ns.sent[i].to) == x {
 					nd.Pending++
 				}
 			}
@@ -431,7 +481,7 @@ func signature(v policy.View) uint64 {
 	}
 	for _, p := range v.Procs {
 		mix(p.Mem)
-		if p.Resident >= 2*time.Second {
+		if p.Resident >= minResident*time.Second {
 			mix(1)
 		}
 	}

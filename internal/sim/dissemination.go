@@ -418,18 +418,20 @@ func (d *dissemination) result() DisseminationResult {
 type AgeTrace struct {
 	Nodes int
 	Step  time.Duration
-	// ages[(o*Nodes+x)*steps+k] is the age, at step k, of o's report
-	// about x; -1 when o held none. Own entries (o == x) are 0.
-	ages   []time.Duration
+	// ages[(k*Nodes+o)*Nodes+x] is the age in milliseconds, at step k,
+	// of o's report about x; -1 when o held none. Own entries (o == x)
+	// are 0. An observer's view at a step is one run of memory, and the
+	// whole trace small enough to stay in cache.
+	ages   []int32
 	steps  int
 	maxAge time.Duration
 }
 
 // Age is how old observer o's report about node x was at step k (taken
-// modulo the trace's length); ok is false when o held none.
-func (a *AgeTrace) Age(o, x, k int) (time.Duration, bool) {
-	d := a.ages[(o*a.Nodes+x)*a.steps+k%a.steps]
-	return d, d >= 0
+// modulo the trace's length), in seconds; ok is false when o held none.
+func (a *AgeTrace) Age(o, x, k int) (float64, bool) {
+	ms := a.ages[((k%a.steps)*a.Nodes+o)*a.Nodes+x]
+	return float64(ms) / 1000, ms >= 0
 }
 
 // Steps is the trace's length.
@@ -463,7 +465,7 @@ func RecordAges(cfg DisseminationConfig) (*AgeTrace, error) {
 	}
 	n := cfg.Nodes
 	tr := &AgeTrace{Nodes: n, Step: d.step, steps: cfg.Intervals * ticksPerInterval}
-	tr.ages = make([]time.Duration, n*n*tr.steps)
+	tr.ages = make([]int32, n*n*tr.steps)
 	for k := range tr.steps {
 		d.q.push(d.start+time.Duration(k)*d.step, simEvent{kind: evSample, node: int32(k)})
 	}
@@ -477,7 +479,10 @@ func RecordAges(cfg DisseminationConfig) (*AgeTrace, error) {
 						age = -1
 					}
 				}
-				tr.ages[(o*n+x)*tr.steps+k] = age
+				tr.ages[(k*n+o)*n+x] = int32(age.Milliseconds())
+				if age < 0 {
+					tr.ages[(k*n+o)*n+x] = -1
+				}
 				tr.maxAge = max(tr.maxAge, age)
 			}
 		}

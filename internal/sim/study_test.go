@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/policy"
 )
@@ -110,6 +111,15 @@ func TestStudyBadConfig(t *testing.T) {
 	} {
 		if _, err := RunStudy(c); err == nil {
 			t.Errorf("%+v: no error", c)
+		}
+	}
+}
+
+// The study's sleeping rule assumes the policies' residence time.
+func TestStudyResidence(t *testing.T) {
+	for _, d := range []time.Duration{policy.DefaultMosix().MinResident, policy.DefaultEMosix().MinResident} {
+		if d != time.Duration(minResident*float64(time.Second)) {
+			t.Fatalf("a policy's MinResident is %v, the study assumes %vs", d, minResident)
 		}
 	}
 }
