@@ -48,9 +48,14 @@ start.`,
 			if asJSON {
 				return json.NewEncoder(out).Encode(res)
 			}
-			mode := "moves processes by itself"
-			if res.Manual {
-				mode = "recommends only (mosaic recommend)"
+			mode := "places new processes, moves none"
+			if p, err := policy.New(res.Policy); err == nil && p.Migrates() {
+				mode = "places new processes and moves running ones"
+				if res.Manual {
+					mode = "places new processes, recommends moves (mosaic recommend)"
+				}
+			} else if err != nil {
+				mode = "runs every process where it starts"
 			}
 			guestsSay := "takes guests"
 			switch {

@@ -98,6 +98,11 @@ func elapsed(d time.Duration) string {
 
 func command(argv []string, max int) string {
 	s := strings.Join(argv, " ")
+	if max > 0 {
+		// One line per process in the table: a script given with -c
+		// keeps its lines in one.
+		s = strings.Join(strings.Fields(s), " ")
+	}
 	if max > 0 && len(s) > max {
 		s = s[:max-3] + "..."
 	}
