@@ -176,16 +176,12 @@ type spreadTrial struct {
 // half of it to finish.
 const spreadTrials = 20
 
-// RunDissemination simulates cfg.Nodes nodes running the gossip core, each
-// setting its own load report every interval just before its tick, at phases
-// spread at random over the first interval. Membership is pre-seeded (every
-// core starts knowing every node ALIVE, via gossip.Core.Preload), so the run
-// measures steady-state dissemination rather than a thousand simultaneous
-// joins. Reports never expire. The result is a pure function of cfg.
-func RunDissemination(cfg DisseminationConfig) (DisseminationResult, error) {
+// newDissemination is a run of cfg with its nodes started, its measured
+// period set and nothing scheduled beyond the nodes' first ticks.
+func newDissemination(cfg DisseminationConfig) (*dissemination, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return DisseminationResult{}, err
+		return nil, err
 	}
 	d := &dissemination{
 		cfg:    cfg,
@@ -199,6 +195,20 @@ func RunDissemination(cfg DisseminationConfig) (DisseminationResult, error) {
 	d.start = time.Duration(1+cfg.Warmup) * cfg.Interval
 	d.end = d.start + time.Duration(cfg.Intervals)*cfg.Interval
 	if err := d.startNodes(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// RunDissemination simulates cfg.Nodes nodes running the gossip core, each
+// setting its own load report every interval just before its tick, at phases
+// spread at random over the first interval. Membership is pre-seeded (every
+// core starts knowing every node ALIVE, via gossip.Core.Preload), so the run
+// measures steady-state dissemination rather than a thousand simultaneous
+// joins. Reports never expire. The result is a pure function of cfg.
+func RunDissemination(cfg DisseminationConfig) (DisseminationResult, error) {
+	d, err := newDissemination(cfg)
+	if err != nil {
 		return DisseminationResult{}, err
 	}
 	d.scheduleSamples()
@@ -444,27 +454,12 @@ func (a *AgeTrace) MaxAge() time.Duration { return a.maxAge }
 // records, every tenth of an interval of the measured period, the age of
 // every report every node holds.
 func RecordAges(cfg DisseminationConfig) (*AgeTrace, error) {
-	cfg, err := cfg.withDefaults()
+	d, err := newDissemination(cfg)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Observers = cfg.Nodes
-	d := &dissemination{
-		cfg:    cfg,
-		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), 0x64697373)),
-		base:   time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
-		step:   cfg.Interval / ticksPerInterval,
-		byAddr: make(map[string]int32, cfg.Nodes),
-		ages:   newDurationStats(cfg.Interval / 1000),
-		bytes:  make(map[peerpb.Kind]float64),
-	}
-	d.start = time.Duration(1+cfg.Warmup) * cfg.Interval
-	d.end = d.start + time.Duration(cfg.Intervals)*cfg.Interval
-	if err := d.startNodes(); err != nil {
-		return nil, err
-	}
-	n := cfg.Nodes
-	tr := &AgeTrace{Nodes: n, Step: d.step, steps: cfg.Intervals * ticksPerInterval}
+	n := d.cfg.Nodes
+	tr := &AgeTrace{Nodes: n, Step: d.step, steps: d.cfg.Intervals * ticksPerInterval}
 	tr.ages = make([]int32, n*n*tr.steps)
 	for k := range tr.steps {
 		d.q.push(d.start+time.Duration(k)*d.step, simEvent{kind: evSample, node: int32(k)})
