@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -355,11 +356,11 @@ type LazyMemory struct {
 	Asked, Changes int
 
 	// While Run runs.
-	ctx    context.Context
-	events chan uffdEvent
-	watch  func(*space)
-	asked  map[uint64]bool
-	want   func(uint64) error
+	ctx   context.Context
+	ready chan struct{} // a space has events to read
+	watch func(*space)
+	asked map[uint64]bool
+	want  func(uint64) error
 }
 
 // space is one address space served: the process's, and those of
@@ -373,6 +374,9 @@ type space struct {
 	// discarded: what was there must not come back.
 	dropped [][2]uint64
 	dead    bool
+	// kick tells the space's watcher that its events were read: it may
+	// wait for the next.
+	kick chan struct{}
 }
 
 type remap struct{ from, to, len uint64 }
@@ -419,6 +423,14 @@ type uffdEvent struct {
 	err error
 }
 
+// Events are read only by the goroutine that copies pages, and followed
+// before it copies again. The kernel holds a discarding or unmapping
+// thread until its event is read, then lets it go on: an event read by
+// another goroutine and not yet followed would leave a window in which a
+// page copied into a range the process just discarded survives the
+// discard, and the process reads stale memory where it expects zeros.
+// Watchers only wait (poll) for events and say so.
+
 // Run copies the pages read from r (the source's lazy records) into the
 // process, asks (want) for a page the process waits for, and follows
 // the process's changes to its address space. It returns nil when every
@@ -428,26 +440,37 @@ func (l *LazyMemory) Run(ctx context.Context, r io.Reader, want func(addr uint64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer l.close()
-	events := make(chan uffdEvent, 64)
+	ready := make(chan struct{}, 1)
 	watch := func(sp *space) {
+		sp.kick = make(chan struct{}, 1)
+		var fd int
+		if rc, err := sp.uffd.SyscallConn(); err == nil {
+			rc.Control(func(f uintptr) { fd = int(f) })
+		}
 		go func() {
-			for {
-				var ev uffdEvent
-				ev.sp = sp
-				_, ev.err = io.ReadFull(sp.uffd, ev.msg[:])
-				select {
-				case events <- ev:
-				case <-ctx.Done():
+			for ctx.Err() == nil {
+				pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+				n, err := unix.Poll(pfd, 100)
+				if err != nil && !errors.Is(err, syscall.EINTR) {
 					return
 				}
-				if ev.err != nil {
+				if n == 0 {
+					continue
+				}
+				if pfd[0].Revents&unix.POLLNVAL != 0 {
+					return // closed: Run is over
+				}
+				select {
+				case ready <- struct{}{}:
+				default:
+				}
+				select {
+				case <-sp.kick:
+				case <-ctx.Done():
 					return
 				}
 			}
 		}()
-	}
-	for _, sp := range l.spaces {
-		watch(sp)
 	}
 	type record struct {
 		addr uint64
@@ -488,7 +511,7 @@ func (l *LazyMemory) Run(ctx context.Context, r io.Reader, want func(addr uint64
 			}
 		}
 	}()
-	l.ctx, l.events, l.watch, l.asked, l.want = ctx, events, watch, map[uint64]bool{}, want
+	l.ctx, l.ready, l.watch, l.asked, l.want = ctx, ready, watch, map[uint64]bool{}, want
 	for l.set.left > 0 {
 		select {
 		case <-ctx.Done():
@@ -503,13 +526,63 @@ func (l *LazyMemory) Run(ctx context.Context, r io.Reader, want func(addr uint64
 			if err := l.fill(rec.addr, rec.data); err != nil {
 				return err
 			}
-		case ev := <-events:
-			if err := l.event(ev); err != nil {
+		case <-ready:
+			if _, err := l.readEvents(); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// readEvents reads and follows every event waiting in every space, and
+// says how many there were.
+func (l *LazyMemory) readEvents() (int, error) {
+	n := 0
+	// By index: a fork adds a space, whose events are read too.
+	for i := 0; i < len(l.spaces); i++ {
+		sp := l.spaces[i]
+		for !sp.dead {
+			ev := uffdEvent{sp: sp}
+			got, err := readEvent(sp.uffd, ev.msg[:])
+			if errors.Is(err, syscall.EAGAIN) {
+				break
+			}
+			if err == nil && got < len(ev.msg) {
+				err = io.ErrUnexpectedEOF
+			}
+			ev.err = err
+			n++
+			if err := l.event(ev); err != nil {
+				return n, err
+			}
+			if ev.err != nil {
+				break
+			}
+		}
+		select {
+		case sp.kick <- struct{}{}:
+		default:
+		}
+	}
+	return n, nil
+}
+
+// readEvent reads one message without waiting (EAGAIN: none).
+func readEvent(uffd *os.File, b []byte) (int, error) {
+	rc, err := uffd.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), b)
+		return true // one try: never wait here
+	}); err != nil {
+		return 0, err
+	}
+	return n, rerr
 }
 
 // event follows one event of a space: a fault (the page is asked for,
@@ -554,6 +627,7 @@ func (l *LazyMemory) event(ev uffdEvent) error {
 	case uffdEventFork:
 		fd := int(binary.LittleEndian.Uint32(m[8:]))
 		unix.CloseOnExec(fd)
+		unix.SetNonblock(fd, true) // its events are read without waiting
 		child := &space{uffd: os.NewFile(uintptr(fd), "userfaultfd"), remaps: slices.Clone(sp.remaps), dropped: slices.Clone(sp.dropped)}
 		l.spaces = append(l.spaces, child)
 		l.watch(child)
@@ -645,13 +719,17 @@ func (l *LazyMemory) retry(call func() error) error {
 		if !errors.Is(err, syscall.EAGAIN) {
 			return err
 		}
-		select {
-		case ev := <-l.events:
-			if err := l.event(ev); err != nil {
-				return err
+		n, err := l.readEvents()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			// The change is announced but its event not queued yet.
+			select {
+			case <-time.After(100 * time.Microsecond):
+			case <-l.ctx.Done():
+				return l.ctx.Err()
 			}
-		case <-l.ctx.Done():
-			return l.ctx.Err()
 		}
 	}
 }
