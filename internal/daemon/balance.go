@@ -126,6 +126,17 @@ func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
 	for i, l := range loads {
 		byNode[l.Report.GetNode()] = i
 	}
+	// What this node runs and its memory as they are now, read before the
+	// balancer's lock is taken (placement waits on it).
+	var running []executor.Running
+	if withProcs {
+		running = d.exec.Running()
+		// Its memory now, not as last published: ushering must act
+		// before the node runs out.
+		if total, free, err := d.probe.Memory(); err == nil {
+			self.memTotal, self.memFree = total, free
+		}
+	}
 	b := d.bal
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -136,12 +147,7 @@ func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
 	// node send away more than it should.
 	ownLoad := -1.0
 	if withProcs {
-		// And its memory as it is now, not as last published: ushering
-		// must act before the node runs out.
-		if total, free, err := d.probe.Memory(); err == nil {
-			self.memTotal, self.memFree = total, free
-		}
-		v.Procs = b.procs(now, d.exec.Running(), d.capacity())
+		v.Procs = b.procs(now, running, d.capacity())
 		ownLoad = 0
 		for _, p := range v.Procs {
 			ownLoad += p.Demand
@@ -369,26 +375,26 @@ func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
 	return nil
 }
 
-// drainRound sends one guest away (mosaic drain): to where the policy
-// would place it now, among the nodes that take guests (its home
-// included). Guests that cannot move stay, and are reported by Drain.
+// drainTimeout bounds how long a drain waits for guests that fail to move.
+const drainTimeout = 2 * time.Minute
+
+// expellable says whether a guest can be sent away by a drain: anything the
+// engine can carry, pinned by its user or not (--pin opts out of policies,
+// not out of an administrator's drain).
+func expellable(r executor.Running) bool {
+	return r.Pinned == "" || r.Pinned == executor.PinnedByUser
+}
+
+// drainRound, while the node drains, sends away a guest that could not
+// move before (it held something it has since let go of).
 func (d *Daemon) drainRound(ctx context.Context) {
 	for _, r := range d.exec.Running() {
-		if r.Home == d.node.Name || r.Pinned != "" {
+		if r.Home == d.node.Name || !expellable(r) {
 			continue
 		}
-		b := d.bal
-		b.mu.Lock()
-		held := time.Now().Before(b.held[r.ID])
-		b.mu.Unlock()
-		if held {
-			continue
+		if to := d.drainTarget(); to != "" {
+			d.expel(ctx, r.ID, to)
 		}
-		to := d.drainTarget()
-		if to == "" {
-			return
-		}
-		d.autoMove(ctx, r.ID, to, "the node drains")
 		return
 	}
 }
@@ -409,9 +415,32 @@ func (d *Daemon) drainTarget() string {
 	return ""
 }
 
-// drain makes the node refuse guests and send those it has away
-// (undo: take guests again). It returns once every guest that can move
-// has moved, or ctx ends; what stayed, and why, is in stayed.
+// expel has a guest's home move it to another node, as root asks: the
+// rules of automatic moves (the stay, the user's pin) do not hold back a
+// drain.
+func (d *Daemon) expel(ctx context.Context, id, to string) error {
+	home, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	pc, err := d.homeOfProcess(id, home)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
+	defer cancel()
+	if _, err := pc.Migrate(ctx, &peerpb.MigrateRequest{Id: id, Target: to, Uid: 0}); err != nil {
+		d.log.Info("drain: a guest did not move", "id", id, "to", to, "err", err)
+		return err
+	}
+	d.log.Info("drain: a guest moved", "id", id, "to", to)
+	return nil
+}
+
+// drain makes the node refuse guests and send those it has away, one at a
+// time (undo: take guests again). It returns once every guest that can
+// move has moved, or drainTimeout after the last move if some keep
+// failing; what stayed, and why, is in stayed.
 func (d *Daemon) drain(ctx context.Context, undo bool) (moved, stayed []*peerpb.Recommendation, err error) {
 	b := d.bal
 	b.mu.Lock()
@@ -425,46 +454,49 @@ func (d *Daemon) drain(ctx context.Context, undo bool) (moved, stayed []*peerpb.
 		return nil, nil, nil
 	}
 	d.log.Info("draining: guests leave, no new ones")
-	before := map[string]bool{}
-	for _, r := range d.exec.Running() {
-		if r.Home != d.node.Name {
-			before[r.ID] = true
-		}
-	}
+	failed := map[string]error{}
+	deadline := time.Now().Add(drainTimeout)
 	for {
-		left := 0
 		stayed = stayed[:0]
+		var left []executor.Running
 		for _, r := range d.exec.Running() {
-			if r.Home == d.node.Name {
-				continue
-			}
-			if r.Pinned != "" {
+			switch {
+			case r.Home == d.node.Name:
+			case !expellable(r):
 				stayed = append(stayed, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, Reason: r.Pinned})
+			default:
+				left = append(left, r)
+			}
+		}
+		if len(left) == 0 {
+			return moved, stayed, nil
+		}
+		if time.Now().After(deadline) {
+			for _, r := range left {
+				stayed = append(stayed, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, Reason: fmt.Sprintf("it did not move: %v", failed[r.ID])})
+			}
+			return moved, stayed, nil
+		}
+		progress := false
+		for _, r := range left {
+			to := d.drainTarget()
+			if to == "" {
+				return moved, stayed, errors.New("no other node takes guests: the guests stay")
+			}
+			if err := d.expel(ctx, r.ID, to); err != nil {
+				failed[r.ID] = err
 				continue
 			}
-			left++
+			moved = append(moved, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, To: to})
+			progress = true
+			deadline = time.Now().Add(drainTimeout)
 		}
-		if left == 0 {
-			break
-		}
-		to := d.drainTarget()
-		if to == "" {
-			return nil, nil, errors.New("no other node takes guests: the guests stay")
-		}
-		for _, r := range d.exec.Running() {
-			if r.Home == d.node.Name || r.Pinned != "" {
-				continue
+		if !progress {
+			select {
+			case <-ctx.Done():
+				return moved, stayed, fmt.Errorf("drain: %w", ctx.Err())
+			case <-time.After(time.Second):
 			}
-			if err := d.autoMove(ctx, r.ID, to, "the node drains"); err == nil {
-				moved = append(moved, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, To: to})
-			}
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return moved, stayed, fmt.Errorf("drain: %w", ctx.Err())
-		default:
 		}
 	}
-	return moved, stayed, nil
 }

@@ -480,6 +480,10 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 	return out
 }
 
+// PinnedByUser is Running.Pinned for a process its user pinned (mosaic run
+// --pin) that could otherwise move.
+const PinnedByUser = "pinned by its user (mosaic run --pin)"
+
 // Running is a process that runs here, as the node's policy sees it.
 type Running struct {
 	ID, Home   string
@@ -514,10 +518,10 @@ func (e *Executor) Running() []Running {
 			continue
 		}
 		r := Running{ID: x.id, Home: x.g.start.Home, Since: x.g.started, CPUSeconds: cpu, RSS: rss}
-		if x.g.start.Pinned {
-			r.Pinned = "pinned by its user"
-		} else if err := ckpt.Movable(x.pid); err != nil {
+		if err := ckpt.Movable(x.pid); err != nil {
 			r.Pinned = pinnedReason(err)
+		} else if x.g.start.Pinned {
+			r.Pinned = PinnedByUser
 		}
 		out = append(out, r)
 	}
