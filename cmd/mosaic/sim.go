@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -51,23 +52,40 @@ the paper's 3 x 1:64, 2 x 0.665:32, 1 x 0.45:24.`,
 				cfg.Policies = strings.Split(policies, ",")
 			}
 			cfg.Seed, cfg.Omniscient = seed, omniscient
-			res, err := sim.RunStudy(cfg)
-			if err != nil {
-				return err
+			switch {
+			case cfg.Runs < 1:
+				return fmt.Errorf("--runs %d: run at least one scenario", cfg.Runs)
+			case cfg.Horizon <= 0 || cfg.Arrival <= 0:
+				return errors.New("--horizon and --arrival must be positive (seconds)")
+			case cfg.Thrash < 1:
+				return errors.New("--thrash must be at least 1 (1: no slowdown when memory is exceeded)")
 			}
+			// The plot's file first: a bad path is said before minutes of
+			// simulation, not after.
+			var plotFile *os.File
 			if plot != "" {
 				f, err := os.Create(plot)
 				if err != nil {
 					return fmt.Errorf("write the plot: %w", err)
 				}
-				err = sim.WriteSVG(f, res)
-				if cerr := f.Close(); err == nil {
+				plotFile = f
+			}
+			res, err := sim.RunStudy(cfg)
+			if err == nil && plotFile != nil {
+				err = sim.WriteSVG(plotFile, res)
+				if cerr := plotFile.Close(); err == nil {
 					err = cerr
 				}
 				if err != nil {
-					os.Remove(plot)
-					return fmt.Errorf("write the plot %s: %w", plot, err)
+					err = fmt.Errorf("write the plot %s: %w", plot, err)
 				}
+			}
+			if err != nil {
+				if plotFile != nil {
+					plotFile.Close()
+					os.Remove(plot)
+				}
+				return err
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
