@@ -73,6 +73,7 @@ func (b *balancer) set(name string) error {
 		if p, err = policy.New(name); err != nil {
 			return fmt.Errorf("%w, or %s", err, PolicyOff)
 		}
+		p = policy.Live(p)
 	}
 	b.name, b.pol = name, p
 	return nil
@@ -282,7 +283,7 @@ func (d *Daemon) recommend(name string) (string, []policy.Move, error) {
 		if err != nil {
 			return "", nil, err
 		}
-		pol, polName = p, name
+		pol, polName = policy.Live(p), name
 	}
 	if pol == nil || !pol.Migrates() {
 		return polName, nil, nil

@@ -403,15 +403,45 @@ func placeByCost(v View, r Request) []string {
 // units). As the paper's E-Mosix, it does not remember what a process
 // cost when it was placed; it greedily lowers the cluster's cost now,
 // under MOSIX's limits on moving (MinResident, one move at a time).
+//
+// Live, a move must also pay for itself (MoveFixed, MoveRate set): a
+// process's lifetime is heavy-tailed, so one that has run for its age a is
+// expected to run about a more; the move is made when the cost it saves
+// over that time exceeds what the process costs here for as long as the
+// move takes (MoveFixed + its memory at MoveRate bytes a second):
+// gain × a > here × moveTime.
 type EMosix struct {
 	SetSize     int
 	Margin      float64
 	MinResident time.Duration
+	MoveFixed   time.Duration
+	MoveRate    float64 // bytes a second; 0: moves cost nothing (the study)
 }
 
 // DefaultEMosix: a set of 3 (the paper gives no figure), no margin (the
 // study ignores the cost of a move), the residence of Mosix.
 func DefaultEMosix() EMosix { return EMosix{SetSize: 3, MinResident: 2 * time.Second} }
+
+// Live returns p as the daemon runs it: E-Mosix with the cost of a move
+// measured here (docs/BENCHMARKS.md: about 12 ms frozen plus the memory
+// at ~500 MB/s); the other policies as they are.
+func Live(p Policy) Policy {
+	if e, ok := p.(EMosix); ok {
+		e.MoveFixed, e.MoveRate = 15*time.Millisecond, 500e6
+		return e
+	}
+	return p
+}
+
+// pays says whether moving p, which costs here, for a gain, pays for the
+// move.
+func (e EMosix) pays(p Proc, here, gain float64) bool {
+	if e.MoveRate <= 0 {
+		return true
+	}
+	move := e.MoveFixed.Seconds() + float64(p.Mem)/e.MoveRate
+	return gain*p.Age.Seconds() > here*move
+}
 
 func (EMosix) Name() string   { return "emosix" }
 func (EMosix) Migrates() bool { return true }
@@ -526,7 +556,7 @@ func (e EMosix) Balance(v View) []Move {
 			if t.total > 0 {
 				mem = c.pow((t.used+float64(p.Mem))/t.total) - t.memBase
 			}
-			if gain := here - cpu - mem; gain > bestGain {
+			if gain := here - cpu - mem; gain > bestGain && e.pays(p, here, gain) {
 				best, bestGain = Move{Proc: p.ID, To: v.Nodes[t.node].Name}, gain
 			}
 		}

@@ -206,3 +206,22 @@ func TestEMosixBalance(t *testing.T) {
 		t.Fatalf("a set of one always chose among %v, want all three nodes over 40 seeds", seen)
 	}
 }
+
+// Live, E-Mosix moves a process only when what it saves over its expected
+// remaining run (its age so far) pays for the move's time.
+func TestEMosixLiveMoveCost(t *testing.T) {
+	e := Live(DefaultEMosix()).(EMosix)
+	// Memory not known: only the CPU counts here.
+	nodes := []Node{{Name: "a", Load: 2, Capacity: 1, Speed: 1, HasLoad: true, Self: true}, {Name: "b", Capacity: 1, Speed: 1, HasLoad: true}}
+	young := Proc{ID: "young", Demand: 1, Age: 3 * time.Second, Resident: 3 * time.Second, Mem: 4 << 30} // 8 s to move 4 GiB
+	old := Proc{ID: "old", Demand: 1, Age: time.Hour, Resident: time.Hour, Mem: 4 << 30}
+	if got := e.Balance(View{Nodes: nodes, Procs: []Proc{young, young}}); got != nil {
+		t.Fatalf("a young 4 GiB process was moved: %v", got)
+	}
+	if got := e.Balance(View{Nodes: nodes, Procs: []Proc{old, young}}); len(got) != 1 || got[0].Proc != "old" {
+		t.Fatalf("the old process did not move: %v", got)
+	}
+	if _, ok := Live(DefaultMosix()).(Mosix); !ok {
+		t.Fatal("Live changed what Mosix is")
+	}
+}
