@@ -29,6 +29,11 @@ const PolicyOff = "off"
 // round from every node.
 const targetBackoff = 30 * time.Second
 
+// processBackoff is how long a process whose move failed is not offered
+// again: most such failures pass (it held a file or a child for a moment,
+// it had just arrived).
+const processBackoff = 5 * time.Second
+
 // balancer is the node's policy state.
 type balancer struct {
 	mu       sync.Mutex
@@ -363,10 +368,9 @@ func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
 			// too, when it was the target that failed (unreachable,
 			// refusing, dying).
 			b.mu.Lock()
-			until := time.Now().Add(targetBackoff)
-			b.held[id] = until
+			b.held[id] = time.Now().Add(processBackoff)
 			if msg := err.Error(); strings.Contains(msg, "reach "+to) || strings.Contains(msg, "takes no guests") || strings.Contains(msg, "node "+to+" is") {
-				b.failed[to] = until
+				b.failed[to] = time.Now().Add(targetBackoff)
 			}
 			b.mu.Unlock()
 		}
