@@ -393,6 +393,14 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 		if it.ValueUs == 0 && it.IntervalUs == 0 {
 			continue
 		}
+		if it.ValueUs == 0 {
+			// A periodic timer reads 0 left while its signal is pending
+			// (the kernel re-arms ITIMER_REAL when the signal is taken).
+			// That signal comes back as a plain queued one, which re-arms
+			// nothing: arm the timer for its next period, or it would be
+			// set off for good.
+			it.ValueUs = it.IntervalUs
+		}
 		at := timersAt + 32*which
 		copy(data[at:], le64(uint64(it.IntervalUs/1e6), uint64(it.IntervalUs%1e6), uint64(it.ValueUs/1e6), uint64(it.ValueUs%1e6)))
 		calls = append(calls, named{sc(unix.SYS_SETITIMER, uint64(which), r.scratch+uint64(at), 0), fmt.Sprintf("set interval timer %d", which)})
