@@ -40,13 +40,13 @@ type balancer struct {
 	name     string        // policy name, or PolicyOff
 	pol      policy.Policy // nil when off
 	manual   bool          // recommend only: never move by itself
-	noGuests bool          // the node's own wish (--no-guests, mosaic guests)
+	noGuests bool          // the node's own wish (--no-guests, mosaic policy --no-guests)
 	draining bool          // mosaic drain: no guests, and the guests leave
 	peak     float64
 	placed   int
 	rounds   uint64
 	cpu      map[string]cpuSample // by process ID: the last CPU reading
-	sent     []sentTo             // moves and placements this node made, recent first out
+	sent     []sentTo             // the last moves this node's policy made (its placements: home.RunningSince)
 	failed   map[string]time.Time // node -> not offered before
 	held     map[string]time.Time // process -> not offered before (a move of it failed)
 }
