@@ -347,12 +347,7 @@ func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
 	ctx, cancel := context.WithTimeout(ctx, migrateTimeout)
 	defer cancel()
 	b := d.bal
-	b.mu.Lock()
-	b.sent = append(b.sent, sentTo{at: time.Now(), node: to})
-	if len(b.sent) > 64 {
-		b.sent = b.sent[len(b.sent)-64:]
-	}
-	b.mu.Unlock()
+	began := time.Now()
 	if home == d.node.Name {
 		_, err = d.home.MigrateAuto(ctx, id, to, d.node.Name)
 	} else {
@@ -376,6 +371,14 @@ func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
 		}
 		return err
 	}
+	// Pending at the target from when it began to arrive, until its
+	// load report shows it.
+	b.mu.Lock()
+	b.sent = append(b.sent, sentTo{at: began, node: to})
+	if len(b.sent) > 64 {
+		b.sent = b.sent[len(b.sent)-64:]
+	}
+	b.mu.Unlock()
 	d.log.Info("policy moved a process", "id", id, "to", to, "reason", reason)
 	return nil
 }

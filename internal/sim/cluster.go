@@ -34,11 +34,8 @@ type study struct {
 	tasks  []task
 	ids    []string
 	names  []string
-	// lastChange is when a job last arrived, ended or moved.
-	lastChange                 float64
-	sum                        float64 // of the slowdowns of finished jobs
-	moves                      int
-	calls, policyCalls, events int // counters, for tuning
+	sum    float64 // of the slowdowns of finished jobs
+	moves  int
 	// view and procs are scratch for building a node's view.
 	view  []policy.Node
 	procs []policy.Proc
@@ -261,7 +258,6 @@ func (s *study) residentAt(t float64, o int) float64 {
 // changed wakes the nodes that sleep with jobs to move: what they know is
 // about to change.
 func (s *study) changed(t float64) {
-	s.lastChange = t
 	if !s.pol.Migrates() {
 		return
 	}
