@@ -154,14 +154,14 @@ func (s *lazySet) mark(run int, page uint64) {
 type LazyServer struct {
 	f    *Frozen
 	set  *lazySet
-	mem  *os.File
+	mem  *procMem
 	buf  []byte
 	next int // the run the background stream is at
 }
 
 // NewLazyServer serves the pages img.Lazy lists (see MakeLazy).
 func (f *Frozen) NewLazyServer(img *Image) (*LazyServer, error) {
-	mem, err := memFile(f.pid)
+	mem, err := openProcMem(f.pid)
 	if err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		return fmt.Errorf("open the page map: %w", err)
 	}
 	defer pm.Close()
-	mem, err := memFile(f.pid)
+	mem, err := openProcMem(f.pid)
 	if err != nil {
 		return err
 	}

@@ -267,13 +267,11 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 	if err := mapVMAs(r, img.VMAs); err != nil {
 		return nil, err
 	}
-	mem, err := memFile(pid)
+	mem, err := openProcMem(pid)
 	if err != nil {
 		return nil, err
 	}
 	defer mem.Close()
-	// Memory is written through /proc/PID/mem, as a debugger writes:
-	// read-only pages included.
 	err = pages(func(p PageRun) error {
 		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
 			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
