@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -119,11 +120,13 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	defer link.CloseSend()
 
 	began := time.Now()
+	steps := newSteps(began)
 	img, frozen, err := ckpt.Freeze(pid)
 	if err != nil {
 		failed("%s cannot move: %s", id, pinnedReason(err))
 		return
 	}
+	steps.mark("freeze")
 	if m.Lazy {
 		if err := frozen.MakeLazy(img); err != nil {
 			frozen.Resume()
@@ -150,6 +153,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		goOn("the link to its home broke: %v", drained)
 		return
 	}
+	steps.mark("drain")
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded()}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
@@ -165,6 +169,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		goOn("sending its image to %s failed: %v", m.Target, err)
 		return
 	}
+	steps.mark("image")
 	reply, err := link.Recv()
 	switch {
 	case err != nil:
@@ -178,6 +183,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	frozenFor := time.Since(began)
+	steps.mark("restored")
 	// Post-copy: the rest of the memory goes now, whatever the home says;
 	// if it calls the move off, the sending stops.
 	var lazy *lazySend
@@ -201,6 +207,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	case <-ctx.Done():
 		d = homeGone
 	}
+	steps.mark("home")
 	switch d {
 	case discard:
 		// The home switched to the copy at the target: this one ends, and
@@ -218,7 +225,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 			}
 		}
 		frozen.Kill()
-		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", sent, "frozen", frozenFor)
+		e.log.Info("migrated", "id", id, "to", m.Target, "bytes", sent, "frozen", frozenFor, "steps", steps)
 	case resume:
 		lazy.stop()
 		goOn("%s lost the process before it could run there", m.Target)
@@ -458,6 +465,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 	}
 	defer close(ic.done)
+	steps := newSteps(time.Now()) // from the image's first word
 	failed := func(format string, args ...any) error {
 		msg := fmt.Sprintf(format, args...)
 		e.log.Info("adoption failed", "id", st.Id, "from", a.Source, "err", msg)
@@ -472,6 +480,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		return failed("read the image of %s: %v", st.Id, err)
 	}
 	img := dec.Image()
+	steps.mark("header")
 	if img.UID != st.Uid {
 		return failed("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
 	}
@@ -521,10 +530,12 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	defer stopLazy()
 	var pid int
 	err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+		steps.mark("stub")
 		r, err := ckpt.RestoreFrom(p.Pid, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
 		}
+		steps.mark("restore")
 		if lazy := r.Lazy(); lazy != nil {
 			// Its memory comes in while it waits for the home's word,
 			// and after.
@@ -545,6 +556,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		// The home's word: go (anything else, or nothing, is no).
 		in, err := s.Recv()
+		steps.mark("home")
 		if err != nil || !in.GetGo() {
 			r.Abort()
 			if err == nil {
@@ -563,7 +575,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		return failed("%v (on node %s)", err, e.node)
 	}
 	g.setPID(pid)
-	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid)
+	steps.mark("go")
+	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps)
 	e.supervise(s, g)
 	return nil
 }
@@ -589,3 +602,23 @@ func (e *Executor) fillLazy(ctx context.Context, id string, pid int, lazy *ckpt.
 	source.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_LazyDone{LazyDone: &peerpb.LazyDone{Us: time.Since(began).Microseconds()}}})
 	e.log.Info("post-copy done", "id", id, "in", time.Since(began), "asked", lazy.Asked, "changes", lazy.Changes)
 }
+
+// steps times the steps of a migration, for its log line: each mark says
+// how long the step just ended took.
+type steps struct {
+	last time.Time
+	b    strings.Builder
+}
+
+func newSteps(start time.Time) *steps { return &steps{last: start} }
+
+func (s *steps) mark(name string) {
+	now := time.Now()
+	if s.b.Len() > 0 {
+		s.b.WriteByte(' ')
+	}
+	fmt.Fprintf(&s.b, "%s=%s", name, now.Sub(s.last).Round(10*time.Microsecond))
+	s.last = now
+}
+
+func (s *steps) String() string { return s.b.String() }
