@@ -182,6 +182,29 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("a program that exec'd another moves as the one it runs", func(t *testing.T) {
+		// The target starts a stub of the program the process started
+		// with (sh) ahead of its image; the image says counter.
+		argv := []string{progs["counter"], "30", "4000000"}
+		want, err := exec.Command(argv[0], argv[1:]...).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "/bin/sh", "-c", "exec "+strings.Join(argv, " "))
+		b.lines(5)
+		id := b.id()
+		for i, to := range []string{"n3", "home"} {
+			if _, err := migrate(t, sock("n1"), nil, id, to); err != nil {
+				t.Fatalf("migration %d to %s: %v", i+1, to, err)
+			}
+			b.lines(5)
+		}
+		got, code := b.finish()
+		if code != 0 || got != string(want) {
+			t.Fatalf("exit %d; output after two moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
+		}
+	})
+
 	t.Run("post-copy: a process of 64 MiB runs at the target first, its memory follows; three times", func(t *testing.T) {
 		// It discards, moves and forks memory while pages are missing
 		// (see internal/ckpt/testdata/lazymem.c), as user alice.
@@ -202,7 +225,10 @@ func TestMigrate(t *testing.T) {
 			if res.LazyBytes < 48<<20 || res.ImageBytes > 8<<20 {
 				t.Fatalf("lazy migration %d: %d bytes before the switch and %d after; want the bulk after", i+1, res.ImageBytes, res.LazyBytes)
 			}
-			b.lines(2)
+			// Round 5's child prints the sixth line and then exits: the
+			// third move waits for the parent's line after it, as a
+			// process with a child is (rightly) refused.
+			b.lines(2 + i%2)
 		}
 		got, code := b.finish()
 		if code != 0 || got != string(want) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -446,91 +447,122 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		e.mu.Unlock()
 		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
-	defer ns.Close()
-	var ic *imageConn
-	select {
-	case ic = <-ad.image:
-	case <-s.Context().Done():
-	case <-time.After(imageWait):
-	}
-	if ic == nil {
-		// Give up on it, unless it came meanwhile.
+	defer func() { ns.Close() }() // (replaced if the stub was the wrong one)
+
+	// The process's descriptors, and the userfaultfd device a post-copy
+	// move needs (opened here, as root; the process gets it as a
+	// descriptor, which the restore closes).
+	std, err := newStdio(st)
+	if err != nil {
 		e.mu.Lock()
 		delete(e.adoptions, a.Token)
 		e.mu.Unlock()
-		select {
-		case ic = <-ad.image:
-		default:
-			return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "the image of %s did not come from %s", st.Id, a.Source)
-		}
-	}
-	defer close(ic.done)
-	steps := newSteps(time.Now()) // from the image's first word
-	failed := func(format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		e.log.Info("adoption failed", "id", st.Id, "from", a.Source, "err", msg)
-		f := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Failure{Failure: &peerpb.Failure{Message: msg}}}
-		ic.out.send(f)
-		out.send(f)
-		return nil
-	}
-
-	dec, err := ckpt.NewDecoder(&imageReader{s: ic.s})
-	if err != nil {
-		return failed("read the image of %s: %v", st.Id, err)
-	}
-	img := dec.Image()
-	steps.mark("header")
-	if img.UID != st.Uid {
-		return failed("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
-	}
-	// The process keeps its terminal's modes as it had set them.
-	if ic.offer.Tty != nil && st.Tty != nil {
-		st.Tty = ic.offer.Tty
-	}
-	g := &guest{start: st, started: time.Now(), out: out}
-	if !e.add(st.Id, g) {
-		return failed("node %s is shutting down", e.node)
-	}
-	// Post-copy: the restore needs /dev/userfaultfd (opened here, as
-	// root; the process gets it as its descriptor 3 and the restore
-	// closes it).
-	var uffdDev *os.File
-	if len(img.Lazy) > 0 {
-		if uffdDev, err = os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0); err != nil {
-			return failed("node %s cannot take a process lazily: %v", e.node, err)
-		}
-		defer uffdDev.Close()
-	}
-	defer e.remove(st.Id)
-	std, err := newStdio(st)
-	if err != nil {
-		return failed("on %s: %v", e.node, err)
+		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer std.close()
-	g.std = std
-	if p := ic.offer.PendingStdin; len(p) > 0 {
-		std.writeStdin(p)
-	}
-	if ic.offer.StdinEof {
-		std.closeStdin()
-	}
-	g.ns = ns
-	spec := spawn.Spec{
-		Argv: []string{img.Exe}, Dir: img.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
-		Files: std.childFiles(), Terminal: st.Tty != nil, Namespace: g.ns,
-	}
-	opt := ckpt.RestoreOptions{Init: g.ns.Init.Pid}
-	if uffdDev != nil {
-		opt.Userfaultfd = len(spec.Files)
-		spec.Files = append(spec.Files, uffdDev)
+	uffdDev, uffdErr := os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if uffdErr == nil {
+		defer uffdDev.Close()
 	}
 	// Its memory stops coming when it is gone (or not restored).
 	lazyCtx, stopLazy := context.WithCancel(context.Background())
 	defer stopLazy()
+
+	var (
+		ic    *imageConn
+		dec   *ckpt.Decoder
+		steps *steps
+		g     *guest
+	)
+	defer func() {
+		if ic != nil {
+			close(ic.done)
+		}
+	}()
+	failed := func(format string, args ...any) error {
+		msg := fmt.Sprintf(format, args...)
+		e.log.Info("adoption failed", "id", st.Id, "from", a.Source, "err", msg)
+		f := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Failure{Failure: &peerpb.Failure{Message: msg}}}
+		if ic != nil {
+			ic.out.send(f)
+		}
+		out.send(f)
+		return nil
+	}
+	// image waits up to d for the image and reads its header. It says
+	// whether the image came; an error is the image's fault.
+	image := func(d time.Duration, last bool) (bool, error) {
+		select {
+		case ic = <-ad.image:
+		case <-s.Context().Done():
+		case <-time.After(d):
+		}
+		if ic == nil && last {
+			// Give up on it, unless it came meanwhile.
+			e.mu.Lock()
+			delete(e.adoptions, a.Token)
+			e.mu.Unlock()
+			select {
+			case ic = <-ad.image:
+			default:
+			}
+		}
+		if ic == nil {
+			return false, nil
+		}
+		steps = newSteps(time.Now()) // from the image's first word
+		var err error
+		if dec, err = ckpt.NewDecoder(&imageReader{s: ic.s}); err != nil {
+			return true, fmt.Errorf("read the image of %s: %v", st.Id, err)
+		}
+		img := dec.Image()
+		steps.mark("header")
+		if img.UID != st.Uid {
+			return true, fmt.Errorf("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
+		}
+		if len(img.Lazy) > 0 && uffdErr != nil {
+			return true, fmt.Errorf("node %s cannot take a process lazily: %v", e.node, uffdErr)
+		}
+		// The process keeps its terminal's modes as it had set them.
+		if ic.offer.Tty != nil && st.Tty != nil {
+			st.Tty = ic.offer.Tty
+			if err := std.setTerminal(st.Tty); err != nil {
+				return true, fmt.Errorf("on %s: %v", e.node, err)
+			}
+		}
+		if p := ic.offer.PendingStdin; len(p) > 0 {
+			std.writeStdin(p)
+		}
+		if ic.offer.StdinEof {
+			std.closeStdin()
+		}
+		g = &guest{start: st, started: time.Now(), out: out, std: std}
+		if !e.add(st.Id, g) {
+			g = nil
+			return true, fmt.Errorf("node %s is shutting down", e.node)
+		}
+		return true, nil
+	}
+	defer func() {
+		if g != nil {
+			e.remove(st.Id)
+		}
+	}()
+
+	spec := spawn.Spec{
+		Dir: "/", UID: st.Uid, GID: st.Gid, Groups: st.Groups,
+		Files: std.childFiles(), Terminal: st.Tty != nil,
+	}
+	var opt ckpt.RestoreOptions
+	if uffdErr == nil {
+		opt.Userfaultfd = len(spec.Files)
+		spec.Files = append(spec.Files, uffdDev)
+	}
 	var pid int
-	err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
-		steps.mark("stub")
+	// restore makes the stub p the process, once the header is read.
+	restore := func(p *os.Process) error {
+		img := dec.Image()
+		g.ns = spec.Namespace
 		r, err := ckpt.RestoreFrom(p.Pid, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
@@ -569,7 +601,56 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		pid = p.Pid
 		return nil
-	})
+	}
+
+	// The stub is started ahead, while the source freezes the process: it
+	// runs the program the process started with (what it runs still,
+	// unless it exec'd another) and waits, traced, for the image; the
+	// stub's start is then no part of the time the process stands still.
+	// It holds the restore's thread meanwhile, so it waits only so long.
+	var imageErr error
+	stubbed := false
+	if exe := startedProgram(st); exe != "" {
+		spec.Argv, spec.Namespace = []string{exe}, ns
+		err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+			came, err := image(stubWait, false)
+			if came && err == nil {
+				if same, _ := sameFile(exe, dec.Image().Exe); same {
+					stubbed = true
+					steps.mark("stub")
+					return restore(p)
+				}
+			}
+			imageErr = err
+			killStub(p)
+			return errNoStub
+		})
+	}
+	if !stubbed {
+		if imageErr != nil {
+			return failed("%v", imageErr)
+		}
+		if ic == nil {
+			if came, err := image(imageWait-stubWait, true); err != nil {
+				return failed("%v", err)
+			} else if !came {
+				return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "the image of %s did not come from %s", st.Id, a.Source)
+			}
+		}
+		// The process is the first in its namespace: a namespace a
+		// stub was started in is spent.
+		if spec.Argv != nil {
+			ns.Close()
+			if ns, err = e.cfg.Restorer.NewNamespace(); err != nil {
+				return failed("on %s: %v", e.node, err)
+			}
+		}
+		spec.Argv, spec.Namespace = []string{dec.Image().Exe}, ns
+		err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+			steps.mark("stub")
+			return restore(p)
+		})
+	}
 	std.closeChildEnds()
 	if err != nil {
 		return failed("%v (on node %s)", err, e.node)
@@ -579,6 +660,66 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps)
 	e.supervise(s, g)
 	return nil
+}
+
+// stubWait is how long a stub started ahead waits for its image, holding
+// the restore's thread (other moves to this node wait for it); after that
+// it goes, and the image is waited for without it.
+const stubWait = 2 * time.Second
+
+// errNoStub says that the stub started ahead was not used.
+var errNoStub = errors.New("the stub started ahead was not used")
+
+// killStub ends a traced stub that will not be restored into.
+func killStub(p *os.Process) {
+	p.Kill()
+	var ws syscall.WaitStatus
+	syscall.Wait4(p.Pid, &ws, syscall.WALL, nil)
+}
+
+// startedProgram is the program a process was started with, as its
+// start found it (argv[0] through the PATH of its environment, from its
+// working directory), or "" if it cannot tell.
+func startedProgram(st *peerpb.ExecStart) string {
+	if len(st.Argv) == 0 {
+		return ""
+	}
+	prog := st.Argv[0]
+	if strings.Contains(prog, "/") {
+		if !filepath.IsAbs(prog) {
+			prog = filepath.Join(st.Cwd, prog)
+		}
+		return prog
+	}
+	path := ""
+	for _, kv := range st.Env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, prog)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
+
+// sameFile says whether two paths name one file.
+func sameFile(a, b string) (bool, error) {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fa, fb), nil
 }
 
 // fillLazy brings a process's lazy memory in from the source. Should the

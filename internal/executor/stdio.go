@@ -381,3 +381,18 @@ func (s *stdio) close() {
 		}
 	}
 }
+
+// setTerminal gives the process's terminal the modes and size t says (a
+// process that moves keeps its terminal as it had set it).
+func (s *stdio) setTerminal(t *peerpb.Tty) error {
+	if s.master == nil || len(s.child) == 0 {
+		return nil
+	}
+	fd := int(s.child[0].Fd())
+	if t.HasModes {
+		if err := pty.SetModes(fd, ttyModes(t)); err != nil {
+			return fmt.Errorf("set terminal modes: %w", err)
+		}
+	}
+	return pty.SetSize(fd, uint16(t.Rows), uint16(t.Cols))
+}
