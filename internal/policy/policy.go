@@ -191,7 +191,8 @@ func (m Mosix) Balance(v View) []Move {
 	if !full && !possible {
 		return nil
 	}
-	movable := movableProcs(v.Procs, m.MinResident)
+	var buf [16]Proc // no allocation for the first 16
+	movable := movableProcs(buf[:0], v.Procs, m.MinResident)
 	if len(movable) == 0 {
 		return nil
 	}
@@ -269,9 +270,8 @@ func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
 	return Move{}, false
 }
 
-// movableProcs are the processes that may move now.
-func movableProcs(ps []Proc, minResident time.Duration) []Proc {
-	out := make([]Proc, 0, len(ps))
+// movableProcs appends to out the processes that may move now.
+func movableProcs(out, ps []Proc, minResident time.Duration) []Proc {
 	for _, p := range ps {
 		if !p.Pinned && p.Resident >= minResident {
 			out = append(out, p)
@@ -367,21 +367,25 @@ func (EPVM) Migrates() bool      { return false }
 
 func placeByCost(v View, r Request) []string {
 	c := newCostModel(v)
+	// Indices into v.Nodes, in a buffer on the stack (as in Place).
 	type scored struct {
-		Node
+		i    int
 		cost float64
 	}
-	var cands []scored
-	for _, n := range v.Nodes {
-		if !takes(n) || (!n.HasLoad && !n.Self) {
+	var buf [16]scored
+	cands := buf[:0]
+	for i := range v.Nodes {
+		n := &v.Nodes[i]
+		if !takes(*n) || (!n.HasLoad && !n.Self) {
 			continue
 		}
-		cands = append(cands, scored{n, c.marginal(n, 1, r.Mem)})
+		cands = append(cands, scored{i, c.marginal(*n, 1, r.Mem)})
 	}
-	slices.SortStableFunc(cands, func(a, b scored) int {
-		if x := cmp.Compare(a.cost, b.cost); x != 0 {
-			return x
+	slices.SortStableFunc(cands, func(x, y scored) int {
+		if d := cmp.Compare(x.cost, y.cost); d != 0 {
+			return d
 		}
+		a, b := &v.Nodes[x.i], &v.Nodes[y.i]
 		if a.Self != b.Self {
 			if a.Self {
 				return -1
@@ -392,7 +396,7 @@ func placeByCost(v View, r Request) []string {
 	})
 	out := make([]string, len(cands))
 	for i, s := range cands {
-		out[i] = s.Name
+		out[i] = v.Nodes[s.i].Name
 	}
 	return out
 }
