@@ -53,11 +53,11 @@ type machine struct {
 }
 
 // snapshot is a machine's state from t on: what its load report says when
-// measured then.
+// measured then (computed once, not in every view that shows it).
 type snapshot struct {
 	t       float64
-	jobs    int32
-	memUsed float64
+	load    float64 // jobs per unit of speed
+	memUsed uint64  // bytes
 }
 
 type nodeState struct {
@@ -81,6 +81,7 @@ type sending struct {
 
 type task struct {
 	job
+	memB  uint64  // mem in bytes
 	left  float64 // work it still needs, as of when it last left a machine
 	mark  float64 // its machine's work counter at which it is done
 	since float64 // when it came to its machine
@@ -124,7 +125,7 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		}
 	}
 	for i, j := range jobs {
-		s.tasks = append(s.tasks, task{job: j, left: j.cpu})
+		s.tasks = append(s.tasks, task{job: j, memB: bytesOf(j.mem), left: j.cpu})
 		s.q.push(j.arrive, studyEvent{kind: evArrive, task: int32(i)})
 	}
 	for {
@@ -230,13 +231,12 @@ func (s *study) current(t float64, o int) bool {
 	if s.trace == nil {
 		return true
 	}
-	step := int(t/s.step) + s.offset
+	ages := s.trace.row(o, int(t/s.step)+s.offset)
 	for x := range s.ms {
 		if x == o {
 			continue
 		}
-		age, ok := s.trace.Age(o, x, step)
-		if !ok || t-age < s.ms[x].hist[len(s.ms[x].hist)-1].t {
+		if ages[x] < 0 || t-float64(ages[x])/1000 < s.ms[x].hist[len(s.ms[x].hist)-1].t {
 			return false
 		}
 	}
@@ -369,7 +369,7 @@ func (s *study) next(m *machine) int {
 func (s *study) settle(t float64, o int) {
 	m := &s.ms[o]
 	m.ver++
-	m.hist = append(m.hist, snapshot{t: t, jobs: int32(len(m.jobs)), memUsed: m.memUsed})
+	m.hist = append(m.hist, snapshot{t: t, load: float64(len(m.jobs)) / m.speed, memUsed: bytesOf(m.memUsed)})
 	// Keep what a report of the last quiet seconds may show.
 	if len(m.hist) >= 64 {
 		keep := t - s.quiet
@@ -389,52 +389,52 @@ func (s *study) settle(t float64, o int) {
 // stateAt is machine x's state as measured at time at. Reports are
 // seconds old and the history is short: the scan from the end stops
 // after a step or two.
-func (m *machine) stateAt(at float64) snapshot {
+func (m *machine) stateAt(at float64) *snapshot {
 	for i := len(m.hist) - 1; i > 0; i-- {
 		if m.hist[i].t <= at {
-			return m.hist[i]
+			return &m.hist[i]
 		}
 	}
-	return m.hist[0]
+	return &m.hist[0]
 }
 
 // viewOf is node o's view at t: itself as it is, the others as its load
 // reports say (or as they are, when omniscient).
 func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
-	s.view = s.view[:0]
 	ns := &s.ns[o]
-	step := 0
+	var ages []int32 // o's report ages, in ms
 	if s.trace != nil {
-		step = int(t/s.step) + s.offset
+		ages = s.trace.row(o, int(t/s.step)+s.offset)
 	}
+	s.view = slices.Grow(s.view[:0], len(s.ms))[:len(s.ms)]
 	for x := range s.ms {
-		m := &s.ms[x]
-		nd := policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o, HasLoad: true}
-		st := snapshot{jobs: int32(len(m.jobs)), memUsed: m.memUsed}
-		measured := t
-		if x != o && s.trace != nil {
-			age, ok := s.trace.Age(o, x, step)
-			if !ok {
-				nd.HasLoad = false
-				s.view = append(s.view, nd)
-				continue
-			}
-			nd.Age = seconds(age)
-			measured = t - age
-			st = m.stateAt(measured)
-		}
+		m, nd := &s.ms[x], &s.view[x]
+		*nd = policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o, HasLoad: true}
+		// Every change to a machine is settled: its last snapshot is
+		// its state now.
+		st := &m.hist[len(m.hist)-1]
 		if x != o {
+			measured := t
+			if ages != nil {
+				if ages[x] < 0 {
+					nd.HasLoad = false
+					continue
+				}
+				age := float64(ages[x]) / 1000
+				nd.Age = seconds(age)
+				measured = t - age
+				st = m.stateAt(measured)
+			}
 			for i := len(ns.sent) - 1; i >= 0 && ns.sent[i].t > measured; i-- {
 				if int(ns.sent[i].to) == x {
 					nd.Pending++
 				}
 			}
 		}
-		nd.Load = float64(st.jobs) / m.speed
-		nd.MemUsed = bytesOf(st.memUsed)
+		nd.Load = st.load
+		nd.MemUsed = st.memUsed
 		nd.FreeMem = nd.MemTotal - min(nd.MemTotal, nd.MemUsed)
 		ns.peak = max(ns.peak, nd.Load)
-		s.view = append(s.view, nd)
 	}
 	v := policy.View{Nodes: s.view, PeakLoad: ns.peak}
 	ns.decided++
@@ -447,7 +447,7 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 		// hundreds, the rest would only cost time.
 		for _, j := range s.ms[o].jobs[:min(len(s.ms[o].jobs), maxOffered)] {
 			k := &s.tasks[j]
-			s.procs = append(s.procs, policy.Proc{ID: s.ids[j], Demand: 1, Mem: bytesOf(k.mem), Age: seconds(t - k.arrive), Resident: seconds(t - k.since)})
+			s.procs = append(s.procs, policy.Proc{ID: s.ids[j], Demand: 1, Mem: k.memB, Age: seconds(t - k.arrive), Resident: seconds(t - k.since)})
 		}
 		v.Procs = s.procs
 	}
