@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -36,8 +37,12 @@ type study struct {
 	names  []string
 	sum    float64 // of the slowdowns of finished jobs
 	moves  int
-	// view and procs are scratch for building a node's view.
-	view  []policy.Node
+	// order is the jobs' indices by arrival: arrivals are merged with the
+	// queue rather than queued, which keeps the heap a few events deep.
+	order []int32
+	// views[o] is node o's view, its fixed fields set once a run; procs
+	// is scratch for the processes offered.
+	views [][]policy.Node
 	procs []policy.Proc
 }
 
@@ -95,8 +100,7 @@ type studyEvent struct {
 }
 
 const (
-	evArrive uint8 = iota
-	evDone
+	evDone uint8 = iota
 	evBalance
 	evLand
 )
@@ -107,7 +111,7 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 	*s = study{
 		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
 		q:  eventQueue[float64, studyEvent]{items: s.q.items[:0]},
-		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], view: s.view[:0], procs: s.procs[:0],
+		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], order: s.order[:0], views: s.views, procs: s.procs[:0],
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
 	s.period = cfg.Period.Seconds()
@@ -124,18 +128,39 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 			s.names = append(s.names, "m"+strconv.Itoa(i))
 		}
 	}
+	for len(s.views) < len(s.ms) {
+		s.views = append(s.views, nil)
+	}
+	for o := range s.ms {
+		s.views[o] = s.views[o][:0]
+		for x, m := range s.ms {
+			s.views[o] = append(s.views[o], policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o})
+		}
+	}
 	for i, j := range jobs {
 		s.tasks = append(s.tasks, task{job: j, memB: bytesOf(j.mem), left: j.cpu})
-		s.q.push(j.arrive, studyEvent{kind: evArrive, task: int32(i)})
+		s.order = append(s.order, int32(i))
 	}
-	for {
+	byArrival := func(a, b int32) int { return cmp.Compare(jobs[a].arrive, jobs[b].arrive) }
+	if !slices.IsSortedFunc(s.order, byArrival) {
+		slices.SortStableFunc(s.order, byArrival)
+	}
+	for next := 0; ; {
+		// An arrival goes before the queued events of its instant, as
+		// when all were queued first.
+		if next < len(s.order) {
+			i := s.order[next]
+			if at, ok := s.q.peek(); !ok || jobs[i].arrive <= at {
+				next++
+				s.arrive(jobs[i].arrive, int(i))
+				continue
+			}
+		}
 		t, ev, ok := s.q.pop()
 		if !ok {
 			break
 		}
 		switch ev.kind {
-		case evArrive:
-			s.arrive(t, int(ev.task))
 		case evDone:
 			if m := &s.ms[ev.node]; ev.ver == m.ver {
 				s.finish(t, int(ev.node))
@@ -406,10 +431,10 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 	if s.trace != nil {
 		ages = s.trace.row(o, int(t/s.step)+s.offset)
 	}
-	s.view = slices.Grow(s.view[:0], len(s.ms))[:len(s.ms)]
+	view := s.views[o]
 	for x := range s.ms {
-		m, nd := &s.ms[x], &s.view[x]
-		*nd = policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o, HasLoad: true}
+		m, nd := &s.ms[x], &view[x]
+		nd.HasLoad, nd.Age, nd.Pending = true, 0, 0
 		// Every change to a machine is settled: its last snapshot is
 		// its state now.
 		st := &m.hist[len(m.hist)-1]
@@ -417,7 +442,7 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 			measured := t
 			if ages != nil {
 				if ages[x] < 0 {
-					nd.HasLoad = false
+					nd.HasLoad, nd.Load, nd.MemUsed, nd.FreeMem = false, 0, 0, 0
 					continue
 				}
 				age := float64(ages[x]) / 1000
@@ -436,7 +461,7 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 		nd.FreeMem = nd.MemTotal - min(nd.MemTotal, nd.MemUsed)
 		ns.peak = max(ns.peak, nd.Load)
 	}
-	v := policy.View{Nodes: s.view, PeakLoad: ns.peak}
+	v := policy.View{Nodes: view, PeakLoad: ns.peak}
 	ns.decided++
 	v.Seed = ns.decided*1_000_003 + uint64(o)
 	if withProcs {

@@ -72,4 +72,12 @@ func (q *eventQueue[K, T]) pop() (at K, v T, ok bool) {
 	return top.at, top.v, true
 }
 
+// peek is the time of the earliest event; ok is false when none is left.
+func (q *eventQueue[K, T]) peek() (at K, ok bool) {
+	if len(q.items) == 0 {
+		return at, false
+	}
+	return q.items[0].at, true
+}
+
 func (q *eventQueue[K, T]) len() int { return len(q.items) }
