@@ -556,6 +556,9 @@ func (e EMosix) Balance(v View) []Move {
 			if p.Demand != 1 {
 				cpu = c.cpuMarginal(v.Nodes[t.node], p.Demand)
 			}
+			if here-cpu <= bestGain {
+				continue // memory only adds: no gain (as above)
+			}
 			mem := 0.0
 			if t.total > 0 {
 				mem = c.pow((t.used+float64(p.Mem))/t.total) - t.memBase
