@@ -511,9 +511,20 @@ func signature(v policy.View) uint64 {
 
 // bytesOf converts megabytes to bytes, bounded where uint64 ends (the
 // heavy tail of memory needs reaches beyond it).
-func bytesOf(mb float64) uint64 { return uint64(math.Min(mb*(1<<20), 1<<62)) }
+// (A comparison, not math.Min, which is not inlined: the same result for
+// any number, NaN and infinities included.)
+func bytesOf(mb float64) uint64 {
+	b := mb * (1 << 20)
+	if b > 1<<62 {
+		b = 1 << 62
+	}
+	return uint64(b)
+}
 
 // seconds converts to a Duration, bounded at a century.
 func seconds(x float64) time.Duration {
-	return time.Duration(math.Min(x, 100*365*24*3600) * float64(time.Second))
+	if x > 100*365*24*3600 {
+		x = 100 * 365 * 24 * 3600
+	}
+	return time.Duration(x * float64(time.Second))
 }
