@@ -29,16 +29,19 @@ type study struct {
 	quiet  float64 // how far back a report may look: history and sends older are dropped
 	period float64 // between a node's balancing decisions, in seconds
 	step   float64 // of the age trace, in seconds
-	q      eventQueue[float64, studyEvent]
-	ms     []machine
-	ns     []nodeState
-	tasks  []task
-	ids    []string
-	names  []string
-	sum    float64 // of the slowdowns of finished jobs
-	moves  int
-	// order is the jobs' indices by arrival: arrivals are merged with the
-	// queue rather than queued, which keeps the heap a few events deep.
+	// q holds the jobs in transit. A machine's next completion and a
+	// node's next decision are slots instead: only the latest of each
+	// counts, and queued, the superseded ones made most of a deep heap.
+	q     eventQueue[float64, landing]
+	ms    []machine
+	ns    []nodeState
+	tasks []task
+	ids   []string
+	names []string
+	sum   float64 // of the slowdowns of finished jobs
+	moves int
+	// order is the jobs' indices by arrival: arrivals are taken in turn,
+	// not queued.
 	order []int32
 	// views[o] is node o's view, its fixed fields set once a run; procs
 	// is scratch for the processes offered.
@@ -53,7 +56,7 @@ type machine struct {
 	jobs       []int32
 	memUsed    float64
 	work, at   float64 // work each job has received, as of at
-	ver        uint32  // bumps invalidate its scheduled completion
+	done       slot    // its next completion
 	hist       []snapshot
 }
 
@@ -69,7 +72,7 @@ type nodeState struct {
 	placed   int
 	peak     float64
 	sleeping bool
-	ver      uint32 // bumps invalidate its scheduled balancing
+	next     slot   // its next balancing decision
 	decided  uint64 // decisions so far: varies the policy's seed
 	// idleSig is the signature of the last view on which balancing moved
 	// nothing: the same view would move nothing again.
@@ -92,25 +95,34 @@ type task struct {
 	since float64 // when it came to its machine
 }
 
-type studyEvent struct {
-	kind uint8
-	node int32
-	task int32
-	ver  uint32
+// slot is an event kept outside the queue, ordered with the queued ones by
+// time and then by the queue's sequence numbers.
+type slot struct {
+	at   float64
+	seq  uint64
+	live bool
 }
 
-const (
-	evDone uint8 = iota
-	evBalance
-	evLand
-)
+func (s *study) schedule(sl *slot, at float64) {
+	*sl = slot{at: at, seq: s.q.nextSeq(), live: true}
+}
+
+// before says whether a is due before b.
+func (a *slot) before(b *slot) bool {
+	return a.at < b.at || (a.at == b.at && a.seq < b.seq)
+}
+
+// landing is a migrating job reaching its node.
+type landing struct {
+	node, task int32
+}
 
 // run simulates jobs under p and returns the sum of their slowdowns and
 // the number of migrations.
 func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, tr *AgeTrace, seed uint64) (float64, int) {
 	*s = study{
 		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
-		q:  eventQueue[float64, studyEvent]{items: s.q.items[:0]},
+		q:  eventQueue[float64, landing]{items: s.q.items[:0]},
 		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], order: s.order[:0], views: s.views, procs: s.procs[:0],
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
@@ -146,35 +158,52 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		slices.SortStableFunc(s.order, byArrival)
 	}
 	for next := 0; ; {
-		// An arrival goes before the queued events of its instant, as
+		first, done, decide := s.firstSlot()
+		at, seq, queued := s.q.peek()
+		// An arrival goes before the other events of its instant, as
 		// when all were queued first.
 		if next < len(s.order) {
 			i := s.order[next]
-			if at, ok := s.q.peek(); !ok || jobs[i].arrive <= at {
+			if a := jobs[i].arrive; (first == nil || a <= first.at) && (!queued || a <= at) {
 				next++
-				s.arrive(jobs[i].arrive, int(i))
+				s.arrive(a, int(i))
 				continue
 			}
 		}
-		t, ev, ok := s.q.pop()
-		if !ok {
+		if queued && (first == nil || at < first.at || (at == first.at && seq < first.seq)) {
+			t, l, _ := s.q.pop()
+			s.add(t, int(l.node), int(l.task))
+			s.changed(t)
+			continue
+		}
+		if first == nil {
 			break
 		}
-		switch ev.kind {
-		case evDone:
-			if m := &s.ms[ev.node]; ev.ver == m.ver {
-				s.finish(t, int(ev.node))
-			}
-		case evBalance:
-			if ns := &s.ns[ev.node]; ev.ver == ns.ver && !ns.sleeping {
-				s.balance(t, int(ev.node))
-			}
-		case evLand:
-			s.add(t, int(ev.node), int(ev.task))
-			s.changed(t)
+		first.live = false
+		if done >= 0 {
+			s.finish(first.at, done)
+		} else {
+			s.balance(first.at, decide)
 		}
 	}
 	return s.sum, s.moves
+}
+
+// firstSlot is the earliest live slot, a machine's completion (done) or
+// a node's decision (decide); nil when none is live.
+func (s *study) firstSlot() (first *slot, done, decide int) {
+	done, decide = -1, -1
+	for x := range s.ms {
+		if d := &s.ms[x].done; d.live && (first == nil || d.before(first)) {
+			first, done = d, x
+		}
+	}
+	for o := range s.ns {
+		if d := &s.ns[o].next; d.live && (first == nil || d.before(first)) {
+			first, decide, done = d, o, -1
+		}
+	}
+	return first, done, decide
 }
 
 // arrive places a new job from its home node.
@@ -218,7 +247,7 @@ func (s *study) balance(t float64, o int) {
 		s.sent(t, o, to)
 		s.moves++
 		if s.cfg.MoveCost > 0 {
-			s.q.push(t+s.cfg.MoveCost, studyEvent{kind: evLand, node: int32(to), task: int32(i)})
+			s.q.push(t+s.cfg.MoveCost, landing{node: int32(to), task: int32(i)})
 		} else {
 			s.add(t, to, i)
 		}
@@ -236,13 +265,13 @@ func (s *study) balance(t float64, o int) {
 		// would decide the same until something changes, or one of its
 		// processes has stayed long enough to be movable.
 		if wake := s.residentAt(t, o); wake > t {
-			s.q.push(math.Max(wake, t+s.period), studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+			s.schedule(&ns.next, math.Max(wake, t+s.period))
 			return
 		}
 		ns.sleeping = true
 		return
 	}
-	s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+	s.schedule(&ns.next, t+s.period)
 }
 
 // minResident is how long a process stays before the policies of the
@@ -289,8 +318,7 @@ func (s *study) changed(t float64) {
 	for o := range s.ns {
 		if ns := &s.ns[o]; ns.sleeping && len(s.ms[o].jobs) > 0 {
 			ns.sleeping = false
-			ns.ver++
-			s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+			s.schedule(&ns.next, t+s.period)
 		}
 	}
 }
@@ -393,7 +421,7 @@ func (s *study) next(m *machine) int {
 // settle records machine o's new state and schedules its next completion.
 func (s *study) settle(t float64, o int) {
 	m := &s.ms[o]
-	m.ver++
+	m.done.live = false
 	m.hist = append(m.hist, snapshot{t: t, load: float64(len(m.jobs)) / m.speed, memUsed: bytesOf(m.memUsed)})
 	// Keep what a report of the last quiet seconds may show.
 	if len(m.hist) >= 64 {
@@ -408,7 +436,7 @@ func (s *study) settle(t float64, o int) {
 		return
 	}
 	first := s.tasks[s.next(m)].mark
-	s.q.push(t+math.Max(first-m.work, 0)/m.rate(), studyEvent{kind: evDone, node: int32(o), ver: m.ver})
+	s.schedule(&m.done, t+math.Max(first-m.work, 0)/m.rate())
 }
 
 // stateAt is machine x's state as measured at time at. Reports are
