@@ -320,6 +320,37 @@ func (c costModel) pow(x float64) float64 {
 	return math.Exp(c.lnN*maxExponent) * (1 + c.lnN*(x-maxExponent))
 }
 
+// E-Mosix bounds its memory terms before it pays for exponentials: below
+// maxExponent by the Taylor polynomials of e^z (1 - e^-z <= z - z²/2 +
+// z³/6 and e^z - 1 >= z + z²/2 + z³/6 for z >= 0), elsewhere by tangents
+// (pow is convex). slack is their relative margin, far above the rounding
+// of pow (below 1e-13): a bound never rules out what the exact
+// computation would choose.
+const slack = 1e-9
+
+// dropAtMost bounds pow(x) - pow(x2) from above, for x2 <= x and fx =
+// pow(x).
+func (c costModel) dropAtMost(x, x2, fx float64) float64 {
+	z := c.lnN * (x - x2)
+	if x <= maxExponent {
+		return fx*(z-z*z/2+z*z*z/6)*(1+slack) + slack*fx*(1+z+z*z/2+z*z*z/6)
+	}
+	return c.lnN*c.pow(maxExponent)*(x-x2)*(1+slack) + slack*fx
+}
+
+// riseAtLeast bounds pow(x2) - pow(x) from below, for x2 >= x and fx =
+// pow(x).
+func (c costModel) riseAtLeast(x, x2, fx float64) float64 {
+	z := c.lnN * (x2 - x)
+	switch {
+	case x2 <= maxExponent:
+		return fx*(z+z*z/2+z*z*z/6)*(1-slack) - slack*fx
+	case x <= maxExponent:
+		return fx*z*(1-slack) - slack*fx
+	}
+	return c.lnN*c.pow(maxExponent)*(x2-x)*(1-slack) - slack*fx
+}
+
 // cost is a node's cost with extra load and memory added (negative:
 // taken away).
 func (c costModel) cost(t Node, load float64, mem float64) float64 {
@@ -536,8 +567,16 @@ func (e EMosix) Balance(v View) []Move {
 			return nil
 		}
 	}
+	// The bounds below (a gain is at most hereUp - cpu - memLow) need no
+	// exponential; what they rule out could not beat the best so far,
+	// so the move chosen is the same. A NaN rules nothing out.
 	var best Move
 	bestGain := e.Margin
+	var buf2 [2][16]float64
+	cpus, memLows := buf2[0][:0], buf2[1][:0]
+	for range ts {
+		cpus, memLows = append(cpus, 0), append(memLows, 0)
+	}
 	for _, p := range v.Procs {
 		if p.Pinned || p.Resident < e.MinResident {
 			continue
@@ -547,17 +586,35 @@ func (e EMosix) Balance(v View) []Move {
 		if p.Demand != 1 {
 			cpuHere = c.pow(self.Load/c.l) - c.pow((self.Load-p.Demand*unit)/c.l)
 		}
+		hereUp := cpuHere
+		if self.MemTotal > 0 {
+			hereUp += c.dropAtMost(float64(self.MemUsed)/float64(self.MemTotal), (float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal), selfMemBase)
+		}
+		promising := false
+		for k, t := range ts {
+			cpus[k] = t.cpu1
+			if p.Demand != 1 {
+				cpus[k] = c.cpuMarginal(v.Nodes[t.node], p.Demand)
+			}
+			memLows[k] = 0
+			if t.total > 0 {
+				memLows[k] = c.riseAtLeast(t.used/t.total, (t.used+float64(p.Mem))/t.total, t.memBase)
+			}
+			if !(hereUp-cpus[k]-memLows[k] <= bestGain) {
+				promising = true
+			}
+		}
+		if !promising {
+			continue
+		}
 		here := cpuHere
 		if self.MemTotal > 0 {
 			here += selfMemBase - c.pow((float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal))
 		}
-		for _, t := range ts {
-			cpu := t.cpu1
-			if p.Demand != 1 {
-				cpu = c.cpuMarginal(v.Nodes[t.node], p.Demand)
-			}
-			if here-cpu <= bestGain {
-				continue // memory only adds: no gain (as above)
+		for k, t := range ts {
+			cpu := cpus[k]
+			if here-cpu <= bestGain || here-cpu-memLows[k] <= bestGain {
+				continue // memory only adds (as above), at least memLows
 			}
 			mem := 0.0
 			if t.total > 0 {
