@@ -32,7 +32,10 @@ type study struct {
 	// q holds the jobs in transit. A machine's next completion and a
 	// node's next decision are slots instead: only the latest of each
 	// counts, and queued, the superseded ones made most of a deep heap.
+	// slots[x] is machine x's completion, slots[len(ms)+o] node o's
+	// decision.
 	q     eventQueue[float64, landing]
+	slots []slot
 	ms    []machine
 	ns    []nodeState
 	tasks []task
@@ -56,7 +59,6 @@ type machine struct {
 	jobs       []int32
 	memUsed    float64
 	work, at   float64 // work each job has received, as of at
-	done       slot    // its next completion
 	hist       []snapshot
 }
 
@@ -72,7 +74,6 @@ type nodeState struct {
 	placed   int
 	peak     float64
 	sleeping bool
-	next     slot   // its next balancing decision
 	decided  uint64 // decisions so far: varies the policy's seed
 	// idleSig is the signature of the last view on which balancing moved
 	// nothing: the same view would move nothing again.
@@ -98,13 +99,15 @@ type task struct {
 // slot is an event kept outside the queue, ordered with the queued ones by
 // time and then by the queue's sequence numbers.
 type slot struct {
-	at   float64
-	seq  uint64
-	live bool
+	at  float64
+	seq uint64
 }
 
-func (s *study) schedule(sl *slot, at float64) {
-	*sl = slot{at: at, seq: s.q.nextSeq(), live: true}
+// noSlot is an empty slot: it sorts after any event.
+func noSlot() slot { return slot{at: math.Inf(1), seq: math.MaxUint64} }
+
+func (s *study) schedule(i int, at float64) {
+	s.slots[i] = slot{at: at, seq: s.q.nextSeq()}
 }
 
 // before says whether a is due before b.
@@ -122,8 +125,8 @@ type landing struct {
 func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, tr *AgeTrace, seed uint64) (float64, int) {
 	*s = study{
 		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
-		q:  eventQueue[float64, landing]{items: s.q.items[:0]},
-		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], order: s.order[:0], views: s.views, procs: s.procs[:0],
+		q:     eventQueue[float64, landing]{items: s.q.items[:0]},
+		slots: s.slots[:0], ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], order: s.order[:0], views: s.views, procs: s.procs[:0],
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
 	s.period = cfg.Period.Seconds()
@@ -139,6 +142,9 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		if len(s.names) <= i {
 			s.names = append(s.names, "m"+strconv.Itoa(i))
 		}
+	}
+	for range 2 * len(s.ms) {
+		s.slots = append(s.slots, noSlot())
 	}
 	for len(s.views) < len(s.ms) {
 		s.views = append(s.views, nil)
@@ -158,7 +164,11 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		slices.SortStableFunc(s.order, byArrival)
 	}
 	for next := 0; ; {
-		first, done, decide := s.firstSlot()
+		i := s.firstSlot()
+		first := &s.slots[i]
+		if first.seq == math.MaxUint64 {
+			first = nil
+		}
 		at, seq, queued := s.q.peek()
 		// An arrival goes before the other events of its instant, as
 		// when all were queued first.
@@ -179,31 +189,26 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 		if first == nil {
 			break
 		}
-		first.live = false
-		if done >= 0 {
-			s.finish(first.at, done)
+		t := first.at
+		*first = noSlot()
+		if i < len(s.ms) {
+			s.finish(t, i)
 		} else {
-			s.balance(first.at, decide)
+			s.balance(t, i-len(s.ms))
 		}
 	}
 	return s.sum, s.moves
 }
 
-// firstSlot is the earliest live slot, a machine's completion (done) or
-// a node's decision (decide); nil when none is live.
-func (s *study) firstSlot() (first *slot, done, decide int) {
-	done, decide = -1, -1
-	for x := range s.ms {
-		if d := &s.ms[x].done; d.live && (first == nil || d.before(first)) {
-			first, done = d, x
+// firstSlot is the index of the earliest slot (empty if all are).
+func (s *study) firstSlot() int {
+	first := 0
+	for i := 1; i < len(s.slots); i++ {
+		if s.slots[i].before(&s.slots[first]) {
+			first = i
 		}
 	}
-	for o := range s.ns {
-		if d := &s.ns[o].next; d.live && (first == nil || d.before(first)) {
-			first, decide, done = d, o, -1
-		}
-	}
-	return first, done, decide
+	return first
 }
 
 // arrive places a new job from its home node.
@@ -265,13 +270,13 @@ func (s *study) balance(t float64, o int) {
 		// would decide the same until something changes, or one of its
 		// processes has stayed long enough to be movable.
 		if wake := s.residentAt(t, o); wake > t {
-			s.schedule(&ns.next, math.Max(wake, t+s.period))
+			s.schedule(len(s.ms)+o, math.Max(wake, t+s.period))
 			return
 		}
 		ns.sleeping = true
 		return
 	}
-	s.schedule(&ns.next, t+s.period)
+	s.schedule(len(s.ms)+o, t+s.period)
 }
 
 // minResident is how long a process stays before the policies of the
@@ -318,7 +323,7 @@ func (s *study) changed(t float64) {
 	for o := range s.ns {
 		if ns := &s.ns[o]; ns.sleeping && len(s.ms[o].jobs) > 0 {
 			ns.sleeping = false
-			s.schedule(&ns.next, t+s.period)
+			s.schedule(len(s.ms)+o, t+s.period)
 		}
 	}
 }
@@ -421,7 +426,7 @@ func (s *study) next(m *machine) int {
 // settle records machine o's new state and schedules its next completion.
 func (s *study) settle(t float64, o int) {
 	m := &s.ms[o]
-	m.done.live = false
+	s.slots[o] = noSlot()
 	m.hist = append(m.hist, snapshot{t: t, load: float64(len(m.jobs)) / m.speed, memUsed: bytesOf(m.memUsed)})
 	// Keep what a report of the last quiet seconds may show.
 	if len(m.hist) >= 64 {
@@ -436,7 +441,7 @@ func (s *study) settle(t float64, o int) {
 		return
 	}
 	first := s.tasks[s.next(m)].mark
-	s.schedule(&m.done, t+math.Max(first-m.work, 0)/m.rate())
+	s.schedule(o, t+math.Max(first-m.work, 0)/m.rate())
 }
 
 // stateAt is machine x's state as measured at time at. Reports are
