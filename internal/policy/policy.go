@@ -525,6 +525,7 @@ func (e EMosix) Balance(v View) []Move {
 	type target struct {
 		node                       int
 		cpu1, used, total, memBase float64 // the CPU marginal of demand 1; memory used and total, and its cost
+		frac                       float64 // used / total
 	}
 	var tbuf [16]target
 	ts := tbuf[:0]
@@ -532,21 +533,17 @@ func (e EMosix) Balance(v View) []Move {
 		t := &v.Nodes[i]
 		x := target{node: i, cpu1: c.cpuMarginal(*t, 1), used: float64(t.MemUsed), total: float64(t.MemTotal)}
 		if t.MemTotal > 0 {
-			x.memBase = c.pow(x.used / x.total)
+			x.frac = x.used / x.total
+			x.memBase = c.pow(x.frac)
 		}
 		ts = append(ts, x)
 	}
-	memTerm := func(used, total, delta float64) float64 {
-		if total == 0 {
-			return 0
-		}
-		return c.pow((used+delta)/total) - c.pow(used/total)
-	}
 	unit := unitLoad(self)
 	selfCPU1 := c.pow(self.Load/c.l) - c.pow((self.Load-unit)/c.l)
-	selfMemBase := 0.0
+	selfFrac, selfMemBase := 0.0, 0.0
 	if self.MemTotal > 0 {
-		selfMemBase = c.pow(float64(self.MemUsed) / float64(self.MemTotal))
+		selfFrac = float64(self.MemUsed) / float64(self.MemTotal)
+		selfMemBase = c.pow(selfFrac)
 	}
 	// No process can gain more than the most a CPU-bound one frees here
 	// (the biggest one's memory included) minus the cheapest CPU there
@@ -564,7 +561,11 @@ func (e EMosix) Balance(v View) []Move {
 		for _, t := range ts {
 			cheapest = min(cheapest, t.cpu1)
 		}
-		if selfCPU1-memTerm(float64(self.MemUsed), float64(self.MemTotal), -float64(maxMem))-cheapest <= e.Margin {
+		memTerm := 0.0 // of the biggest one, taken away
+		if self.MemTotal > 0 {
+			memTerm = c.pow((float64(self.MemUsed)-float64(maxMem))/float64(self.MemTotal)) - selfMemBase
+		}
+		if selfCPU1-memTerm-cheapest <= e.Margin {
 			return nil
 		}
 	}
@@ -589,7 +590,7 @@ func (e EMosix) Balance(v View) []Move {
 		}
 		hereUp := cpuHere
 		if self.MemTotal > 0 {
-			hereUp += c.dropAtMost(float64(self.MemUsed)/float64(self.MemTotal), (float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal), selfMemBase)
+			hereUp += c.dropAtMost(selfFrac, (float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal), selfMemBase)
 		}
 		promising := false
 		for k, t := range ts {
@@ -599,7 +600,7 @@ func (e EMosix) Balance(v View) []Move {
 			}
 			memLows[k] = 0
 			if t.total > 0 {
-				memLows[k] = c.riseAtLeast(t.used/t.total, (t.used+float64(p.Mem))/t.total, t.memBase)
+				memLows[k] = c.riseAtLeast(t.frac, (t.used+float64(p.Mem))/t.total, t.memBase)
 			}
 			if !(hereUp-cpus[k]-memLows[k] <= bestGain) {
 				promising = true
