@@ -51,26 +51,30 @@ type Choice struct {
 // (no remote start), then to fresher information, then by name. It is the
 // leastload policy's placement, and mosix's.
 func Place(nodes []Node, req Request) []Choice {
+	// The candidates are indices into nodes, in a buffer on the stack:
+	// the simulator places hundreds of thousands of processes.
 	type scored struct {
-		Node
+		i        int
 		expected float64
 	}
-	var cands []scored
-	for _, n := range nodes {
-		if !takes(n) || (req.Mem > 0 && n.HasLoad && n.FreeMem < req.Mem) {
+	var buf [16]scored
+	cands := buf[:0]
+	for i := range nodes {
+		n := &nodes[i]
+		if !takes(*n) || (req.Mem > 0 && n.HasLoad && n.FreeMem < req.Mem) {
 			continue
 		}
-		expected := n.Load + float64(n.Pending+1)*unitLoad(n)
-		cands = append(cands, scored{n, expected})
+		cands = append(cands, scored{i, n.Load + float64(n.Pending+1)*unitLoad(*n)})
 	}
-	slices.SortStableFunc(cands, func(a, b scored) int {
+	slices.SortStableFunc(cands, func(x, y scored) int {
+		a, b := &nodes[x.i], &nodes[y.i]
 		if a.HasLoad != b.HasLoad {
 			if a.HasLoad {
 				return -1
 			}
 			return 1
 		}
-		if c := cmp.Compare(round(a.expected), round(b.expected)); c != 0 {
+		if c := cmp.Compare(round(x.expected), round(y.expected)); c != 0 {
 			return c
 		}
 		if a.Self != b.Self {
@@ -86,7 +90,7 @@ func Place(nodes []Node, req Request) []Choice {
 	})
 	out := make([]Choice, len(cands))
 	for i, c := range cands {
-		out[i] = Choice{Node: c.Name, ExpectedLoad: c.expected}
+		out[i] = Choice{Node: nodes[c.i].Name, ExpectedLoad: c.expected}
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -191,7 +192,8 @@ func (m Mosix) Balance(v View) []Move {
 	if !full && !possible {
 		return nil
 	}
-	movable := movableProcs(v.Procs, m.MinResident)
+	var buf [16]Proc // no allocation for the first 16
+	movable := movableProcs(buf[:0], v.Procs, m.MinResident)
 	if len(movable) == 0 {
 		return nil
 	}
@@ -233,7 +235,7 @@ func (m Mosix) Balance(v View) []Move {
 			}
 		}
 		if best != "" {
-			return []Move{{Proc: p.ID, To: best, Reason: fmt.Sprintf("load %.2f here, %.2f there with it", self.Load, bestLoad)}}
+			return []Move{{Proc: p.ID, To: best, Reason: "load " + strconv.FormatFloat(self.Load, 'f', 2, 64) + " here, " + strconv.FormatFloat(bestLoad, 'f', 2, 64) + " there with it"}}
 		}
 	}
 	return nil
@@ -269,9 +271,8 @@ func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
 	return Move{}, false
 }
 
-// movableProcs are the processes that may move now.
-func movableProcs(ps []Proc, minResident time.Duration) []Proc {
-	out := make([]Proc, 0, len(ps))
+// movableProcs appends to out the processes that may move now.
+func movableProcs(out, ps []Proc, minResident time.Duration) []Proc {
 	for _, p := range ps {
 		if !p.Pinned && p.Resident >= minResident {
 			out = append(out, p)
@@ -318,6 +319,37 @@ func (c costModel) pow(x float64) float64 {
 		return math.Exp(c.lnN * x)
 	}
 	return math.Exp(c.lnN*maxExponent) * (1 + c.lnN*(x-maxExponent))
+}
+
+// E-Mosix bounds its memory terms before it pays for exponentials: below
+// maxExponent by the Taylor polynomials of e^z (1 - e^-z <= z - z²/2 +
+// z³/6 and e^z - 1 >= z + z²/2 + z³/6 for z >= 0), elsewhere by tangents
+// (pow is convex). slack is their relative margin, far above the rounding
+// of pow (below 1e-13): a bound never rules out what the exact
+// computation would choose.
+const slack = 1e-9
+
+// dropAtMost bounds pow(x) - pow(x2) from above, for x2 <= x and fx =
+// pow(x).
+func (c costModel) dropAtMost(x, x2, fx float64) float64 {
+	z := c.lnN * (x - x2)
+	if x <= maxExponent {
+		return fx*(z-z*z/2+z*z*z/6)*(1+slack) + slack*fx*(1+z+z*z/2+z*z*z/6)
+	}
+	return c.lnN*c.pow(maxExponent)*(x-x2)*(1+slack) + slack*fx
+}
+
+// riseAtLeast bounds pow(x2) - pow(x) from below, for x2 >= x and fx =
+// pow(x).
+func (c costModel) riseAtLeast(x, x2, fx float64) float64 {
+	z := c.lnN * (x2 - x)
+	switch {
+	case x2 <= maxExponent:
+		return fx*(z+z*z/2+z*z*z/6)*(1-slack) - slack*fx
+	case x <= maxExponent:
+		return fx*z*(1-slack) - slack*fx
+	}
+	return c.lnN*c.pow(maxExponent)*(x2-x)*(1-slack) - slack*fx
 }
 
 // cost is a node's cost with extra load and memory added (negative:
@@ -367,21 +399,25 @@ func (EPVM) Migrates() bool      { return false }
 
 func placeByCost(v View, r Request) []string {
 	c := newCostModel(v)
+	// Indices into v.Nodes, in a buffer on the stack (as in Place).
 	type scored struct {
-		Node
+		i    int
 		cost float64
 	}
-	var cands []scored
-	for _, n := range v.Nodes {
-		if !takes(n) || (!n.HasLoad && !n.Self) {
+	var buf [16]scored
+	cands := buf[:0]
+	for i := range v.Nodes {
+		n := &v.Nodes[i]
+		if !takes(*n) || (!n.HasLoad && !n.Self) {
 			continue
 		}
-		cands = append(cands, scored{n, c.marginal(n, 1, r.Mem)})
+		cands = append(cands, scored{i, c.marginal(*n, 1, r.Mem)})
 	}
-	slices.SortStableFunc(cands, func(a, b scored) int {
-		if x := cmp.Compare(a.cost, b.cost); x != 0 {
-			return x
+	slices.SortStableFunc(cands, func(x, y scored) int {
+		if d := cmp.Compare(x.cost, y.cost); d != 0 {
+			return d
 		}
+		a, b := &v.Nodes[x.i], &v.Nodes[y.i]
 		if a.Self != b.Self {
 			if a.Self {
 				return -1
@@ -392,7 +428,7 @@ func placeByCost(v View, r Request) []string {
 	})
 	out := make([]string, len(cands))
 	for i, s := range cands {
-		out[i] = s.Name
+		out[i] = v.Nodes[s.i].Name
 	}
 	return out
 }
@@ -489,6 +525,7 @@ func (e EMosix) Balance(v View) []Move {
 	type target struct {
 		node                       int
 		cpu1, used, total, memBase float64 // the CPU marginal of demand 1; memory used and total, and its cost
+		frac                       float64 // used / total
 	}
 	var tbuf [16]target
 	ts := tbuf[:0]
@@ -496,21 +533,17 @@ func (e EMosix) Balance(v View) []Move {
 		t := &v.Nodes[i]
 		x := target{node: i, cpu1: c.cpuMarginal(*t, 1), used: float64(t.MemUsed), total: float64(t.MemTotal)}
 		if t.MemTotal > 0 {
-			x.memBase = c.pow(x.used / x.total)
+			x.frac = x.used / x.total
+			x.memBase = c.pow(x.frac)
 		}
 		ts = append(ts, x)
 	}
-	memTerm := func(used, total, delta float64) float64 {
-		if total == 0 {
-			return 0
-		}
-		return c.pow((used+delta)/total) - c.pow(used/total)
-	}
 	unit := unitLoad(self)
 	selfCPU1 := c.pow(self.Load/c.l) - c.pow((self.Load-unit)/c.l)
-	selfMemBase := 0.0
+	selfFrac, selfMemBase := 0.0, 0.0
 	if self.MemTotal > 0 {
-		selfMemBase = c.pow(float64(self.MemUsed) / float64(self.MemTotal))
+		selfFrac = float64(self.MemUsed) / float64(self.MemTotal)
+		selfMemBase = c.pow(selfFrac)
 	}
 	// No process can gain more than the most a CPU-bound one frees here
 	// (the biggest one's memory included) minus the cheapest CPU there
@@ -528,12 +561,24 @@ func (e EMosix) Balance(v View) []Move {
 		for _, t := range ts {
 			cheapest = min(cheapest, t.cpu1)
 		}
-		if selfCPU1-memTerm(float64(self.MemUsed), float64(self.MemTotal), -float64(maxMem))-cheapest <= e.Margin {
+		memTerm := 0.0 // of the biggest one, taken away
+		if self.MemTotal > 0 {
+			memTerm = c.pow((float64(self.MemUsed)-float64(maxMem))/float64(self.MemTotal)) - selfMemBase
+		}
+		if selfCPU1-memTerm-cheapest <= e.Margin {
 			return nil
 		}
 	}
+	// The bounds below (a gain is at most hereUp - cpu - memLow) need no
+	// exponential; what they rule out could not beat the best so far,
+	// so the move chosen is the same. A NaN rules nothing out.
 	var best Move
 	bestGain := e.Margin
+	var buf2 [2][16]float64
+	cpus, memLows := buf2[0][:0], buf2[1][:0]
+	for range ts {
+		cpus, memLows = append(cpus, 0), append(memLows, 0)
+	}
 	for _, p := range v.Procs {
 		if p.Pinned || p.Resident < e.MinResident {
 			continue
@@ -543,14 +588,35 @@ func (e EMosix) Balance(v View) []Move {
 		if p.Demand != 1 {
 			cpuHere = c.pow(self.Load/c.l) - c.pow((self.Load-p.Demand*unit)/c.l)
 		}
+		hereUp := cpuHere
+		if self.MemTotal > 0 {
+			hereUp += c.dropAtMost(selfFrac, (float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal), selfMemBase)
+		}
+		promising := false
+		for k, t := range ts {
+			cpus[k] = t.cpu1
+			if p.Demand != 1 {
+				cpus[k] = c.cpuMarginal(v.Nodes[t.node], p.Demand)
+			}
+			memLows[k] = 0
+			if t.total > 0 {
+				memLows[k] = c.riseAtLeast(t.frac, (t.used+float64(p.Mem))/t.total, t.memBase)
+			}
+			if !(hereUp-cpus[k]-memLows[k] <= bestGain) {
+				promising = true
+			}
+		}
+		if !promising {
+			continue
+		}
 		here := cpuHere
 		if self.MemTotal > 0 {
 			here += selfMemBase - c.pow((float64(self.MemUsed)-float64(p.Mem))/float64(self.MemTotal))
 		}
-		for _, t := range ts {
-			cpu := t.cpu1
-			if p.Demand != 1 {
-				cpu = c.cpuMarginal(v.Nodes[t.node], p.Demand)
+		for k, t := range ts {
+			cpu := cpus[k]
+			if here-cpu <= bestGain || here-cpu-memLows[k] <= bestGain {
+				continue // memory only adds (as above), at least memLows
 			}
 			mem := 0.0
 			if t.total > 0 {
@@ -564,6 +630,7 @@ func (e EMosix) Balance(v View) []Move {
 	if best.Proc == "" {
 		return nil
 	}
-	best.Reason = fmt.Sprintf("moving it lowers the cluster's cost by %.3g", bestGain)
+	// As %.3g, without fmt's cost: the simulator makes millions of moves.
+	best.Reason = "moving it lowers the cluster's cost by " + strconv.FormatFloat(bestGain, 'g', 3, 64)
 	return []Move{best}
 }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -28,16 +29,26 @@ type study struct {
 	quiet  float64 // how far back a report may look: history and sends older are dropped
 	period float64 // between a node's balancing decisions, in seconds
 	step   float64 // of the age trace, in seconds
-	q      eventQueue[float64, studyEvent]
-	ms     []machine
-	ns     []nodeState
-	tasks  []task
-	ids    []string
-	names  []string
-	sum    float64 // of the slowdowns of finished jobs
-	moves  int
-	// view and procs are scratch for building a node's view.
-	view  []policy.Node
+	// q holds the jobs in transit. A machine's next completion and a
+	// node's next decision are slots instead: only the latest of each
+	// counts, and queued, the superseded ones made most of a deep heap.
+	// slots[x] is machine x's completion, slots[len(ms)+o] node o's
+	// decision.
+	q     eventQueue[float64, landing]
+	slots []slot
+	ms    []machine
+	ns    []nodeState
+	tasks []task
+	ids   []string
+	names []string
+	sum   float64 // of the slowdowns of finished jobs
+	moves int
+	// order is the jobs' indices by arrival: arrivals are taken in turn,
+	// not queued.
+	order []int32
+	// views[o] is node o's view, its fixed fields set once a run; procs
+	// is scratch for the processes offered.
+	views [][]policy.Node
 	procs []policy.Proc
 }
 
@@ -48,23 +59,21 @@ type machine struct {
 	jobs       []int32
 	memUsed    float64
 	work, at   float64 // work each job has received, as of at
-	ver        uint32  // bumps invalidate its scheduled completion
 	hist       []snapshot
 }
 
 // snapshot is a machine's state from t on: what its load report says when
-// measured then.
+// measured then (computed once, not in every view that shows it).
 type snapshot struct {
 	t       float64
-	jobs    int32
-	memUsed float64
+	load    float64 // jobs per unit of speed
+	memUsed uint64  // bytes
 }
 
 type nodeState struct {
 	placed   int
 	peak     float64
 	sleeping bool
-	ver      uint32 // bumps invalidate its scheduled balancing
 	decided  uint64 // decisions so far: varies the policy's seed
 	// idleSig is the signature of the last view on which balancing moved
 	// nothing: the same view would move nothing again.
@@ -81,32 +90,43 @@ type sending struct {
 
 type task struct {
 	job
+	memB  uint64  // mem in bytes
 	left  float64 // work it still needs, as of when it last left a machine
 	mark  float64 // its machine's work counter at which it is done
 	since float64 // when it came to its machine
 }
 
-type studyEvent struct {
-	kind uint8
-	node int32
-	task int32
-	ver  uint32
+// slot is an event kept outside the queue, ordered with the queued ones by
+// time and then by the queue's sequence numbers.
+type slot struct {
+	at  float64
+	seq uint64
 }
 
-const (
-	evArrive uint8 = iota
-	evDone
-	evBalance
-	evLand
-)
+// noSlot is an empty slot: it sorts after any event.
+func noSlot() slot { return slot{at: math.Inf(1), seq: math.MaxUint64} }
+
+func (s *study) schedule(i int, at float64) {
+	s.slots[i] = slot{at: at, seq: s.q.nextSeq()}
+}
+
+// before says whether a is due before b.
+func (a *slot) before(b *slot) bool {
+	return a.at < b.at || (a.at == b.at && a.seq < b.seq)
+}
+
+// landing is a migrating job reaching its node.
+type landing struct {
+	node, task int32
+}
 
 // run simulates jobs under p and returns the sum of their slowdowns and
 // the number of migrations.
 func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, tr *AgeTrace, seed uint64) (float64, int) {
 	*s = study{
 		cfg: cfg, pol: p, trace: tr, ids: ids, names: s.names,
-		q:  eventQueue[float64, studyEvent]{items: s.q.items[:0]},
-		ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], view: s.view[:0], procs: s.procs[:0],
+		q:     eventQueue[float64, landing]{items: s.q.items[:0]},
+		slots: s.slots[:0], ms: s.ms[:0], ns: s.ns[:0], tasks: s.tasks[:0], order: s.order[:0], views: s.views, procs: s.procs[:0],
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x7374756479))
 	s.period = cfg.Period.Seconds()
@@ -123,32 +143,72 @@ func (s *study) run(cfg StudyConfig, p policy.Policy, jobs []job, ids []string, 
 			s.names = append(s.names, "m"+strconv.Itoa(i))
 		}
 	}
-	for i, j := range jobs {
-		s.tasks = append(s.tasks, task{job: j, left: j.cpu})
-		s.q.push(j.arrive, studyEvent{kind: evArrive, task: int32(i)})
+	for range 2 * len(s.ms) {
+		s.slots = append(s.slots, noSlot())
 	}
-	for {
-		t, ev, ok := s.q.pop()
-		if !ok {
+	for len(s.views) < len(s.ms) {
+		s.views = append(s.views, nil)
+	}
+	for o := range s.ms {
+		s.views[o] = s.views[o][:0]
+		for x, m := range s.ms {
+			s.views[o] = append(s.views[o], policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o})
+		}
+	}
+	for i, j := range jobs {
+		s.tasks = append(s.tasks, task{job: j, memB: bytesOf(j.mem), left: j.cpu})
+		s.order = append(s.order, int32(i))
+	}
+	byArrival := func(a, b int32) int { return cmp.Compare(jobs[a].arrive, jobs[b].arrive) }
+	if !slices.IsSortedFunc(s.order, byArrival) {
+		slices.SortStableFunc(s.order, byArrival)
+	}
+	for next := 0; ; {
+		i := s.firstSlot()
+		first := &s.slots[i]
+		if first.seq == math.MaxUint64 {
+			first = nil
+		}
+		at, seq, queued := s.q.peek()
+		// An arrival goes before the other events of its instant, as
+		// when all were queued first.
+		if next < len(s.order) {
+			i := s.order[next]
+			if a := jobs[i].arrive; (first == nil || a <= first.at) && (!queued || a <= at) {
+				next++
+				s.arrive(a, int(i))
+				continue
+			}
+		}
+		if queued && (first == nil || at < first.at || (at == first.at && seq < first.seq)) {
+			t, l, _ := s.q.pop()
+			s.add(t, int(l.node), int(l.task))
+			s.changed(t)
+			continue
+		}
+		if first == nil {
 			break
 		}
-		switch ev.kind {
-		case evArrive:
-			s.arrive(t, int(ev.task))
-		case evDone:
-			if m := &s.ms[ev.node]; ev.ver == m.ver {
-				s.finish(t, int(ev.node))
-			}
-		case evBalance:
-			if ns := &s.ns[ev.node]; ev.ver == ns.ver && !ns.sleeping {
-				s.balance(t, int(ev.node))
-			}
-		case evLand:
-			s.add(t, int(ev.node), int(ev.task))
-			s.changed(t)
+		t := first.at
+		*first = noSlot()
+		if i < len(s.ms) {
+			s.finish(t, i)
+		} else {
+			s.balance(t, i-len(s.ms))
 		}
 	}
 	return s.sum, s.moves
+}
+
+// firstSlot is the index of the earliest slot (empty if all are).
+func (s *study) firstSlot() int {
+	first := 0
+	for i := 1; i < len(s.slots); i++ {
+		if s.slots[i].before(&s.slots[first]) {
+			first = i
+		}
+	}
+	return first
 }
 
 // arrive places a new job from its home node.
@@ -192,7 +252,7 @@ func (s *study) balance(t float64, o int) {
 		s.sent(t, o, to)
 		s.moves++
 		if s.cfg.MoveCost > 0 {
-			s.q.push(t+s.cfg.MoveCost, studyEvent{kind: evLand, node: int32(to), task: int32(i)})
+			s.q.push(t+s.cfg.MoveCost, landing{node: int32(to), task: int32(i)})
 		} else {
 			s.add(t, to, i)
 		}
@@ -210,13 +270,13 @@ func (s *study) balance(t float64, o int) {
 		// would decide the same until something changes, or one of its
 		// processes has stayed long enough to be movable.
 		if wake := s.residentAt(t, o); wake > t {
-			s.q.push(math.Max(wake, t+s.period), studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+			s.schedule(len(s.ms)+o, math.Max(wake, t+s.period))
 			return
 		}
 		ns.sleeping = true
 		return
 	}
-	s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+	s.schedule(len(s.ms)+o, t+s.period)
 }
 
 // minResident is how long a process stays before the policies of the
@@ -230,13 +290,12 @@ func (s *study) current(t float64, o int) bool {
 	if s.trace == nil {
 		return true
 	}
-	step := int(t/s.step) + s.offset
+	ages := s.trace.row(o, int(t/s.step)+s.offset)
 	for x := range s.ms {
 		if x == o {
 			continue
 		}
-		age, ok := s.trace.Age(o, x, step)
-		if !ok || t-age < s.ms[x].hist[len(s.ms[x].hist)-1].t {
+		if ages[x] < 0 || t-float64(ages[x])/1000 < s.ms[x].hist[len(s.ms[x].hist)-1].t {
 			return false
 		}
 	}
@@ -264,8 +323,7 @@ func (s *study) changed(t float64) {
 	for o := range s.ns {
 		if ns := &s.ns[o]; ns.sleeping && len(s.ms[o].jobs) > 0 {
 			ns.sleeping = false
-			ns.ver++
-			s.q.push(t+s.period, studyEvent{kind: evBalance, node: int32(o), ver: ns.ver})
+			s.schedule(len(s.ms)+o, t+s.period)
 		}
 	}
 }
@@ -368,8 +426,8 @@ func (s *study) next(m *machine) int {
 // settle records machine o's new state and schedules its next completion.
 func (s *study) settle(t float64, o int) {
 	m := &s.ms[o]
-	m.ver++
-	m.hist = append(m.hist, snapshot{t: t, jobs: int32(len(m.jobs)), memUsed: m.memUsed})
+	s.slots[o] = noSlot()
+	m.hist = append(m.hist, snapshot{t: t, load: float64(len(m.jobs)) / m.speed, memUsed: bytesOf(m.memUsed)})
 	// Keep what a report of the last quiet seconds may show.
 	if len(m.hist) >= 64 {
 		keep := t - s.quiet
@@ -383,60 +441,60 @@ func (s *study) settle(t float64, o int) {
 		return
 	}
 	first := s.tasks[s.next(m)].mark
-	s.q.push(t+math.Max(first-m.work, 0)/m.rate(), studyEvent{kind: evDone, node: int32(o), ver: m.ver})
+	s.schedule(o, t+math.Max(first-m.work, 0)/m.rate())
 }
 
 // stateAt is machine x's state as measured at time at. Reports are
 // seconds old and the history is short: the scan from the end stops
 // after a step or two.
-func (m *machine) stateAt(at float64) snapshot {
+func (m *machine) stateAt(at float64) *snapshot {
 	for i := len(m.hist) - 1; i > 0; i-- {
 		if m.hist[i].t <= at {
-			return m.hist[i]
+			return &m.hist[i]
 		}
 	}
-	return m.hist[0]
+	return &m.hist[0]
 }
 
 // viewOf is node o's view at t: itself as it is, the others as its load
 // reports say (or as they are, when omniscient).
 func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
-	s.view = s.view[:0]
 	ns := &s.ns[o]
-	step := 0
+	var ages []int32 // o's report ages, in ms
 	if s.trace != nil {
-		step = int(t/s.step) + s.offset
+		ages = s.trace.row(o, int(t/s.step)+s.offset)
 	}
+	view := s.views[o]
 	for x := range s.ms {
-		m := &s.ms[x]
-		nd := policy.Node{Name: s.names[x], Capacity: 1, Speed: m.speed, MemTotal: m.memBytes, Self: x == o, HasLoad: true}
-		st := snapshot{jobs: int32(len(m.jobs)), memUsed: m.memUsed}
-		measured := t
-		if x != o && s.trace != nil {
-			age, ok := s.trace.Age(o, x, step)
-			if !ok {
-				nd.HasLoad = false
-				s.view = append(s.view, nd)
-				continue
-			}
-			nd.Age = seconds(age)
-			measured = t - age
-			st = m.stateAt(measured)
-		}
+		m, nd := &s.ms[x], &view[x]
+		nd.HasLoad, nd.Age, nd.Pending = true, 0, 0
+		// Every change to a machine is settled: its last snapshot is
+		// its state now.
+		st := &m.hist[len(m.hist)-1]
 		if x != o {
+			measured := t
+			if ages != nil {
+				if ages[x] < 0 {
+					nd.HasLoad, nd.Load, nd.MemUsed, nd.FreeMem = false, 0, 0, 0
+					continue
+				}
+				age := float64(ages[x]) / 1000
+				nd.Age = seconds(age)
+				measured = t - age
+				st = m.stateAt(measured)
+			}
 			for i := len(ns.sent) - 1; i >= 0 && ns.sent[i].t > measured; i-- {
 				if int(ns.sent[i].to) == x {
 					nd.Pending++
 				}
 			}
 		}
-		nd.Load = float64(st.jobs) / m.speed
-		nd.MemUsed = bytesOf(st.memUsed)
+		nd.Load = st.load
+		nd.MemUsed = st.memUsed
 		nd.FreeMem = nd.MemTotal - min(nd.MemTotal, nd.MemUsed)
 		ns.peak = max(ns.peak, nd.Load)
-		s.view = append(s.view, nd)
 	}
-	v := policy.View{Nodes: s.view, PeakLoad: ns.peak}
+	v := policy.View{Nodes: view, PeakLoad: ns.peak}
 	ns.decided++
 	v.Seed = ns.decided*1_000_003 + uint64(o)
 	if withProcs {
@@ -447,7 +505,7 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 		// hundreds, the rest would only cost time.
 		for _, j := range s.ms[o].jobs[:min(len(s.ms[o].jobs), maxOffered)] {
 			k := &s.tasks[j]
-			s.procs = append(s.procs, policy.Proc{ID: s.ids[j], Demand: 1, Mem: bytesOf(k.mem), Age: seconds(t - k.arrive), Resident: seconds(t - k.since)})
+			s.procs = append(s.procs, policy.Proc{ID: s.ids[j], Demand: 1, Mem: k.memB, Age: seconds(t - k.arrive), Resident: seconds(t - k.since)})
 		}
 		v.Procs = s.procs
 	}
@@ -486,9 +544,20 @@ func signature(v policy.View) uint64 {
 
 // bytesOf converts megabytes to bytes, bounded where uint64 ends (the
 // heavy tail of memory needs reaches beyond it).
-func bytesOf(mb float64) uint64 { return uint64(math.Min(mb*(1<<20), 1<<62)) }
+// (A comparison, not math.Min, which is not inlined: the same result for
+// any number, NaN and infinities included.)
+func bytesOf(mb float64) uint64 {
+	b := mb * (1 << 20)
+	if b > 1<<62 {
+		b = 1 << 62
+	}
+	return uint64(b)
+}
 
 // seconds converts to a Duration, bounded at a century.
 func seconds(x float64) time.Duration {
-	return time.Duration(math.Min(x, 100*365*24*3600) * float64(time.Second))
+	if x > 100*365*24*3600 {
+		x = 100 * 365 * 24 * 3600
+	}
+	return time.Duration(x * float64(time.Second))
 }

@@ -444,6 +444,13 @@ func (a *AgeTrace) Age(o, x, k int) (float64, bool) {
 	return float64(ms) / 1000, ms >= 0
 }
 
+// row is observer o's ages (ms, -1 for none) of every node at step k
+// (modulo the length): one division for a whole view.
+func (a *AgeTrace) row(o, k int) []int32 {
+	i := ((k%a.steps)*a.Nodes + o) * a.Nodes
+	return a.ages[i : i+a.Nodes]
+}
+
 // Steps is the trace's length.
 func (a *AgeTrace) Steps() int { return a.steps }
 

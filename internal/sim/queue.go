@@ -72,4 +72,20 @@ func (q *eventQueue[K, T]) pop() (at K, v T, ok bool) {
 	return top.at, top.v, true
 }
 
+// peek is the time and sequence number of the earliest event; ok is false
+// when none is left.
+func (q *eventQueue[K, T]) peek() (at K, seq uint64, ok bool) {
+	if len(q.items) == 0 {
+		return at, 0, false
+	}
+	return q.items[0].at, q.items[0].seq, true
+}
+
+// nextSeq takes a sequence number, for an event kept outside the queue
+// that must be ordered with the queued ones.
+func (q *eventQueue[K, T]) nextSeq() uint64 {
+	q.seq++
+	return q.seq
+}
+
 func (q *eventQueue[K, T]) len() int { return len(q.items) }

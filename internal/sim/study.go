@@ -206,8 +206,13 @@ func RunStudy(cfg StudyConfig) (StudyResult, error) {
 			}
 		}()
 	}
-	for r := range cfg.Runs {
-		next <- r
+	// The runs of one trace go together: the workers then share it in
+	// cache (each run sweeps its trace ten times). Each run's result has
+	// its place, whatever the order.
+	for k := range traces {
+		for r := k; r < cfg.Runs; r += traces {
+			next <- r
+		}
 	}
 	close(next)
 	wg.Wait()
