@@ -761,39 +761,3 @@ func TestPinned(t *testing.T) {
 		})
 	}
 }
-
-// Memory the image fills in whole huge blocks comes back in huge pages
-// (where the kernel has them to give), and all of it as it was.
-func TestMoveHugePages(t *testing.T) {
-	needRoot(t)
-	if !hugePagesAllowed() {
-		t.Skip("transparent huge pages are off on this machine")
-	}
-	for _, variant := range []string{"huge", "huge-static"} {
-		t.Run(variant, func(t *testing.T) {
-			want := reference(t, programs[variant])
-			in, feed, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer in.Close()
-			got, ws, _ := move{argv: []string{programs[variant]}, before: 1, stdin: in, after: func(*Image) { feed.Close() }}.run(t)
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
-			// The undisturbed run's memory is in small pages (or in as
-			// many huge ones, under THP "always"): the sums must match.
-			sum := func(s string) string { return strings.SplitN(s, "\nhuge", 2)[0] }
-			if sum(got) != sum(want) {
-				t.Fatalf("memory after a move differs:\n got %q\nwant %q", got, want)
-			}
-			var kb, blocks int
-			if _, err := fmt.Sscanf(got[strings.Index(got, "huge "):], "huge %d kB of %d blocks", &kb, &blocks); err != nil {
-				t.Fatalf("no huge page count in %q", got)
-			}
-			if blocks < 3 || kb < blocks*2048 {
-				t.Fatalf("the restored process has %d kB in huge pages, want the %d whole blocks it filled (%d kB)", kb, blocks, blocks*2048)
-			}
-		})
-	}
-}

@@ -187,13 +187,6 @@ func (f *Frozen) scanMemory(pm *os.File, fn func(addr, pages uint64, name string
 			for j < n && j-i < most && wanted(j) {
 				j++
 			}
-			// A run cut short ends at a huge page's boundary, so that
-			// the restore finds whole huge pages in one run.
-			if j < n && j-i == most && wanted(j) {
-				if end := (v.Start/pageSize + j) &^ (hugePages - 1); end > v.Start/pageSize+i {
-					j = end - v.Start/pageSize
-				}
-			}
 			if err := fn(v.Start+i*pageSize, j-i, v.Name); err != nil {
 				return err
 			}

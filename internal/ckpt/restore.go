@@ -272,11 +272,7 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 		return nil, err
 	}
 	defer mem.Close()
-	huge := newHugeRestore(r, img.VMAs)
 	err = pages(func(p PageRun) error {
-		if err := huge.prepare(mem, p); err != nil {
-			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
-		}
 		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
 			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
 		}
