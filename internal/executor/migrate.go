@@ -161,9 +161,11 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		if err != nil {
 			return err
 		}
+		steps.mark("header")
 		if err := frozen.ReadMemory(enc.Pages); err != nil {
 			return err
 		}
+		steps.mark("memory")
 		return enc.Close()
 	})
 	if err != nil {
