@@ -41,6 +41,10 @@ const chunk = procstream.MaxData
 // is still in the pipe.
 const drainAfterExit = 200 * time.Millisecond
 
+// drainLimit bounds the wait for output after the process exited, for a
+// descendant that keeps writing.
+const drainLimit = 5 * time.Second
+
 // ServerStream is the running node's end of a process's stream: the gRPC
 // server stream of Exec.Run, or an in-process pipe (Local).
 type ServerStream interface {
@@ -241,14 +245,27 @@ func (e *Executor) supervise(s ServerStream, g *guest) {
 		e.log.Debug("moved away", "id", st.Id)
 		return
 	}
-	// Let the output that is in the pipes out, then cut what is left.
+	// Let the output out. If something the process started still holds
+	// its pipes open, stop waiting for more after drainAfterExit, but only
+	// once the pipes are empty: what is in them was written, and a busy
+	// node (the relays not scheduled for a while) must not lose it.
 	relaysDone := make(chan struct{})
 	go func() { std.relays.Wait(); close(relaysDone) }()
-	select {
-	case <-relaysDone:
-	case <-time.After(drainAfterExit):
-		std.cutReaders()
-		<-relaysDone
+	exited := time.Now()
+	wait := time.After(drainAfterExit)
+	for cut := false; !cut; {
+		select {
+		case <-relaysDone:
+			cut = true
+		case <-wait:
+			if std.unread() && time.Since(exited) < drainLimit {
+				wait = time.After(drainAfterExit / 10)
+				continue
+			}
+			std.cutReaders()
+			<-relaysDone
+			cut = true
+		}
 	}
 	out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Exit{Exit: status}})
 	e.log.Debug("exited", "id", st.Id, "code", status.Code, "signal", status.Signal)

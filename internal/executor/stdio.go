@@ -364,6 +364,22 @@ func (s *stdio) cut(fd int) {
 	}
 }
 
+// unread says whether the process's output pipes (or terminal) hold
+// bytes the relays have not read yet.
+func (s *stdio) unread() bool {
+	for _, f := range []*os.File{s.stdout, s.stderr, s.master} {
+		if f == nil {
+			continue
+		}
+		n := 0
+		withFd(f, func(fd int) (err error) { n, err = unix.IoctlGetInt(fd, unix.TIOCINQ); return err })
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // cutReaders makes the relays stop reading now.
 func (s *stdio) cutReaders() {
 	for _, f := range []*os.File{s.stdout, s.stderr, s.master} {
