@@ -49,6 +49,10 @@ type balancer struct {
 	sent     []sentTo             // the last moves this node's policy made (its placements: home.RunningSince)
 	failed   map[string]time.Time // node -> not offered before
 	held     map[string]time.Time // process -> not offered before (a move of it failed)
+	// expelled are the guests a drain sent away, and when: their copy
+	// here lingers a moment after the home switched, and must not be
+	// sent away again (the home would move it on from where it went).
+	expelled map[string]time.Time
 }
 
 type cpuSample struct {
@@ -63,7 +67,7 @@ type sentTo struct {
 }
 
 func newBalancer(name string, manual, noGuests bool) (*balancer, error) {
-	b := &balancer{cpu: map[string]cpuSample{}, failed: map[string]time.Time{}, held: map[string]time.Time{}, manual: manual, noGuests: noGuests}
+	b := &balancer{cpu: map[string]cpuSample{}, failed: map[string]time.Time{}, held: map[string]time.Time{}, expelled: map[string]time.Time{}, manual: manual, noGuests: noGuests}
 	return b, b.set(name)
 }
 
@@ -397,7 +401,7 @@ func expellable(r executor.Running) bool {
 // move before (it held something it has since let go of).
 func (d *Daemon) drainRound(ctx context.Context) {
 	for _, r := range d.exec.Running() {
-		if r.Home == d.node.Name || !expellable(r) {
+		if r.Home == d.node.Name || !expellable(r) || d.expelledRecently(r.ID) {
 			continue
 		}
 		if to := d.drainTarget(); to != "" {
@@ -442,7 +446,30 @@ func (d *Daemon) expel(ctx context.Context, id, to string) error {
 		return err
 	}
 	d.log.Info("drain: a guest moved", "id", id, "to", to)
+	b := d.bal
+	b.mu.Lock()
+	now := time.Now()
+	for x, at := range b.expelled {
+		if now.Sub(at) > expelledFor {
+			delete(b.expelled, x)
+		}
+	}
+	b.expelled[id] = now
+	b.mu.Unlock()
 	return nil
+}
+
+// expelledFor is how long a guest a drain sent away is known as gone
+// (much longer than its copy here takes to end).
+const expelledFor = time.Minute
+
+// expelledRecently says whether a drain sent the process away lately.
+func (d *Daemon) expelledRecently(id string) bool {
+	b := d.bal
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	at, ok := b.expelled[id]
+	return ok && time.Since(at) < expelledFor
 }
 
 // drain makes the node refuse guests and send those it has away, one at a
@@ -453,6 +480,9 @@ func (d *Daemon) drain(ctx context.Context, undo bool) (moved, stayed []*peerpb.
 	b := d.bal
 	b.mu.Lock()
 	b.draining = !undo
+	if undo {
+		clear(b.expelled)
+	}
 	refuses := b.refusesGuests()
 	b.mu.Unlock()
 	d.exec.SetNoGuests(refuses)
@@ -469,7 +499,7 @@ func (d *Daemon) drain(ctx context.Context, undo bool) (moved, stayed []*peerpb.
 		var left []executor.Running
 		for _, r := range d.exec.Running() {
 			switch {
-			case r.Home == d.node.Name:
+			case r.Home == d.node.Name, d.expelledRecently(r.ID):
 			case !expellable(r):
 				stayed = append(stayed, &peerpb.Recommendation{Id: r.ID, From: d.node.Name, Reason: r.Pinned})
 			default:
