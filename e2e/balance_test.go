@@ -216,6 +216,8 @@ func TestBalance(t *testing.T) {
 
 	t.Run("drain sends the guests away and keeps the node's own", func(t *testing.T) {
 		setPolicy(t, n1.Socket, "off") // n3's guests come from n1; n1 must not send more
+		// (Back to mosix however this ends: the subtests after it need it.)
+		t.Cleanup(func() { setPolicy(t, n1.Socket, "mosix") })
 		var guests []*background
 		var ids []string
 		for _, flags := range [][]string{{"--pin"}, nil} {
@@ -257,7 +259,6 @@ func TestBalance(t *testing.T) {
 		if r := runOn(t, n1.Socket, nil, nil, "run", "--on", "n3", "--", "true"); r.code != 0 {
 			t.Errorf("after drain --undo, n3 refuses: %v", r)
 		}
-		setPolicy(t, n1.Socket, "mosix")
 	})
 
 	t.Run("memory ushering moves a process before the node runs out", func(t *testing.T) {
