@@ -216,8 +216,12 @@ func TestBalance(t *testing.T) {
 
 	t.Run("drain sends the guests away and keeps the node's own", func(t *testing.T) {
 		setPolicy(t, n1.Socket, "off") // n3's guests come from n1; n1 must not send more
-		// (Back to mosix however this ends: the subtests after it need it.)
-		t.Cleanup(func() { setPolicy(t, n1.Socket, "mosix") })
+		// (n3 takes guests and n1 is back to mosix however this ends: the
+		// subtests after it need both.)
+		t.Cleanup(func() {
+			mosaic(t, "--socket", n1.Socket, "drain", "n3", "--undo")
+			setPolicy(t, n1.Socket, "mosix")
+		})
 		var guests []*background
 		var ids []string
 		for _, flags := range [][]string{{"--pin"}, nil} {
