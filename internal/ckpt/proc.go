@@ -271,27 +271,18 @@ func (m *procMem) Close() error { return m.f.Close() }
 
 // ReadAt fills b from the process's memory at addr.
 func (m *procMem) ReadAt(b []byte, addr int64) (int, error) {
-	n := m.vm(b, addr, unix.ProcessVMReadv)
-	if n == len(b) {
-		return n, nil
-	}
-	k, err := m.f.ReadAt(b[n:], addr+int64(n))
-	return n + k, err
+	return m.move(b, addr, unix.ProcessVMReadv, m.f.ReadAt)
 }
 
 // WriteAt copies b into the process's memory at addr.
 func (m *procMem) WriteAt(b []byte, addr int64) (int, error) {
-	n := m.vm(b, addr, unix.ProcessVMWritev)
-	if n == len(b) {
-		return n, nil
-	}
-	k, err := m.f.WriteAt(b[n:], addr+int64(n))
-	return n + k, err
+	return m.move(b, addr, unix.ProcessVMWritev, m.f.WriteAt)
 }
 
-// vm moves what process_vm_readv or _writev can of b, stopping at the
-// first page they cannot reach.
-func (m *procMem) vm(b []byte, addr int64, call func(int, []unix.Iovec, []unix.RemoteIovec, uint) (int, error)) int {
+// move moves what process_vm_readv or _writev (call) can of b, and the
+// rest, from the first page they cannot reach, through /proc/PID/mem
+// (rest).
+func (m *procMem) move(b []byte, addr int64, call func(int, []unix.Iovec, []unix.RemoteIovec, uint) (int, error), rest func([]byte, int64) (int, error)) (int, error) {
 	done := 0
 	for done < len(b) {
 		local := []unix.Iovec{{Base: &b[done]}}
@@ -306,7 +297,11 @@ func (m *procMem) vm(b []byte, addr int64, call func(int, []unix.Iovec, []unix.R
 		}
 		done += n
 	}
-	return done
+	if done == len(b) {
+		return done, nil
+	}
+	n, err := rest(b[done:], addr+int64(done))
+	return done + n, err
 }
 
 // seenID is the id of thread tid as it sees itself: its number in the
