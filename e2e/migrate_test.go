@@ -182,6 +182,34 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("it keeps the process and thread ids it sees", func(t *testing.T) {
+		// Threads 3 and 5 (4 ended): a restore that did not give them
+		// their ids back would make them 3 and 4.
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", progs["ids"], "40")
+		b.lines(3)
+		id := b.id()
+		for i, to := range []string{"n3", "home"} {
+			if _, err := migrate(t, sock("n1"), nil, id, to); err != nil {
+				t.Fatalf("migration %d to %s: %v", i+1, to, err)
+			}
+			b.lines(3)
+		}
+		got, code := b.finish()
+		lines := strings.Split(strings.TrimSpace(got), "\n")
+		ids := func(l string) string { // "round N " left out
+			f := strings.SplitN(l, " ", 3)
+			return f[len(f)-1]
+		}
+		for _, l := range lines {
+			if !strings.HasSuffix(l, " same") || ids(l) != ids(lines[0]) {
+				t.Fatalf("exit %d; the ids it sees changed:\n%s", code, got)
+			}
+		}
+		if code != 0 || len(lines) != 40 {
+			t.Fatalf("exit %d, %d lines:\n%s", code, len(lines), got)
+		}
+	})
+
 	t.Run("a program that exec'd another moves as the one it runs", func(t *testing.T) {
 		// The target starts a stub of the program the process started
 		// with (sh) ahead of its image; the image says counter.

@@ -565,6 +565,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	restore := func(p *os.Process) error {
 		img := dec.Image()
 		g.ns = spec.Namespace
+		opt.Init = spec.Namespace.Init.Pid // threads get their ids back through it
 		r, err := ckpt.RestoreFrom(p.Pid, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
