@@ -42,17 +42,13 @@ func newStdio(st *peerpb.ExecStart) (*stdio, error) {
 		if err != nil {
 			return nil, err
 		}
-		fd := int(sl.Fd())
-		if t.HasModes {
-			if err := pty.SetModes(fd, ttyModes(t)); err != nil {
-				m.Close()
-				sl.Close()
-				return nil, fmt.Errorf("set terminal modes: %w", err)
-			}
-		}
-		pty.SetSize(fd, uint16(t.Rows), uint16(t.Cols))
 		s.master = m
 		s.child = []*os.File{sl, sl, sl}
+		if err := s.setTerminal(t); err != nil {
+			m.Close()
+			sl.Close()
+			return nil, err
+		}
 		return s, nil
 	}
 	var pipes [3][2]*os.File
@@ -410,5 +406,6 @@ func (s *stdio) setTerminal(t *peerpb.Tty) error {
 			return fmt.Errorf("set terminal modes: %w", err)
 		}
 	}
-	return pty.SetSize(fd, uint16(t.Rows), uint16(t.Cols))
+	pty.SetSize(fd, uint16(t.Rows), uint16(t.Cols)) // best effort: a size is no reason to fail
+	return nil
 }
