@@ -156,7 +156,8 @@ type LazyServer struct {
 	set  *lazySet
 	mem  *procMem
 	buf  []byte
-	next int // the run the background stream is at
+	next int    // the run the background stream is at
+	at   uint64 // and the page in it: every page before is sent
 }
 
 // NewLazyServer serves the pages img.Lazy lists (see MakeLazy).
@@ -194,12 +195,17 @@ func (s *LazyServer) Serve(ctx context.Context, w io.Writer, wants <-chan uint64
 		}
 		for s.next < len(s.set.runs) {
 			run := s.next
-			page, ok := s.firstUndone(run)
-			if !ok {
-				s.next++
+			// Pages only ever become sent: the stream's place moves on
+			// (from the start of the run each time, a gigabyte cost
+			// 0.4 s of scanning).
+			for s.at < s.set.runs[run].Pages && s.set.isDone(run, s.at) {
+				s.at++
+			}
+			if s.at == s.set.runs[run].Pages {
+				s.next, s.at = s.next+1, 0
 				continue
 			}
-			if err := s.send(w, run, page, stream); err != nil {
+			if err := s.send(w, run, s.at, stream); err != nil {
 				return err
 			}
 			break
@@ -208,15 +214,6 @@ func (s *LazyServer) Serve(ctx context.Context, w io.Writer, wants <-chan uint64
 	var end [lazyHeader]byte
 	_, err := w.Write(end[:])
 	return err
-}
-
-func (s *LazyServer) firstUndone(run int) (uint64, bool) {
-	for p := range s.set.runs[run].Pages {
-		if !s.set.isDone(run, p) {
-			return p, true
-		}
-	}
-	return 0, false
 }
 
 // send writes up to most pages of run from page on that are not sent yet
