@@ -667,6 +667,11 @@ func TestMoveLazy(t *testing.T) {
 				t.Fatalf("after a lazy move (%v):\n got %s\nwant %s", ws, out.String(), want)
 			}
 			t.Logf("%d pages came lazily; %d asked for on faults, %d changes of the address space followed", lazyCount, lazyStats.Asked, lazyStats.Changes)
+			// It reads all of its memory at once: pages the stream has
+			// not brought yet are asked for, not waited for.
+			if lazyStats.Asked == 0 {
+				t.Fatal("no page was asked for on a fault: the process waited for the stream to reach its pages")
+			}
 		})
 	}
 }

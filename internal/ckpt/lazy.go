@@ -509,6 +509,12 @@ func (l *LazyMemory) Run(ctx context.Context, r io.Reader, want func(addr uint64
 		}
 	}()
 	l.ctx, l.ready, l.watch, l.asked, l.want = ctx, ready, watch, map[uint64]bool{}, want
+	// Every space has its watcher (forks add theirs as they come): a
+	// space without one has its faults read only when a copy happens to
+	// need it, and the process waits for the stream to reach its page.
+	for _, sp := range l.spaces {
+		watch(sp)
+	}
 	for l.set.left > 0 {
 		select {
 		case <-ctx.Done():
