@@ -50,6 +50,15 @@ func (d *Daemon) logEvent(e gossip.Event) {
 	}
 	if e.New == peerpb.State_DEAD || e.New == peerpb.State_LEFT {
 		d.pool.forget(e.Name)
+		if e.Discovered {
+			// First heard of as gone (a newcomer's list names members
+			// it has not heard from yet, incarnation 0): nothing this
+			// node holds saw it go. A process its home started here
+			// meanwhile, over a live stream, must not be killed for it
+			// (one was, 0.1 s after the node joined, 1 ms before the
+			// home was heard of as alive).
+			return
+		}
 		d.home.NodeDown(e.Name)
 		d.exec.HomeDown(e.Name)
 	}
