@@ -11,11 +11,13 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// The commands that start daemons or clusters (node, up, init, bench) live
+// The commands that start daemons or clusters (node, up, init, bench), and
+// the simulator (sim, which links the gossip core and its protobufs), live
 // in mosaicd, the binary that carries the daemon and its embedded store:
 // keeping them out of this one keeps every `mosaic run` free of the store's
-// start-up cost (its packages take some 10 ms to initialize). Here they are
-// handed over as they were typed.
+// start-up cost (its packages take some 10 ms to initialize) and of gRPC's
+// and protobuf's (the simulator in this binary had made every start 1.7x
+// slower). light_test.go keeps it so. Here they are handed over as typed.
 
 // delegate makes a command that runs `mosaicd NAME ARGS...`.
 func delegate(g *globals, name, use, short, long string) *cobra.Command {

@@ -36,13 +36,13 @@ func main() {
 		Use:   "mosaicd",
 		Short: "The mosaic daemon and the tools that start daemons (mosaic node, up, init, bench run these)",
 		Long: `mosaicd is the daemon of a mosaic node, and the commands that start
-daemons or whole clusters. The mosaic CLI hands 'node', 'up', 'init' and
-'bench' over to it; the rest of the CLI talks to a running daemon.`,
+daemons or whole clusters. The mosaic CLI hands 'node', 'up', 'init',
+'bench' and 'sim' over to it; the rest of the CLI talks to a running daemon.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version.String(),
 	}
-	root.AddCommand(newNodeCmd(), newUpCmd(), newInitCmd(), newBenchCmd())
+	root.AddCommand(newNodeCmd(), newUpCmd(), newInitCmd(), newBenchCmd(), newSimCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "mosaic:", err)
 		os.Exit(1)
