@@ -9,6 +9,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -106,15 +107,16 @@ type Daemon struct {
 	core *gossip.Core
 	self selfLoad
 
-	pool    *peerPool
-	group   *cgroup.Group // nil when the node has no cgroup
-	spawner *spawn.Spawner
-	exec    *executor.Executor // runs processes here
-	bal     *balancer          // the placement and migration policy
-	home    *home.Home         // answers for the processes started here
-	probe   load.Probe
-	speed   float64
-	cores   int
+	pool     *peerPool
+	sessions tls.ClientSessionCache // of process streams (dialProc)
+	group    *cgroup.Group          // nil when the node has no cgroup
+	spawner  *spawn.Spawner
+	exec     *executor.Executor // runs processes here
+	bal      *balancer          // the placement and migration policy
+	home     *home.Home         // answers for the processes started here
+	probe    load.Probe
+	speed    float64
+	cores    int
 
 	admitMu sync.Mutex // serializes admissions of new nodes
 
@@ -156,7 +158,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer unlock()
 
 	d := &Daemon{cfg: cfg, node: node, log: cfg.Log.With("node", node.Name), start: time.Now(), uid: os.Getuid(),
-		pool: newPeerPool(node.ID), leave: make(chan struct{}), cores: load.Cores()}
+		pool: newPeerPool(node.ID), sessions: tls.NewLRUClientSessionCache(64), leave: make(chan struct{}), cores: load.Cores()}
 	defer d.pool.close()
 
 	// Everything that can fail because of the environment comes first, in
@@ -189,6 +191,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if d.spawner, err = spawn.New(place); err != nil {
 		return err
 	}
+	d.spawner.KeepSpareNamespace()
 	// Before the group is removed: the spawning thread is in it.
 	defer d.spawner.Close()
 	restorer, err := spawn.New(place)
@@ -411,7 +414,7 @@ func (d *Daemon) setupCgroup() error {
 	}
 	d.group = g
 	if d.cfg.Shared {
-		d.probe = load.GroupProbe{Group: g, MemCap: d.cfg.Memory}
+		d.probe = load.GroupProbe{Group: g, MemCap: d.cfg.Memory, Helper: spawn.IsInit}
 	} else {
 		d.probe = load.MachineProbe{MemCap: d.cfg.Memory}
 	}

@@ -85,6 +85,9 @@ func (p MachineProbe) Memory() (uint64, uint64, error) {
 type GroupProbe struct {
 	Group  *cgroup.Group
 	MemCap uint64 // memory the node offers; 0 = the machine's
+	// Helper, if set, tells the node's own helper processes (the idle
+	// init of each process's PID namespace), which Procs leaves out.
+	Helper func(pid int) bool
 }
 
 // RunQueue counts the group's threads that are runnable.
@@ -102,10 +105,16 @@ func (p GroupProbe) RunQueue() (int, error) {
 	return n, nil
 }
 
-// Procs counts the processes in the group.
+// Procs counts the processes in the group, but for helpers.
 func (p GroupProbe) Procs() (int, error) {
 	pids, err := p.Group.Procs()
-	return len(pids), err
+	n := 0
+	for _, pid := range pids {
+		if p.Helper == nil || !p.Helper(pid) {
+			n++
+		}
+	}
+	return n, err
 }
 
 // Memory offers MemCap (or the machine's memory) less what the group uses,

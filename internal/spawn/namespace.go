@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +56,15 @@ func (n *Namespace) Close() error {
 	n.Init.Wait()
 	n.Init = nil
 	return err
+}
+
+// alive says whether the namespace's init still runs (a spare could have
+// been killed while it waited). The init is the Spawner's child: looking
+// leaves it to be reaped by Close.
+func (n *Namespace) alive() bool {
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, n.Init.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return err == nil && info.Signo == 0 // no SIGCHLD: nothing happened to it
 }
 
 // initProgram is the init, as machine code: it is the whole program, so
@@ -149,14 +159,25 @@ func initELF() []byte {
 	return b.Bytes()
 }
 
+// initName names the init's memory file; /proc/PID/exe of an init reads
+// "/memfd:mosaic-init (deleted)".
+const initName = "mosaic-init"
+
+// IsInit says whether pid runs a namespace init of ours: an idle helper,
+// not a program, which a count of the node's processes leaves out.
+func IsInit(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && strings.HasPrefix(exe, "/memfd:"+initName+" ")
+}
+
 // loadInit puts the init in a sealed memory file, which the Spawner
 // executes by its /proc path: no file on disk to go stale or be changed.
 func loadInit() (*os.File, error) {
-	fd, err := unix.MemfdCreate("mosaic-init", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	fd, err := unix.MemfdCreate(initName, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("create the namespace init: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "mosaic-init")
+	f := os.NewFile(uintptr(fd), initName)
 	if _, err := f.Write(initELF()); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("write the namespace init: %w", err)

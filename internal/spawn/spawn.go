@@ -22,7 +22,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -83,7 +85,21 @@ type Spawner struct {
 
 	once  sync.Once
 	begun chan struct{} // closed once a thread other than the main one serves
+
+	keepSpare atomic.Bool // see KeepSpareNamespace
 }
+
+// spareAfter is how long the Spawner's thread must have been idle before it
+// makes a spare namespace: the request that takes one is followed at once
+// by the one that starts the program in it, which must not wait for the
+// next spare.
+const spareAfter = time.Millisecond
+
+// KeepSpareNamespace makes the Spawner keep one namespace ready, made while
+// it has nothing else to do, so that a new process does not wait for its
+// namespace (about a millisecond: an init's fork, exec and /proc mount).
+// A spare is an idle init process; Close ends it.
+func (s *Spawner) KeepSpareNamespace() { s.keepSpare.Store(true) }
 
 func (s *Spawner) started() chan struct{} {
 	s.once.Do(func() { s.begun = make(chan struct{}) })
@@ -159,20 +175,44 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 		close(s.done)
 	}()
 	ready <- nil
-	for r := range s.reqs {
-		var res result
-		switch {
-		case r.namespace:
-			res.ns, res.err = newNamespace(s.init)
-		case r.traced != nil:
-			res.err = s.startTraced(r.spec, r.traced)
-		default:
-			res.p, res.err = s.start(r.spec)
+	var spare *Namespace
+	defer func() { spare.Close() }()
+	idle := time.NewTimer(spareAfter)
+	defer idle.Stop()
+	for {
+		var refill <-chan time.Time
+		if spare == nil && s.keepSpare.Load() {
+			idle.Reset(spareAfter)
+			refill = idle.C
 		}
-		r.reply <- res
+		select {
+		case r, ok := <-s.reqs:
+			if !ok {
+				// Returning while locked ends the thread (and takes it
+				// out of the cgroup).
+				return
+			}
+			var res result
+			switch {
+			case r.namespace:
+				if spare != nil && spare.alive() {
+					res.ns, spare = spare, nil
+				} else {
+					spare.Close()
+					spare = nil
+					res.ns, res.err = newNamespace(s.init)
+				}
+			case r.traced != nil:
+				res.err = s.startTraced(r.spec, r.traced)
+			default:
+				res.p, res.err = s.start(r.spec)
+			}
+			r.reply <- res
+		case <-refill:
+			// On failure, the next request makes its own and tells why.
+			spare, _ = newNamespace(s.init)
+		}
 	}
-	// Returning while locked ends the thread (and takes it out of the
-	// cgroup).
 }
 
 // startProcess starts spec's program, in its namespace if it has one (the

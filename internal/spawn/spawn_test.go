@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -314,5 +315,117 @@ func BenchmarkNamespace(b *testing.B) {
 			b.Fatal(err)
 		}
 		ns.Close()
+	}
+}
+
+// inits lists the namespace inits that are children of this test process
+// (of the Spawner's thread).
+func inits(t *testing.T) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !IsInit(pid) {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) && f[0] != "Z" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// A Spawner that keeps a spare namespace makes it while idle, hands it out
+// (a new one follows), replaces one that died meanwhile, and ends it at
+// Close.
+func TestSpareNamespace(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			s.Close()
+		}
+	}()
+	spare := func() int {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if l := inits(t); len(l) == 1 {
+				return l[0]
+			} else if len(l) > 1 {
+				t.Fatalf("%d spare inits, want one", len(l))
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no spare namespace made while the Spawner was idle")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if l := inits(t); len(l) != 0 {
+		t.Fatalf("inits before any namespace was asked for or kept: %v", l)
+	}
+	s.KeepSpareNamespace()
+	// The spare is made on the next idle moment after a request.
+	ns, err := s.NewNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Close()
+	first := spare()
+	ns, err = s.NewNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.Init.Pid != first {
+		t.Fatalf("got a namespace with init %d, want the spare %d", ns.Init.Pid, first)
+	}
+	out, ws := run(t, s, Spec{Argv: []string{"sh", "-c", "echo $$"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", Namespace: ns})
+	ns.Close()
+	if !ws.Exited() || ws.ExitStatus() != 0 || out != "2\n" {
+		t.Fatalf("in the spare namespace: exit %v, output %q, want 2", ws, out)
+	}
+
+	second := spare()
+	if second == first {
+		t.Fatal("the spare handed out is still counted as the spare")
+	}
+	syscall.Kill(second, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); slices.Contains(inits(t), second); {
+		if time.Now().After(deadline) {
+			t.Fatalf("init %d still runs after SIGKILL", second)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ns, err = s.NewNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.Init.Pid == second {
+		t.Fatal("a spare whose init was killed was handed out")
+	}
+	out, ws = run(t, s, Spec{Argv: []string{"sh", "-c", "echo $$"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", Namespace: ns})
+	ns.Close()
+	if out != "2\n" {
+		t.Fatalf("in a namespace made after the spare died: exit %v, output %q", ws, out)
+	}
+	third := spare()
+	s.Close()
+	closed = true
+	if syscall.Kill(third, 0) == nil {
+		t.Fatalf("the spare init %d outlived the Spawner", third)
 	}
 }
