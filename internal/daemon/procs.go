@@ -61,7 +61,7 @@ func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, erro
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
 	}
-	tc, err := dialProc(ctx, d.node.ID, node, m.Addr)
+	tc, err := dialProc(ctx, d.node.ID, d.sessions, node, m.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}

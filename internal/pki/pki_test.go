@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func newNode(t *testing.T, ca *CA, name string) *Identity {
+func newNode(t testing.TB, ca *CA, name string) *Identity {
 	t.Helper()
 	key, err := NewKey()
 	if err != nil {
