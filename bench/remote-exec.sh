@@ -3,10 +3,12 @@
 # 4-node cluster, beside a local /bin/true and OpenSSH on a loopback port,
 # plain and multiplexed (ControlMaster). Needs root; installs hyperfine and
 # OpenSSH from Debian. Usage: bench/remote-exec.sh [RUNS]
+# With OTHER=/path/to/another/mosaic, that CLI's remote start is timed in the
+# same runs (to compare two builds on the same cluster and machine state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-300}
-MOSAIC=$PWD/bin/mosaic
+MOSAIC=${MOSAIC:-$PWD/bin/mosaic} # another build: MOSAIC=/its/bin/mosaic (mosaicd beside it)
 [ -x "$MOSAIC" ] || make build >/dev/null
 if ! command -v hyperfine >/dev/null || [ ! -x /usr/sbin/sshd ]; then
 	apt-get update -qq && apt-get install -y -qq hyperfine openssh-server openssh-client >/dev/null
@@ -61,7 +63,8 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$WORK/fast.json" \
 	-n "local /bin/true" "/bin/true" \
 	-n "mosaic run --here" "$MOSAIC run --here -- /bin/true" \
 	-n "mosaic run --on n2" "$MOSAIC run --on n2 -- /bin/true" \
-	-n "ssh, ControlMaster" "$SSH -o ControlPath=$WORK/cm $BENCHUSER@127.0.0.1 /bin/true" >/dev/null
+	-n "ssh, ControlMaster" "$SSH -o ControlPath=$WORK/cm $BENCHUSER@127.0.0.1 /bin/true" \
+	${OTHER:+-n "other: run --on n2" "$OTHER run --on n2 -- /bin/true"} >/dev/null
 hyperfine -N --warmup 3 --runs $((RUNS / 10)) --export-json "$WORK/ssh.json" \
 	-n "ssh" "$SSH $BENCHUSER@127.0.0.1 /bin/true" >/dev/null
 

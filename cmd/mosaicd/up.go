@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strconv"
@@ -20,7 +21,7 @@ import (
 
 func newUpCmd() *cobra.Command {
 	var cfg up.Config
-	var capacities, memories, base, pol string
+	var capacities, memories, base, pol, logLevel string
 	cmd := &cobra.Command{
 		Use:   "up --nodes N [--capacity 1,1,0.5,0.25] [--dir DIR] [--netns]",
 		Short: "Run a whole cluster on this machine, in the foreground (root)",
@@ -59,6 +60,13 @@ Point the CLI at the nodes with 'source DIR/env' (node n1) or
 				}
 				cfg.ExtraArgs = append(cfg.ExtraArgs, "--policy", pol)
 			}
+			if logLevel != "" {
+				var level slog.Level
+				if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+					return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+				}
+				cfg.ExtraArgs = append(cfg.ExtraArgs, "--log-level", logLevel)
+			}
 			return runUp(cmd.Context(), cmd, cfg)
 		},
 	}
@@ -72,6 +80,7 @@ Point the CLI at the nodes with 'source DIR/env' (node n1) or
 	fl.IntVar(&cfg.Window, "window", 0, "load reports per gossip message (default 16)")
 	fl.Float64Var(&cfg.Speed, "speed", 0, "per-core speed every node reports (default: measured once)")
 	fl.StringVar(&base, "base", "", "first loopback address (default: the first free block in 127.77.0.0/16)")
+	fl.StringVar(&logLevel, "log-level", "", "log level of every daemon (its log: DIR/<node>.log): debug, info, warn or error (default info)")
 	fl.StringVar(&pol, "policy", "", "placement and migration policy of every node (see mosaic node --help; default leastload)")
 	return cmd
 }

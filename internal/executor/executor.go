@@ -170,6 +170,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 		return refuse(out, peerpb.FailureKind_REFUSED, "%s", why)
 	}
 	g := &guest{start: st, started: time.Now(), out: out}
+	took := newSteps(g.started)
 	if !e.add(st.Id, g) {
 		return refuse(out, peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
 	}
@@ -181,10 +182,12 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	defer std.close()
 	g.std = std
+	took.mark("stdio")
 	if g.ns, err = e.cfg.Spawner.NewNamespace(); err != nil {
 		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer g.ns.Close()
+	took.mark("namespace")
 	p, err := e.cfg.Spawner.Start(spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Files: std.childFiles(), Terminal: st.Tty != nil,
@@ -196,11 +199,13 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	defer p.Release()
 	g.setPID(p.Pid)
+	took.mark("spawn")
 	if err := out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: int32(p.Pid)}}); err != nil {
 		// The home is gone already.
 		killJob(p.Pid)
 	}
-	e.log.Debug("started", "id", st.Id, "pid", p.Pid, "home", from, "argv", st.Argv)
+	took.mark("told")
+	e.log.Debug("started", "id", st.Id, "pid", p.Pid, "home", from, "argv", st.Argv, "steps", took)
 	e.supervise(s, g)
 	return nil
 }
