@@ -86,7 +86,8 @@ type Spawner struct {
 	once  sync.Once
 	begun chan struct{} // closed once a thread other than the main one serves
 
-	keepSpare atomic.Bool // see KeepSpareNamespace
+	keepSpare atomic.Bool   // see KeepSpareNamespace
+	wake      chan struct{} // tells the thread that keepSpare changed
 }
 
 // spareAfter is how long the Spawner's thread must have been idle before it
@@ -99,7 +100,13 @@ const spareAfter = time.Millisecond
 // it has nothing else to do, so that a new process does not wait for its
 // namespace (about a millisecond: an init's fork, exec and /proc mount).
 // A spare is an idle init process; Close ends it.
-func (s *Spawner) KeepSpareNamespace() { s.keepSpare.Store(true) }
+func (s *Spawner) KeepSpareNamespace() {
+	s.keepSpare.Store(true)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
 
 func (s *Spawner) started() chan struct{} {
 	s.once.Do(func() { s.begun = make(chan struct{}) })
@@ -127,7 +134,7 @@ type result struct {
 // New starts a Spawner. place, if not nil, is called once on the
 // Spawner's thread with its thread id, to move it into a cgroup.
 func New(place func(tid int) error) (*Spawner, error) {
-	s := &Spawner{reqs: make(chan request), done: make(chan struct{})}
+	s := &Spawner{reqs: make(chan request), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	ready := make(chan error)
 	go s.loop(place, ready)
 	if err := <-ready; err != nil {
@@ -211,6 +218,7 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 		case <-refill:
 			// On failure, the next request makes its own and tells why.
 			spare, _ = newNamespace(s.init)
+		case <-s.wake:
 		}
 	}
 }
