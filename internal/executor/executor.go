@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -76,8 +77,11 @@ type Executor struct {
 	procs     map[string]*guest
 	adoptions map[string]*adoption // by token
 	receipts  map[string]*Receipt  // by token
-	closed    bool
-	wg        sync.WaitGroup
+	// waiting are the streams that have not said yet what they are for
+	// (a home dials one ahead of its next process): Close ends them.
+	waiting map[*int]io.Closer
+	closed  bool
+	wg      sync.WaitGroup
 	// noGuests: processes of other homes are refused (--no-guests, or
 	// the node drains).
 	noGuests atomic.Bool
@@ -98,7 +102,7 @@ func (e *Executor) refusesGuest(home string) string {
 // New returns an executor.
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
-		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}}
+		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{}}
 }
 
 // guest is one process this node runs.
@@ -127,7 +131,7 @@ type guest struct {
 // from another node (its home asks), or the image of one (the node it
 // leaves sends it). It returns when the process has exited here, or left.
 func (e *Executor) Serve(from string, s ServerStream) error {
-	first, err := s.Recv()
+	first, err := e.first(s)
 	if err != nil {
 		return err
 	}
@@ -141,6 +145,29 @@ func (e *Executor) Serve(from string, s ServerStream) error {
 		return e.serveImage(from, s, out, m.Image)
 	}
 	return errors.New("the first message of a process stream must start, adopt or carry a process")
+}
+
+// first reads a stream's first message; a stream that can be closed is
+// ended by Close meanwhile.
+func (e *Executor) first(s ServerStream) (*peerpb.ExecIn, error) {
+	c, ok := s.(io.Closer)
+	if !ok {
+		return s.Recv()
+	}
+	key := new(int)
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		c.Close()
+		return nil, fmt.Errorf("node %s is shutting down", e.node)
+	}
+	e.waiting[key] = c
+	e.mu.Unlock()
+	m, err := s.Recv()
+	e.mu.Lock()
+	delete(e.waiting, key)
+	e.mu.Unlock()
+	return m, err
 }
 
 func refuse(out *sender, kind peerpb.FailureKind, format string, a ...any) error {
@@ -448,6 +475,9 @@ func (e *Executor) HomeDown(home string) {
 func (e *Executor) Close() {
 	e.mu.Lock()
 	e.closed = true
+	for _, c := range e.waiting {
+		c.Close()
+	}
 	for _, g := range e.procs {
 		if pid := g.livePID(); pid > 0 {
 			killJob(pid)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
 
 // fakeStream is a ServerStream fed from a slice; only the refusal paths,
@@ -52,5 +55,71 @@ func TestOnlyTheHomeStartsItsProcesses(t *testing.T) {
 	s := &fakeStream{in: []*peerpb.ExecIn{{Msg: &peerpb.ExecIn_Stdin{Stdin: []byte("x")}}}}
 	if err := e.Serve("n1", s); err == nil {
 		t.Fatal("a stream that does not begin with a start was served")
+	}
+}
+
+// A stream that has not sent its first message (a home's spare, dialed
+// ahead) ends when the executor closes, and so does one that comes later:
+// a node does not wait for its peers to stop.
+func TestCloseEndsWaitingStreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	e := New(Config{Node: "n2", Log: slog.New(slog.DiscardHandler)})
+	serve := func() (client net.Conn, served chan error) {
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		served = make(chan error, 1)
+		go func() {
+			s := procstream.NewServer(context.Background(), server)
+			defer s.Close()
+			served <- e.Serve("n1", s)
+		}()
+		return client, served
+	}
+	waiting, served := serve()
+	defer waiting.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.mu.Lock()
+		n := len(e.waiting)
+		e.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream is not waiting for its first message")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.Close()
+	select {
+	case err := <-served:
+		if err == nil {
+			t.Fatal("Serve of a stream ended by Close returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close left a stream waiting for its first message")
+	}
+	if _, err := waiting.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the home's end of the stream is still open")
+	}
+	late, served := serve()
+	defer late.Close()
+	select {
+	case err := <-served:
+		if err == nil || !strings.Contains(err.Error(), "shutting down") {
+			t.Fatalf("a stream after Close: %v, want that the node is shutting down", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stream that came after Close waits")
 	}
 }
