@@ -334,11 +334,14 @@ func (h *Home) launch(ctx context.Context, p *proc, start *peerpb.ExecStart, can
 	worst := api.StatusNotFound
 	for _, node := range candidates {
 		// Counted on node from now on (RunningSince), so that placements
-		// made meanwhile see it.
-		p.mu.Lock()
-		p.node = node
-		p.mu.Unlock()
+		// made meanwhile see it; and a node found dead meanwhile, or the
+		// home closing, ends the start (a connection dialed ahead to a
+		// node that has since died silently would otherwise wait for TCP
+		// to give up).
 		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		p.mu.Lock()
+		p.node, p.cancel = node, cancel
+		p.mu.Unlock()
 		conn, err := h.cfg.Connect(sctx, node)
 		if err != nil {
 			cancel()
