@@ -109,6 +109,7 @@ type Daemon struct {
 
 	pool     *peerPool
 	sessions tls.ClientSessionCache // of process streams (dialProc)
+	spares   *spares                // process connections dialed ahead
 	group    *cgroup.Group          // nil when the node has no cgroup
 	spawner  *spawn.Spawner
 	exec     *executor.Executor // runs processes here
@@ -160,6 +161,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	d := &Daemon{cfg: cfg, node: node, log: cfg.Log.With("node", node.Name), start: time.Now(), uid: os.Getuid(),
 		pool: newPeerPool(node.ID), sessions: tls.NewLRUClientSessionCache(64), leave: make(chan struct{}), cores: load.Cores()}
 	defer d.pool.close()
+	d.spares = newSpares(func(ctx context.Context, name, addr string) (net.Conn, net.Conn, error) {
+		return dialProc(ctx, node.ID, d.sessions, name, addr)
+	})
+	defer d.spares.close()
 
 	// Everything that can fail because of the environment comes first, in
 	// the order a user can fix it, before anything is announced.
@@ -292,6 +297,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// clients are told), and so do the ones it runs for others.
 	d.home.Close()
 	d.exec.Close()
+	d.spares.close()
 	cancel()
 	apiSrv.Close()
 	pl.close()

@@ -160,7 +160,8 @@ func (secured) OverrideServerName(string) error { return nil }
 // remote start pays (BenchmarkHandshake in internal/pki). The server still
 // knows the client's certificate, and the client still checks the server's
 // name (TestResumedSessionKeepsIdentities).
-func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionCache, name, addr string) (*tls.Conn, error) {
+// It returns the TCP connection under it too.
+func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionCache, name, addr string) (*tls.Conn, net.Conn, error) {
 	cfg := id.ClientConfig(name)
 	cfg.NextProtos = []string{procstream.ALPN}
 	cfg.ServerName, cfg.ClientSessionCache = name, sessions
@@ -169,16 +170,16 @@ func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionC
 	defer cancel()
 	raw, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tc := tls.Client(procstream.NewBatchConn(raw), cfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		raw.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if tc.ConnectionState().NegotiatedProtocol != procstream.ALPN {
 		tc.Close()
-		return nil, errors.New("the node does not speak process streams (an older mosaic?)")
+		return nil, nil, errors.New("the node does not speak process streams (an older mosaic?)")
 	}
-	return tc, nil
+	return tc, raw, nil
 }

@@ -61,7 +61,10 @@ func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, erro
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
 	}
-	tc, err := dialProc(ctx, d.node.ID, d.sessions, node, m.Addr)
+	if c := d.spares.take(node, m.Addr); c != nil {
+		return procstream.NewClient(ctx, c), nil
+	}
+	tc, _, err := dialProc(ctx, d.node.ID, d.sessions, node, m.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}

@@ -1,0 +1,206 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// spares keeps one process connection dialed ahead to each node a process
+// stream went to lately, so that the next remote start (or migration)
+// there does not wait for a TCP and a TLS handshake: 1.1 to 1.8 ms of CPU
+// on this machine even when the session is resumed (BenchmarkHandshake in
+// internal/pki), on the path of every `mosaic run --on`.
+//
+// A spare is dialed some time after the connection it replaces was taken
+// (refillAfter), so that its handshake does not compete for the CPUs with
+// the start it follows, and read for a moment (settle: the session ticket
+// comes in); it is closed when unused for idle, or when the daemon stops.
+// One the peer has closed meanwhile (it restarted) is noticed when taken
+// (quiet: a peek at its socket), and the caller dials anew; one to a node
+// that died silently is ended, as any start there, when membership finds
+// the node dead (home.NodeDown). The node at the other end keeps a spare's
+// stream waiting for its first message; its executor ends such streams
+// when it stops.
+type spares struct {
+	// dial returns a connection to use and the network connection under
+	// it (the same for a plain one).
+	dial        func(ctx context.Context, node, addr string) (c, raw net.Conn, err error)
+	idle        time.Duration
+	refillAfter time.Duration
+
+	ctx    context.Context // cancelled by close: ends dials under way
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	conns   map[string]*spare // by node name
+	dialing map[string]bool
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+type spare struct {
+	c     net.Conn
+	raw   net.Conn // under c
+	addr  string
+	timer *time.Timer // its expiry
+}
+
+func newSpares(dial func(ctx context.Context, node, addr string) (c, raw net.Conn, err error)) *spares {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &spares{dial: dial, idle: 30 * time.Second, refillAfter: 5 * time.Millisecond,
+		ctx: ctx, cancel: cancel, conns: map[string]*spare{}, dialing: map[string]bool{}}
+}
+
+// take returns the spare connection to node if there is one, to addr and
+// still open (nil otherwise), and has another dialed.
+func (s *spares) take(node, addr string) net.Conn {
+	s.mu.Lock()
+	sp := s.conns[node]
+	delete(s.conns, node)
+	s.mu.Unlock()
+	s.refill(node, addr)
+	if sp == nil {
+		return nil
+	}
+	sp.timer.Stop()
+	if sp.addr != addr || !usable(sp) {
+		sp.c.Close()
+		return nil
+	}
+	return sp.c
+}
+
+// refill has a spare dialed to node, unless it has one or one is on its way.
+func (s *spares) refill(node, addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.dialing[node] || s.conns[node] != nil {
+		return
+	}
+	s.dialing[node] = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		var c, raw net.Conn
+		err := s.ctx.Err()
+		if err == nil {
+			select {
+			case <-time.After(s.refillAfter):
+				c, raw, err = s.dial(s.ctx, node, addr)
+			case <-s.ctx.Done():
+				err = s.ctx.Err()
+			}
+		}
+		if err == nil {
+			err = settle(c, settleFor)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.dialing, node)
+		if err != nil {
+			return // the next start dials as before, and tries again
+		}
+		if s.closed || s.conns[node] != nil {
+			c.Close()
+			return
+		}
+		sp := &spare{c: c, raw: raw, addr: addr}
+		sp.timer = time.AfterFunc(s.idle, func() { s.expire(node, sp) })
+		s.conns[node] = sp
+	}()
+}
+
+func (s *spares) expire(node string, sp *spare) {
+	s.mu.Lock()
+	mine := s.conns[node] == sp
+	if mine {
+		delete(s.conns, node)
+	}
+	s.mu.Unlock()
+	if mine {
+		sp.c.Close()
+	}
+}
+
+// close closes the spares and waits for the dials under way.
+func (s *spares) close() {
+	s.mu.Lock()
+	s.closed = true
+	for node, sp := range s.conns {
+		sp.timer.Stop()
+		sp.c.Close()
+		delete(s.conns, node)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+}
+
+// settleFor is how long a new spare is read before it is kept: what the
+// other end sends after a handshake (TLS 1.3 session tickets) arrives
+// within it, and is taken in by the TLS layer. lateFor is how long a spare
+// found with bytes waiting is read when taken (a ticket that came late).
+const (
+	settleFor = 5 * time.Millisecond
+	lateFor   = 200 * time.Microsecond
+)
+
+// settle reads c for a while: the other end must send nothing else before
+// the first message, so anything but a timeout means it is not usable.
+func settle(c net.Conn, wait time.Duration) error {
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return err
+	}
+	n, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	switch {
+	case n > 0:
+		c.Close()
+		return errors.New("the other end sent data before the first message")
+	case !errors.As(err, &ne) || !ne.Timeout():
+		c.Close()
+		return err
+	}
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		c.Close()
+		return err
+	}
+	return nil
+}
+
+// usable says whether a spare can carry a stream. The other end sends
+// nothing before the first message but a late session ticket, so: nothing
+// arrived (a peek at the socket, without waiting: a read whose deadline
+// has passed does not even look), or what arrived is taken in by the TLS
+// layer with nothing after it; not an end of file, a reset, or data.
+func usable(sp *spare) bool {
+	sc, ok := sp.raw.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	var perr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, perr = unix.Recvfrom(int(fd), make([]byte, 1), unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		return false
+	}
+	switch {
+	case errors.Is(perr, unix.EAGAIN):
+		return true
+	case perr != nil || n == 0:
+		return false // reset, or closed
+	}
+	return settle(sp.c, lateFor) == nil
+}

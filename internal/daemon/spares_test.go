@@ -1,0 +1,133 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// peerEnd accepts connections on loopback, as the other node would, and
+// hands over the server ends until stop.
+func peerEnd(t *testing.T) (addr string, accepted <-chan net.Conn, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			ch <- c
+		}
+	}()
+	return ln.Addr().String(), ch, func() { ln.Close() }
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func (s *spares) has(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[node] != nil
+}
+
+// The first stream to a node is dialed by its caller and a spare follows;
+// the next takes the spare (and another follows); a spare the peer closed
+// is not handed out; an unused one expires; close ends them all.
+func TestSpares(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	addr, accepted, stop := peerEnd(t)
+	defer stop()
+	s := newSpares(func(ctx context.Context, node, addr string) (net.Conn, net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		return c, c, err
+	})
+	s.refillAfter = time.Millisecond
+	closed := false
+	defer func() {
+		if !closed {
+			s.close()
+		}
+	}()
+
+	if c := s.take("n2", addr); c != nil {
+		t.Fatal("a spare before any was dialed")
+	}
+	waitFor(t, "a spare to n2", func() bool { return s.has("n2") })
+	server := <-accepted
+	c := s.take("n2", addr)
+	if c == nil {
+		t.Fatal("the spare was not handed out")
+	}
+	// It is the connection the peer accepted, and it works.
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(server, buf); err != nil || buf[0] != 'x' {
+		t.Fatalf("the peer read %q, %v from the spare", buf, err)
+	}
+	c.Close()
+	server.Close()
+
+	// The next spare is closed by the peer before it is used.
+	waitFor(t, "a second spare to n2", func() bool { return s.has("n2") })
+	(<-accepted).Close()
+	time.Sleep(10 * time.Millisecond) // the FIN travels
+	if c := s.take("n2", addr); c != nil {
+		t.Fatal("a spare the peer had closed was handed out")
+	}
+
+	// A node's spare is for its address only.
+	waitFor(t, "a third spare to n2", func() bool { return s.has("n2") })
+	third := <-accepted
+	if c := s.take("n2", "127.0.0.1:1"); c != nil {
+		t.Fatal("a spare to another address was handed out")
+	}
+	if _, err := third.Read(buf); err != io.EOF {
+		t.Fatalf("the peer's end of a discarded spare read %v, want EOF", err)
+	}
+	third.Close()
+
+	// Unused, a spare expires.
+	s.close()
+	s = newSpares(s.dial)
+	s.refillAfter, s.idle = time.Millisecond, 20*time.Millisecond
+	s.refill("n3", addr)
+	waitFor(t, "a spare to n3", func() bool { return s.has("n3") })
+	expiring := <-accepted
+	if _, err := expiring.Read(buf); err != io.EOF {
+		t.Fatalf("the peer's end of an unused spare read %v, want EOF", err)
+	}
+	expiring.Close()
+	if s.has("n3") {
+		t.Fatal("an expired spare is still kept")
+	}
+
+	// close ends the spares kept.
+	s.refill("n4", addr)
+	waitFor(t, "a spare to n4", func() bool { return s.has("n4") })
+	last := <-accepted
+	s.close()
+	closed = true
+	if _, err := last.Read(buf); err != io.EOF {
+		t.Fatalf("the peer's end of a spare read %v after close, want EOF", err)
+	}
+	last.Close()
+}
