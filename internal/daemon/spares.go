@@ -13,16 +13,17 @@ import (
 
 // spares keeps one process connection dialed ahead to each node a process
 // stream went to lately, so that the next remote start (or migration)
-// there does not wait for a TCP and a TLS handshake: 1.1 to 1.8 ms of CPU
-// on this machine even when the session is resumed (BenchmarkHandshake in
-// internal/pki), on the path of every `mosaic run --on`.
+// there does not wait for a TCP and a TLS handshake: 1.1 ms of CPU on this
+// machine for a resumed session, 1.4 to 1.8 ms for a full one
+// (BenchmarkHandshake in internal/pki), on the path of every `mosaic run
+// --on`.
 //
 // A spare is dialed some time after the connection it replaces was taken
 // (refillAfter), so that its handshake does not compete for the CPUs with
 // the start it follows, and read for a moment (settle: the session ticket
 // comes in); it is closed when unused for idle, or when the daemon stops.
 // One the peer has closed meanwhile (it restarted) is noticed when taken
-// (quiet: a peek at its socket), and the caller dials anew; one to a node
+// (usable: a peek at its socket), and the caller dials anew; one to a node
 // that died silently is ended, as any start there, when membership finds
 // the node dead (home.NodeDown). The node at the other end keeps a spare's
 // stream waiting for its first message; its executor ends such streams
