@@ -76,6 +76,7 @@ type Executor struct {
 	mu        sync.Mutex
 	procs     map[string]*guest
 	adoptions map[string]*adoption // by token
+	adopted   chan struct{}        // closed (and replaced) when one is added
 	receipts  map[string]*Receipt  // by token
 	// waiting are the streams that have not said yet what they are for
 	// (a home dials one ahead of its next process): Close ends them.
@@ -102,7 +103,8 @@ func (e *Executor) refusesGuest(home string) string {
 // New returns an executor.
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
-		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{}}
+		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
+		adopted: make(chan struct{})}
 }
 
 // guest is one process this node runs.

@@ -123,3 +123,43 @@ func TestCloseEndsWaitingStreams(t *testing.T) {
 		t.Fatal("a stream that came after Close waits")
 	}
 }
+
+// The home tells the target to adopt a process and the source to send it
+// at once, on two connections: an image that comes before its adoption
+// waits for it, and one from the wrong node is refused.
+func TestImageBeforeItsAdoption(t *testing.T) {
+	e := New(Config{Node: "n3", Log: slog.New(slog.DiscardHandler)})
+	offer := &peerpb.ImageOffer{Id: "n1.7", Token: "tok"}
+	s := &fakeStream{in: []*peerpb.ExecIn{{Msg: &peerpb.ExecIn_Image{Image: offer}}}}
+	served := make(chan error, 1)
+	go func() { served <- e.Serve("n2", s) }()
+	time.Sleep(50 * time.Millisecond) // the image waits
+	ad := &adoption{id: "n1.7", source: "n2", image: make(chan *imageConn, 1)}
+	if !e.expectAdoption("tok", ad) {
+		t.Fatal("the adoption was not registered")
+	}
+	select {
+	case ic := <-ad.image:
+		if ic.offer.Id != "n1.7" {
+			t.Fatalf("the adoption got the image of %s", ic.offer.Id)
+		}
+		close(ic.done)
+	case err := <-served:
+		t.Fatalf("the image was not handed to its adoption: Serve returned %v, sent %v", err, s.out)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the image did not reach the adoption registered after it")
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+
+	// Announced from n2, sent from n4: refused at once.
+	e.expectAdoption("tok2", &adoption{id: "n1.8", source: "n2", image: make(chan *imageConn, 1)})
+	s = &fakeStream{in: []*peerpb.ExecIn{{Msg: &peerpb.ExecIn_Image{Image: &peerpb.ImageOffer{Id: "n1.8", Token: "tok2"}}}}}
+	if err := e.Serve("n4", s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.out) != 1 || !strings.Contains(s.out[0].GetFailure().GetMessage(), "expects no process n1.8 from n4") {
+		t.Fatalf("an image from the wrong node was answered %v", s.out)
+	}
+}

@@ -26,6 +26,10 @@ const (
 	// imageWait is how long a target waits for the image connection after
 	// the home announced it.
 	imageWait = 30 * time.Second
+	// adoptionWait is how long an image that came before the home's word
+	// to adopt it waits for that word (the process stands still
+	// meanwhile, so not long: the word was sent first).
+	adoptionWait = 2 * time.Second
 	// migrationLimit bounds a migration from freeze to the home's word.
 	migrationLimit = 10 * time.Minute
 )
@@ -391,22 +395,40 @@ type imageConn struct {
 
 // serveImage hands an image connection to the adoption it is for.
 func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *peerpb.ImageOffer) error {
-	e.mu.Lock()
-	if r := e.receipts[offer.Token]; r != nil {
-		delete(e.receipts, offer.Token)
+	// The home asks this node to adopt the process and, without waiting,
+	// the source to send it: on two connections, so the image can come
+	// first. It waits for its adoption a while.
+	expired := time.NewTimer(adoptionWait)
+	defer expired.Stop()
+	var a *adoption
+	for a == nil {
+		e.mu.Lock()
+		if r := e.receipts[offer.Token]; r != nil {
+			delete(e.receipts, offer.Token)
+			e.mu.Unlock()
+			r.save(s, out)
+			return nil
+		}
+		if ad := e.adoptions[offer.Token]; ad != nil {
+			if ad.source != from || ad.id != offer.Id {
+				e.mu.Unlock()
+				return refuse(out, peerpb.FailureKind_REFUSED, "node %s expects no process %s from %s", e.node, offer.Id, from)
+			}
+			delete(e.adoptions, offer.Token) // one image per adoption
+			a = ad
+		}
+		adopted := e.adopted
 		e.mu.Unlock()
-		r.save(s, out)
-		return nil
-	}
-	a := e.adoptions[offer.Token]
-	if a != nil && a.source == from && a.id == offer.Id {
-		delete(e.adoptions, offer.Token) // one image per adoption
-	} else {
-		a = nil
-	}
-	e.mu.Unlock()
-	if a == nil {
-		return refuse(out, peerpb.FailureKind_REFUSED, "node %s expects no process %s from %s", e.node, offer.Id, from)
+		if a != nil {
+			break
+		}
+		select {
+		case <-adopted:
+		case <-expired.C:
+			return refuse(out, peerpb.FailureKind_REFUSED, "node %s expects no process %s from %s", e.node, offer.Id, from)
+		case <-s.Context().Done():
+			return s.Context().Err()
+		}
 	}
 	ic := &imageConn{s: s, out: out, offer: offer, done: make(chan struct{})}
 	a.image <- ic // buffered, and handed over once
@@ -415,6 +437,20 @@ func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *p
 	case <-s.Context().Done():
 	}
 	return nil
+}
+
+// expectAdoption registers an adoption under its token, for its image; it
+// is false when the node shuts down.
+func (e *Executor) expectAdoption(token string, ad *adoption) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.adoptions[token] = ad
+	close(e.adopted) // an image that came first may be waiting
+	e.adopted = make(chan struct{})
+	return true
 }
 
 // serveAdopt takes over a process from another node (the target's side):
@@ -433,13 +469,9 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		return refuse(out, peerpb.FailureKind_REFUSED, "%s", why)
 	}
 	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+	if !e.expectAdoption(a.Token, ad) {
 		return refuse(out, peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
 	}
-	e.adoptions[a.Token] = ad
-	e.mu.Unlock()
 	// Its PID namespace, made while the source freezes and dumps it: one
 	// thing less while it stands still.
 	ns, err := e.cfg.Restorer.NewNamespace()
