@@ -95,7 +95,7 @@ The CLI talks to the daemon of its node through a Unix socket
 		delegate(g, "up", "--nodes N [--capacity 1,1,0.5,0.25] [--dir DIR] [--netns]",
 			"Run a whole cluster on this machine, in the foreground (root)",
 			"Start N real daemons on this machine and keep them running until Ctrl-C (mosaicd up).\n'mosaic up --help' shows the flags."),
-		delegate(g, "bench", "dissemination|live|up|failure|relay|jobs|migrate|balance [flags]",
+		delegate(g, "bench", "dissemination|live|up|failure|relay|start|jobs|migrate|balance [flags]",
 			"Benchmarks whose figures are in docs/BENCHMARKS.md",
 			"Run a benchmark (mosaicd bench). 'mosaic bench --help' lists them."),
 		&cobra.Command{

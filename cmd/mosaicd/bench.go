@@ -112,6 +112,21 @@ func newBenchCmd() *cobra.Command {
 	relay.Flags().StringVar(&size, "bytes", "1GiB", "bytes the program writes")
 	relay.Flags().IntVar(&r.Runs, "runs", 5, "runs of each path")
 
+	var st bench.StartConfig
+	start := &cobra.Command{
+		Use:   "start [--runs 150] [--pause 30ms]",
+		Short: "The daemons' part of starting a program, here and on another node, without the CLI's own start (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := rootAndSelf(); err != nil {
+				return err
+			}
+			return bench.Start(cmd.Context(), cmd.OutOrStdout(), st)
+		},
+	}
+	start.Flags().IntVar(&st.Runs, "runs", 150, "runs of each")
+	start.Flags().DurationVar(&st.Pause, "pause", 30*time.Millisecond, "pause between runs")
+
 	var j bench.JobsConfig
 	jobs := &cobra.Command{
 		Use:   "jobs [--jobs 1000] [--nodes 4]",
@@ -181,7 +196,7 @@ func newBenchCmd() *cobra.Command {
 	balance.Flags().StringVar(&balPolicies, "policies", "off,roundrobin,epvm,mosix,emosix", "policies to compare")
 	balance.Flags().DurationVar(&bal.Unit, "unit", time.Second, "CPU time of the shortest job on a whole core (jobs take 1 to 3.5 units)")
 
-	cmd.AddCommand(diss, live, upc, fail, relay, jobs, mig, balance)
+	cmd.AddCommand(diss, live, upc, fail, relay, start, jobs, mig, balance)
 	return cmd
 }
 
