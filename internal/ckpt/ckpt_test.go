@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
 
@@ -87,6 +88,10 @@ type move struct {
 	before int          // lines to read from the original before dumping it
 	stdin  *os.File     // the program's standard input; nil: /dev/null
 	after  func(*Image) // runs once the copy is restored (feed it input)
+	// pools, if set, are the buffers of the checkpoint and of the
+	// restore, which then goes into a stub prepared ahead (as a node
+	// does); else the restore is RestoreFrom's.
+	pools *[2]*bufpool.Pool
 }
 
 // run starts m.argv, lets it print m.before lines, checkpoints it into a
@@ -135,7 +140,12 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		defer close(killed)
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		_, frozen, err := Checkpoint(orig.Pid, pw)
+		var frozen *Frozen
+		if m.pools == nil {
+			_, frozen, err = Checkpoint(orig.Pid, pw)
+		} else {
+			frozen, err = checkpointWith(orig.Pid, pw, m.pools[0])
+		}
 		pw.Close()
 		dumped <- err
 		if err != nil {
@@ -151,7 +161,20 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		}
 	}()
 	// The stub runs the image's program (what /proc/PID/exe shows), so
-	// the header comes first.
+	// the header comes first; a prepared stub runs it, before the header.
+	var prepared *Stub
+	if m.pools != nil {
+		s, err := os.StartProcess(m.argv[0], m.argv[:1], &os.ProcAttr{
+			Files: []*os.File{stdin, w, os.Stderr},
+			Sys:   &syscall.SysProcAttr{Ptrace: true},
+		})
+		if err != nil {
+			t.Fatalf("start the stub: %v", err)
+		}
+		if prepared, err = PrepareStub(s.Pid); err != nil {
+			t.Fatalf("PrepareStub: %v", err)
+		}
+	}
 	d, derr := NewDecoder(pr)
 	if derr != nil {
 		<-dumped
@@ -159,15 +182,24 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		t.Fatalf("NewDecoder: %v", derr)
 	}
 	img := d.Image()
-	stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
-		Files: []*os.File{stdin, w, os.Stderr},
-		Sys:   &syscall.SysProcAttr{Ptrace: true},
-	})
-	if err != nil {
-		t.Fatalf("start the stub: %v", err)
+	var restored *Restored
+	var stubPid int
+	if prepared != nil {
+		w.Close()
+		stubPid = prepared.Pid()
+		restored, err = RestoreInto(prepared, d, RestoreOptions{Buffers: m.pools[1]})
+	} else {
+		stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
+			Files: []*os.File{stdin, w, os.Stderr},
+			Sys:   &syscall.SysProcAttr{Ptrace: true},
+		})
+		if err != nil {
+			t.Fatalf("start the stub: %v", err)
+		}
+		w.Close()
+		stubPid = stub.Pid
+		restored, err = RestoreFrom(stub.Pid, d, RestoreOptions{})
 	}
-	w.Close()
-	restored, err := RestoreFrom(stub.Pid, d, RestoreOptions{})
 	if err := <-dumped; err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
@@ -186,10 +218,31 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	rest, _ := io.ReadAll(br)
 	out.Write(rest)
 	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(stub.Pid, &ws, 0, nil); err != nil {
+	if _, err := syscall.Wait4(stubPid, &ws, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	return out.String(), ws, img
+}
+
+// checkpointWith is Checkpoint, reading memory through pool's buffers.
+func checkpointWith(pid int, w io.Writer, pool *bufpool.Pool) (*Frozen, error) {
+	img, f, err := Freeze(pid)
+	if err != nil {
+		return nil, err
+	}
+	f.UseBuffers(pool)
+	e, err := NewEncoder(w, img)
+	if err == nil {
+		err = f.ReadMemory(e.Pages)
+	}
+	if err == nil {
+		err = e.Close()
+	}
+	if err != nil {
+		f.Resume()
+		return nil, err
+	}
+	return f, nil
 }
 
 // checkMove moves argv once, both dynamically and statically linked, and
@@ -213,6 +266,36 @@ func checkMove(t *testing.T, prog string, before int, args ...string) {
 }
 
 func TestMoveCounter(t *testing.T) { checkMove(t, "counter", 10, "40", "4000000") }
+
+// A move into a stub prepared ahead, with buffers from pools (as the
+// daemon does it) works, and gives every buffer back: the next move takes
+// them again and makes none.
+func TestMoveReusesBuffers(t *testing.T) {
+	needRoot(t)
+	argv := []string{programs["counter"], "40", "4000000"}
+	want := reference(t, argv...)
+	pools := [2]*bufpool.Pool{bufpool.New(64 << 20), bufpool.New(64 << 20)}
+	var held [2]int
+	for i := range 2 {
+		got, ws, _ := move{argv: argv, before: 10, pools: &pools}.run(t)
+		if got != want {
+			t.Fatalf("output after move %d differs:\n got %q\nwant %q", i+1, got, want)
+		}
+		if !ws.Exited() || ws.ExitStatus() != 0 {
+			t.Fatalf("restored process ended with %v", ws)
+		}
+		src, dst := pools[0].Held(), pools[1].Held()
+		// The restore decodes into three buffers of a run each; the
+		// checkpoint reads into up to three.
+		if dst != 3*(runHead+runBytes) || src == 0 || src > 3*runBytes || src%runBytes != 0 {
+			t.Fatalf("after move %d the pools hold %d and %d bytes; want 1 to 3 buffers of %d and exactly 3 of %d", i+1, src, dst, runBytes, runHead+runBytes)
+		}
+		if i == 1 && (src != held[0] || dst != held[1]) {
+			t.Fatalf("the second move made buffers: the pools held %d and %d, now %d and %d", held[0], held[1], src, dst)
+		}
+		held = [2]int{src, dst}
+	}
+}
 
 // Signal handlers, an alternate stack, an interval timer and raised
 // signals survive.
@@ -714,6 +797,10 @@ func TestMoveLocks(t *testing.T) {
 // Anonymous memory mapped shared (within the process) comes back with
 // its contents.
 func TestMoveSharedAnonymous(t *testing.T) { checkMove(t, "shmem", 10, "40") }
+
+// A process with memory where a stub's trampoline goes (the stub is made
+// ready before its image is known) gets it back all the same.
+func TestMoveMemoryAtTrampoline(t *testing.T) { checkMove(t, "fixedmap", 10, "40") }
 
 // Open /dev/null, /dev/zero and /dev/urandom come back open, with their
 // flags.

@@ -10,9 +10,12 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 )
 
 // Frozen is a process that Dump stopped: it stays stopped until Resume or
@@ -27,7 +30,18 @@ type Frozen struct {
 	inflight map[int][]byte
 	// locks are the file locks it held, let go while it is frozen.
 	locks []Lock
+	// buffers are where ReadMemory reads into (see UseBuffers).
+	buffers *bufpool.Pool
+	stopped time.Time
 }
+
+// Stopped is when the process stopped: Freeze checks first, while it
+// runs, whether it can move at all.
+func (f *Frozen) Stopped() time.Time { return f.stopped }
+
+// UseBuffers makes ReadMemory take its buffers from p and give them back
+// to it, warm for the next process.
+func (f *Frozen) UseBuffers(p *bufpool.Pool) { f.buffers = p }
 
 // Pid is the frozen process.
 func (f *Frozen) Pid() int { return f.pid }
@@ -154,6 +168,9 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 			}
 			f.tids = append(f.tids, tid)
 			added++
+			if f.stopped.IsZero() {
+				f.stopped = time.Now()
+			}
 			if err := unix.PtraceInterrupt(tid); err != nil {
 				return nil, nil, fmt.Errorf("stop thread %d: %w", tid, err)
 			}

@@ -49,8 +49,16 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // ErrCorrupt is wrapped by every error about a damaged image.
 var ErrCorrupt = errors.New("the image is damaged")
 
+// streamBuffer is the buffer of an Encoder or Decoder: small records
+// gather in it, and a payload as large goes straight between the caller's
+// memory and the stream, with no copy through it. (A larger buffer costs
+// a copy of every page, and its first use, a page fault on each of its
+// pages: most of the time of a small process's move.)
+const streamBuffer = 64 << 10
+
 // Encoder writes an image as a stream.
 type Encoder struct {
+	dst   io.Writer
 	w     *bufio.Writer
 	chain uint32 // the running checksum of the stream's checksums
 	pages uint64
@@ -60,7 +68,7 @@ type Encoder struct {
 // NewEncoder starts an image stream on w with img's header (its Pages are
 // not written: send them with Pages, then call Close).
 func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
-	e := &Encoder{w: bufio.NewWriterSize(w, 1<<20)}
+	e := &Encoder{dst: w, w: bufio.NewWriterSize(w, streamBuffer)}
 	var head [12]byte
 	copy(head[:], magic[:])
 	binary.LittleEndian.PutUint32(head[8:], ImageVersion)
@@ -99,6 +107,16 @@ func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	}
 	for _, p := range parts {
 		crc = crc32.Update(crc, castagnoli, p)
+		if len(p) >= streamBuffer {
+			// Straight to the stream, after what is buffered.
+			if err := e.w.Flush(); err != nil {
+				return err
+			}
+			if _, err := e.dst.Write(p); err != nil {
+				return err
+			}
+			continue
+		}
 		if _, err := e.w.Write(p); err != nil {
 			return err
 		}
@@ -109,10 +127,14 @@ func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	return err
 }
 
+// runHead is the start of a page record's payload: the run's address;
+// its data follows.
+const runHead = 8
+
 // Pages writes a run of memory.
 func (e *Encoder) Pages(p PageRun) error {
-	for off := 0; off < len(p.Data); off += maxRecord - 8 {
-		end := min(off+maxRecord-8, len(p.Data))
+	for off := 0; off < len(p.Data); off += maxRecord - runHead {
+		end := min(off+maxRecord-runHead, len(p.Data))
 		addr := binary.LittleEndian.AppendUint64(nil, p.Addr+uint64(off))
 		if err := e.record(recPages, addr, p.Data[off:end]); err != nil {
 			return err
@@ -162,7 +184,8 @@ type Decoder struct {
 
 // NewDecoder reads the stream's header.
 func NewDecoder(r io.Reader) (*Decoder, error) {
-	d := &Decoder{r: bufio.NewReaderSize(r, 1<<20)}
+	// bufio reads a payload as large as its buffer straight into it.
+	d := &Decoder{r: bufio.NewReaderSize(r, streamBuffer)}
 	var head [12]byte
 	if err := d.read(head[:]); err != nil {
 		return nil, err
@@ -256,12 +279,12 @@ func (d *Decoder) NextInto(buf *[]byte) (PageRun, error) {
 	}
 	switch kind {
 	case recPages:
-		if len(payload) < 8 {
+		if len(payload) < runHead {
 			return PageRun{}, fmt.Errorf("%w: a short page record", ErrCorrupt)
 		}
 		d.pages++
-		d.bytes += uint64(len(payload) - 8)
-		return PageRun{Addr: binary.LittleEndian.Uint64(payload), Data: payload[8:]}, nil
+		d.bytes += uint64(len(payload) - runHead)
+		return PageRun{Addr: binary.LittleEndian.Uint64(payload), Data: payload[runHead:]}, nil
 	case recEnd:
 		if len(payload) != endSize {
 			return PageRun{}, fmt.Errorf("%w: a bad end record", ErrCorrupt)

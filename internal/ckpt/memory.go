@@ -78,12 +78,12 @@ func checkFiles(vs []VMA) error {
 }
 
 // ReadMemory reads the frozen process's memory and gives it to fn in runs
-// of at most a record's worth; a run's data is valid until fn returns.
-// It carries every page of anonymous memory that was ever touched and the
-// pages of private file mappings that the process changed: pages that
-// equal their file are mapped again from it, pages never touched are zero
-// again. Reading and fn overlap: a goroutine reads ahead into free
-// buffers while fn consumes.
+// of at most runBytes; a run's data is valid until fn returns. It carries
+// every page of anonymous memory that was ever touched and the pages of
+// private file mappings that the process changed: pages that equal their
+// file are mapped again from it, pages never touched are zero again.
+// Reading and fn overlap: a goroutine reads ahead into free buffers while
+// fn consumes.
 func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
 	if err != nil {
@@ -106,8 +106,20 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	}
 	full := make(chan read, depth)
 	stop := make(chan struct{})
-	defer close(stop)
+	reader := make(chan struct{})
+	defer func() {
+		// The buffers go back once the reader is done with them.
+		close(stop)
+		<-reader
+		for len(free) > 0 {
+			f.buffers.Put(<-free)
+		}
+		for r := range full {
+			f.buffers.Put(r.run.Data)
+		}
+	}()
 	go func() {
+		defer close(reader)
 		defer close(full)
 		err := f.scanMemory(pm, func(addr uint64, pages uint64, name string) error {
 			var buf []byte
@@ -117,16 +129,19 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 				return errStopped
 			}
 			if uint64(cap(buf)) < pages*pageSize {
-				buf = make([]byte, pages*pageSize)
+				f.buffers.Put(buf)
+				buf = f.buffers.Get(runBytes)
 			}
 			data := buf[:pages*pageSize]
 			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
+				free <- buf
 				return fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, pages, name, err)
 			}
 			select {
 			case full <- read{run: PageRun{Addr: addr, Data: data}}:
 				return nil
 			case <-stop:
+				free <- buf
 				return errStopped
 			}
 		})
@@ -141,20 +156,27 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		if r.err != nil {
 			return r.err
 		}
-		if err := fn(r.run); err != nil {
+		err := fn(r.run)
+		free <- r.run.Data[:cap(r.run.Data)]
+		if err != nil {
 			return err
 		}
-		free <- r.run.Data[:cap(r.run.Data)]
 	}
 	return nil
 }
 
+// runBytes bounds a run of memory as a checkpoint reads and sends it: a
+// megabyte keeps the buffers it passes through few and warm (see
+// bufpool), while the per-run costs (a record, a frame, a system call or
+// two) stay small beside the copy.
+const runBytes = 1 << 20
+
 var errStopped = errors.New("stopped")
 
-// scanMemory finds the runs of pages ReadMemory carries, each at most a
-// record's worth, and gives them to fn.
+// scanMemory finds the runs of pages ReadMemory carries, each at most
+// runBytes, and gives them to fn.
 func (f *Frozen) scanMemory(pm *os.File, fn func(addr, pages uint64, name string) error) error {
-	const most = (maxRecord - 8) / pageSize // pages per run
+	const most = runBytes / pageSize // pages per run
 	var entries []byte
 	for _, v := range f.vmas {
 		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) || v.Lazy {

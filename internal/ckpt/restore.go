@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 )
 
 // glibcTidOffset is where glibc (2.36, x86-64) caches a thread's id in its
@@ -51,14 +53,39 @@ func Restore(pid int, img *Image) error {
 // (see Restored) once all of the image has arrived and checked out; if
 // anything fails, the stub is killed.
 func RestoreFrom(pid int, d *Decoder, opt RestoreOptions) (*Restored, error) {
-	return restore(pid, d.Image(), opt, func(write func(PageRun) error) error {
+	return restore(pid, d.Image(), opt, decodedPages(d, opt.Buffers))
+}
+
+// decodedPages writes the memory d decodes, through buffers from pool.
+func decodedPages(d *Decoder, pool *bufpool.Pool) func(write func(PageRun) error) error {
+	return func(write func(PageRun) error) error {
 		// Receiving and writing overlap: a goroutine decodes runs into
 		// free buffers while this thread writes the ones decoded.
 		const depth = 3
 		free := make(chan *[]byte, depth) // grown to the runs they carry
 		for range depth {
-			free <- new([]byte)
+			b := new([]byte)
+			if pool != nil {
+				*b = pool.Get(runHead + runBytes) // a record of a run, as ReadMemory makes them
+			}
+			free <- b
 		}
+		var done *[]byte // the buffer of the stream's end
+		defer func() {
+			// Those not with the decoder go back (all of them, once it
+			// has reached the end).
+			if done != nil {
+				pool.Put(*done)
+			}
+			for {
+				select {
+				case b := <-free:
+					pool.Put(*b)
+				default:
+					return
+				}
+			}
+		}()
 		type decoded struct {
 			run PageRun
 			buf *[]byte
@@ -89,18 +116,20 @@ func RestoreFrom(pid int, d *Decoder, opt RestoreOptions) (*Restored, error) {
 		}()
 		for dec := range full {
 			if errors.Is(dec.err, io.EOF) {
+				done = dec.buf
 				return nil
 			}
 			if dec.err != nil {
 				return dec.err
 			}
-			if err := write(dec.run); err != nil {
+			err := write(dec.run)
+			free <- dec.buf
+			if err != nil {
 				return err
 			}
-			free <- dec.buf
 		}
 		return errors.New("the image stream ended without its end")
-	})
+	}
 }
 
 // Restored is a restored process that has not run yet: it waits, stopped,
@@ -150,8 +179,6 @@ func (r *Restored) kill() {
 	syscall.Wait4(r.pid, &ws, syscall.WALL, nil)
 }
 
-// restore does the work of Restore and RestoreFrom; pages writes the
-// image's memory with the function it is given.
 // RestoreOptions say where the new process is.
 type RestoreOptions struct {
 	// Init, if not 0, is the init of the PID namespace the new process is
@@ -162,25 +189,40 @@ type RestoreOptions struct {
 	// /dev/userfaultfd, needed for an image with lazy memory; the restore
 	// closes it.
 	Userfaultfd int
+	// Buffers, if set, is where the image's memory is decoded into, and
+	// where those buffers go back afterwards.
+	Buffers *bufpool.Pool
+	// Step, if set, is told as each part of the restore ends ("layout":
+	// the mappings made; "memory": written; "state": the rest), so that
+	// the caller can say where a restore's time went.
+	Step func(name string)
 }
 
-func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
-	init := opt.Init
-	if img.Version != ImageVersion {
-		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
-	}
-	restored := &Restored{pid: pid}
+// Stub is a new process made ready to become a restored one: stopped at
+// its exec, traced, all signals blocked, its program's mappings gone but
+// for the kernel's own and a trampoline the restore works from. None of
+// it depends on the image, so a node expecting a process prepares the
+// stub while the image is still on its way (see RestoreInto): on this
+// machine that is a millisecond or more of ptrace round trips out of the
+// time the process stands still.
+type Stub struct {
+	pid   int
+	r     *remote
+	maps  []vma  // the stub's mappings left: the kernel's own
+	tramp uint64 // the trampoline, workPages pages
+	used  bool
+}
+
+// PrepareStub makes pid, a stub process started by the calling thread
+// with PTRACE_TRACEME (so it stops at its exec; PrepareStub waits for
+// that stop), ready for RestoreInto. The calling thread must be the one
+// that restores. If PrepareStub fails the stub is killed.
+func PrepareStub(pid int) (_ *Stub, err error) {
 	defer func() {
 		if err != nil {
-			restored.kill()
+			(&Restored{pid: pid}).kill()
 		}
 	}()
-	if len(img.Threads) == 0 {
-		return nil, errors.New("the image has no threads")
-	}
-	if err := checkFiles(img.VMAs); err != nil {
-		return nil, err
-	}
 	if ws, err := waitStop(pid); err != nil {
 		return nil, err
 	} else if ws.StopSignal() != syscall.SIGTRAP {
@@ -198,29 +240,146 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 	if err != nil {
 		return nil, err
 	}
-	stub, err := readMaps(pid)
+	defer func() {
+		if err != nil && r.mem != nil {
+			r.mem.Close()
+		}
+	}()
+	maps, err := readMaps(pid)
 	if err != nil {
 		return nil, fmt.Errorf("read the new process's mappings: %w", err)
 	}
 	// The trampoline: the work area of a remote (code, a table of calls,
-	// scratch memory), where neither the stub nor the image has anything.
-	tramp, err := freeRange(img.VMAs, stub, workPages*pageSize)
+	// scratch memory), where the stub has nothing. (Where the image has
+	// something too, RestoreInto moves it.)
+	tramp, err := freeRange(nil, maps, workPages*pageSize)
 	if err != nil {
 		return nil, err
 	}
+	if err := mapTrampoline(r, tramp); err != nil {
+		return nil, err
+	}
+	r.poked = nil // the stub's code goes away
+
+	// Clear the stub's address space but for the kernel's own mappings.
+	var unmaps []sysCall
+	var unmapped []vma
+	var left []vma
+	for _, v := range maps {
+		if v.special() {
+			left = append(left, v)
+		} else {
+			unmaps = append(unmaps, sc(unix.SYS_MUNMAP, v.Start, v.size()))
+			unmapped = append(unmapped, v)
+		}
+	}
+	errs, _, err := r.batch(unmaps)
+	if err != nil {
+		return nil, err
+	}
+	for i, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("unmap the new process's %s: %w", unmapped[i].Path, err)
+		}
+	}
+	return &Stub{pid: pid, r: r, maps: left, tramp: tramp}, nil
+}
+
+// mapTrampoline maps the work area at tramp and runs the remote's calls
+// from there.
+func mapTrampoline(r *remote, tramp uint64) error {
 	if _, err := r.call(unix.SYS_MMAP, tramp, workPages*pageSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
-		return nil, fmt.Errorf("map the restore trampoline: %w", err)
+		return fmt.Errorf("map the restore trampoline: %w", err)
 	}
+	if err := r.useWorkArea(tramp); err != nil {
+		return err
+	}
+	r.syscallAt = tramp
+	return nil
+}
+
+// Pid is the stub's process.
+func (s *Stub) Pid() int { return s.pid }
+
+// Kill ends a stub that will not be restored into.
+func (s *Stub) Kill() {
+	if !s.used {
+		s.used = true
+		s.r.mem.Close()
+		(&Restored{pid: s.pid}).kill()
+	}
+}
+
+// moveTrampoline moves the trampoline out of the way of the image's
+// mappings, if it is in it.
+func (s *Stub) moveTrampoline(image []VMA) error {
+	clash := slices.ContainsFunc(image, func(v VMA) bool {
+		return v.Start < s.tramp+workPages*pageSize && s.tramp < v.End
+	})
+	if !clash {
+		return nil
+	}
+	old := s.tramp
+	to, err := freeRange(append(slices.Clone(image), VMA{Start: old, End: old + workPages*pageSize}), s.maps, workPages*pageSize)
+	if err != nil {
+		return err
+	}
+	if err := mapTrampoline(s.r, to); err != nil {
+		return err
+	}
+	if _, err := s.r.call(unix.SYS_MUNMAP, old, workPages*pageSize); err != nil {
+		return fmt.Errorf("unmap the old restore trampoline: %w", err)
+	}
+	s.tramp = to
+	return nil
+}
+
+// RestoreInto restores, as RestoreFrom does, the image that d reads into
+// a stub prepared for it, which it uses up: on failure the stub is killed.
+func RestoreInto(s *Stub, d *Decoder, opt RestoreOptions) (*Restored, error) {
+	return restoreInto(s, d.Image(), opt, decodedPages(d, opt.Buffers))
+}
+
+func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(PageRun) error) error) (*Restored, error) {
+	s, err := PrepareStub(pid)
+	if err != nil {
+		return nil, err
+	}
+	return restoreInto(s, img, opt, pages)
+}
+
+// restoreInto does the work of Restore, RestoreFrom and RestoreInto;
+// pages writes the image's memory with the function it is given.
+func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+	if s.used {
+		return nil, errors.New("the stub was used already")
+	}
+	s.used = true
+	pid, r, stub := s.pid, s.r, s.maps
+	init := opt.Init
+	restored := &Restored{pid: pid}
 	defer func() {
 		if r.mem != nil {
 			r.mem.Close()
 		}
+		if err != nil {
+			restored.kill()
+		}
 	}()
-	if err := r.useWorkArea(tramp); err != nil {
+	if img.Version != ImageVersion {
+		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
+	}
+	if len(img.Threads) == 0 {
+		return nil, errors.New("the image has no threads")
+	}
+	if err := checkFiles(img.VMAs); err != nil {
 		return nil, err
 	}
-	r.syscallAt, r.poked = tramp, nil // the stub's code goes away
+	if err := s.moveTrampoline(img.VMAs); err != nil {
+		return nil, err
+	}
+	tramp := s.tramp
 
 	// Lazy memory needs a userfaultfd of the process's own.
 	uffd := -1
@@ -242,31 +401,17 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 			return nil, fmt.Errorf("close the restore's userfaultfd device: %w", err)
 		}
 	}
-
-	// Clear the stub's address space but for the kernel's own mappings.
-	var unmaps []sysCall
-	var unmapped []vma
-	for _, v := range stub {
-		if !v.special() {
-			unmaps = append(unmaps, sc(unix.SYS_MUNMAP, v.Start, v.size()))
-			unmapped = append(unmapped, v)
-		}
-	}
-	errs, _, err := r.batch(unmaps)
-	if err != nil {
-		return nil, err
-	}
-	for i, err := range errs {
-		if err != nil {
-			return nil, fmt.Errorf("unmap the new process's %s: %w", unmapped[i].Path, err)
-		}
-	}
 	if err := moveVDSO(r, stub, img.VMAs, tramp); err != nil {
 		return nil, err
 	}
 	if err := mapVMAs(r, img.VMAs); err != nil {
 		return nil, err
 	}
+	step := opt.Step
+	if step == nil {
+		step = func(string) {}
+	}
+	step("layout")
 	mem, err := openProcMem(pid)
 	if err != nil {
 		return nil, err
@@ -281,6 +426,7 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 	if err != nil {
 		return nil, err
 	}
+	step("memory")
 	if err := setMM(r, img.MM); err != nil {
 		return nil, err
 	}
@@ -360,6 +506,7 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 		uffd = -1 // the file's now
 		restored.lazy = &LazyMemory{set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
 	}
+	step("state")
 	return restored, nil
 }
 

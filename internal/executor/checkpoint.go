@@ -50,6 +50,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 		failed("%s cannot be checkpointed: %s", id, pinnedReason(err))
 		return
 	}
+	frozen.UseBuffers(e.buffers)
 	n, err := sendImage(link, &peerpb.ImageOffer{Id: id, Token: m.Token}, false, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {

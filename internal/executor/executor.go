@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
@@ -86,7 +87,15 @@ type Executor struct {
 	// noGuests: processes of other homes are refused (--no-guests, or
 	// the node drains).
 	noGuests atomic.Bool
+	// buffers are those images stream through, kept warm from one move
+	// to the next.
+	buffers *bufpool.Pool
 }
+
+// keptBuffers bounds the buffers a node keeps for images: enough for one
+// move out and one in at once (a checkpoint's and a restore's buffers,
+// ckpt's runs of a megabyte, and an image connection's frames).
+const keptBuffers = 12 << 20
 
 // SetNoGuests makes the node refuse (or take again) processes whose home
 // is another node; those it runs stay.
@@ -104,7 +113,7 @@ func (e *Executor) refusesGuest(home string) string {
 func New(cfg Config) *Executor {
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
 		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
-		adopted: make(chan struct{})}
+		adopted: make(chan struct{}), buffers: bufpool.New(keptBuffers)}
 }
 
 // guest is one process this node runs.

@@ -132,6 +132,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	steps.mark("freeze")
+	frozen.UseBuffers(e.buffers)
 	if m.Lazy {
 		if err := frozen.MakeLazy(img); err != nil {
 			frozen.Resume()
@@ -189,7 +190,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		goOn("%s answered the image with %T", m.Target, reply.Msg)
 		return
 	}
-	frozenFor := time.Since(began)
+	frozenFor := time.Since(frozen.Stopped())
 	steps.mark("restored")
 	// Post-copy: the rest of the memory goes now, whatever the home says;
 	// if it calls the move off, the sending stops.
@@ -341,6 +342,10 @@ func (w *imageWriter) Write(b []byte) (int, error) {
 	}
 	return len(b), nil
 }
+
+// imageFrame is the buffer an image's frames are read into: a source
+// sends a run of memory, a megabyte at most, as one frame.
+const imageFrame = 1 << 20
 
 // imageReader reads an image from the data frames of an image connection.
 type imageReader struct {
@@ -503,10 +508,11 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	defer stopLazy()
 
 	var (
-		ic    *imageConn
-		dec   *ckpt.Decoder
-		steps *steps
-		g     *guest
+		ic     *imageConn
+		reader *imageReader
+		dec    *ckpt.Decoder
+		steps  *steps
+		g      *guest
 	)
 	defer func() {
 		if ic != nil {
@@ -546,7 +552,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		steps = newSteps(time.Now()) // from the image's first word
 		var err error
-		if dec, err = ckpt.NewDecoder(&imageReader{s: ic.s}); err != nil {
+		reader = &imageReader{s: ic.s, buf: e.buffers.Get(imageFrame)}
+		if dec, err = ckpt.NewDecoder(reader); err != nil {
 			return true, fmt.Errorf("read the image of %s: %v", st.Id, err)
 		}
 		img := dec.Image()
@@ -587,22 +594,28 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		Dir: "/", UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Files: std.childFiles(), Terminal: st.Tty != nil,
 	}
-	var opt ckpt.RestoreOptions
+	opt := ckpt.RestoreOptions{Buffers: e.buffers}
 	if uffdErr == nil {
 		opt.Userfaultfd = len(spec.Files)
 		spec.Files = append(spec.Files, uffdDev)
 	}
 	var pid int
-	// restore makes the stub p the process, once the header is read.
-	restore := func(p *os.Process) error {
+	// restore makes the stub p, prepared, the process, once the header
+	// is read.
+	restore := func(p *os.Process, stub *ckpt.Stub) error {
 		img := dec.Image()
 		g.ns = spec.Namespace
 		opt.Init = spec.Namespace.Init.Pid // threads get their ids back through it
-		r, err := ckpt.RestoreFrom(p.Pid, dec, opt)
+		opt.Step = func(name string) { steps.mark("restore." + name) }
+		r, err := ckpt.RestoreInto(stub, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
 		}
-		steps.mark("restore")
+		if r.Lazy() == nil {
+			// All of the image is in: its frames' buffer goes back.
+			e.buffers.Put(reader.buf)
+			reader.buf = nil
+		}
 		if lazy := r.Lazy(); lazy != nil {
 			// Its memory comes in while it waits for the home's word,
 			// and after.
@@ -648,16 +661,23 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	if exe := startedProgram(st); exe != "" {
 		spec.Argv, spec.Namespace = []string{exe}, ns
 		err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+			// Made ready before the image comes: that work is then no
+			// part of the freeze either.
+			stub, err := ckpt.PrepareStub(p.Pid)
+			if err != nil {
+				imageErr = fmt.Errorf("prepare a process to restore into: %w", err)
+				return errNoStub
+			}
 			came, err := image(stubWait, false)
 			if came && err == nil {
 				if same, _ := sameFile(exe, dec.Image().Exe); same {
 					stubbed = true
 					steps.mark("stub")
-					return restore(p)
+					return restore(p, stub)
 				}
 			}
 			imageErr = err
-			killStub(p)
+			stub.Kill()
 			return errNoStub
 		})
 	}
@@ -682,8 +702,12 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		spec.Argv, spec.Namespace = []string{dec.Image().Exe}, ns
 		err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
+			stub, err := ckpt.PrepareStub(p.Pid)
+			if err != nil {
+				return fmt.Errorf("prepare a process to restore %s into: %w", st.Id, err)
+			}
 			steps.mark("stub")
-			return restore(p)
+			return restore(p, stub)
 		})
 	}
 	std.closeChildEnds()
@@ -704,13 +728,6 @@ const stubWait = 2 * time.Second
 
 // errNoStub says that the stub started ahead was not used.
 var errNoStub = errors.New("the stub started ahead was not used")
-
-// killStub ends a traced stub that will not be restored into.
-func killStub(p *os.Process) {
-	p.Kill()
-	var ws syscall.WaitStatus
-	syscall.Wait4(p.Pid, &ws, syscall.WALL, nil)
-}
 
 // startedProgram is the program a process was started with, as its
 // start found it (argv[0] through the PATH of its environment, from its
