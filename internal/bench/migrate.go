@@ -185,32 +185,63 @@ func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, la
 	var fig migrateFigures
 	for i := range runs {
 		to := []string{"n2", "n1"}[i%2]
+		// What it wrote before this move is no part of it.
+		for drained := false; !drained; {
+			select {
+			case _, ok := <-lines:
+				if !ok {
+					return migrateFigures{}, errors.New("the workload ended")
+				}
+			default:
+				drained = true
+			}
+		}
 		var res api.MigrateResult
 		if err := api.Call(ctx, sock, api.OpMigrate, api.MigrateArgs{ID: id, Node: to, Lazy: lazy}, &res); err != nil {
 			return migrateFigures{}, err
 		}
-		g, err := next("gap ")
-		if err != nil {
-			return migrateFigures{}, err
-		}
-		us, _ := strconv.Atoi(g)
-		frozen = append(frozen, time.Duration(res.FrozenMs*float64(time.Millisecond)))
+		froze := time.Duration(res.FrozenMs * float64(time.Millisecond))
+		frozen = append(frozen, froze)
 		totals = append(totals, time.Duration(res.TotalMs*float64(time.Millisecond)))
-		gaps = append(gaps, time.Duration(us)*time.Microsecond)
 		fig.image, fig.lazy = res.ImageBytes, res.LazyBytes
-		// The gaps after the first, until the move returned (with all the
-		// memory there): stalls on missing pages.
-		for drained := false; !drained; {
+		// The move's gap is the first at least half as long as the
+		// daemons' freeze (they count a little more than the stop: the
+		// checks before it); a shorter one before it is the machine's
+		// noise, and those after it, until the move returned with all the
+		// memory there, are stalls on missing pages.
+		var gap time.Duration
+		found := false
+		giveUp := time.After(2 * time.Minute)
+	gaps:
+		for {
+			var quiet <-chan time.Time // once the gap is found: the end, 20 ms without a line
+			if found {
+				quiet = time.After(20 * time.Millisecond)
+			}
 			select {
-			case l := <-lines:
-				if s, ok := strings.CutPrefix(l, "gap "); ok {
-					us, _ := strconv.Atoi(s)
-					fig.stall = max(fig.stall, time.Duration(us)*time.Microsecond)
+			case l, ok := <-lines:
+				if !ok {
+					return migrateFigures{}, errors.New("the workload ended")
 				}
-			case <-time.After(20 * time.Millisecond):
-				drained = true
+				s, ok := strings.CutPrefix(l, "gap ")
+				if !ok {
+					continue
+				}
+				us, _ := strconv.Atoi(s)
+				d := time.Duration(us) * time.Microsecond
+				switch {
+				case !found && d >= froze/2:
+					gap, found = d, true
+				case found:
+					fig.stall = max(fig.stall, d)
+				}
+			case <-quiet:
+				break gaps
+			case <-giveUp:
+				return migrateFigures{}, fmt.Errorf("the workload reported no gap of %v or more after a move", froze/2)
 			}
 		}
+		gaps = append(gaps, gap)
 	}
 	fig.frozen, fig.gap, fig.total = median(frozen), median(gaps), median(totals)
 	return fig, nil
