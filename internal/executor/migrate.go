@@ -126,8 +126,14 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 
 	began := time.Now()
 	steps := newSteps(began)
+	// The relays stop first, while the process runs (what it writes
+	// meanwhile waits in its pipes, for drainOutput): waiting for them is
+	// then no part of the time it stands still.
+	std.holdRelays()
+	steps.mark("relays")
 	img, frozen, err := ckpt.Freeze(pid)
 	if err != nil {
+		std.releaseRelays(out)
 		failed("%s cannot move: %s", id, pinnedReason(err))
 		return
 	}
@@ -136,13 +142,13 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	if m.Lazy {
 		if err := frozen.MakeLazy(img); err != nil {
 			frozen.Resume()
+			std.releaseRelays(out)
 			failed("%s stays on %s: %v", id, e.node, err)
 			return
 		}
 	}
 	// Frozen: what it wrote so far goes home first, from here, and what
 	// it did not read yet goes with it.
-	std.holdRelays()
 	drained := std.drainOutput(out)
 	pending := std.takeInput(pid)
 	goOn := func(format string, a ...any) {
