@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 )
 
 // The engine's own costs, without a network: a process with N MiB of
@@ -55,7 +57,8 @@ func BenchmarkCheckpoint(b *testing.B) {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			b.SetBytes(int64(mib) << 20)
-			var frozen time.Duration // all but the memory
+			pool := bufpool.New(16 << 20) // as a node's, warm after the first
+			var frozen time.Duration      // all but the memory
 			for b.Loop() {
 				start := time.Now()
 				img, f, err := Freeze(cmd.Process.Pid)
@@ -63,6 +66,7 @@ func BenchmarkCheckpoint(b *testing.B) {
 					b.Fatal(err)
 				}
 				frozen += time.Since(start)
+				f.UseBuffers(pool)
 				e, err := NewEncoder(io.Discard, img)
 				if err != nil {
 					b.Fatal(err)
@@ -94,10 +98,15 @@ func BenchmarkRestore(b *testing.B) {
 			f.Kill()
 			cmd.Wait()
 			b.SetBytes(int64(mib) << 20)
+			pool := bufpool.New(16 << 20) // as a node's, warm after the first
 			var freeze time.Duration
 			for b.Loop() {
-				stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
+				p, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
 					Files: []*os.File{nil, nil, nil}, Sys: &syscall.SysProcAttr{Ptrace: true}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				stub, err := PrepareStub(p.Pid)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -106,15 +115,16 @@ func BenchmarkRestore(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				r, err := RestoreFrom(stub.Pid, d, RestoreOptions{})
+				r, err := RestoreInto(stub, d, RestoreOptions{Buffers: pool})
 				if err != nil {
 					b.Fatal(err)
 				}
 				freeze += time.Since(start)
 				r.Abort()
 			}
-			// The stub's start is no part of a move (the target starts it
-			// ahead): what counts is from the stream's first byte.
+			// The stub's start and preparation are no part of a move (the
+			// target does both ahead): what counts is from the stream's
+			// first byte.
 			b.ReportMetric(float64(freeze.Microseconds())/float64(b.N)/1000, "ms-restore/op")
 		})
 	}
