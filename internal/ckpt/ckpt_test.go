@@ -141,6 +141,7 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		var frozen *Frozen
+		var err error
 		if m.pools == nil {
 			_, frozen, err = Checkpoint(orig.Pid, pw)
 		} else {
