@@ -2,7 +2,6 @@ package ckpt
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -82,7 +81,8 @@ func checkFiles(vs []VMA) error {
 // every page of anonymous memory that was ever touched and the pages of
 // private file mappings that the process changed: pages that equal their
 // file are mapped again from it, pages never touched are zero again.
-// Reading and fn overlap: a goroutine reads ahead into free buffers while
+// The first aheadAfter bytes are read between fn's calls; after that,
+// reading and fn overlap: a goroutine reads ahead into free buffers while
 // fn consumes.
 func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
@@ -95,16 +95,47 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		return err
 	}
 	defer mem.Close()
-	const depth = 3
-	free := make(chan []byte, depth) // grown to the runs they carry
-	for range depth {
-		free <- nil
+
+	scan := &spanScan{vmas: f.vmas, pm: pm}
+	read := func(s span, buf []byte) (PageRun, error) {
+		data := buf[:s.pages*pageSize]
+		if _, err := mem.ReadAt(data, int64(s.addr)); err != nil {
+			return PageRun{}, fmt.Errorf("read memory at %#x (%d pages of %s): %w", s.addr, s.pages, s.name, err)
+		}
+		return PageRun{Addr: s.addr, Data: data}, nil
 	}
-	type read struct {
+
+	// Most processes are small: read in this goroutine, one buffer.
+	buf := f.buffers.Get(runBytes)
+	for sent := 0; sent < aheadAfter; {
+		s, ok, err := scan.next()
+		if err != nil || !ok {
+			f.buffers.Put(buf)
+			return err
+		}
+		run, err := read(s, buf)
+		if err == nil {
+			err = fn(run)
+		}
+		if err != nil {
+			f.buffers.Put(buf)
+			return err
+		}
+		sent += len(run.Data)
+	}
+
+	// The rest read ahead.
+	const depth = 3
+	free := make(chan []byte, depth)
+	free <- buf
+	for range depth - 1 {
+		free <- f.buffers.Get(runBytes)
+	}
+	type result struct {
 		run PageRun
 		err error
 	}
-	full := make(chan read, depth)
+	full := make(chan result, depth)
 	stop := make(chan struct{})
 	reader := make(chan struct{})
 	defer func() {
@@ -121,34 +152,38 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	go func() {
 		defer close(reader)
 		defer close(full)
-		err := f.scanMemory(pm, func(addr uint64, pages uint64, name string) error {
+		for {
+			s, ok, err := scan.next()
+			if err != nil {
+				select {
+				case full <- result{err: err}:
+				case <-stop:
+				}
+				return
+			}
+			if !ok {
+				return
+			}
 			var buf []byte
 			select {
 			case buf = <-free:
 			case <-stop:
-				return errStopped
+				return
 			}
-			if uint64(cap(buf)) < pages*pageSize {
-				f.buffers.Put(buf)
-				buf = f.buffers.Get(runBytes)
-			}
-			data := buf[:pages*pageSize]
-			if _, err := mem.ReadAt(data, int64(addr)); err != nil {
+			run, err := read(s, buf)
+			if err != nil {
 				free <- buf
-				return fmt.Errorf("read memory at %#x (%d pages of %s): %w", addr, pages, name, err)
+				select {
+				case full <- result{err: err}:
+				case <-stop:
+				}
+				return
 			}
 			select {
-			case full <- read{run: PageRun{Addr: addr, Data: data}}:
-				return nil
+			case full <- result{run: run}:
 			case <-stop:
 				free <- buf
-				return errStopped
-			}
-		})
-		if err != nil && err != errStopped {
-			select {
-			case full <- read{err: err}:
-			case <-stop:
+				return
 			}
 		}
 	}()
@@ -165,57 +200,91 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	return nil
 }
 
+// aheadAfter is how much of a process's memory is read before a
+// goroutine starts reading ahead (on the target, decoding ahead): below
+// it, handing each run between two goroutines costs more than the overlap
+// gains (a wake-up of another thread, often on the other CPU, per run).
+const aheadAfter = 2 << 20
+
 // runBytes bounds a run of memory as a checkpoint reads and sends it: a
 // megabyte keeps the buffers it passes through few and warm (see
 // bufpool), while the per-run costs (a record, a frame, a system call or
 // two) stay small beside the copy.
 const runBytes = 1 << 20
 
-var errStopped = errors.New("stopped")
+// span is a run of pages ReadMemory carries.
+type span struct {
+	addr, pages uint64
+	name        string
+}
 
-// scanMemory finds the runs of pages ReadMemory carries, each at most
-// runBytes, and gives them to fn.
-func (f *Frozen) scanMemory(pm *os.File, fn func(addr, pages uint64, name string) error) error {
+// spanScan finds the spans of a frozen process's memory, one at a time
+// (from any goroutine, one at a time): each at most runBytes.
+type spanScan struct {
+	vmas    []VMA
+	pm      *os.File
+	v       int    // the mapping being scanned
+	i, n    uint64 // its next page, its pages
+	entries []byte // its page map, once read
+}
+
+// next returns the next span, or false at the end.
+func (s *spanScan) next() (span, bool, error) {
 	const most = runBytes / pageSize // pages per run
-	var entries []byte
-	for _, v := range f.vmas {
-		if v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) || v.Lazy {
+	for {
+		if s.entries == nil || s.i >= s.n {
+			if s.entries != nil {
+				s.v++
+			}
+			for s.v < len(s.vmas) && !carried(s.vmas[s.v]) {
+				s.v++
+			}
+			if s.v >= len(s.vmas) {
+				return span{}, false, nil
+			}
+			v := s.vmas[s.v]
+			s.i, s.n = 0, (v.End-v.Start)/pageSize
+			if uint64(cap(s.entries)) < 8*s.n {
+				s.entries = make([]byte, 8*s.n)
+			}
+			s.entries = s.entries[:8*s.n]
+			if _, err := s.pm.ReadAt(s.entries, int64(v.Start/pageSize*8)); err != nil {
+				return span{}, false, fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+		v := s.vmas[s.v]
+		for s.i < s.n && !s.wanted(v, s.i) {
+			s.i++
+		}
+		if s.i == s.n {
 			continue
 		}
-		n := (v.End - v.Start) / pageSize
-		if uint64(cap(entries)) < 8*n {
-			entries = make([]byte, 8*n)
+		j := s.i + 1
+		for j < s.n && j-s.i < most && s.wanted(v, j) {
+			j++
 		}
-		entries = entries[:8*n]
-		if _, err := pm.ReadAt(entries, int64(v.Start/pageSize*8)); err != nil {
-			return fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
-		}
-		wanted := func(i uint64) bool {
-			e := binary.LittleEndian.Uint64(entries[8*i:])
-			if e&(pmPresent|pmSwapped) == 0 {
-				return false
-			}
-			if v.Kind == VMAFile {
-				return e&pmFile == 0 // a private copy of a file page
-			}
-			return true
-		}
-		for i := uint64(0); i < n; {
-			if !wanted(i) {
-				i++
-				continue
-			}
-			j := i + 1
-			for j < n && j-i < most && wanted(j) {
-				j++
-			}
-			if err := fn(v.Start+i*pageSize, j-i, v.Name); err != nil {
-				return err
-			}
-			i = j
-		}
+		sp := span{addr: v.Start + s.i*pageSize, pages: j - s.i, name: v.Name}
+		s.i = j
+		return sp, true, nil
 	}
-	return nil
+}
+
+// carried says whether ReadMemory reads v's pages at all.
+func carried(v VMA) bool {
+	return !(v.Kind == VMAVDSO || v.Kind == VMAVsyscall || (v.Kind == VMAFile && v.Shared) || v.Lazy)
+}
+
+// wanted says whether page i of v goes in the image: touched, and in a
+// file mapping, a private copy.
+func (s *spanScan) wanted(v VMA, i uint64) bool {
+	e := binary.LittleEndian.Uint64(s.entries[8*i:])
+	if e&(pmPresent|pmSwapped) == 0 {
+		return false
+	}
+	if v.Kind == VMAFile {
+		return e&pmFile == 0 // a private copy of a file page
+	}
+	return true
 }
 
 // mapVMAs creates the image's mappings in the tracee, in two batches:

@@ -59,16 +59,38 @@ func RestoreFrom(pid int, d *Decoder, opt RestoreOptions) (*Restored, error) {
 // decodedPages writes the memory d decodes, through buffers from pool.
 func decodedPages(d *Decoder, pool *bufpool.Pool) func(write func(PageRun) error) error {
 	return func(write func(PageRun) error) error {
-		// Receiving and writing overlap: a goroutine decodes runs into
-		// free buffers while this thread writes the ones decoded.
-		const depth = 3
-		free := make(chan *[]byte, depth) // grown to the runs they carry
-		for range depth {
+		newBuf := func() *[]byte {
 			b := new([]byte)
 			if pool != nil {
 				*b = pool.Get(runHead + runBytes) // a record of a run, as ReadMemory makes them
 			}
-			free <- b
+			return b
+		}
+		// The first aheadAfter bytes (most processes' all) are decoded
+		// and written by this thread, in one buffer.
+		first := newBuf()
+		for written := 0; written < aheadAfter; {
+			p, err := d.NextInto(first)
+			if errors.Is(err, io.EOF) {
+				pool.Put(*first)
+				return nil
+			}
+			if err == nil {
+				err = write(p)
+			}
+			if err != nil {
+				pool.Put(*first)
+				return err
+			}
+			written += len(p.Data)
+		}
+		// Then receiving and writing overlap: a goroutine decodes runs
+		// into free buffers while this thread writes the ones decoded.
+		const depth = 3
+		free := make(chan *[]byte, depth) // grown to the runs they carry
+		free <- first
+		for range depth - 1 {
+			free <- newBuf()
 		}
 		var done *[]byte // the buffer of the stream's end
 		defer func() {
