@@ -62,3 +62,14 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("held %d bytes, over the limit", p.Held())
 	}
 }
+
+func TestWarm(t *testing.T) {
+	p := New(3 << 20)
+	p.Warm(4, 1<<20) // the fourth does not fit
+	if p.Held() != 3<<20 {
+		t.Fatalf("held %d bytes after warming, want %d", p.Held(), 3<<20)
+	}
+	if b := p.Get(1 << 20); len(b) != 1<<20 || p.Held() != 2<<20 {
+		t.Fatal("a warmed buffer was not handed out")
+	}
+}

@@ -200,6 +200,11 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 	return nil
 }
 
+// RunBuffer is the size of the buffers a checkpoint and a restore take
+// from a pool (Frozen.UseBuffers, RestoreOptions.Buffers): a run of
+// memory, with its record's head.
+const RunBuffer = runHead + runBytes
+
 // aheadAfter is how much of a process's memory is read before a
 // goroutine starts reading ahead (on the target, decoding ahead): below
 // it, handing each run between two goroutines costs more than the overlap

@@ -62,7 +62,7 @@ func decodedPages(d *Decoder, pool *bufpool.Pool) func(write func(PageRun) error
 		newBuf := func() *[]byte {
 			b := new([]byte)
 			if pool != nil {
-				*b = pool.Get(runHead + runBytes) // a record of a run, as ReadMemory makes them
+				*b = pool.Get(RunBuffer) // a record of a run, as ReadMemory makes them
 			}
 			return b
 		}
