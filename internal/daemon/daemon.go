@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/cgroup"
 	"github.com/mosaic-cluster/mosaic/internal/cluster"
 	"github.com/mosaic-cluster/mosaic/internal/executor"
@@ -33,6 +34,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/load"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/pidlock"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 	"github.com/mosaic-cluster/mosaic/internal/store"
 	"github.com/mosaic-cluster/mosaic/internal/version"
@@ -95,6 +97,18 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// keptConnBuffers bounds the batch buffers a node keeps for its process
+// connections: as many as send bulk data at once, often.
+const keptConnBuffers = 8 * procstream.BatchSize
+
+// newConnBuffers makes the pool of the connections' batch buffers, one
+// warm already: a node's first image out needs it.
+func newConnBuffers() *bufpool.Pool {
+	p := bufpool.New(keptConnBuffers)
+	p.Warm(1, procstream.BatchSize)
+	return p
+}
+
 // Daemon is a running node.
 type Daemon struct {
 	cfg   Config
@@ -109,15 +123,18 @@ type Daemon struct {
 
 	pool     *peerPool
 	sessions tls.ClientSessionCache // of process streams (dialProc)
-	spares   *spares                // process connections dialed ahead
-	group    *cgroup.Group          // nil when the node has no cgroup
-	spawner  *spawn.Spawner
-	exec     *executor.Executor // runs processes here
-	bal      *balancer          // the placement and migration policy
-	home     *home.Home         // answers for the processes started here
-	probe    load.Probe
-	speed    float64
-	cores    int
+	// connBuffers are the process connections' batch buffers, kept from
+	// one connection to the next (up to keptConnBuffers).
+	connBuffers *bufpool.Pool
+	spares      *spares       // process connections dialed ahead
+	group       *cgroup.Group // nil when the node has no cgroup
+	spawner     *spawn.Spawner
+	exec        *executor.Executor // runs processes here
+	bal         *balancer          // the placement and migration policy
+	home        *home.Home         // answers for the processes started here
+	probe       load.Probe
+	speed       float64
+	cores       int
 
 	admitMu sync.Mutex // serializes admissions of new nodes
 
@@ -159,10 +176,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer unlock()
 
 	d := &Daemon{cfg: cfg, node: node, log: cfg.Log.With("node", node.Name), start: time.Now(), uid: os.Getuid(),
-		pool: newPeerPool(node.ID), sessions: tls.NewLRUClientSessionCache(64), leave: make(chan struct{}), cores: load.Cores()}
+		pool: newPeerPool(node.ID), sessions: tls.NewLRUClientSessionCache(64), connBuffers: newConnBuffers(),
+		leave: make(chan struct{}), cores: load.Cores()}
 	defer d.pool.close()
 	d.spares = newSpares(func(ctx context.Context, name, addr string) (net.Conn, net.Conn, error) {
-		return dialProc(ctx, node.ID, d.sessions, name, addr)
+		return dialProc(ctx, node.ID, d.sessions, d.connBuffers, name, addr)
 	})
 	defer d.spares.close()
 
@@ -269,7 +287,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}()
 	}
-	pl := newPeerListener(ln, node.ID, d.serveProc)
+	pl := newPeerListener(ln, node.ID, d.connBuffers, d.serveProc)
 	goFn("peer listener", pl.serve)
 	goFn("peer server", func() error { return srv.Serve(pl.grpc) })
 	goFn("local API", func() error { return apiSrv.Serve(ctx) })

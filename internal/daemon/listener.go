@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/credentials"
 
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/pki"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
@@ -22,18 +23,19 @@ import (
 
 // peerListener accepts connections on the peer port and routes them.
 type peerListener struct {
-	ln     net.Listener
-	cfg    *tls.Config
-	grpc   *connQueue
-	proc   func(*tls.Conn)
-	wg     sync.WaitGroup
-	closed chan struct{}
+	ln      net.Listener
+	buffers *bufpool.Pool // of the connections' batches
+	cfg     *tls.Config
+	grpc    *connQueue
+	proc    func(*tls.Conn)
+	wg      sync.WaitGroup
+	closed  chan struct{}
 }
 
-func newPeerListener(ln net.Listener, id *pki.Identity, proc func(*tls.Conn)) *peerListener {
+func newPeerListener(ln net.Listener, id *pki.Identity, buffers *bufpool.Pool, proc func(*tls.Conn)) *peerListener {
 	cfg := id.ServerConfig()
 	cfg.NextProtos = []string{"h2", procstream.ALPN}
-	return &peerListener{ln: ln, cfg: cfg, grpc: newConnQueue(ln.Addr()), proc: proc, closed: make(chan struct{})}
+	return &peerListener{ln: ln, buffers: buffers, cfg: cfg, grpc: newConnQueue(ln.Addr()), proc: proc, closed: make(chan struct{})}
 }
 
 // serve accepts until the listener closes.
@@ -61,7 +63,7 @@ func (l *peerListener) serve() error {
 }
 
 func (l *peerListener) route(c net.Conn) {
-	tc := tls.Server(procstream.NewBatchConn(c), l.cfg)
+	tc := tls.Server(procstream.NewBatchConn(c, l.buffers), l.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -161,7 +163,7 @@ func (secured) OverrideServerName(string) error { return nil }
 // knows the client's certificate, and the client still checks the server's
 // name (TestResumedSessionKeepsIdentities).
 // It returns the TCP connection under it too.
-func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionCache, name, addr string) (*tls.Conn, net.Conn, error) {
+func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionCache, buffers *bufpool.Pool, name, addr string) (*tls.Conn, net.Conn, error) {
 	cfg := id.ClientConfig(name)
 	cfg.NextProtos = []string{procstream.ALPN}
 	cfg.ServerName, cfg.ClientSessionCache = name, sessions
@@ -172,7 +174,7 @@ func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionC
 	if err != nil {
 		return nil, nil, err
 	}
-	tc := tls.Client(procstream.NewBatchConn(raw), cfg)
+	tc := tls.Client(procstream.NewBatchConn(raw, buffers), cfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		raw.Close()
 		return nil, nil, err

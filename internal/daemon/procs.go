@@ -64,7 +64,7 @@ func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, erro
 	if c := d.spares.take(node, m.Addr); c != nil {
 		return procstream.NewClient(ctx, c), nil
 	}
-	tc, _, err := dialProc(ctx, d.node.ID, d.sessions, node, m.Addr)
+	tc, _, err := dialProc(ctx, d.node.ID, d.sessions, d.connBuffers, node, m.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}

@@ -3,6 +3,8 @@ package procstream
 import (
 	"net"
 	"sync"
+
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 )
 
 // BatchConn is a network connection under TLS that can gather the
@@ -14,6 +16,7 @@ import (
 // that connections that never batch (gRPC's) behave as before.
 type BatchConn struct {
 	net.Conn
+	buffers *bufpool.Pool // where its buffer comes from and goes back to
 
 	mu       sync.Mutex
 	batching bool
@@ -21,11 +24,31 @@ type BatchConn struct {
 	err      error
 }
 
-// batchSize is how much a batch gathers before it writes.
-const batchSize = 512 << 10
+// BatchSize is how much a batch gathers before it writes: the size of a
+// BatchConn's buffer.
+const BatchSize = 512 << 10
 
-// NewBatchConn wraps c (before TLS goes over it).
-func NewBatchConn(c net.Conn) *BatchConn { return &BatchConn{Conn: c} }
+// NewBatchConn wraps c (before TLS goes over it). Its buffer, taken at
+// its first batch, comes from buffers and goes back there when it closes
+// (a fresh one costs a page fault a page, and a connection that carries
+// an image lives for one move).
+func NewBatchConn(c net.Conn, buffers *bufpool.Pool) *BatchConn {
+	return &BatchConn{Conn: c, buffers: buffers}
+}
+
+// Close closes the connection, and gives its buffer back unless a write
+// holds it (a close must not wait for a write: it is what ends one that
+// is stuck).
+func (b *BatchConn) Close() error {
+	if b.mu.TryLock() {
+		if b.buf != nil && !b.batching {
+			b.buffers.Put(b.buf)
+			b.buf = nil
+		}
+		b.mu.Unlock()
+	}
+	return b.Conn.Close()
+}
 
 func (b *BatchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -36,12 +59,12 @@ func (b *BatchConn) Write(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	if len(b.buf)+len(p) > batchSize {
+	if len(b.buf)+len(p) > BatchSize {
 		if err := b.flushLocked(); err != nil {
 			return 0, err
 		}
 	}
-	if len(p) >= batchSize {
+	if len(p) >= BatchSize {
 		if _, err := b.Conn.Write(p); err != nil {
 			b.err = err
 			return 0, err
@@ -70,7 +93,7 @@ func (b *BatchConn) Batch(fn func() error) error {
 	b.mu.Lock()
 	b.batching = true
 	if b.buf == nil {
-		b.buf = make([]byte, 0, batchSize)
+		b.buf = b.buffers.Get(BatchSize)[:0]
 	}
 	b.mu.Unlock()
 	err := fn()
