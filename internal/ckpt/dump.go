@@ -204,16 +204,26 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	seen, err := seenID(pid)
+	status, err := readStatus(pid)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the status of %d: %w", pid, err)
+	}
+	seen, err := status.seenID()
 	if err != nil {
 		return nil, nil, err
 	}
 	img = &Image{Version: ImageVersion, Pid: seen, Files: files, Locks: locks}
-	if err := dumpProcess(pid, img); err != nil {
+	if err := dumpProcess(pid, status, img); err != nil {
 		return nil, nil, err
 	}
 	for _, tid := range tids {
-		t, err := dumpThread(tid)
+		ts := status // the main thread's is the process's
+		if tid != pid {
+			if ts, err = readStatus(tid); err != nil {
+				return nil, nil, fmt.Errorf("read the status of thread %d: %w", tid, err)
+			}
+		}
+		t, err := dumpThread(tid, ts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -262,7 +272,7 @@ func checkChildren(pid int) error {
 
 // dumpProcess reads what /proc and the kernel tell of the process as a
 // whole.
-func dumpProcess(pid int, img *Image) error {
+func dumpProcess(pid int, status procStatus, img *Image) error {
 	var err error
 	if img.Exe, err = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil {
 		return fmt.Errorf("read the executable of %d: %w", pid, err)
@@ -278,7 +288,7 @@ func dumpProcess(pid int, img *Image) error {
 		return fmt.Errorf("read the working directory of %d: %w", pid, err)
 	}
 	ids := func(field string) (uint32, error) {
-		v, err := statusField(pid, field)
+		v, err := status.field(field)
 		if err != nil {
 			return 0, err
 		}
@@ -292,14 +302,14 @@ func dumpProcess(pid int, img *Image) error {
 	if img.GID, err = ids("Gid"); err != nil {
 		return err
 	}
-	if v, err := statusField(pid, "Groups"); err == nil {
+	if v, err := status.field("Groups"); err == nil {
 		for _, g := range strings.Fields(v) {
 			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
 				img.Groups = append(img.Groups, uint32(n))
 			}
 		}
 	}
-	if v, err := statusField(pid, "Umask"); err == nil {
+	if v, err := status.field("Umask"); err == nil {
 		u, _ := strconv.ParseUint(v, 8, 32)
 		img.Umask = uint32(u)
 	}
@@ -318,11 +328,11 @@ func dumpProcess(pid int, img *Image) error {
 }
 
 // dumpThread reads a stopped thread's registers, FPU state, signal mask and
-// registrations with the kernel.
-func dumpThread(tid int) (Thread, error) {
+// registrations with the kernel; status is its /proc status.
+func dumpThread(tid int, status procStatus) (Thread, error) {
 	t := Thread{}
 	var err error
-	if t.Tid, err = seenID(tid); err != nil {
+	if t.Tid, err = status.seenID(); err != nil {
 		return t, err
 	}
 	var rg regs
