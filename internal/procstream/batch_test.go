@@ -10,24 +10,10 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 )
 
-// tcpPair is a connected pair of loopback TCP connections.
+// tcpPair is pair, closed when the test ends.
 func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server = <-accepted
+	client, server = pair(t)
 	if server == nil {
 		t.Fatal("accept failed")
 	}
