@@ -225,6 +225,15 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	return out.String(), ws, img
 }
 
+// statusField returns a field of /proc/PID/status.
+func statusField(pid int, name string) (string, error) {
+	st, err := readStatus(pid)
+	if err != nil {
+		return "", err
+	}
+	return st.field(name)
+}
+
 // checkpointWith is Checkpoint, reading memory through pool's buffers.
 func checkpointWith(pid int, w io.Writer, pool *bufpool.Pool) (*Frozen, error) {
 	img, f, err := Freeze(pid)

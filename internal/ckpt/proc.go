@@ -159,15 +159,6 @@ func readMM(pid int) (mmInfo, error) {
 	return mm, nil
 }
 
-// statusField returns a field of /proc/PID/status.
-func statusField(pid int, name string) (string, error) {
-	st, err := readStatus(pid)
-	if err != nil {
-		return "", err
-	}
-	return st.field(name)
-}
-
 // procStatus is /proc/PID/status, read once for all the fields a freeze
 // wants from it (each read costs tens of microseconds here, and the
 // process stands still meanwhile).

@@ -349,10 +349,6 @@ func (w *imageWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// imageFrame is the buffer an image's frames are read into: a source
-// sends a run of memory, a megabyte at most, as one frame.
-const imageFrame = 1 << 20
-
 // imageReader reads an image from the data frames of an image connection.
 type imageReader struct {
 	s    ServerStream
@@ -558,7 +554,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		steps = newSteps(time.Now()) // from the image's first word
 		var err error
-		reader = &imageReader{s: ic.s, buf: e.buffers.Get(imageFrame)}
+		// A source sends a run of memory as one frame at most.
+		reader = &imageReader{s: ic.s, buf: e.buffers.Get(ckpt.RunBuffer)}
 		if dec, err = ckpt.NewDecoder(reader); err != nil {
 			return true, fmt.Errorf("read the image of %s: %v", st.Id, err)
 		}
@@ -617,15 +614,14 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
 		}
-		if r.Lazy() == nil {
-			// All of the image is in: its frames' buffer goes back.
-			e.buffers.Put(reader.buf)
-			reader.buf = nil
-		}
 		if lazy := r.Lazy(); lazy != nil {
 			// Its memory comes in while it waits for the home's word,
 			// and after.
 			go e.fillLazy(lazyCtx, st.Id, p.Pid, lazy, dec, ic.out)
+		} else {
+			// All of the image is in: its frames' buffer goes back.
+			e.buffers.Put(reader.buf)
+			reader.buf = nil
 		}
 		var limits []spawn.Rlimit
 		for _, l := range img.Rlimits {
