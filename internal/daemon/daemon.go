@@ -329,9 +329,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 // goodbye tells peers this node is leaving and records it in the registry.
 func (d *Daemon) goodbye() {
 	msgs := d.withCore(func(c *gossip.Core) []gossip.Message { return c.Leave(time.Now()) })
-	d.send(msgs)
+	var leaving sync.WaitGroup
+	d.deliver(msgs, &leaving)
 	done := make(chan struct{})
-	go func() { d.sends.Wait(); close(done) }()
+	go func() { leaving.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(2 * time.Second):

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -74,7 +75,13 @@ func (d *Daemon) receive(env *peerpb.Envelope) {
 
 // send delivers messages without blocking the caller. Gossip is one-way
 // and tolerates loss, so a failed send is only logged.
-func (d *Daemon) send(msgs []gossip.Message) {
+func (d *Daemon) send(msgs []gossip.Message) { d.deliver(msgs, nil) }
+
+// deliver sends msgs, each in its own goroutine, counted in d.sends and,
+// when given, in these: a caller that waits for its own messages must not
+// wait on d.sends while gossip still arrives, since a WaitGroup may not
+// grow from zero during a Wait.
+func (d *Daemon) deliver(msgs []gossip.Message, these *sync.WaitGroup) {
 	for _, m := range msgs {
 		if m.Addr == "" {
 			continue // a receiver whose address nobody told us
@@ -82,8 +89,14 @@ func (d *Daemon) send(msgs []gossip.Message) {
 		d.gossipBytes.Add(uint64(proto.Size(m.Env)))
 		d.gossipMsgs.Add(1)
 		d.sends.Add(1)
+		if these != nil {
+			these.Add(1)
+		}
 		go func() {
 			defer d.sends.Done()
+			if these != nil {
+				defer these.Done()
+			}
 			conn, err := d.pool.conn(m.To, m.Addr)
 			if err != nil {
 				d.log.Debug("gossip", "to", m.To, "addr", m.Addr, "err", err)

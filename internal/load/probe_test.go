@@ -48,13 +48,25 @@ func TestGroupProbeCountsOnlyItsGroup(t *testing.T) {
 	if q, _ := p.RunQueue(); q != 0 {
 		t.Fatalf("empty group has run queue %d", q)
 	}
-	// The shell moves itself into the group, then allocates (exec) there.
-	busy := exec.Command("sh", "-c", "sleep 0.2; exec sh -c 'while :; do :; done'")
+	// The shell waits on its stdin, a builtin, so it never has a child;
+	// once in the group it is told to go on and execs the busy loop there,
+	// so the loop's memory is charged to the group.
+	busy := exec.Command("sh", "-c", "read go; exec sh -c 'while :; do :; done'")
+	goOn, err := busy.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := busy.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { busy.Process.Kill(); busy.Wait() }()
 	if err := g.AddProc(busy.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := p.Procs(); n != 1 {
+		t.Fatalf("Procs = %d with one process in the group, want 1", n)
+	}
+	if _, err := goOn.Write([]byte("go\n")); err != nil {
 		t.Fatal(err)
 	}
 	// A busy process is runnable nearly always; sample until seen.
@@ -69,15 +81,8 @@ func TestGroupProbeCountsOnlyItsGroup(t *testing.T) {
 	if !seen {
 		t.Fatal("the busy process in the group was never counted")
 	}
-	// The shell's sleep is in the group too until it ends.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		n, _ := p.Procs()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Procs = %d, want 1", n)
-		}
+	if n, _ := p.Procs(); n != 1 {
+		t.Fatalf("Procs = %d with one process in the group, want 1", n)
 	}
 	// A helper of the node's (a namespace's idle init) is not counted.
 	p.Helper = func(pid int) bool { return pid == busy.Process.Pid }
