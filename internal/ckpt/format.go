@@ -56,6 +56,11 @@ var ErrCorrupt = errors.New("the image is damaged")
 // pages: most of the time of a small process's move.)
 const streamBuffer = 64 << 10
 
+// sumPiece is how much of a large payload a Decoder reads before it sums
+// it: small enough to be still in the cache, and above streamBuffer, so
+// that bufio reads it straight into place rather than through its buffer.
+const sumPiece = 2 * streamBuffer
+
 // Encoder writes an image as a stream.
 type Encoder struct {
 	dst   io.Writer
@@ -98,15 +103,43 @@ func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	for _, p := range parts {
 		n += uint64(len(p))
 	}
+	hdr := recordHead(kind, n)
+	crc := crc32.Update(0, castagnoli, hdr[:])
+	for _, p := range parts {
+		crc = crc32.Update(crc, castagnoli, p)
+	}
+	return e.recordSummed(kind, crc, parts...)
+}
+
+// recordHead is a record's kind and length, as written.
+func recordHead(kind byte, n uint64) [9]byte {
 	var hdr [9]byte
 	hdr[0] = kind
 	binary.LittleEndian.PutUint64(hdr[1:], n)
-	crc := crc32.Update(0, castagnoli, hdr[:])
+	return hdr
+}
+
+// pageSumStart is the checksum of a page record up to its data: a reader
+// that has the data in its cache goes on from it with crc32.Update over
+// the data, and passes the sum in the PageRun.
+func pageSumStart(addr uint64, n int) uint32 {
+	hdr := recordHead(recPages, uint64(runHead+n))
+	var a [runHead]byte
+	binary.LittleEndian.PutUint64(a[:], addr)
+	return crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, a[:])
+}
+
+// recordSummed writes a record whose checksum, crc, is known.
+func (e *Encoder) recordSummed(kind byte, crc uint32, parts ...[]byte) error {
+	var n uint64
+	for _, p := range parts {
+		n += uint64(len(p))
+	}
+	hdr := recordHead(kind, n)
 	if _, err := e.w.Write(hdr[:]); err != nil {
 		return err
 	}
 	for _, p := range parts {
-		crc = crc32.Update(crc, castagnoli, p)
 		if len(p) >= streamBuffer {
 			// Straight to the stream, after what is buffered.
 			if err := e.w.Flush(); err != nil {
@@ -133,6 +166,16 @@ const runHead = 8
 
 // Pages writes a run of memory.
 func (e *Encoder) Pages(p PageRun) error {
+	if p.summed && len(p.Data) <= maxRecord-runHead {
+		// Summed where it was read, while in the reader's cache.
+		addr := binary.LittleEndian.AppendUint64(nil, p.Addr)
+		if err := e.recordSummed(recPages, p.sum, addr, p.Data); err != nil {
+			return err
+		}
+		e.pages++
+		e.bytes += uint64(len(p.Data))
+		return nil
+	}
 	for off := 0; off < len(p.Data); off += maxRecord - runHead {
 		end := min(off+maxRecord-runHead, len(p.Data))
 		addr := binary.LittleEndian.AppendUint64(nil, p.Addr+uint64(off))
@@ -246,14 +289,20 @@ func (d *Decoder) recordInto(dst *[]byte) (byte, []byte, error) {
 		*dst = make([]byte, n)
 	}
 	payload := (*dst)[:n]
-	if err := d.read(payload); err != nil {
-		return 0, nil, err
+	// Each piece is summed as soon as it is in, while it is in the cache.
+	crc := crc32.Update(0, castagnoli, hdr[:])
+	for off := 0; off < len(payload); {
+		end := min(off+sumPiece, len(payload))
+		if err := d.read(payload[off:end]); err != nil {
+			return 0, nil, err
+		}
+		crc = crc32.Update(crc, castagnoli, payload[off:end])
+		off = end
 	}
 	var crcb [4]byte
 	if err := d.read(crcb[:]); err != nil {
 		return 0, nil, err
 	}
-	crc := crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, payload)
 	if crc != binary.LittleEndian.Uint32(crcb[:]) {
 		return 0, nil, fmt.Errorf("%w: a record fails its checksum", ErrCorrupt)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"reflect"
 	"testing"
 )
@@ -95,5 +96,39 @@ func TestFormatRejectsReorder(t *testing.T) {
 	copy(swapped[second:], b[first:first+size])
 	if _, err := Decode(bytes.NewReader(swapped)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Decode of reordered records = %v, want ErrCorrupt", err)
+	}
+}
+
+// TestPageSumAsWritten: a run summed where it is read (ReadMemory's way)
+// is written exactly as one the encoder sums itself, and a wrong sum is
+// caught by the reader.
+func TestPageSumAsWritten(t *testing.T) {
+	data := bytes.Repeat([]byte("mosaic pages"), 50000)
+	encode := func(run PageRun) []byte {
+		var buf bytes.Buffer
+		e, err := NewEncoder(&buf, &Image{Version: ImageVersion, Pid: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Pages(run); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	sum := crc32.Update(pageSumStart(0x5000, len(data)), castagnoli, data)
+	plain := encode(PageRun{Addr: 0x5000, Data: data})
+	if summed := encode(PageRun{Addr: 0x5000, Data: data, sum: sum, summed: true}); !bytes.Equal(summed, plain) {
+		t.Fatal("a run summed ahead is written differently from one summed by the encoder")
+	}
+	img, err := Decode(bytes.NewReader(plain))
+	if err != nil || len(img.Pages) != 1 || !bytes.Equal(img.Pages[0].Data, data) {
+		t.Fatalf("Decode = %v", err)
+	}
+	bad := encode(PageRun{Addr: 0x5000, Data: data, sum: sum ^ 1, summed: true})
+	if _, err := Decode(bytes.NewReader(bad)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Decode of a run with a wrong sum = %v, want ErrCorrupt", err)
 	}
 }

@@ -105,6 +105,10 @@ type VMA struct {
 type PageRun struct {
 	Addr uint64
 	Data []byte
+	// sum is the checksum of its page record, when summed is set (by
+	// ReadMemory, which sums a run while it is in its cache).
+	sum    uint32
+	summed bool
 }
 
 // Thread is one thread's state.

@@ -3,6 +3,7 @@ package ckpt
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"slices"
 	"strings"
@@ -102,7 +103,8 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		if _, err := mem.ReadAt(data, int64(s.addr)); err != nil {
 			return PageRun{}, fmt.Errorf("read memory at %#x (%d pages of %s): %w", s.addr, s.pages, s.name, err)
 		}
-		return PageRun{Addr: s.addr, Data: data}, nil
+		sum := crc32.Update(pageSumStart(s.addr, len(data)), castagnoli, data)
+		return PageRun{Addr: s.addr, Data: data, sum: sum, summed: true}, nil
 	}
 
 	// Most processes are small: read in this goroutine, one buffer.

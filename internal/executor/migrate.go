@@ -362,7 +362,16 @@ type intoReceiver interface {
 	RecvInto(reuse *[]byte) (*peerpb.ExecIn, error)
 }
 
+// dataReader is a stream that reads data frames' payloads straight into
+// the caller's buffer (procstream.Server).
+type dataReader interface {
+	ReadData(p []byte) (int, error)
+}
+
 func (r *imageReader) Read(b []byte) (int, error) {
+	if dr, ok := r.s.(dataReader); ok && len(r.rest) == 0 {
+		return dr.ReadData(b)
+	}
 	for len(r.rest) == 0 {
 		var m *peerpb.ExecIn
 		var err error
@@ -554,8 +563,11 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		steps = newSteps(time.Now()) // from the image's first word
 		var err error
-		// A source sends a run of memory as one frame at most.
-		reader = &imageReader{s: ic.s, buf: e.buffers.Get(ckpt.RunBuffer)}
+		reader = &imageReader{s: ic.s}
+		if _, direct := ic.s.(dataReader); !direct {
+			// A source sends a run of memory as one frame at most.
+			reader.buf = e.buffers.Get(ckpt.RunBuffer)
+		}
 		if dec, err = ckpt.NewDecoder(reader); err != nil {
 			return true, fmt.Errorf("read the image of %s: %v", st.Id, err)
 		}

@@ -54,6 +54,8 @@ type conn struct {
 	cancel context.CancelFunc
 	wmu    sync.Mutex
 	closed bool
+	// dataLeft is what ReadData has still to read of the frame it is in.
+	dataLeft int
 }
 
 func newConn(ctx context.Context, c net.Conn) *conn {
@@ -233,6 +235,42 @@ func (s Server) RecvInto(reuse *[]byte) (*peerpb.ExecIn, error) {
 		return &peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: payload}}, nil
 	}
 	return s.decodeIn(typ, payload)
+}
+
+// ReadData reads the payloads of the data frames that follow as one
+// stream of bytes, straight into p: an image's bytes, with no frame buffer
+// to copy them out of. A frame of another type is an error. It reads no
+// further than the frame it is in, so that whatever follows the data is
+// left whole; Recv must not be called in the middle of a frame.
+func (s Server) ReadData(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for s.dataLeft == 0 {
+		var hdr [headerSize]byte
+		if _, err := io.ReadFull(s.c, hdr[:]); err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.cancel()
+			}
+			return 0, err
+		}
+		n := binary.BigEndian.Uint32(hdr[1:])
+		if hdr[0] != frameStdin || n > maxFrame {
+			s.cancel()
+			return 0, fmt.Errorf("a frame of type %d and %d bytes where data was expected", hdr[0], n)
+		}
+		s.dataLeft = int(n)
+	}
+	n, err := s.c.Read(p[:min(len(p), s.dataLeft)])
+	s.dataLeft -= n
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // in the middle of a frame
+		} else {
+			s.cancel()
+		}
+	}
+	return n, err
 }
 
 // Close ends the connection.

@@ -106,3 +106,74 @@ func TestOversizedFrameRefused(t *testing.T) {
 		t.Fatal("a 4 GiB frame was accepted")
 	}
 }
+
+// TestReadData reads data frames of several sizes as one stream, through
+// buffers smaller and larger than a frame, and leaves the message after
+// them for Recv.
+func TestReadData(t *testing.T) {
+	cc, sc := pair(t)
+	c := NewClient(context.Background(), cc)
+	s := NewServer(context.Background(), sc)
+	defer s.Close()
+	var want []byte
+	sizes := []int{1, 5000, 300 << 10, 70 << 10, 3}
+	for i, n := range sizes {
+		want = append(want, bytes.Repeat([]byte{byte('a' + i)}, n)...)
+	}
+	go func() {
+		off := 0
+		for _, n := range sizes {
+			c.SendData(want[off : off+n])
+			off += n
+		}
+		c.Send(start("n1.1"))
+		c.SendData([]byte("late"))
+		c.Send(start("n1.2"))
+		c.CloseSend()
+	}()
+	got := make([]byte, len(want))
+	for off, step := 0, 1; off < len(got); step = step*3 + 1 {
+		n, err := s.ReadData(got[off:min(off+step, len(got))])
+		if err != nil {
+			t.Fatalf("ReadData at %d: %v", off, err)
+		}
+		off += n
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the data read differs from the data sent")
+	}
+	if m, err := s.Recv(); err != nil || m.GetStart().GetId() != "n1.1" {
+		t.Fatalf("Recv after the data = %v, %v", m, err)
+	}
+	if m, err := s.Recv(); err != nil || string(m.GetStdin()) != "late" {
+		t.Fatalf("Recv of the late data = %v, %v", m, err)
+	}
+	// A message where data is expected is an error, not data.
+	if _, err := s.ReadData(make([]byte, 10)); err == nil {
+		t.Fatal("ReadData read a message frame as data")
+	}
+}
+
+func start(id string) *peerpb.ExecIn {
+	return &peerpb.ExecIn{Msg: &peerpb.ExecIn_Start{Start: &peerpb.ExecStart{Id: id}}}
+}
+
+// TestReadDataCutShort: a connection that ends inside a frame is an
+// unexpected end, not a clean one.
+func TestReadDataCutShort(t *testing.T) {
+	cc, sc := pair(t)
+	s := NewServer(context.Background(), sc)
+	defer s.Close()
+	cc.Write([]byte{frameStdin, 0, 0, 0, 10, 'x', 'y'})
+	cc.Close()
+	buf := make([]byte, 10)
+	n, err := s.ReadData(buf)
+	for err == nil {
+		var m int
+		m, err = s.ReadData(buf[n:])
+		n += m
+	}
+	if n != 2 || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("read %d bytes, then %v; want 2 and an unexpected EOF", n, err)
+	}
+}
