@@ -112,12 +112,12 @@ func (e *Executor) refusesGuest(home string) string {
 // New returns an executor.
 func New(cfg Config) *Executor {
 	// Warm from the start: what a small process's move takes at each end
-	// (a buffer to read its memory into, one for frames and one for
-	// decoding, should it come here). Fresh, they cost a node's first
-	// moves 3 to 5 ms of page faults at each end (about 10 ms more frozen
-	// on a new cluster's first move).
+	// (a buffer to read its memory into, and one to decode it into,
+	// should it come here). Fresh, they cost a node's first moves 3 to
+	// 5 ms of page faults at each end (about 10 ms more frozen on a new
+	// cluster's first move).
 	buffers := bufpool.New(keptBuffers)
-	buffers.Warm(3, ckpt.RunBuffer)
+	buffers.Warm(2, ckpt.RunBuffer)
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
 		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
 		adopted: make(chan struct{}), buffers: buffers}

@@ -353,13 +353,6 @@ func (w *imageWriter) Write(b []byte) (int, error) {
 type imageReader struct {
 	s    ServerStream
 	rest []byte
-	buf  []byte // frames are read into it, when the stream can
-}
-
-// intoReceiver is a stream that reads data frames into a buffer of the
-// caller's (procstream.Server).
-type intoReceiver interface {
-	RecvInto(reuse *[]byte) (*peerpb.ExecIn, error)
 }
 
 // dataReader is a stream that reads data frames' payloads straight into
@@ -373,13 +366,7 @@ func (r *imageReader) Read(b []byte) (int, error) {
 		return dr.ReadData(b)
 	}
 	for len(r.rest) == 0 {
-		var m *peerpb.ExecIn
-		var err error
-		if ir, ok := r.s.(intoReceiver); ok {
-			m, err = ir.RecvInto(&r.buf)
-		} else {
-			m, err = r.s.Recv()
-		}
+		m, err := r.s.Recv()
 		if err != nil {
 			return 0, err
 		}
@@ -519,11 +506,10 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	defer stopLazy()
 
 	var (
-		ic     *imageConn
-		reader *imageReader
-		dec    *ckpt.Decoder
-		steps  *steps
-		g      *guest
+		ic    *imageConn
+		dec   *ckpt.Decoder
+		steps *steps
+		g     *guest
 	)
 	defer func() {
 		if ic != nil {
@@ -563,12 +549,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		}
 		steps = newSteps(time.Now()) // from the image's first word
 		var err error
-		reader = &imageReader{s: ic.s}
-		if _, direct := ic.s.(dataReader); !direct {
-			// A source sends a run of memory as one frame at most.
-			reader.buf = e.buffers.Get(ckpt.RunBuffer)
-		}
-		if dec, err = ckpt.NewDecoder(reader); err != nil {
+		if dec, err = ckpt.NewDecoder(&imageReader{s: ic.s}); err != nil {
 			return true, fmt.Errorf("read the image of %s: %v", st.Id, err)
 		}
 		img := dec.Image()
@@ -630,10 +611,6 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 			// Its memory comes in while it waits for the home's word,
 			// and after.
 			go e.fillLazy(lazyCtx, st.Id, p.Pid, lazy, dec, ic.out)
-		} else {
-			// All of the image is in: its frames' buffer goes back.
-			e.buffers.Put(reader.buf)
-			reader.buf = nil
 		}
 		var limits []spawn.Rlimit
 		for _, l := range img.Rlimits {

@@ -221,22 +221,6 @@ func (s Server) decodeIn(typ byte, payload []byte) (*peerpb.ExecIn, error) {
 	return nil, fmt.Errorf("unexpected frame type %d from the home", typ)
 }
 
-// RecvInto is Recv, with the payload of a data frame read into *reuse
-// (grown as needed): valid until the next call.
-func (s Server) RecvInto(reuse *[]byte) (*peerpb.ExecIn, error) {
-	typ, payload, err := s.readFrame(reuse)
-	if err != nil {
-		if !errors.Is(err, io.EOF) {
-			s.cancel()
-		}
-		return nil, err
-	}
-	if typ == frameStdin {
-		return &peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: payload}}, nil
-	}
-	return s.decodeIn(typ, payload)
-}
-
 // ReadData reads the payloads of the data frames that follow as one
 // stream of bytes, straight into p: an image's bytes, with no frame buffer
 // to copy them out of. A frame of another type is an error. It reads no
