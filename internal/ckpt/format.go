@@ -108,10 +108,10 @@ func (e *Encoder) record(kind byte, parts ...[]byte) error {
 	for _, p := range parts {
 		crc = crc32.Update(crc, castagnoli, p)
 	}
-	return e.recordSummed(kind, crc, parts...)
+	return e.writeRecord(hdr, crc, parts...)
 }
 
-// recordHead is a record's kind and length, as written.
+// recordHead is a record's kind and payload length, as written.
 func recordHead(kind byte, n uint64) [9]byte {
 	var hdr [9]byte
 	hdr[0] = kind
@@ -129,13 +129,9 @@ func pageSumStart(addr uint64, n int) uint32 {
 	return crc32.Update(crc32.Update(0, castagnoli, hdr[:]), castagnoli, a[:])
 }
 
-// recordSummed writes a record whose checksum, crc, is known.
-func (e *Encoder) recordSummed(kind byte, crc uint32, parts ...[]byte) error {
-	var n uint64
-	for _, p := range parts {
-		n += uint64(len(p))
-	}
-	hdr := recordHead(kind, n)
+// writeRecord writes a record: its head, its payload's parts, and crc,
+// its checksum.
+func (e *Encoder) writeRecord(hdr [9]byte, crc uint32, parts ...[]byte) error {
 	if _, err := e.w.Write(hdr[:]); err != nil {
 		return err
 	}
@@ -166,20 +162,18 @@ const runHead = 8
 
 // Pages writes a run of memory.
 func (e *Encoder) Pages(p PageRun) error {
-	if p.summed && len(p.Data) <= maxRecord-runHead {
-		// Summed where it was read, while in the reader's cache.
-		addr := binary.LittleEndian.AppendUint64(nil, p.Addr)
-		if err := e.recordSummed(recPages, p.sum, addr, p.Data); err != nil {
-			return err
-		}
-		e.pages++
-		e.bytes += uint64(len(p.Data))
-		return nil
-	}
 	for off := 0; off < len(p.Data); off += maxRecord - runHead {
 		end := min(off+maxRecord-runHead, len(p.Data))
 		addr := binary.LittleEndian.AppendUint64(nil, p.Addr+uint64(off))
-		if err := e.record(recPages, addr, p.Data[off:end]); err != nil {
+		data := p.Data[off:end]
+		var err error
+		if p.summed && end-off == len(p.Data) {
+			// One record, summed where it was read, in the reader's cache.
+			err = e.writeRecord(recordHead(recPages, uint64(runHead+len(data))), p.sum, addr, data)
+		} else {
+			err = e.record(recPages, addr, data)
+		}
+		if err != nil {
 			return err
 		}
 		e.pages++
