@@ -59,22 +59,31 @@ UP=$!
 for _ in $(seq 600); do grep -q "Ctrl-C stops" "$WORK/up.log" && break; sleep 0.1; done
 export MOSAIC_SOCKET=$WORK/cluster/n1/mosaic.sock
 
-hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$WORK/fast.json" \
-	-n "local /bin/true" "/bin/true" \
-	-n "mosaic run --here" "$MOSAIC run --here -- /bin/true" \
-	-n "mosaic run --on n2" "$MOSAIC run --on n2 -- /bin/true" \
-	-n "ssh, ControlMaster" "$SSH -o ControlPath=$WORK/cm $BENCHUSER@127.0.0.1 /bin/true" \
-	${OTHER:+-n "other: run --on n2" "$OTHER run --on n2 -- /bin/true"} >/dev/null
+# Rounds: every command runs RUNS/10 times in each of 10 rounds, so that a
+# change in the machine's speed during the benchmark (this is a shared VM)
+# falls on all commands alike rather than on whichever ran last.
+ROUNDS=10
+for r in $(seq $ROUNDS); do
+	hyperfine -N --warmup 3 --runs $((RUNS / ROUNDS)) --export-json "$WORK/fast.$r.json" \
+		-n "local /bin/true" "/bin/true" \
+		-n "mosaic run --here" "$MOSAIC run --here -- /bin/true" \
+		-n "mosaic run --on n2" "$MOSAIC run --on n2 -- /bin/true" \
+		-n "ssh, ControlMaster" "$SSH -o ControlPath=$WORK/cm $BENCHUSER@127.0.0.1 /bin/true" \
+		${OTHER:+-n "other: run --on n2" "$OTHER run --on n2 -- /bin/true"} >/dev/null
+done
 hyperfine -N --warmup 3 --runs $((RUNS / 10)) --export-json "$WORK/ssh.json" \
 	-n "ssh" "$SSH $BENCHUSER@127.0.0.1 /bin/true" >/dev/null
 
-python3 - "$WORK/fast.json" "$WORK/ssh.json" <<'PY'
-import json, sys
-rows = []
+python3 - "$WORK"/fast.*.json "$WORK/ssh.json" <<'PY'
+import json, statistics, sys
+times = {}
 for f in sys.argv[1:]:
-    rows += json.load(open(f))["results"]
+    for r in json.load(open(f))["results"]:
+        times.setdefault(r["command"], []).extend(r["times"])
 print(f"{'command':<22} {'median ms':>10} {'mean ms':>9} {'p90 ms':>8} {'runs':>5}")
-for r in rows:
-    t = sorted(r["times"])
-    print(f"{r['command']:<22} {r['median']*1000:>10.2f} {r['mean']*1000:>9.2f} {t[int(len(t)*0.9)]*1000:>8.2f} {len(t):>5}")
+for cmd, t in times.items():
+    t = sorted(t)
+    print(f"{cmd:<22} {statistics.median(t)*1000:>10.2f} {statistics.mean(t)*1000:>9.2f} {t[int(len(t)*0.9)]*1000:>8.2f} {len(t):>5}")
+ssh, mosaic = statistics.median(times["ssh, ControlMaster"]), statistics.median(times["mosaic run --on n2"])
+print(f"remote start, multiplexed ssh / mosaic: {ssh/mosaic:.2f}x")
 PY

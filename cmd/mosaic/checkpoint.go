@@ -89,12 +89,13 @@ file is refused before anything runs.`,
 				return exitError{complain("%v", err)}
 			}
 			defer img.Close()
+			sigs := catchSignals()
 			args, err := runArgs(nil)
 			if err != nil {
 				return exitError{complain("%v", err)}
 			}
 			args.Image = true
-			return exitError{runProgram(cmd.Context(), g, f, args, int(img.Fd()))}
+			return exitError{runProgram(cmd.Context(), g, f, args, sigs, int(img.Fd()))}
 		},
 	}
 	cmd.Flags().StringVar(&f.on, "on", "", "restore on this node")

@@ -19,6 +19,9 @@ import (
 )
 
 func main() {
+	if status, ok := runFast(os.Args[1:]); ok {
+		os.Exit(status)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRoot()

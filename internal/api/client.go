@@ -59,18 +59,35 @@ func Call(ctx context.Context, path, op string, args, out any, fds ...int) error
 
 // Send writes a request.
 func (c *Conn) Send(op string, args any, fds ...int) error {
+	req, err := EncodeRequest(op, args)
+	if err != nil {
+		return err
+	}
+	return c.SendEncoded(op, req, fds...)
+}
+
+// SendEncoded sends a request that EncodeRequest encoded for op.
+func (c *Conn) SendEncoded(op string, req []byte, fds ...int) error {
+	if err := c.WriteFrame(req, fds...); err != nil {
+		return fmt.Errorf("send %s request to the daemon: %w", op, err)
+	}
+	return nil
+}
+
+func encodeRequestJSON(op string, args any) ([]byte, error) {
 	req := Request{Op: op}
 	if args != nil {
 		b, err := json.Marshal(args)
 		if err != nil {
-			return fmt.Errorf("encode %s request: %w", op, err)
+			return nil, fmt.Errorf("encode %s request: %w", op, err)
 		}
 		req.Args = b
 	}
-	if err := c.WriteJSON(req, fds...); err != nil {
-		return fmt.Errorf("send %s request to the daemon: %w", op, err)
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s request: %w", op, err)
 	}
-	return nil
+	return b, nil
 }
 
 // Receive reads a response and decodes its result into out.

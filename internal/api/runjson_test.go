@@ -1,0 +1,116 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"reflect"
+	"testing"
+)
+
+// runRequests are run requests worth encoding: every optional field unset
+// and set, and strings that JSON must escape.
+func runRequests() []RunArgs {
+	return []RunArgs{
+		{},
+		{Argv: []string{}, Env: []string{}},
+		{Argv: []string{"/bin/true"}, Env: []string{"PATH=/usr/bin:/bin", "HOME=/root"}, Cwd: "/tmp", Umask: 0o22},
+		{
+			Argv:  []string{"sh", "-c", `echo "a\b" <x> & 'y'` + "\n\t\r\b\f\x00\x1f\x7f"},
+			Env:   []string{"A=\u2028\u2029", "B=\xff\xfe bad \xc3", "C=héllo, 世界 🎉", "D=" + string([]byte{0xed, 0xa0, 0x80})},
+			Cwd:   "/home/ü ser/dir with spaces",
+			Umask: 0o777,
+			Rlimits: []Rlimit{
+				{Resource: 0, Cur: math.MaxUint64, Max: math.MaxUint64},
+				{Resource: 7, Cur: 1024, Max: 1 << 20},
+			},
+			On:    "n2",
+			Here:  true,
+			Pin:   true,
+			Image: true,
+			Tty: &TtyModes{Rows: 50, Cols: 132, Iflag: 0x500, Oflag: 5, Cflag: 0xbf, Lflag: 0x8a3b,
+				Cc: []byte{3, 28, 127, 21, 4, 0, 1, 0, 17, 19, 26, 0, 18, 15, 23, 22, 0, 0, 0}, Ispeed: 15, Ospeed: 15},
+		},
+		{Argv: []string{"x"}, Tty: &TtyModes{}},
+		{Argv: []string{"x"}, Tty: &TtyModes{Rows: 1, Cc: []byte{}}},
+	}
+}
+
+// TestRunRequestAsJSON: the hand-made encoding is encoding/json's, byte for
+// byte, and the daemon's decoding gets the request back.
+func TestRunRequestAsJSON(t *testing.T) {
+	for i, a := range runRequests() {
+		checkRunRequest(t, i, a)
+	}
+}
+
+func checkRunRequest(t *testing.T, i int, a RunArgs) {
+	t.Helper()
+	got, err := EncodeRequest(OpRun, a)
+	if err != nil {
+		t.Fatalf("%d: %v", i, err)
+	}
+	want, err := encodeRequestJSON(OpRun, a)
+	if err != nil {
+		t.Fatalf("%d: %v", i, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%d: encoded\n%s\nencoding/json gives\n%s", i, got, want)
+	}
+	var req Request
+	if err := json.Unmarshal(got, &req); err != nil || req.Op != OpRun {
+		t.Fatalf("%d: the daemon cannot read %s: %v", i, got, err)
+	}
+	var back, viaJSON RunArgs
+	if err := json.Unmarshal(req.Args, &back); err != nil {
+		t.Fatalf("%d: %v", i, err)
+	}
+	json.Unmarshal(mustMarshal(t, a), &viaJSON)
+	if !reflect.DeepEqual(back, viaJSON) {
+		t.Fatalf("%d: decoded %+v, want %+v", i, back, viaJSON)
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Requests other than run still go through encoding/json.
+func TestOtherRequestsAsJSON(t *testing.T) {
+	got, err := EncodeRequest(OpTokenCreate, TokenCreateArgs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(Request{Op: OpTokenCreate, Args: mustMarshal(t, TokenCreateArgs{})})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+	if got, _ := EncodeRequest(OpStatus, nil); string(got) != `{"op":"status"}` {
+		t.Fatalf("no arguments: got %s", got)
+	}
+}
+
+func FuzzRunRequestAsJSON(f *testing.F) {
+	for _, a := range runRequests() {
+		var arg, env string
+		if len(a.Argv) > 0 {
+			arg = a.Argv[len(a.Argv)-1]
+		}
+		if len(a.Env) > 0 {
+			env = a.Env[len(a.Env)-1]
+		}
+		f.Add(arg, env, a.Cwd, a.On, uint32(0o22), uint64(1), []byte{3, 4}, true)
+	}
+	f.Fuzz(func(t *testing.T, arg, env, cwd, on string, umask uint32, limit uint64, cc []byte, tty bool) {
+		a := RunArgs{Argv: []string{arg, env}, Env: []string{env}, Cwd: cwd, On: on, Umask: umask,
+			Rlimits: []Rlimit{{Resource: int(umask % 16), Cur: limit, Max: limit}}}
+		if tty {
+			a.Tty = &TtyModes{Rows: uint16(umask), Cols: uint16(umask >> 16), Lflag: umask, Cc: cc}
+		}
+		checkRunRequest(t, 0, a)
+	})
+}
