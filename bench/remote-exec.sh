@@ -63,15 +63,16 @@ export MOSAIC_SOCKET=$WORK/cluster/n1/mosaic.sock
 # change in the machine's speed during the benchmark (this is a shared VM)
 # falls on all commands alike rather than on whichever ran last.
 ROUNDS=10
+PER=$((RUNS >= ROUNDS ? RUNS / ROUNDS : 1))
 for r in $(seq $ROUNDS); do
-	hyperfine -N --warmup 3 --runs $((RUNS / ROUNDS)) --export-json "$WORK/fast.$r.json" \
+	hyperfine -N --warmup 3 --runs "$PER" --export-json "$WORK/fast.$r.json" \
 		-n "local /bin/true" "/bin/true" \
 		-n "mosaic run --here" "$MOSAIC run --here -- /bin/true" \
 		-n "mosaic run --on n2" "$MOSAIC run --on n2 -- /bin/true" \
 		-n "ssh, ControlMaster" "$SSH -o ControlPath=$WORK/cm $BENCHUSER@127.0.0.1 /bin/true" \
 		${OTHER:+-n "other: run --on n2" "$OTHER run --on n2 -- /bin/true"} >/dev/null
 done
-hyperfine -N --warmup 3 --runs $((RUNS / 10)) --export-json "$WORK/ssh.json" \
+hyperfine -N --warmup 3 --runs "$PER" --export-json "$WORK/ssh.json" \
 	-n "ssh" "$SSH $BENCHUSER@127.0.0.1 /bin/true" >/dev/null
 
 python3 - "$WORK"/fast.*.json "$WORK/ssh.json" <<'PY'

@@ -75,7 +75,7 @@ func runFast(argv []string) (status int, ok bool) {
 	}
 	// One P: the client mostly waits, and a second one only has idle
 	// threads spin and wake on the CPUs the daemons and the program need
-	// (about 1 ms less CPU per run on two cores).
+	// (0.5-1 ms less CPU per run on two cores).
 	runtime.GOMAXPROCS(1)
 	return runCommand(context.Background(), g, f, prog), true
 }
