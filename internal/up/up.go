@@ -86,6 +86,7 @@ type Cluster struct {
 	hosts  map[string]*netns.Host
 	unlock func()
 	speed  float64
+	id     string // the cluster's ID, once its first node exists
 	// Exited receives a node's name when its daemon exits unexpectedly.
 	Exited chan string
 	stop   sync.Once
@@ -203,6 +204,11 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("create the cluster's first node: %w", err)
 		}
 	}
+	// The cluster's cgroups are named after its ID: kept now, so that Stop
+	// removes this cluster's, whatever becomes of the directory.
+	if c.id, err = readClusterID(first.Dir); err != nil {
+		return nil, err
+	}
 	// Nodes that exist already start first, all together: a store that
 	// has several members needs a quorum of them before it answers.
 	var joiners []*Node
@@ -270,17 +276,50 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// lock makes sure one `mosaic up` runs per directory.
+// lock makes sure one `mosaic up` runs per directory. It takes two locks:
+// D/up.lock, and one named after D's path outside it (pathLock), which
+// holds even when D is removed and made again under a running cluster: a
+// second cluster there would take the same addresses' namespace names
+// (derived from the path) and its cgroups would be stopped with the first.
 func lock(dir string) (func(), error) {
-	release, err := pidlock.Acquire(filepath.Join(dir, "up.lock"))
-	var held *pidlock.HeldError
+	held := func(pid string) error {
+		return fmt.Errorf("a cluster is already running from %s (mosaic up, pid %s): stop it with Ctrl-C in its terminal, or use another --dir", dir, pid)
+	}
+	releasePath, err := pidlock.Acquire(pathLock(dir))
+	var h *pidlock.HeldError
 	switch {
-	case errors.As(err, &held):
-		return nil, fmt.Errorf("a cluster is already running from %s (mosaic up, pid %s): stop it with Ctrl-C in its terminal, or use another --dir", dir, held.PID)
+	case errors.As(err, &h):
+		return nil, held(h.PID)
 	case err != nil:
+		return nil, fmt.Errorf("take the lock of %s: %w", dir, err)
+	}
+	release, err := pidlock.Acquire(filepath.Join(dir, "up.lock"))
+	switch {
+	case errors.As(err, &h):
+		releasePath()
+		return nil, held(h.PID)
+	case err != nil:
+		releasePath()
 		return nil, fmt.Errorf("cannot write to %s: %w", dir, err)
 	}
-	return release, nil
+	return func() {
+		release()
+		releasePath()
+	}, nil
+}
+
+// pathLock is the lock file named after a cluster directory's path, in a
+// directory only root may write to when root runs `mosaic up` (so that
+// nobody else can hold it), in the user's temporary directory otherwise.
+func pathLock(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	name := "up-" + hex.EncodeToString(sum[:8]) + ".lock"
+	if os.Geteuid() == 0 {
+		if os.MkdirAll("/run/mosaic", 0o755) == nil {
+			return filepath.Join("/run/mosaic", name)
+		}
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("mosaic-%d-%s", os.Geteuid(), name))
 }
 
 // loadLayout reads D/up.json, or makes a new layout for an empty D.
@@ -653,22 +692,23 @@ func (c *Cluster) Stop() error {
 	return errors.Join(errs...)
 }
 
+// readClusterID reads the cluster's ID from a node's directory.
+func readClusterID(dir string) (string, error) {
+	n, err := cluster.Load(dir)
+	if err != nil {
+		return "", err
+	}
+	return n.ClusterID, nil
+}
+
 // cleanCgroups removes the node cgroups a killed daemon could not.
 func (c *Cluster) cleanCgroups() error {
-	if len(c.Nodes) == 0 {
-		return nil
-	}
-	b, err := os.ReadFile(filepath.Join(c.Nodes[0].Dir, cluster.ConfigFile))
-	if err != nil {
-		return nil
-	}
-	var cfg cluster.Config
-	if json.Unmarshal(b, &cfg) != nil || cfg.ClusterID == "" {
-		return nil
+	if c.id == "" {
+		return nil // no daemon was started
 	}
 	var errs []error
 	for _, n := range c.Nodes {
-		errs = append(errs, cgroup.Open(cgroup.DefaultRoot, filepath.Join("mosaic", cfg.ClusterID, n.Name)).Destroy())
+		errs = append(errs, cgroup.Open(cgroup.DefaultRoot, filepath.Join("mosaic", c.id, n.Name)).Destroy())
 	}
 	return errors.Join(errs...)
 }
