@@ -49,3 +49,24 @@ func TestExclusiveAcrossProcesses(t *testing.T) {
 		t.Fatalf("another process could not take a released lock (exit %d)", code)
 	}
 }
+
+func TestAcquireRemoved(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	release, err := AcquireRemoved(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held *HeldError
+	if _, err := Acquire(path); !errors.As(err, &held) || held.PID != strconv.Itoa(os.Getpid()) {
+		t.Fatalf("second holder: %v, want held by pid %d", err, os.Getpid())
+	}
+	release()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after release: %v, want it removed", err)
+	}
+	release, err = AcquireRemoved(path)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	release()
+}

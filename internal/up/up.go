@@ -285,7 +285,7 @@ func lock(dir string) (func(), error) {
 	held := func(pid string) error {
 		return fmt.Errorf("a cluster is already running from %s (mosaic up, pid %s): stop it with Ctrl-C in its terminal, or use another --dir", dir, pid)
 	}
-	releasePath, err := pidlock.Acquire(pathLock(dir))
+	releasePath, err := pidlock.AcquireRemoved(pathLock(dir))
 	var h *pidlock.HeldError
 	switch {
 	case errors.As(err, &h):
