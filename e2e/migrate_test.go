@@ -559,6 +559,32 @@ func TestCheckpointRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("a large damaged image is refused for what it is, while the rest is on its way", func(t *testing.T) {
+		// 64 MiB the process has written: more than the connection between
+		// home and target holds, so the target finds the damage (an eighth
+		// in) while the home still sends, and drops the image's link.
+		script := "import time\nb = bytes(range(256)) * (1 << 18)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", script)
+		b.lines(1)
+		big := filepath.Join(dir, "big.img")
+		if r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", b.id(), big); r.code != 0 {
+			t.Fatal(r)
+		}
+		b.finish()
+		damaged, err := os.ReadFile(big)
+		if err != nil || len(damaged) < 64<<20 {
+			t.Fatalf("the image: %d bytes, %v", len(damaged), err)
+		}
+		damaged[len(damaged)/8] ^= 0x40
+		if err := os.WriteFile(big, damaged, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runOn(t, sock("n1"), nil, nil, "restore", "--on", "n2", big)
+		if r.code != 125 || !strings.Contains(r.stderr, "damaged") {
+			t.Fatalf("restore of a damaged 64 MiB image: want status 125 and the target's reason, %q:\n%s", "damaged", r)
+		}
+	})
+
 	t.Run("what cannot be saved is refused, and goes on", func(t *testing.T) {
 		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30; echo done")
 		id := b.id()
