@@ -559,13 +559,26 @@ func TestCheckpointRestore(t *testing.T) {
 		}
 	})
 
-	t.Run("a large damaged image is refused for what it is, while the rest is on its way", func(t *testing.T) {
-		// 64 MiB the process has written: more than the connection between
-		// home and target holds, so the target finds the damage (an eighth
-		// in) while the home still sends, and drops the image's link.
+	t.Run("a large image: a full disk or damage is reported for what it is, while the rest is on its way", func(t *testing.T) {
+		// 64 MiB the process has written: more than a connection between
+		// two nodes holds, so the receiver fails (a full disk; damage an
+		// eighth in) while the sender still sends, and drops the link.
 		script := "import time\nb = bytes(range(256)) * (1 << 18)\nprint('ready', flush=True)\ntime.sleep(60)\n"
 		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", script)
 		b.lines(1)
+		full := t.TempDir()
+		if err := syscall.Mount("tmpfs", full, "tmpfs", 0, "size=4m,mode=0755"); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Unmount(full, syscall.MNT_DETACH)
+		r := mosaic(t, "--socket", sock("n3"), "checkpoint", b.id(), filepath.Join(full, "big.img"))
+		expectFail(t, r, "no space left on device")
+		if left, _ := os.ReadDir(full); len(left) > 0 {
+			t.Fatalf("a failed checkpoint left %v", left)
+		}
+		if p := psOne(t, sock("n1"), b.id()); p.State != "running" {
+			t.Fatalf("after a checkpoint that could not be saved: %+v", p)
+		}
 		big := filepath.Join(dir, "big.img")
 		if r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", b.id(), big); r.code != 0 {
 			t.Fatal(r)
@@ -579,9 +592,9 @@ func TestCheckpointRestore(t *testing.T) {
 		if err := os.WriteFile(big, damaged, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := runOn(t, sock("n1"), nil, nil, "restore", "--on", "n2", big)
-		if r.code != 125 || !strings.Contains(r.stderr, "damaged") {
-			t.Fatalf("restore of a damaged 64 MiB image: want status 125 and the target's reason, %q:\n%s", "damaged", r)
+		rr := runOn(t, sock("n1"), nil, nil, "restore", "--on", "n2", big)
+		if rr.code != 125 || !strings.Contains(rr.stderr, "damaged") {
+			t.Fatalf("restore of a damaged 64 MiB image: want status 125 and the target's reason, %q:\n%s", "damaged", rr)
 		}
 	})
 

@@ -418,6 +418,11 @@ func (d *Daemon) opCheckpoint(ctx context.Context, c api.Caller, args json.RawMe
 		}
 	}
 	if err != nil {
+		// The receipt ends before the sender's word comes back through
+		// the home: if it failed, its reason is the one to give.
+		if why := receipt.Failed(); why != nil {
+			return nil, why
+		}
 		return nil, err
 	}
 	n, err := receipt.Wait(ctx)

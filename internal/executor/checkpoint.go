@@ -162,6 +162,18 @@ func (r *Receipt) Wait(ctx context.Context) (uint64, error) {
 	}
 }
 
+// Failed is the error the receipt ended with, if it has ended with one:
+// when its receiver fails first (a full disk), the sender sees only its
+// connection drop, and this is the reason.
+func (r *Receipt) Failed() error {
+	select {
+	case <-r.done:
+		return r.err
+	default:
+		return nil
+	}
+}
+
 // Cancel stops expecting the image.
 func (r *Receipt) Cancel() {
 	r.e.mu.Lock()
