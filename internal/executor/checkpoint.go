@@ -63,6 +63,8 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 	})
 	if err == nil {
 		err = imageReply(link, m.To)
+	} else if why := refusal(link, err, cancel); why != "" {
+		err = fmt.Errorf("%s could not save the image: %s", m.To, why)
 	}
 	if err != nil {
 		frozen.Resume()
@@ -90,7 +92,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 // link stays open for it.
 func sendImage(link Conn, offer *peerpb.ImageOffer, more bool, write func(io.Writer) error) (uint64, error) {
 	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: offer}}); err != nil {
-		return 0, fmt.Errorf("send the image: %w", err)
+		return 0, fmt.Errorf("send the image: %w", &linkError{err})
 	}
 	w := &imageWriter{link: link}
 	if err := write(w); err != nil {
@@ -101,7 +103,7 @@ func sendImage(link Conn, offer *peerpb.ImageOffer, more bool, write func(io.Wri
 		return w.n, nil
 	}
 	if err := link.CloseSend(); err != nil {
-		return w.n, fmt.Errorf("send the image: %w", err)
+		return w.n, fmt.Errorf("send the image: %w", &linkError{err})
 	}
 	return w.n, nil
 }

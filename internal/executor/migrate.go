@@ -180,6 +180,10 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return enc.Close()
 	})
 	if err != nil {
+		if why := refusal(link, err, cancel); why != "" {
+			goOn("%s could not restore it: %s", m.Target, why)
+			return
+		}
 		goOn("sending its image to %s failed: %v", m.Target, err)
 		return
 	}
@@ -332,7 +336,7 @@ type bulkSender interface{ SendData(b []byte) error }
 func (w *imageWriter) Write(b []byte) (int, error) {
 	if ds, ok := w.link.(bulkSender); ok {
 		if err := ds.SendData(b); err != nil {
-			return 0, err
+			return 0, &linkError{err}
 		}
 		w.n += uint64(len(b))
 		return len(b), nil
@@ -341,12 +345,43 @@ func (w *imageWriter) Write(b []byte) (int, error) {
 		end := min(off+chunk, len(b))
 		// Send copies into a frame of its own before it returns.
 		if err := w.link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: b[off:end]}}); err != nil {
-			return off, err
+			return off, &linkError{err}
 		}
 		w.n += uint64(end - off)
 		off = end
 	}
 	return len(b), nil
+}
+
+// linkError is a failure to send on an image's connection (as opposed to
+// one in making the image).
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
+
+// refusalWait is how long a sender whose image was broken off waits for
+// the receiver's reason.
+const refusalWait = 2 * time.Second
+
+// refusal is the receiver's reason for breaking off an image that was
+// being sent on link, if sending failed on the link (err) and the reason
+// came: a receiver that refuses an image part-way (it is damaged, the disk
+// is full) says why and drops the connection, which the sender's next
+// write sees first, as a reset; what was said before the reset can still
+// be read. cancel breaks the link if no word comes in time.
+func refusal(link Conn, err error, cancel func()) string {
+	var le *linkError
+	if !errors.As(err, &le) {
+		return ""
+	}
+	timer := time.AfterFunc(refusalWait, cancel)
+	defer timer.Stop()
+	reply, rerr := link.Recv()
+	if rerr != nil || reply.GetFailure() == nil {
+		return ""
+	}
+	return reply.GetFailure().GetMessage()
 }
 
 // imageReader reads an image from the data frames of an image connection.
