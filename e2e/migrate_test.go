@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -596,6 +597,45 @@ func TestCheckpointRestore(t *testing.T) {
 		if rr.code != 125 || !strings.Contains(rr.stderr, "damaged") {
 			t.Fatalf("restore of a damaged 64 MiB image: want status 125 and the target's reason, %q:\n%s", "damaged", rr)
 		}
+	})
+
+	t.Run("an interrupted checkpoint --stop either saves the process or leaves it running", func(t *testing.T) {
+		// 256 MiB: the transfer takes long enough for the interrupt to
+		// fall in it, most times. Either outcome is right; a process
+		// stopped without its image in place, or a partial file, is not.
+		script := "import time\nb = bytes(range(256)) * (1 << 20)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", script)
+		b.lines(1)
+		id := b.id()
+		file := filepath.Join(dir, "interrupted.img")
+		cmd := exec.Command(bin, "--socket", sock("n3"), "checkpoint", "--stop", id, file)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(150 * time.Millisecond)
+		cmd.Process.Signal(os.Interrupt)
+		err := cmd.Wait()
+		if left, _ := filepath.Glob(filepath.Join(dir, ".interrupted.img.partial*")); len(left) > 0 {
+			t.Fatalf("an interrupted checkpoint left %v", left)
+		}
+		if _, serr := os.Stat(file); serr == nil {
+			t.Logf("the checkpoint was done before the interrupt (%v): the image is in place", err)
+			if _, code := b.finish(); code != 254 {
+				t.Fatalf("the image is saved but the process was not stopped: exit %d", code)
+			}
+			return
+		}
+		if err == nil || !strings.Contains(stderr.String(), "called off") {
+			t.Fatalf("no image, and the checkpoint says: %v %s", err, stderr.String())
+		}
+		if p := psOne(t, sock("n1"), id); p.State != "running" {
+			t.Fatalf("the checkpoint was called off, and the process is %+v", p)
+		}
+		t.Logf("called off: %s", strings.TrimSpace(stderr.String()))
+		mosaic(t, "--socket", sock("n1"), "kill", id)
+		b.finish()
 	})
 
 	t.Run("what cannot be saved is refused, and goes on", func(t *testing.T) {

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +34,13 @@ is refused, with the reason. You may checkpoint only your own processes.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, path := args[0], args[1]
+			// Interrupted, it calls the checkpoint off and waits for the
+			// outcome (a process stopped by --stop has its image put in
+			// place even so); killed, its daemon calls it off as it sees
+			// the connection close.
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+			defer signal.Stop(sigs)
 			dir := filepath.Dir(path)
 			tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".partial-*")
 			if err != nil {
@@ -41,7 +51,7 @@ is refused, with the reason. You may checkpoint only your own processes.`,
 				os.Remove(tmp.Name()) // gone already when it became FILE
 			}()
 			var res api.CheckpointResult
-			if err := api.Call(cmd.Context(), g.sock(), api.OpCheckpoint, api.CheckpointArgs{ID: id, Stop: stop}, &res, int(tmp.Fd())); err != nil {
+			if err := callOffable(cmd.Context(), g.sock(), sigs, api.OpCheckpoint, api.CheckpointArgs{ID: id, Stop: stop}, &res, int(tmp.Fd())); err != nil {
 				return err
 			}
 			if err := tmp.Sync(); err != nil {
@@ -65,6 +75,30 @@ is refused, with the reason. You may checkpoint only your own processes.`,
 	cmd.Flags().BoolVar(&stop, "stop", false, "end the process once it is saved")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON, for scripts")
 	return cmd
+}
+
+// callOffable is api.Call for an operation that a signal calls off: on
+// the first of sigs it tells the daemon so (CloseWrite) and goes on waiting
+// for the answer, which says what became of it.
+func callOffable(ctx context.Context, sock string, sigs <-chan os.Signal, op string, args, out any, fds ...int) error {
+	c, err := api.Dial(ctx, sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Send(op, args, fds...); err != nil {
+		return err
+	}
+	answered := make(chan struct{})
+	defer close(answered)
+	go func() {
+		select {
+		case <-sigs:
+			c.CloseWrite()
+		case <-answered:
+		}
+	}()
+	return c.Receive(ctx, out)
 }
 
 func newRestoreCmd(g *globals) *cobra.Command {

@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -163,6 +164,32 @@ func (c *Conn) Close() error {
 		syscall.Close(fd)
 	}
 	return c.uc.Close()
+}
+
+// CloseWrite tells the daemon that the client sends nothing more while it
+// still reads the answer: for an operation that watches for it (Hangup),
+// that the client calls it off.
+func (c *Conn) CloseWrite() error { return c.uc.CloseWrite() }
+
+// Hangup returns a context that ends when the client closes its end of the
+// connection or calls CloseWrite (or when ctx ends), for an operation whose
+// client sends nothing after its request; stop ends the watch (and the
+// context) and must be called before the connection is read again.
+func (c *Conn) Hangup(ctx context.Context) (_ context.Context, stop func()) {
+	hctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var b [1]byte
+		c.uc.Read(b[:]) // end of file, an error, or a byte it should not have sent
+		cancel()
+	}()
+	return hctx, func() {
+		c.uc.SetReadDeadline(time.Unix(1, 0)) // wakes the read
+		<-done
+		c.uc.SetReadDeadline(time.Time{})
+		cancel()
+	}
 }
 
 // peerCred asks the kernel who is on the other end.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -182,4 +183,49 @@ func TestStaleSocketReplaced(t *testing.T) {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	srv2.Close()
+}
+
+// A client that calls an operation off (CloseWrite) still gets its answer;
+// the operation sees the hangup and decides what that answer is.
+func TestHangup(t *testing.T) {
+	path := startServer(t, map[string]Handler{
+		"wait": func(ctx context.Context, c Caller, args json.RawMessage, conn *Conn) (any, error) {
+			hctx, stop := conn.Hangup(ctx)
+			defer stop()
+			select {
+			case <-hctx.Done():
+				return "called off", nil
+			case <-time.After(10 * time.Second):
+				return "not called off", nil
+			}
+		},
+		"quick": func(ctx context.Context, c Caller, args json.RawMessage, conn *Conn) (any, error) {
+			hctx, stop := conn.Hangup(ctx)
+			stop() // the watch ends with the operation, whatever the client does
+			if hctx.Err() == nil {
+				return nil, errors.New("the context outlived the watch")
+			}
+			return "done", nil
+		},
+	})
+	ctx := context.Background()
+	c, err := Dial(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Send("wait", nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := c.Receive(ctx, &got); err != nil || got != "called off" {
+		t.Fatalf("answer %q, %v; want \"called off\"", got, err)
+	}
+	if err := Call(ctx, path, "quick", nil, &got); err != nil || got != "done" {
+		t.Fatalf("answer %q, %v", got, err)
+	}
 }

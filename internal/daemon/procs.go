@@ -405,6 +405,14 @@ func (d *Daemon) opCheckpoint(ctx context.Context, c api.Caller, args json.RawMe
 	defer cancel()
 	receipt := d.exec.ExpectImage(token, file)
 	defer receipt.Cancel()
+	// A client that goes away (or is interrupted, and says so) calls the
+	// checkpoint off: with --stop, a process must not end for an image
+	// nobody will put in place. What it waits for below is the outcome,
+	// whichever it is.
+	hung, stopWatch := conn.Hangup(ctx)
+	defer stopWatch()
+	stopCallOff := context.AfterFunc(hung, receipt.CallOff)
+	defer stopCallOff()
 	if home == d.node.Name {
 		_, err = d.home.Checkpoint(ctx, a.ID, c.UID, d.node.Name, token, a.Stop)
 	} else {

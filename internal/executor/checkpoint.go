@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
@@ -141,6 +142,7 @@ type Receipt struct {
 	once  sync.Once
 	n     uint64
 	err   error
+	off   atomic.Bool // called off: the rest of the image is refused
 }
 
 // ExpectImage makes this node accept an image that presents token, check
@@ -176,6 +178,15 @@ func (r *Receipt) Failed() error {
 	}
 }
 
+// errCalledOff is what a receipt called off answers the image's sender.
+var errCalledOff = errors.New("the checkpoint was called off (its client went away, or was interrupted): the process goes on")
+
+// CallOff refuses what is still to come of the image, so that the sender
+// lets the process go on: a checkpoint whose client is gone must not stop
+// a process whose image nobody will put in place. An image already all
+// there stays saved.
+func (r *Receipt) CallOff() { r.off.Store(true) }
+
 // Cancel stops expecting the image.
 func (r *Receipt) Cancel() {
 	r.e.mu.Lock()
@@ -190,13 +201,17 @@ func (r *Receipt) finish(n uint64, err error) {
 	})
 }
 
-// counter counts what passes.
+// counter counts what passes, until the receipt is called off.
 type counter struct {
-	w io.Writer
-	n uint64
+	w   io.Writer
+	n   uint64
+	off *atomic.Bool
 }
 
 func (c *counter) Write(b []byte) (int, error) {
+	if c.off.Load() {
+		return 0, errCalledOff
+	}
 	n, err := c.w.Write(b)
 	c.n += uint64(n)
 	return n, err
@@ -205,7 +220,7 @@ func (c *counter) Write(b []byte) (int, error) {
 // save writes an arriving image through its receipt, checking it as it
 // goes: a damaged image fails the receipt (and the checkpoint).
 func (r *Receipt) save(s ServerStream, out *sender) {
-	c := &counter{w: r.w}
+	c := &counter{w: r.w, off: &r.off}
 	err := func() error {
 		d, err := ckpt.NewDecoder(io.TeeReader(&imageReader{s: s}, c))
 		if err != nil {
