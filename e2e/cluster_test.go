@@ -403,3 +403,54 @@ func freeLoopback(t *testing.T) string {
 }
 
 var _ = api.OpNodes
+
+// `mosaic up` killed outright takes its daemons with it, in network
+// namespaces too (where each daemon re-executes itself from another
+// thread, which once lost the parent death signal: they ran on, orphans),
+// and the same directory starts again and stops cleanly afterwards.
+func TestUpKilledTakesItsDaemons(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*exec.Cmd, *syncBuffer) {
+		t.Helper()
+		cmd := exec.Command(bin, "up", "--netns", "--nodes", "2", "--dir", dir)
+		out := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		eventually(t, time.Minute, "the cluster is up", func() (bool, string) {
+			return strings.Contains(out.String(), "Ctrl-C stops"), out.String()
+		})
+		return cmd, out
+	}
+	daemons := func() []string {
+		var found []string
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if err == nil && strings.Contains(string(b), "--dir\x00"+dir+"/n") {
+				found = append(found, e.Name())
+			}
+		}
+		return found
+	}
+	cmd, _ := start()
+	if n := len(daemons()); n != 2 {
+		t.Fatalf("%d daemons of the cluster run, want 2", n)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	eventually(t, 15*time.Second, "the daemons end with `mosaic up`", func() (bool, string) {
+		left := daemons()
+		return len(left) == 0, fmt.Sprint("still running: ", left)
+	})
+	cmd, out := start()
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stop after a restart: %v\n%s", err, out)
+	}
+	if left := daemons(); len(left) > 0 {
+		t.Fatalf("daemons left after a clean stop: %v", left)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -29,7 +30,19 @@ import (
 
 const defaultDir = "/var/lib/mosaic"
 
+// main starts on the process's first thread, where a parent death signal
+// set at the fork is (it is per thread): `mosaic up` gives its daemons one,
+// and a daemon that re-executes itself in a network namespace does so from
+// another thread (netns.ExecIn), which must be told.
+func init() { runtime.LockOSThread() }
+
 func main() {
+	death, err := netns.MainThreadParentDeath()
+	runtime.UnlockOSThread()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mosaic:", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{
@@ -42,7 +55,7 @@ daemons or whole clusters. The mosaic CLI hands 'node', 'up', 'init',
 		SilenceErrors: true,
 		Version:       version.String(),
 	}
-	root.AddCommand(newNodeCmd(), newUpCmd(), newInitCmd(), newBenchCmd(), newSimCmd())
+	root.AddCommand(newNodeCmd(death), newUpCmd(), newInitCmd(), newBenchCmd(), newSimCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "mosaic:", err)
 		os.Exit(1)
@@ -50,6 +63,7 @@ daemons or whole clusters. The mosaic CLI hands 'node', 'up', 'init',
 }
 
 type nodeFlags struct {
+	death    netns.ParentDeath // to keep over a re-exec in a network namespace
 	cfg      daemon.Config
 	join     string
 	token    string
@@ -60,8 +74,8 @@ type nodeFlags struct {
 	logLevel string
 }
 
-func newNodeCmd() *cobra.Command {
-	f := &nodeFlags{}
+func newNodeCmd(death netns.ParentDeath) *cobra.Command {
+	f := &nodeFlags{death: death}
 	cmd := &cobra.Command{
 		Use:   "node [--dir DIR] [--join IP:PORT --token TOKEN]",
 		Short: "Run this machine's mosaic daemon in the foreground",
@@ -111,7 +125,7 @@ func runNode(cmd *cobra.Command, f *nodeFlags) error {
 		if err != nil {
 			return err
 		}
-		return netns.ExecIn(f.netns, self, argv, os.Environ())
+		return netns.ExecIn(f.netns, self, argv, os.Environ(), f.death)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {

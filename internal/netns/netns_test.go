@@ -24,7 +24,7 @@ const execEnv = "MOSAIC_NETNS_TEST_EXEC_IN"
 
 func TestMain(m *testing.M) {
 	if path := os.Getenv(execEnv); path != "" {
-		err := ExecIn(path, "/bin/sh", []string{"sh", "-c", "readlink /proc/self/ns/net"}, os.Environ())
+		err := ExecIn(path, "/bin/sh", []string{"sh", "-c", "readlink /proc/self/ns/net"}, os.Environ(), ParentDeath{})
 		fmt.Fprintln(os.Stderr, "ExecIn returned:", err)
 		os.Exit(3)
 	}
@@ -377,15 +377,15 @@ func TestExecIn(t *testing.T) {
 	}
 
 	// Failures come back as errors naming what failed.
-	err = ExecIn(h.Path, "/nonexistent/mosaic", []string{"mosaic"}, nil)
+	err = ExecIn(h.Path, "/nonexistent/mosaic", []string{"mosaic"}, nil, ParentDeath{})
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/mosaic") {
 		t.Errorf("ExecIn of a missing program: got %v", err)
 	}
-	err = ExecIn("/proc/self/ns/uts", "/bin/true", []string{"true"}, nil)
+	err = ExecIn("/proc/self/ns/uts", "/bin/true", []string{"true"}, nil, ParentDeath{})
 	if err == nil || !strings.Contains(err.Error(), "not a network namespace") {
 		t.Errorf("ExecIn into a UTS namespace: got %v", err)
 	}
-	err = ExecIn(RunDir+"/"+n.Prefix()+"-nope", "/bin/true", []string{"true"}, nil)
+	err = ExecIn(RunDir+"/"+n.Prefix()+"-nope", "/bin/true", []string{"true"}, nil, ParentDeath{})
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ExecIn into a missing namespace: got %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -88,7 +89,13 @@ func Do(nsPath string, fn func() error) error {
 // If the exec fails, ExecIn returns the thread to its own namespace before
 // unlocking it, or, if that fails too, leaves it locked so that the Go
 // runtime discards it.
-func ExecIn(nsPath string, argv0 string, argv []string, env []string) error {
+//
+// A parent death signal (prctl PR_SET_PDEATHSIG) is per thread, and a new
+// thread starts without one: a process that was given one at its fork
+// would lose it by exec'ing from this thread, which is not its first, and
+// outlive its parent. death says what to give the new program (see
+// MainThreadParentDeath); the zero value gives nothing.
+func ExecIn(nsPath string, argv0 string, argv []string, env []string, death ParentDeath) error {
 	fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open network namespace %s: %w%s", nsPath, err, hint(err))
@@ -100,11 +107,48 @@ func ExecIn(nsPath string, argv0 string, argv []string, env []string) error {
 			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("enter network namespace %s: %w%s", nsPath, err, setnsHint(err))
 			}
+			if err := death.set(); err != nil {
+				return err
+			}
 			err := syscall.Exec(argv0, argv, env)
 			return fmt.Errorf("exec %s in network namespace %s: %w%s", argv0, nsPath, err, hint(err))
 		})
 	}()
 	return <-errc
+}
+
+// ParentDeath is a parent death signal to carry over an exec from another
+// thread: the signal, and the parent it is about.
+type ParentDeath struct {
+	Signal syscall.Signal
+	Parent int
+}
+
+// MainThreadParentDeath reads the calling thread's parent death signal and
+// the process's parent. Call it on the process's first thread (from main,
+// with init having locked it there), where the fork set it.
+func MainThreadParentDeath() (ParentDeath, error) {
+	var sig int32
+	if err := unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&sig)), 0, 0, 0); err != nil {
+		return ParentDeath{}, fmt.Errorf("read the parent death signal: %w", err)
+	}
+	return ParentDeath{Signal: syscall.Signal(sig), Parent: os.Getppid()}, nil
+}
+
+// set gives the calling thread the signal. If the parent died before
+// (the signal would then never come), it ends the process as the signal
+// would have.
+func (d ParentDeath) set() error {
+	if d.Signal == 0 {
+		return nil
+	}
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(d.Signal), 0, 0, 0); err != nil {
+		return fmt.Errorf("keep the parent death signal: %w", err)
+	}
+	if os.Getppid() != d.Parent {
+		return fmt.Errorf("the parent (pid %d) is gone", d.Parent)
+	}
+	return nil
 }
 
 // onOwnThread runs fn, which may change the network namespace of its
