@@ -42,6 +42,38 @@ func TestNoDaemon(t *testing.T) {
 	expectFail(t, r, "no mosaic daemon is running")
 }
 
+// Ctrl-C while the daemon works says what it means, not "context
+// canceled", and exits as an interrupted command does.
+func TestInterruptedWhileTheDaemonWorks(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "slow.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // a daemon that takes the request and never answers
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	cmd := exec.Command(bin, "--socket", sock, "migrate", "n1.1", "n2")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 130 || !strings.Contains(stderr.String(), "interrupted") {
+		t.Fatalf("exit %d, stderr %q: want 130 and that it was interrupted", code, stderr.String())
+	}
+}
+
 func TestBadDataDirs(t *testing.T) {
 	t.Run("missing", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "nope")

@@ -30,6 +30,12 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			// Ctrl-C or SIGTERM while the daemon was at work: say so,
+			// rather than "context canceled", and that it may go on.
+			fmt.Fprintln(os.Stderr, "mosaic: interrupted before the daemon answered: what it was asked may still be done (`mosaic ps` shows where processes are)")
+			os.Exit(130)
+		}
 		fmt.Fprintln(os.Stderr, "mosaic:", err)
 		os.Exit(1)
 	}
