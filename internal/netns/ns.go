@@ -136,8 +136,8 @@ func MainThreadParentDeath() (ParentDeath, error) {
 }
 
 // set gives the calling thread the signal. If the parent died before
-// (the signal would then never come), it ends the process as the signal
-// would have.
+// (the signal would then never come), it fails: the caller, meant to end
+// with its parent, then exits instead of running on.
 func (d ParentDeath) set() error {
 	if d.Signal == 0 {
 		return nil
