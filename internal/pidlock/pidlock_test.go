@@ -6,7 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestMain(m *testing.M) {
@@ -69,4 +72,40 @@ func TestAcquireRemoved(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 	release()
+}
+
+// Many takers of a lock whose file each release removes: never two holders
+// at once (one could lock the file just removed, if Acquire did not check
+// that the file it locked is still the one at the path).
+func TestAcquireRemovedExclusive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	var holders, most, taken atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 1000 {
+				release, err := AcquireRemoved(path)
+				if err != nil {
+					continue // held: try again
+				}
+				taken.Add(1)
+				n := holders.Add(1)
+				for {
+					m := most.Load()
+					if n <= m || most.CompareAndSwap(m, n) {
+						break
+					}
+				}
+				time.Sleep(50 * time.Microsecond) // hold it a while: a second holder would overlap
+				holders.Add(-1)
+				release()
+			}
+		}()
+	}
+	wg.Wait()
+	if most.Load() != 1 || taken.Load() == 0 {
+		t.Fatalf("at most %d holders at once (want 1), %d takes", most.Load(), taken.Load())
+	}
 }
