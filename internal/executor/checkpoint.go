@@ -64,8 +64,6 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 	})
 	if err == nil {
 		err = imageReply(link, m.To)
-	} else if why := refusal(link, err, cancel); why != "" {
-		err = fmt.Errorf("%s could not save the image: %s", m.To, why)
 	}
 	if err != nil {
 		frozen.Resume()

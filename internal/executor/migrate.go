@@ -180,7 +180,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return enc.Close()
 	})
 	if err != nil {
-		if why := refusal(link, err, cancel); why != "" {
+		if why := Refusal(link, err, cancel); why != "" {
 			goOn("%s could not restore it: %s", m.Target, why)
 			return
 		}
@@ -364,13 +364,13 @@ func (e *linkError) Unwrap() error { return e.err }
 // the receiver's reason.
 const refusalWait = 2 * time.Second
 
-// refusal is the receiver's reason for breaking off an image that was
+// Refusal is the receiver's reason for breaking off an image that was
 // being sent on link, if sending failed on the link (err) and the reason
 // came: a receiver that refuses an image part-way (it is damaged, the disk
 // is full) says why and drops the connection, which the sender's next
 // write sees first, as a reset; what was said before the reset can still
 // be read. cancel breaks the link if no word comes in time.
-func refusal(link Conn, err error, cancel func()) string {
+func Refusal(link Conn, err error, cancel func()) string {
 	var le *linkError
 	if !errors.As(err, &le) {
 		return ""

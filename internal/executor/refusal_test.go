@@ -53,7 +53,7 @@ func TestRefusalPartWay(t *testing.T) {
 	if err == nil {
 		t.Fatal("256 MiB went to a receiver that stopped reading")
 	}
-	if why := refusal(link, err, cancel); why != "the image is damaged" {
+	if why := Refusal(link, err, cancel); why != "the image is damaged" {
 		t.Fatalf("refusal after %v: %q, want the receiver's reason", err, why)
 	}
 }
@@ -62,10 +62,10 @@ func TestRefusalPartWay(t *testing.T) {
 // read (it would wait for a receiver that waits for the rest).
 func TestNoRefusalForOwnFailure(t *testing.T) {
 	link := &recvCounter{}
-	if why := refusal(link, errors.New("read the memory: no such process"), func() {}); why != "" || link.recvs != 0 {
+	if why := Refusal(link, errors.New("read the memory: no such process"), func() {}); why != "" || link.recvs != 0 {
 		t.Fatalf("refusal %q after %d reads of the link, want none", why, link.recvs)
 	}
-	if why := refusal(link, &linkError{errors.New("broken pipe")}, func() {}); why != "" || link.recvs != 1 {
+	if why := Refusal(link, &linkError{errors.New("broken pipe")}, func() {}); why != "" || link.recvs != 1 {
 		t.Fatalf("refusal %q after %d reads of the link, want one read and no reason", why, link.recvs)
 	}
 }

@@ -151,10 +151,6 @@ func (h *Home) restore(ctx context.Context, caller api.Caller, args api.RunArgs,
 	return fail(api.StatusMosaicError, "could not restore the image: %s", strings.Join(misses, "; "))
 }
 
-// refusalWait is how long a home waits, once the target has broken off an
-// image it was sent, for the target's reason.
-const refusalWait = 2 * time.Second
-
 // adopt sends the image to node and has it take the process in.
 func (h *Home) adopt(ctx context.Context, p *proc, start *peerpb.ExecStart, node string, image *os.File) (*stream, error) {
 	p.mu.Lock()
@@ -188,14 +184,12 @@ func (h *Home) adopt(ctx context.Context, p *proc, start *peerpb.ExecStart, node
 	}
 	if _, err := executor.SendImage(link, &peerpb.ImageOffer{Id: start.Id, Token: token}, image); err != nil {
 		// A target that refuses the image part-way (a damaged one) says
-		// why on the process's stream and drops the image's connection,
-		// which the write here sees first: its word is the better error.
-		timer := time.AfterFunc(refusalWait, cancel)
-		reply, rerr := s.conn.Recv()
-		timer.Stop()
+		// why and drops the image's connection, which the write here sees
+		// first: its word is the better error.
+		why := executor.Refusal(link, err, cancel)
 		s.close()
-		if rerr == nil && reply.GetFailure() != nil {
-			return nil, errors.New(reply.GetFailure().GetMessage())
+		if why != "" {
+			return nil, errors.New(why)
 		}
 		return nil, fmt.Errorf("%s: %v", node, err)
 	}
