@@ -160,18 +160,29 @@ func (r *remote) cloneThread() (int, error) {
 }
 
 // stepSyscall runs the thread to its next syscall stop.
+//
+// A thread whose first stop at the freeze was a signal's delivery still has
+// the freeze's interrupt pending: it reports it, as an interrupt stop, the
+// first time it is let go. That stop carries no signal, so the thread is
+// simply let go again.
 func (r *remote) stepSyscall() error {
-	if err := unix.PtraceSyscall(r.tid, 0); err != nil {
-		return fmt.Errorf("run thread %d to a system call: %w", r.tid, err)
+	for range 3 {
+		if err := unix.PtraceSyscall(r.tid, 0); err != nil {
+			return fmt.Errorf("run thread %d to a system call: %w", r.tid, err)
+		}
+		ws, err := waitStop(r.tid)
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && ws.StopSignal() == syscall.SIGTRAP && ws.TrapCause() == unix.PTRACE_EVENT_STOP {
+			continue
+		}
+		if !ws.Stopped() || ws.StopSignal() != syscall.SIGTRAP|0x80 {
+			return fmt.Errorf("thread %d stopped by %v instead of at a system call", r.tid, ws)
+		}
+		return nil
 	}
-	ws, err := waitStop(r.tid)
-	if err != nil {
-		return err
-	}
-	if !ws.Stopped() || ws.StopSignal() != syscall.SIGTRAP|0x80 {
-		return fmt.Errorf("thread %d stopped by %v instead of at a system call", r.tid, ws)
-	}
-	return nil
+	return fmt.Errorf("thread %d stopped for interrupts over and over instead of at a system call", r.tid)
 }
 
 // memory is the tracee's memory file, opened once.
