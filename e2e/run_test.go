@@ -187,6 +187,19 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("what the program leaves running ends with it", func(t *testing.T) {
+		// The background sleep holds the output pipes too: the run ends
+		// when its namespace does, and takes the sleep with it.
+		r := runOn(t, n1, nil, nil, "run", "--on", "n2", "--", "sh", "-c", "sleep 1234.5 & echo started")
+		if r.code != 0 || r.stdout != "started\n" {
+			t.Fatal(r)
+		}
+		eventually(t, 5*time.Second, "the background sleep is gone", func() (bool, string) {
+			pids := withArg("1234.5")
+			return len(pids) == 0, fmt.Sprint("still running: ", pids)
+		})
+	})
+
 	t.Run("signals to the client reach the program", func(t *testing.T) {
 		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGUSR1} {
 			cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n3", "--", "sleep", "100")
@@ -558,6 +571,26 @@ func pidOf(t *testing.T, verbose string) int {
 }
 
 // alive reports whether a process exists and is not a zombie.
+// withArg lists the processes of this machine that have arg among their
+// arguments.
+func withArg(arg string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		for _, a := range bytes.Split(cmdline, []byte{0}) {
+			if string(a) == arg {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	return err == nil && !strings.Contains(string(b), ") Z ")

@@ -286,8 +286,9 @@ func (e *Executor) supervise(s ServerStream, g *guest) {
 
 	status := g.wait(out)
 	// What it left running in its namespace ends with it (and so lets go
-	// of its output pipes).
-	if err := g.ns.Close(); err != nil {
+	// of its output pipes). The init is reaped (serveStart's Close) once
+	// the exit is reported.
+	if err := g.ns.End(); err != nil {
 		e.log.Warn("end the process's namespace", "id", st.Id, "err", err)
 	}
 	if g.hasMoved() {
