@@ -2,6 +2,8 @@
 // node`), a local cluster in one command (`mosaic up`) and the CLI that
 // talks to a node's daemon. This file and its siblings only parse flags and
 // print; the work is done in internal/.
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
 package main
 
 import (

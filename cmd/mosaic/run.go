@@ -162,7 +162,7 @@ func runProgram(ctx context.Context, g *globals, f *runFlags, args api.RunArgs, 
 	go func() {
 		for {
 			var e api.RunEvent
-			err := conn.ReadJSON(&e)
+			err := conn.ReadRunEvent(&e)
 			events <- eventOrEnd{e, err}
 			if err != nil {
 				return

@@ -158,6 +158,15 @@ func (c *Conn) ReadJSON(v any) error {
 	return json.Unmarshal(b, v)
 }
 
+// ReadRunEvent reads the next event of a run (see DecodeRunEvent).
+func (c *Conn) ReadRunEvent(e *RunEvent) error {
+	b, err := c.ReadFrame()
+	if err != nil {
+		return err
+	}
+	return DecodeRunEvent(b, e)
+}
+
 // Close closes the connection and any descriptors not taken.
 func (c *Conn) Close() error {
 	for _, fd := range c.TakeFDs() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -112,5 +113,70 @@ func FuzzRunRequestAsJSON(f *testing.F) {
 			a.Tty = &TtyModes{Rows: uint16(umask), Cols: uint16(umask >> 16), Lflag: umask, Cc: cc}
 		}
 		checkRunRequest(t, 0, a)
+	})
+}
+
+// The events every run gets take the hand-written path, and decode as
+// encoding/json decodes them; anything else is encoding/json's.
+func TestDecodeRunEvent(t *testing.T) {
+	fast := []RunEvent{
+		{Started: &RunStarted{ID: "n1.4121", Node: "n2", PID: 2}},
+		{Started: &RunStarted{ID: "héllo.1", Node: "", PID: 0}},
+		{Exit: &RunExit{Code: 7}},
+		{Exit: &RunExit{Code: 0, Signal: 11, Core: true}},
+		{Exit: &RunExit{Code: 0, Signal: 9}},
+		{Exit: &RunExit{Code: 255, Core: true}},
+		{Exit: &RunExit{Code: -1}},
+	}
+	slow := []RunEvent{
+		{Started: &RunStarted{ID: "a<b", Node: "n\"2", PID: 3}}, // escaped strings
+		{Stopped: 20},
+		{Continued: true},
+		{Error: "no such node", Status: 127},
+		{},
+	}
+	for _, want := range append(fast, slow...) {
+		b, err := json.Marshal(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var byHand RunEvent
+		tookFast := decodeStartedEvent(b, &byHand) || decodeExitEvent(b, &byHand)
+		var got RunEvent
+		if err := DecodeRunEvent(b, &got); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: got %+v, want %+v", b, got, want)
+		}
+		if isFast := slices.ContainsFunc(fast, func(e RunEvent) bool { return reflect.DeepEqual(e, want) }); tookFast != isFast {
+			t.Fatalf("%s: read by hand %v, want %v", b, tookFast, isFast)
+		}
+	}
+	var e RunEvent
+	for _, bad := range []string{`{"exit":{"code":01}}`, `{"exit":{"code":1}}x`, `{"started":{"id":"a","node":"b","pid":1.5}}`, ``} {
+		if err := DecodeRunEvent([]byte(bad), &e); err == nil {
+			t.Fatalf("%q decoded as %+v", bad, e)
+		}
+	}
+}
+
+// Whatever the hand-written path accepts, encoding/json reads the same.
+func FuzzDecodeRunEvent(f *testing.F) {
+	f.Add([]byte(`{"started":{"id":"n1.1","node":"n1","pid":2}}`))
+	f.Add([]byte(`{"exit":{"code":0,"signal":9,"core":true}}`))
+	f.Add([]byte(`{"exit":{"code":-0}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var byHand RunEvent
+		if !decodeStartedEvent(b, &byHand) && !decodeExitEvent(b, &byHand) {
+			return
+		}
+		var want RunEvent
+		if err := json.Unmarshal(b, &want); err != nil {
+			t.Fatalf("%q read by hand as %+v, but encoding/json: %v", b, byHand, err)
+		}
+		if !reflect.DeepEqual(byHand, want) {
+			t.Fatalf("%q: by hand %+v, encoding/json %+v", b, byHand, want)
+		}
 	})
 }
