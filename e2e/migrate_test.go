@@ -462,6 +462,38 @@ func TestMigrate(t *testing.T) {
 		}
 		restartAndWait(t, c, "n3")
 	})
+
+	t.Run("the home dies mid-transfer: no copy is left on either node", func(t *testing.T) {
+		size := fmt.Sprint(768<<20 + 4096) // names its processes, wherever they are
+		b := startBackground(t, sock("n2"), nil, "--on", "n1", "--", progs["counter"], "400", size)
+		b.lines(3)
+		id := b.id()
+		pid := psOne(t, sock("n2"), id).PID
+		done := make(chan error, 1)
+		go func() {
+			_, err := migrate(t, sock("n2"), nil, id, "n3")
+			done <- err
+		}()
+		eventually(t, 20*time.Second, "the process is frozen for the move", func() (bool, string) {
+			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+			return len(f) > 0 && f[0] == "t", string(st)
+		})
+		if err := c.Kill("n2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err == nil {
+			t.Fatal("a migration whose home was killed mid-transfer succeeded")
+		}
+		if _, code := b.finish(); code != api.StatusLost {
+			t.Fatalf("the client ended %d, want %d (lost)", code, api.StatusLost)
+		}
+		eventually(t, 15*time.Second, "no copy of the process is left", func() (bool, string) {
+			pids := withArg(size)
+			return len(pids) == 0, fmt.Sprint("still running: ", pids)
+		})
+		restartAndWait(t, c, "n2")
+	})
 }
 
 func TestCheckpointRestore(t *testing.T) {
