@@ -2,6 +2,11 @@
 // node`), a local cluster in one command (`mosaic up`) and the CLI that
 // talks to a node's daemon. This file and its siblings only parse flags and
 // print; the work is done in internal/.
+//
+// It chooses its GOMAXPROCS itself (one P for `mosaic run`, see runFast),
+// so the runtime need not read cgroup files for a default at start nor
+// watch them after (together 2-3% of a run's CPU).
+//
 //go:debug containermaxprocs=0
 //go:debug updatemaxprocs=0
 package main
