@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,6 +150,7 @@ func TestMigrate(t *testing.T) {
 	c := startPublicCluster(t, 3)
 	progs := cPrograms(t)
 	sock := func(n string) string { return c.Node(n).Socket }
+	clusterID := readClusterID(t, c)
 
 	t.Run("a program moves three times and its output goes on unchanged", func(t *testing.T) {
 		argv := []string{progs["counter"], "60", "4000000"}
@@ -172,8 +174,16 @@ func TestMigrate(t *testing.T) {
 			if res.Node != where {
 				t.Fatalf("migration %d: runs on %s, want %s", i+1, res.Node, where)
 			}
-			if p := psOne(t, sock("n1"), id); p.Node != where || p.Migrations != i+1 {
+			p := psOne(t, sock("n1"), id)
+			if p.Node != where || p.Migrations != i+1 {
 				t.Fatalf("after migration %d: ps says node %s, %d migrations", i+1, p.Node, p.Migrations)
+			}
+			// Under its new node's CPU quota, its memory charged there.
+			group := fmt.Sprintf("/mosaic/%s/%s", clusterID, where)
+			for _, controller := range []string{"cpu", "memory"} {
+				if got := cgroupOf(t, p.PID, controller); got != group {
+					t.Fatalf("after migration %d: in %s group %s, want %s", i+1, controller, got, group)
+				}
 			}
 			b.lines(5)
 		}
@@ -456,6 +466,10 @@ func TestMigrate(t *testing.T) {
 		if p := psOne(t, sock("n1"), id); p.Node != "n2" {
 			t.Fatalf("after the failed move: %+v", p)
 		}
+		// Out of n2's CPU quota for its freeze, back under it.
+		if got, group := cgroupOf(t, pid, "cpu"), fmt.Sprintf("/mosaic/%s/n2", clusterID); got != group {
+			t.Fatalf("after the failed move: in cpu group %s, want %s", got, group)
+		}
 		got, code := b.finish()
 		if code != 0 || got != string(want) {
 			t.Fatalf("exit %d; output differs after a failed move:\n got %q\nwant %q", code, got, want)
@@ -701,4 +715,21 @@ func countProcs(t *testing.T, exe string) int {
 		}
 	}
 	return n
+}
+
+// cgroupOf is a process's group in one cgroup v1 controller.
+func cgroupOf(t *testing.T, pid int, controller string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
+			return f[2]
+		}
+	}
+	t.Fatalf("process %d is in no %s group: %s", pid, controller, b)
+	return ""
 }

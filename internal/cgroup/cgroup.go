@@ -120,6 +120,49 @@ func (g *Group) AddThread(tid int) error {
 	return nil
 }
 
+// AddThreadMemory moves one thread into the group's memory controller
+// only: a process it forks has its memory charged to the group from its
+// first page, but runs outside the group's CPU quota until CapCPU. That
+// is how a daemon restores a process: its own work on it (writing the
+// image's memory, the system calls it runs in it) must not wait behind
+// the node's busy processes for the quota, up to a period at a time.
+func (g *Group) AddThreadMemory(tid int) error {
+	return writeFile(filepath.Join(g.dir("memory"), "tasks"), strconv.Itoa(tid))
+}
+
+// CapCPU puts a process, all its threads, under the group's CPU quota.
+func (g *Group) CapCPU(pid int) error {
+	return writeFile(filepath.Join(g.dir("cpu"), "cgroup.procs"), strconv.Itoa(pid))
+}
+
+// UncapCPU takes a process, all its threads, out of the group's CPU
+// quota, into the CPU group of the caller (the daemon's own); its memory
+// stays charged to the group.
+func (g *Group) UncapCPU(pid int) error {
+	own, err := ownCPUGroup()
+	if err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(g.root, "cpu", own, "cgroup.procs"), strconv.Itoa(pid))
+}
+
+// ownCPUGroup is the calling process's group in the cpu controller (its
+// main thread's: see AddThread).
+func ownCPUGroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read this process's cgroups: %w", err)
+	}
+	// v1 lines: hierarchy-ID:controller,controller:path
+	for line := range strings.Lines(string(b)) {
+		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "cpu") {
+			return f[2], nil
+		}
+	}
+	return "", errors.New("this process is in no cgroup v1 cpu controller")
+}
+
 // Procs lists the processes in the group, other than the caller's (a
 // thread of which may be in it, see AddThread).
 func (g *Group) Procs() ([]int, error) {

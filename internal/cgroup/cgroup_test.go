@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,5 +92,87 @@ func TestGroupLifecycle(t *testing.T) {
 	}
 	if err := g.Destroy(); err != nil {
 		t.Fatalf("second Destroy: %v", err)
+	}
+}
+
+// cgroupOf is pid's group in one controller, from /proc.
+func cgroupOf(t *testing.T, pid int, controller string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
+			return f[2]
+		}
+	}
+	t.Fatalf("pid %d has no %s group: %s", pid, controller, b)
+	return ""
+}
+
+// A process restored by a thread in the group's memory controller only
+// is charged there from the start and comes under the CPU quota when
+// capped; uncapped, it goes back to the caller's CPU group, its memory
+// staying charged to the group.
+func TestMemoryOnlyThenCapped(t *testing.T) {
+	needCgroups(t)
+	top := fmt.Sprintf("mosaic-test-cgroup-%d", os.Getpid())
+	g, err := Create(DefaultRoot, filepath.Join(top, "cluster", "n1"), 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Destroy()
+	own := cgroupOf(t, os.Getpid(), "cpu")
+	want := "/" + filepath.Join(top, "cluster", "n1")
+
+	// A thread of this test in the memory group only forks the process.
+	started := make(chan *exec.Cmd, 1)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // the thread dies with the goroutine, out of the group
+		if err := g.AddThreadMemory(syscall.Gettid()); err != nil {
+			errc <- err
+			return
+		}
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			errc <- err
+			return
+		}
+		started <- cmd
+	}()
+	var cmd *exec.Cmd
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	case cmd = <-started:
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	if got := cgroupOf(t, pid, "memory"); got != want {
+		t.Fatalf("memory group %q, want %q", got, want)
+	}
+	if got := cgroupOf(t, pid, "cpu"); got != own {
+		t.Fatalf("cpu group before CapCPU %q, want the caller's %q", got, own)
+	}
+	if err := g.CapCPU(pid); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupOf(t, pid, "cpu"); got != want {
+		t.Fatalf("cpu group after CapCPU %q, want %q", got, want)
+	}
+	if procs, _ := g.Procs(); !slices.Contains(procs, pid) {
+		t.Fatalf("Procs = %v after CapCPU, want %d in it", procs, pid)
+	}
+	if err := g.UncapCPU(pid); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupOf(t, pid, "cpu"); got != own {
+		t.Fatalf("cpu group after UncapCPU %q, want the caller's %q", got, own)
+	}
+	if got := cgroupOf(t, pid, "memory"); got != want {
+		t.Fatalf("memory group after UncapCPU %q, want %q", got, want)
 	}
 }

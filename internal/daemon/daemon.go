@@ -217,13 +217,21 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	d.spawner.KeepSpareNamespace()
 	// Before the group is removed: the spawning thread is in it.
 	defer d.spawner.Close()
-	restorer, err := spawn.New(place)
+	// The restoring thread is in the node's memory group only: what it
+	// restores is charged there from its first page, and comes under the
+	// CPU quota once restored (executor.Quota).
+	var placeMemory func(int) error
+	var quota executor.Quota
+	if d.group != nil {
+		placeMemory, quota = d.group.AddThreadMemory, d.group
+	}
+	restorer, err := spawn.New(placeMemory)
 	if err != nil {
 		return err
 	}
 	defer restorer.Close()
 	d.exec = executor.New(executor.Config{
-		Node: node.Name, Spawner: d.spawner, Restorer: restorer, Dial: d.dialNode, Log: d.log,
+		Node: node.Name, Spawner: d.spawner, Restorer: restorer, Dial: d.dialNode, Log: d.log, Quota: quota,
 	})
 	if d.bal, err = newBalancer(cfg.Policy, cfg.Manual, cfg.NoGuests); err != nil {
 		return err

@@ -46,8 +46,10 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 	}
 	stopped := false
 	defer func() { g.endTracing(stopped) }()
+	backInQuota := e.outOfQuota(id, pid)
 	img, frozen, err := ckpt.Freeze(pid)
 	if err != nil {
+		backInQuota()
 		failed("%s cannot be checkpointed: %s", id, pinnedReason(err))
 		return
 	}
@@ -66,6 +68,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 		err = imageReply(link, m.To)
 	}
 	if err != nil {
+		backInQuota()
 		frozen.Resume()
 		failed("%v", err)
 		return
@@ -78,6 +81,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 		report(&peerpb.Checkpointed{ImageBytes: n, Stopped: true})
 		return
 	}
+	backInQuota()
 	if err := frozen.Resume(); err != nil {
 		e.log.Error("resume after a checkpoint", "id", id, "err", err)
 	}

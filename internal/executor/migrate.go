@@ -131,8 +131,10 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	// then no part of the time it stands still.
 	std.holdRelays()
 	steps.mark("relays")
+	backInQuota := e.outOfQuota(id, pid)
 	img, frozen, err := ckpt.Freeze(pid)
 	if err != nil {
+		backInQuota()
 		std.releaseRelays(out)
 		failed("%s cannot move: %s", id, pinnedReason(err))
 		return
@@ -141,6 +143,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	frozen.UseBuffers(e.buffers)
 	if m.Lazy {
 		if err := frozen.MakeLazy(img); err != nil {
+			backInQuota()
 			frozen.Resume()
 			std.releaseRelays(out)
 			failed("%s stays on %s: %v", id, e.node, err)
@@ -152,6 +155,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	drained := std.drainOutput(out)
 	pending := std.takeInput(pid)
 	goOn := func(format string, a ...any) {
+		backInQuota()
 		if err := frozen.Resume(); err != nil {
 			e.log.Error("resume after a failed migration", "id", id, "err", err)
 		}
@@ -641,6 +645,14 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		r, err := ckpt.RestoreInto(stub, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
+		}
+		// Restored outside the node's CPU quota (see Quota), it runs
+		// under it.
+		if q := e.cfg.Quota; q != nil {
+			if err := q.CapCPU(p.Pid); err != nil {
+				r.Abort()
+				return fmt.Errorf("put %s under the node's CPU quota: %w", st.Id, err)
+			}
 		}
 		if lazy := r.Lazy(); lazy != nil {
 			// Its memory comes in while it waits for the home's word,
