@@ -29,6 +29,28 @@ const PolicyOff = "off"
 // round from every node.
 const targetBackoff = 30 * time.Second
 
+// peakWindow is how long a live node remembers the largest load it saw,
+// for the opportunity-cost policies' L. The study's "largest load seen so
+// far" is over one run of jobs; a daemon's life has no such end, and one
+// burst would set L for good: then load/L stays near 0, where n^x is
+// nearly a straight line, and the CPU term stops telling a busy node from
+// an idle one (docs/BENCHMARKS.md, "Why the cost policies place badly").
+const peakWindow = 10 * time.Minute
+
+// peakLoad is the largest load seen since the policy was chosen, within
+// peakWindow: once that long has passed without a load as high, it is
+// the largest of the moment again (L then doubles back up as loads rise).
+type peakLoad struct {
+	value float64
+	at    time.Time // when it was last reached
+}
+
+func (p *peakLoad) see(load float64, now time.Time) {
+	if load >= p.value || now.Sub(p.at) > peakWindow {
+		p.value, p.at = load, now
+	}
+}
+
 // processBackoff is how long a process whose move failed is not offered
 // again: most such failures pass (it held a file or a child for a moment,
 // it had just arrived).
@@ -42,7 +64,7 @@ type balancer struct {
 	manual   bool          // recommend only: never move by itself
 	noGuests bool          // the node's own wish (--no-guests, mosaic policy --no-guests)
 	draining bool          // mosaic drain: no guests, and the guests leave
-	peak     float64
+	peak     peakLoad
 	placed   int
 	rounds   uint64
 	cpu      map[string]cpuSample // by process ID: the last CPU reading
@@ -83,6 +105,9 @@ func (b *balancer) set(name string) error {
 			return fmt.Errorf("%w, or %s", err, PolicyOff)
 		}
 		p = policy.Live(p)
+	}
+	if name != b.name {
+		b.peak = peakLoad{} // the policy's "so far" starts now
 	}
 	b.name, b.pol = name, p
 	return nil
@@ -203,10 +228,16 @@ func (d *Daemon) view(now time.Time, withProcs bool) policy.View {
 				}
 			}
 		}
-		b.peak = max(b.peak, n.Load)
 		v.Nodes = append(v.Nodes, n)
 	}
-	v.PeakLoad, v.Placed = b.peak, b.placed
+	// The largest of the moment first: a peak past its window gives way
+	// to it, not to whichever node came first.
+	highest := 0.0
+	for _, n := range v.Nodes {
+		highest = max(highest, n.Load)
+	}
+	b.peak.see(highest, now)
+	v.PeakLoad, v.Placed = b.peak.value, b.placed
 	b.rounds++
 	v.Seed = b.rounds
 	return v

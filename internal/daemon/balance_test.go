@@ -51,3 +51,40 @@ func TestBalancerDemand(t *testing.T) {
 		t.Errorf("off with no guests: %+v, %v", b, err)
 	}
 }
+
+// The peak load behind the cost policies' L is the largest seen since the
+// policy was chosen, and within peakWindow: one burst does not set L for
+// the daemon's life.
+func TestBalancerPeak(t *testing.T) {
+	b, err := newBalancer("epvm", false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	b.peak.see(48, t0) // a burst
+	b.peak.see(3, t0.Add(time.Minute))
+	if b.peak.value != 48 {
+		t.Fatalf("peak %v a minute after a load of 48, want 48", b.peak.value)
+	}
+	b.peak.see(5, t0.Add(peakWindow+time.Second))
+	if b.peak.value != 5 {
+		t.Fatalf("peak %v once the burst is older than the window, want the load of the moment, 5", b.peak.value)
+	}
+	b.peak.see(4, t0.Add(peakWindow+2*time.Second))
+	if b.peak.value != 5 {
+		t.Fatalf("peak %v, want 5 still", b.peak.value)
+	}
+	// A peak reached again is remembered from then.
+	b.peak.see(5, t0.Add(2*peakWindow))
+	b.peak.see(1, t0.Add(2*peakWindow+time.Minute))
+	if b.peak.value != 5 {
+		t.Fatalf("peak %v after 5 was reached again, want 5", b.peak.value)
+	}
+	// Another policy starts afresh; the same one keeps its peak.
+	if err := b.set("epvm"); err != nil || b.peak.value != 5 {
+		t.Fatalf("set to the same policy: peak %v, %v", b.peak.value, err)
+	}
+	if err := b.set("emosix"); err != nil || b.peak.value != 0 {
+		t.Fatalf("set to another policy: peak %v, want 0 (%v)", b.peak.value, err)
+	}
+}
