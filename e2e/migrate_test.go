@@ -403,8 +403,12 @@ func TestMigrate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "child process") {
 			t.Fatalf("migrating a process with a child: %v", err)
 		}
-		if p := psOne(t, sock("n1"), id); p.Node != "n2" || p.State != "running" {
+		p := psOne(t, sock("n1"), id)
+		if p.Node != "n2" || p.State != "running" {
 			t.Fatalf("after a refused move: %+v", p)
+		}
+		if got, group := cgroupOf(t, p.PID, "cpu"), fmt.Sprintf("/mosaic/%s/n2", clusterID); got != group {
+			t.Fatalf("after a refused move: in cpu group %s, want %s", got, group)
 		}
 		mosaic(t, "--socket", sock("n1"), "kill", id)
 		b.finish()
