@@ -531,9 +531,13 @@ func TestCheckpointRestore(t *testing.T) {
 		b := startBackground(t, sock("n1"), nil, append([]string{"--on", "n2", "--"}, argv...)...)
 		b.lines(5)
 		id := b.id()
-		// A checkpoint from another node: the process goes on.
+		// A checkpoint from another node: the process goes on, under its
+		// node's CPU quota again.
 		if r := mosaic(t, "--socket", sock("n3"), "checkpoint", id, filepath.Join(dir, "first.img")); r.code != 0 {
 			t.Fatal(r)
+		}
+		if got, group := cgroupOf(t, psOne(t, sock("n1"), id).PID, "cpu"), fmt.Sprintf("/mosaic/%s/n2", readClusterID(t, c)); got != group {
+			t.Fatalf("after a checkpoint: in cpu group %s, want %s", got, group)
 		}
 		b.lines(5)
 		if r := mosaic(t, "--socket", sock("n3"), "checkpoint", "--stop", id, img); r.code != 0 || !strings.Contains(r.out, "stopped") {
