@@ -11,37 +11,14 @@ cd "$(dirname "$0")/.."
 MOVES=${1:-16}
 SIZE=${2:-8}
 BUSY=${3:-3}
-MOSAIC=${MOSAIC:-$PWD/bin/mosaic}
-[ -x "$MOSAIC" ] || make build >/dev/null
-
-WORK=$(mktemp -d /tmp/mosaic-bench-busy.XXXXXX)
-UP=
-cleanup() {
-	[ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-gcc -O1 -o "$WORK/workload" internal/bench/workload/migrate.c
-
-"$MOSAIC" up --nodes 2 --capacity 0.25,0.25 --dir "$WORK/up" >"$WORK/up.log" 2>&1 &
-UP=$!
-SOCK=$WORK/up/n1/mosaic.sock
-for _ in $(seq 100); do
-	"$MOSAIC" --socket "$SOCK" nodes 2>/dev/null | grep -q "n2 .*alive" && break
-	sleep 0.2
-done
+. bench/two-nodes.sh
+two_nodes busy --capacity 0.25,0.25
 for node in n1 n2; do
 	for _ in $(seq "$BUSY"); do
 		"$MOSAIC" --socket "$WORK/up/$node/mosaic.sock" run --here --pin -- sh -c 'while :; do :; done' >/dev/null 2>&1 &
 	done
 done
-"$MOSAIC" --socket "$SOCK" run --on n1 -- "$WORK/workload" "$SIZE" >"$WORK/out" 2>&1 &
-for _ in $(seq 300); do grep -q ready "$WORK/out" && break; sleep 0.2; done
-grep -q ready "$WORK/out" || { echo "the workload did not start: $(cat "$WORK/out")" >&2; exit 1; }
-ID=$("$MOSAIC" --socket "$SOCK" ps | awk '/workload/ {print $1; exit}')
-# Two moves first: a fresh cluster's first moves are its slowest.
-"$MOSAIC" --socket "$SOCK" migrate "$ID" n2 >/dev/null
-"$MOSAIC" --socket "$SOCK" migrate "$ID" n1 >/dev/null
+start_workload "$SIZE"
 for i in $(seq "$MOVES"); do
 	to=n2; [ $((i % 2)) = 0 ] && to=n1
 	"$MOSAIC" --socket "$SOCK" migrate "$ID" "$to" | sed 's/.*(pid [0-9]* there): //'
