@@ -63,12 +63,7 @@ func TestInterruptedWhileTheDaemonWorks(t *testing.T) {
 	cmd := exec.Command(bin, "--socket", sock, "migrate", "n1.1", "n2")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	cmd.Process.Signal(os.Interrupt)
-	cmd.Wait()
+	interruptAfter(t, cmd, 300*time.Millisecond)
 	if code := cmd.ProcessState.ExitCode(); code != 130 || !strings.Contains(stderr.String(), "interrupted") {
 		t.Fatalf("exit %d, stderr %q: want 130 and that it was interrupted", code, stderr.String())
 	}

@@ -154,3 +154,15 @@ func jsonString(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// interruptAfter starts cmd, interrupts it (SIGINT, as Ctrl-C) after d and
+// returns how it ended.
+func interruptAfter(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(d)
+	cmd.Process.Signal(os.Interrupt)
+	return cmd.Wait()
+}

@@ -11,13 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/cgroup"
 )
 
 // cPrograms builds the C test programs of internal/ckpt/testdata into a
@@ -124,6 +124,24 @@ func (b *background) finish() (string, int) {
 		b.t.Fatal(err)
 	}
 	return b.got.String(), code
+}
+
+// migrateFrozen starts moving process id (pid on this machine) to node
+// and returns once it is frozen for the move (traced), its image on the
+// way; the move's outcome comes on the channel.
+func migrateFrozen(t *testing.T, sock, id string, pid int, node string) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := migrate(t, sock, nil, id, node)
+		done <- err
+	}()
+	eventually(t, 20*time.Second, "the process is frozen for the move", func() (bool, string) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		return len(f) > 0 && f[0] == "t", string(st)
+	})
+	return done
 }
 
 func migrate(t *testing.T, sock string, cred *userCred, id, node string, flags ...string) (api.MigrateResult, error) {
@@ -448,17 +466,8 @@ func TestMigrate(t *testing.T) {
 		b.lines(3)
 		id := b.id()
 		pid := psOne(t, sock("n1"), id).PID
-		done := make(chan error, 1)
-		go func() {
-			_, err := migrate(t, sock("n1"), nil, id, "n3")
-			done <- err
-		}()
-		// Once it is frozen (traced), its image is on the way: kill n3.
-		eventually(t, 20*time.Second, "the process is frozen for the move", func() (bool, string) {
-			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-			return len(f) > 0 && f[0] == "t", string(st)
-		})
+		// Once it is frozen, its image is on the way: kill n3.
+		done := migrateFrozen(t, sock("n1"), id, pid, "n3")
 		if err := c.Kill("n3"); err != nil {
 			t.Fatal(err)
 		}
@@ -487,16 +496,7 @@ func TestMigrate(t *testing.T) {
 		b.lines(3)
 		id := b.id()
 		pid := psOne(t, sock("n2"), id).PID
-		done := make(chan error, 1)
-		go func() {
-			_, err := migrate(t, sock("n2"), nil, id, "n3")
-			done <- err
-		}()
-		eventually(t, 20*time.Second, "the process is frozen for the move", func() (bool, string) {
-			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-			return len(f) > 0 && f[0] == "t", string(st)
-		})
+		done := migrateFrozen(t, sock("n2"), id, pid, "n3")
 		if err := c.Kill("n2"); err != nil {
 			t.Fatal(err)
 		}
@@ -665,12 +665,7 @@ func TestCheckpointRestore(t *testing.T) {
 		cmd := exec.Command(bin, "--socket", sock("n3"), "checkpoint", "--stop", id, file)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(150 * time.Millisecond)
-		cmd.Process.Signal(os.Interrupt)
-		err := cmd.Wait()
+		err := interruptAfter(t, cmd, 150*time.Millisecond)
 		if left, _ := filepath.Glob(filepath.Join(dir, ".interrupted.img.partial*")); len(left) > 0 {
 			t.Fatalf("an interrupted checkpoint left %v", left)
 		}
@@ -728,16 +723,9 @@ func countProcs(t *testing.T, exe string) int {
 // cgroupOf is a process's group in one cgroup v1 controller.
 func cgroupOf(t *testing.T, pid int, controller string) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	g, err := cgroup.Of(pid, controller)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
-			return f[2]
-		}
-	}
-	t.Fatalf("process %d is in no %s group: %s", pid, controller, b)
-	return ""
+	return g
 }

@@ -136,31 +136,31 @@ func (g *Group) CapCPU(pid int) error {
 }
 
 // UncapCPU takes a process, all its threads, out of the group's CPU
-// quota, into the CPU group of the caller (the daemon's own); its memory
-// stays charged to the group.
+// quota, into the CPU group of the caller (the daemon's own: its main
+// thread's, see AddThread); its memory stays charged to the group.
 func (g *Group) UncapCPU(pid int) error {
-	own, err := ownCPUGroup()
+	own, err := Of(os.Getpid(), "cpu")
 	if err != nil {
 		return err
 	}
 	return writeFile(filepath.Join(g.root, "cpu", own, "cgroup.procs"), strconv.Itoa(pid))
 }
 
-// ownCPUGroup is the calling process's group in the cpu controller (its
-// main thread's: see AddThread).
-func ownCPUGroup() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
+// Of is the group of process pid in one cgroup v1 controller, from
+// /proc/PID/cgroup.
+func Of(pid int, controller string) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
-		return "", fmt.Errorf("read this process's cgroups: %w", err)
+		return "", fmt.Errorf("read the cgroups of process %d: %w", pid, err)
 	}
 	// v1 lines: hierarchy-ID:controller,controller:path
 	for line := range strings.Lines(string(b)) {
 		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
-		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "cpu") {
+		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
 			return f[2], nil
 		}
 	}
-	return "", errors.New("this process is in no cgroup v1 cpu controller")
+	return "", fmt.Errorf("process %d is in no cgroup v1 %s controller", pid, controller)
 }
 
 // Procs lists the processes in the group, other than the caller's (a

@@ -95,21 +95,14 @@ func TestGroupLifecycle(t *testing.T) {
 	}
 }
 
-// cgroupOf is pid's group in one controller, from /proc.
+// cgroupOf is pid's group in one controller.
 func cgroupOf(t *testing.T, pid int, controller string) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	g, err := Of(pid, controller)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.Lines(string(b)) {
-		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
-		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), controller) {
-			return f[2]
-		}
-	}
-	t.Fatalf("pid %d has no %s group: %s", pid, controller, b)
-	return ""
+	return g
 }
 
 // A process restored by a thread in the group's memory controller only
