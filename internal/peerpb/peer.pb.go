@@ -1317,12 +1317,16 @@ func (x *Migrate) GetLazy() bool {
 
 // ImageOffer opens an image connection.
 type ImageOffer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	PendingStdin  []byte                 `protobuf:"bytes,3,opt,name=pending_stdin,json=pendingStdin,proto3" json:"pending_stdin,omitempty"` // input the process had not read yet
-	Tty           *Tty                   `protobuf:"bytes,4,opt,name=tty,proto3" json:"tty,omitempty"`                                       // its terminal's modes and size, if on one
-	StdinEof      bool                   `protobuf:"varint,5,opt,name=stdin_eof,json=stdinEof,proto3" json:"stdin_eof,omitempty"`            // its input had ended (after pending_stdin)
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Token        string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	PendingStdin []byte                 `protobuf:"bytes,3,opt,name=pending_stdin,json=pendingStdin,proto3" json:"pending_stdin,omitempty"` // input the process had not read yet
+	Tty          *Tty                   `protobuf:"bytes,4,opt,name=tty,proto3" json:"tty,omitempty"`                                       // its terminal's modes and size, if on one
+	StdinEof     bool                   `protobuf:"varint,5,opt,name=stdin_eof,json=stdinEof,proto3" json:"stdin_eof,omitempty"`            // its input had ended (after pending_stdin)
+	// ahead: sent before the freeze, with id and token only. The target
+	// answers ExecOut ready (or failure) when it can restore at once; the
+	// offer proper follows, then the image.
+	Ahead         bool `protobuf:"varint,6,opt,name=ahead,proto3" json:"ahead,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1388,6 +1392,13 @@ func (x *ImageOffer) GetTty() *Tty {
 func (x *ImageOffer) GetStdinEof() bool {
 	if x != nil {
 		return x.StdinEof
+	}
+	return false
+}
+
+func (x *ImageOffer) GetAhead() bool {
+	if x != nil {
+		return x.Ahead
 	}
 	return false
 }
@@ -1924,6 +1935,7 @@ type ExecOut struct {
 	//	*ExecOut_Checkpointed
 	//	*ExecOut_PageWanted
 	//	*ExecOut_LazyDone
+	//	*ExecOut_Ready
 	Msg           isExecOut_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2101,6 +2113,15 @@ func (x *ExecOut) GetLazyDone() *LazyDone {
 	return nil
 }
 
+func (x *ExecOut) GetReady() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOut_Ready); ok {
+			return x.Ready
+		}
+	}
+	return false
+}
+
 type isExecOut_Msg interface {
 	isExecOut_Msg()
 }
@@ -2165,6 +2186,10 @@ type ExecOut_LazyDone struct {
 	LazyDone *LazyDone `protobuf:"bytes,15,opt,name=lazy_done,json=lazyDone,proto3,oneof"` // source -> home (post-copy): all memory sent
 }
 
+type ExecOut_Ready struct {
+	Ready bool `protobuf:"varint,16,opt,name=ready,proto3,oneof"` // target -> source: send the image (answers an offer ahead)
+}
+
 func (*ExecOut_Started) isExecOut_Msg() {}
 
 func (*ExecOut_Stdout) isExecOut_Msg() {}
@@ -2194,6 +2219,8 @@ func (*ExecOut_Checkpointed) isExecOut_Msg() {}
 func (*ExecOut_PageWanted) isExecOut_Msg() {}
 
 func (*ExecOut_LazyDone) isExecOut_Msg() {}
+
+func (*ExecOut_Ready) isExecOut_Msg() {}
 
 type LazyDone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3222,14 +3249,15 @@ const file_peer_proto_rawDesc = "" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\x9b\x01\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xb1\x01\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12#\n" +
 	"\rpending_stdin\x18\x03 \x01(\fR\fpendingStdin\x12%\n" +
 	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x1b\n" +
-	"\tstdin_eof\x18\x05 \x01(\bR\bstdinEof\"\xc6\x04\n" +
+	"\tstdin_eof\x18\x05 \x01(\bR\bstdinEof\x12\x14\n" +
+	"\x05ahead\x18\x06 \x01(\bR\x05ahead\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
@@ -3266,7 +3294,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1f\n" +
 	"\vcore_dumped\x18\x03 \x01(\bR\n" +
-	"coreDumped\"\xd5\x04\n" +
+	"coreDumped\"\xed\x04\n" +
 	"\aExecOut\x12\x1a\n" +
 	"\astarted\x18\x01 \x01(\x05H\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
@@ -3286,7 +3314,8 @@ const file_peer_proto_rawDesc = "" +
 	"\fcheckpointed\x18\r \x01(\v2\x1c.mosaic.peer.v1.CheckpointedH\x00R\fcheckpointed\x12!\n" +
 	"\vpage_wanted\x18\x0e \x01(\x04H\x00R\n" +
 	"pageWanted\x127\n" +
-	"\tlazy_done\x18\x0f \x01(\v2\x18.mosaic.peer.v1.LazyDoneH\x00R\blazyDoneB\x05\n" +
+	"\tlazy_done\x18\x0f \x01(\v2\x18.mosaic.peer.v1.LazyDoneH\x00R\blazyDone\x12\x16\n" +
+	"\x05ready\x18\x10 \x01(\bH\x00R\x05readyB\x05\n" +
 	"\x03msg\"0\n" +
 	"\bLazyDone\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x0e\n" +
@@ -3533,6 +3562,7 @@ func file_peer_proto_init() {
 		(*ExecOut_Checkpointed)(nil),
 		(*ExecOut_PageWanted)(nil),
 		(*ExecOut_LazyDone)(nil),
+		(*ExecOut_Ready)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
