@@ -298,12 +298,16 @@ var batchCode = []byte{
 	0xcc,
 }
 
-// The work area a remote needs for batches: a page of code, a page of
-// table, and scratch pages for the calls' data.
+// The work area a remote needs for batches: a page of code, the table,
+// and scratch pages for the calls' data. The table holds 128 calls: a
+// freeze's first batch (the break, all 64 signal actions, the interval
+// timers...) and a restore's make 70 or more, and each table's worth is a
+// round trip to the process (0.1-0.3 ms in a busy daemon).
 const (
-	workPages    = 4
+	tablePages   = 2
+	workPages    = 1 + tablePages + 2
 	batchEntry   = 64
-	batchEntries = pageSize / batchEntry
+	batchEntries = tablePages * pageSize / batchEntry
 	scratchSize  = 2 * pageSize
 )
 
@@ -312,7 +316,7 @@ const (
 // starts with a syscall instruction (for single calls, see
 // useOwnSyscall), the batch loop follows.
 func (r *remote) useWorkArea(base uint64) error {
-	r.codeAt, r.tableAt, r.scratch = base+64, base+pageSize, base+2*pageSize
+	r.codeAt, r.tableAt, r.scratch = base+64, base+pageSize, base+(1+tablePages)*pageSize
 	code := make([]byte, 64+len(batchCode))
 	copy(code, []byte{0x0f, 0x05, 0xcc, 0xcc})
 	copy(code[64:], batchCode)
