@@ -2,7 +2,9 @@ package ckpt
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -92,6 +95,14 @@ type move struct {
 	// restore, which then goes into a stub prepared ahead (as a node
 	// does); else the restore is RestoreFrom's.
 	pools *[2]*bufpool.Pool
+	// layout, with pools, gives the layout the prepared stub makes
+	// ahead (Premap) before the checkpoint; check, if set, looks at the
+	// restored process before it runs.
+	layout func(t *testing.T, pid int) []byte
+	check  func(t *testing.T, s *Stub, img *Image)
+	// device, with pools: the stub gets /dev/userfaultfd as its fd 3, as
+	// a node's stubs do (RestoreOptions.Userfaultfd).
+	device bool
 }
 
 // run starts m.argv, lets it print m.before lines, checkpoints it into a
@@ -125,6 +136,36 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 			t.Fatalf("read from the original: %v", err)
 		}
 		out.WriteString(line)
+	}
+	// The stub runs the image's program (what /proc/PID/exe shows), so
+	// the header comes first; a prepared stub runs it, before the header.
+	var prepared *Stub
+	var opt RestoreOptions
+	if m.pools != nil {
+		files := []*os.File{stdin, w, os.Stderr}
+		if m.device {
+			dev, err := os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			files, opt.Userfaultfd = append(files, dev), 3
+		}
+		s, err := os.StartProcess(m.argv[0], m.argv[:1], &os.ProcAttr{
+			Files: files,
+			Sys:   &syscall.SysProcAttr{Ptrace: true},
+		})
+		if err != nil {
+			t.Fatalf("start the stub: %v", err)
+		}
+		if prepared, err = PrepareStub(s.Pid); err != nil {
+			t.Fatalf("PrepareStub: %v", err)
+		}
+		if m.layout != nil {
+			if err := prepared.Premap(m.layout(t, orig.Pid)); err != nil {
+				t.Fatalf("Premap: %v", err)
+			}
+		}
 	}
 	// The original is checkpointed into a pipe by a thread of its own
 	// (its tracer), while this one restores from the other end of it.
@@ -161,21 +202,6 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 			frozen.Resume()
 		}
 	}()
-	// The stub runs the image's program (what /proc/PID/exe shows), so
-	// the header comes first; a prepared stub runs it, before the header.
-	var prepared *Stub
-	if m.pools != nil {
-		s, err := os.StartProcess(m.argv[0], m.argv[:1], &os.ProcAttr{
-			Files: []*os.File{stdin, w, os.Stderr},
-			Sys:   &syscall.SysProcAttr{Ptrace: true},
-		})
-		if err != nil {
-			t.Fatalf("start the stub: %v", err)
-		}
-		if prepared, err = PrepareStub(s.Pid); err != nil {
-			t.Fatalf("PrepareStub: %v", err)
-		}
-	}
 	d, derr := NewDecoder(pr)
 	if derr != nil {
 		<-dumped
@@ -188,7 +214,11 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	if prepared != nil {
 		w.Close()
 		stubPid = prepared.Pid()
-		restored, err = RestoreInto(prepared, d, RestoreOptions{Buffers: m.pools[1]})
+		opt.Buffers = m.pools[1]
+		restored, err = RestoreInto(prepared, d, opt)
+		if err == nil && m.check != nil {
+			m.check(t, prepared, img)
+		}
 	} else {
 		stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
 			Files: []*os.File{stdin, w, os.Stderr},
@@ -862,4 +892,121 @@ func TestPinned(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A layout made ahead (Premap, before the freeze) that is the image's
+// own is what the process is restored into; one the process no longer
+// has (here: a mapping more, at a free address, and one less) is taken
+// back, and the image's mappings made as ever. Either way the process
+// runs on as if undisturbed, both dynamically and statically linked.
+func TestMovePremapped(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"counter", "counter-static"} {
+		argv := []string{programs[variant], "40", "4000000"}
+		want := reference(t, argv...)
+		var extra VMA // the mapping the changed layout has and the process does not
+		layouts := map[string]func(t *testing.T, pid int) []byte{
+			"the same": func(t *testing.T, pid int) []byte {
+				b, err := Layout(pid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			},
+			"changed": func(t *testing.T, pid int) []byte {
+				b, err := Layout(pid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				vs, err := decodeLayout(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				at, err := freeRange(vs, nil, 16*pageSize)
+				if err != nil {
+					t.Fatal(err)
+				}
+				extra = VMA{Start: at, End: at + 16*pageSize, Prot: unix.PROT_READ | unix.PROT_WRITE, Kind: VMAAnon}
+				// One of its anonymous mappings less, one more.
+				i := slices.IndexFunc(vs, func(v VMA) bool { return v.Kind == VMAAnon && v.Name == "" })
+				if i < 0 {
+					i = slices.IndexFunc(vs, func(v VMA) bool { return v.Name == "[heap]" || v.Name == "[stack]" })
+				}
+				vs = append(slices.Delete(vs, i, i+1), extra)
+				var enc bytes.Buffer
+				if err := gob.NewEncoder(&enc).Encode(vs); err != nil {
+					t.Fatal(err)
+				}
+				return enc.Bytes()
+			},
+		}
+		for name, layout := range layouts {
+			t.Run(variant+"/"+name, func(t *testing.T) {
+				pools := [2]*bufpool.Pool{bufpool.New(64 << 20), bufpool.New(64 << 20)}
+				check := func(t *testing.T, s *Stub, img *Image) {
+					if premade := sameLayout(s.premapped, img.VMAs); premade != (name == "the same") {
+						t.Errorf("restored into the layout made ahead: %v, want %v", premade, name == "the same")
+					}
+					if _, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", s.pid)); err == nil {
+						t.Error("the restored process holds the userfaultfd device the restore had")
+					}
+					maps, err := readMaps(s.pid)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var got []VMA
+					for _, v := range maps {
+						if v.Start < s.tramp+workPages*pageSize && s.tramp < v.End {
+							continue // the trampoline, gone once it runs
+						}
+						got = append(got, VMA{Start: v.Start, End: v.End})
+						if name == "changed" && v.Start < extra.End && extra.Start < v.End {
+							t.Errorf("the restored process has the mapping only the layout made ahead had: %+v", v)
+						}
+					}
+					var wantMaps []VMA
+					for _, v := range img.VMAs {
+						wantMaps = append(wantMaps, VMA{Start: v.Start, End: v.End})
+					}
+					// (The kernel merges neighbours made alike: compare what is mapped.)
+					if !slices.Equal(coalesce(got), coalesce(wantMaps)) {
+						t.Errorf("the restored process's mappings:\n%v\nthe image's:\n%v", got, wantMaps)
+					}
+				}
+				got, ws, _ := move{argv: argv, before: 10, pools: &pools, layout: layout, check: check, device: true}.run(t)
+				if got != want {
+					t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+				}
+				if !ws.Exited() || ws.ExitStatus() != 0 {
+					t.Fatalf("restored process ended with %v", ws)
+				}
+			})
+		}
+	}
+}
+
+// A layout that no process can have is refused before anything is made.
+func TestPremapRefusesBadLayout(t *testing.T) {
+	for _, b := range [][]byte{nil, []byte("not a layout"), func() []byte {
+		var enc bytes.Buffer
+		gob.NewEncoder(&enc).Encode([]VMA{{Start: 0x1001, End: 0x3000, Kind: VMAAnon}})
+		return enc.Bytes()
+	}()} {
+		if _, err := decodeLayout(b); err == nil {
+			t.Errorf("decodeLayout(%q) took it", b)
+		}
+	}
+}
+
+// coalesce joins ranges that touch.
+func coalesce(vs []VMA) []VMA {
+	var out []VMA
+	for _, v := range vs {
+		if k := len(out) - 1; k >= 0 && out[k].End == v.Start {
+			out[k].End = v.End
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
 }

@@ -233,6 +233,11 @@ type Stub struct {
 	maps  []vma  // the stub's mappings left: the kernel's own
 	tramp uint64 // the trampoline, workPages pages
 	used  bool
+	// premapped: the mappings Premap made ahead of the image; spoiled:
+	// why the stub cannot be restored into (a Premap that could not be
+	// undone).
+	premapped []VMA
+	spoiled   error
 }
 
 // PrepareStub makes pid, a stub process started by the calling thread
@@ -378,7 +383,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		return nil, errors.New("the stub was used already")
 	}
 	s.used = true
-	pid, r, stub := s.pid, s.r, s.maps
+	pid, r := s.pid, s.r
 	init := opt.Init
 	restored := &Restored{pid: pid}
 	defer func() {
@@ -395,11 +400,23 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if len(img.Threads) == 0 {
 		return nil, errors.New("the image has no threads")
 	}
-	if err := checkFiles(img.VMAs); err != nil {
-		return nil, err
+	if s.spoiled != nil {
+		return nil, s.spoiled
 	}
-	if err := s.moveTrampoline(img.VMAs); err != nil {
-		return nil, err
+	// The mappings made ahead (Premap) are the image's, or they go.
+	premade := s.premapped != nil && sameLayout(s.premapped, img.VMAs)
+	if s.premapped != nil && !premade {
+		if err := s.unmapLayout(s.premapped); err != nil {
+			return nil, err
+		}
+	}
+	if !premade {
+		if err := checkFiles(img.VMAs); err != nil {
+			return nil, err
+		}
+		if err := s.moveTrampoline(img.VMAs); err != nil {
+			return nil, err
+		}
 	}
 	tramp := s.tramp
 
@@ -408,26 +425,33 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if len(img.Lazy) > 0 && opt.Userfaultfd == 0 {
 		return nil, errors.New("the image's memory comes after it (post-copy), and this restore has no userfaultfd")
 	}
-	if opt.Userfaultfd != 0 {
-		if len(img.Lazy) > 0 {
-			if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
-				return nil, err
-			}
-			defer func() {
-				if err != nil && uffd >= 0 {
-					unix.Close(uffd)
-				}
-			}()
+	// The device's descriptor is closed in the process: at once after
+	// use when the memory is lazy, else in the main thread's batch (a
+	// round trip less).
+	closeDevice := -1
+	if opt.Userfaultfd != 0 && len(img.Lazy) == 0 {
+		closeDevice = opt.Userfaultfd
+	}
+	if opt.Userfaultfd != 0 && len(img.Lazy) > 0 {
+		if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
+			return nil, err
 		}
+		defer func() {
+			if err != nil && uffd >= 0 {
+				unix.Close(uffd)
+			}
+		}()
 		if _, err := r.call(unix.SYS_CLOSE, uint64(opt.Userfaultfd)); err != nil {
 			return nil, fmt.Errorf("close the restore's userfaultfd device: %w", err)
 		}
 	}
-	if err := moveVDSO(r, stub, img.VMAs, tramp); err != nil {
-		return nil, err
-	}
-	if err := mapVMAs(r, img.VMAs); err != nil {
-		return nil, err
+	if !premade {
+		if err := moveVDSO(r, s.maps, img.VMAs, tramp); err != nil {
+			return nil, err
+		}
+		if err := mapVMAs(r, img.VMAs); err != nil {
+			return nil, err
+		}
 	}
 	step := opt.Step
 	if step == nil {
@@ -462,7 +486,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		return nil, err
 	}
 	t := img.Threads[0]
-	if err := restoreMainThread(r, img, t); err != nil {
+	if err := restoreMainThread(r, img, t, closeDevice); err != nil {
 		return nil, err
 	}
 	seen, err := seenID(pid)
@@ -536,7 +560,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 // thread registered with the kernel: alternate signal stack, interval
 // timers, umask, working directory, robust futex list, clear_child_tid
 // and rseq.
-func restoreMainThread(r *remote, img *Image, t Thread) error {
+func restoreMainThread(r *remote, img *Image, t Thread, closeFd int) error {
 	const (
 		altAt    = 0
 		timersAt = 32
@@ -582,6 +606,9 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 	calls = append(calls, named{sc(unix.SYS_SET_TID_ADDRESS, t.TidAddress), "set clear_child_tid"})
 	if t.RseqAddr != 0 {
 		calls = append(calls, named{sc(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)), "register rseq"})
+	}
+	if closeFd >= 0 {
+		calls = append(calls, named{sc(unix.SYS_CLOSE, uint64(closeFd)), "close the restore's userfaultfd device"})
 	}
 	batch := make([]sysCall, len(calls))
 	for i, c := range calls {

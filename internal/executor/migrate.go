@@ -127,7 +127,11 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	// process's namespace, a stub of its program) before the process
 	// stops: done while the source froze it, that work took the CPUs from
 	// the freeze (on two vCPUs, 2 ms of a 10 ms move).
-	if err := awaitTarget(link, id, m.Token); err != nil {
+	layout, err := ckpt.Layout(pid)
+	if err != nil {
+		layout = nil // the target makes the mappings once the image comes
+	}
+	if err := awaitTarget(link, id, m.Token, layout); err != nil {
 		failed("%s stays on %s: %s did not take it: %v", id, e.node, m.Target, err)
 		return
 	}
@@ -265,10 +269,11 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	}
 }
 
-// awaitTarget offers a process's image to the target ahead, on link, and
-// waits until the target is ready to restore it (see ImageOffer.ahead).
-func awaitTarget(link Conn, id, token string) error {
-	ahead := &peerpb.ImageOffer{Id: id, Token: token, Ahead: true}
+// awaitTarget offers a process's image to the target ahead, on link, with
+// its layout, and waits until the target is ready to restore it (see
+// ImageOffer.ahead).
+func awaitTarget(link Conn, id, token string, layout []byte) error {
+	ahead := &peerpb.ImageOffer{Id: id, Token: token, Ahead: true, Layout: layout}
 	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: ahead}}); err != nil {
 		return fmt.Errorf("offer the image: %w", err)
 	}
@@ -592,6 +597,12 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		out.send(f)
 		return nil
 	}
+	// stub is the stub started ahead, once prepared; the layout offered
+	// ahead is made in it (premapped: how long that took).
+	var (
+		stub      *ckpt.Stub
+		premapped time.Duration
+	)
 	// image waits up to d for the image and reads its header. It says
 	// whether the image came; an error is the image's fault.
 	image := func(d time.Duration, last bool) (bool, error) {
@@ -614,6 +625,13 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 			return false, nil
 		}
 		if ic.offer.Ahead {
+			if stub != nil && len(ic.offer.Layout) > 0 {
+				began := time.Now()
+				if err := stub.Premap(ic.offer.Layout); err != nil {
+					e.log.Debug("make a layout ahead", "id", st.Id, "err", err)
+				}
+				premapped = time.Since(began)
+			}
 			// The source freezes the process now, then offers it.
 			if err := ic.out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Ready{Ready: true}}); err != nil {
 				return true, fmt.Errorf("the source of %s went away: %v", st.Id, err)
@@ -743,7 +761,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		err = e.cfg.Restorer.Traced(spec, func(p *os.Process) error {
 			// Made ready before the image comes: that work is then no
 			// part of the freeze either.
-			stub, err := ckpt.PrepareStub(p.Pid)
+			var err error
+			stub, err = ckpt.PrepareStub(p.Pid)
 			if err != nil {
 				imageErr = fmt.Errorf("prepare a process to restore into: %w", err)
 				return errNoStub
@@ -758,6 +777,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 			}
 			imageErr = err
 			stub.Kill()
+			stub = nil
 			return errNoStub
 		})
 	}
@@ -796,7 +816,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	}
 	g.setPID(pid)
 	steps.mark("go")
-	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps)
+	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps, "layout_ahead", premapped.Round(10*time.Microsecond))
 	e.supervise(s, g)
 	return nil
 }

@@ -1326,7 +1326,10 @@ type ImageOffer struct {
 	// ahead: sent before the freeze, with id and token only. The target
 	// answers ExecOut ready (or failure) when it can restore at once; the
 	// offer proper follows, then the image.
-	Ahead         bool `protobuf:"varint,6,opt,name=ahead,proto3" json:"ahead,omitempty"`
+	Ahead bool `protobuf:"varint,6,opt,name=ahead,proto3" json:"ahead,omitempty"`
+	// layout, with ahead: the process's mappings as the source read them
+	// just before (ckpt.Layout), for the target to make ahead.
+	Layout        []byte `protobuf:"bytes,7,opt,name=layout,proto3" json:"layout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1404,13 @@ func (x *ImageOffer) GetAhead() bool {
 		return x.Ahead
 	}
 	return false
+}
+
+func (x *ImageOffer) GetLayout() []byte {
+	if x != nil {
+		return x.Layout
+	}
+	return nil
 }
 
 type ExecIn struct {
@@ -3249,7 +3259,7 @@ const file_peer_proto_rawDesc = "" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xb1\x01\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xc9\x01\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -3257,7 +3267,8 @@ const file_peer_proto_rawDesc = "" +
 	"\rpending_stdin\x18\x03 \x01(\fR\fpendingStdin\x12%\n" +
 	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x1b\n" +
 	"\tstdin_eof\x18\x05 \x01(\bR\bstdinEof\x12\x14\n" +
-	"\x05ahead\x18\x06 \x01(\bR\x05ahead\"\xc6\x04\n" +
+	"\x05ahead\x18\x06 \x01(\bR\x05ahead\x12\x16\n" +
+	"\x06layout\x18\a \x01(\fR\x06layout\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
