@@ -344,22 +344,31 @@ func TestMoveSignals(t *testing.T) { checkMove(t, "signals", 12, "40") }
 // The extended (AVX) register state survives, even mid-system-call.
 func TestMoveAVX(t *testing.T) { checkMove(t, "avx", 10, "30") }
 
-// Regular files come back at their offsets, with O_APPEND kept.
+// Regular files come back at their offsets, with O_APPEND kept; also
+// into a stub prepared as a node prepares it, whose userfaultfd device
+// sits at the descriptor the program's first file had (3).
 func TestMoveFiles(t *testing.T) {
 	needRoot(t)
 	for _, variant := range []string{"files", "files-static"} {
-		t.Run(variant, func(t *testing.T) {
-			dir := t.TempDir()
-			argv := []string{programs[variant], "30", filepath.Join(dir, "log"), filepath.Join(dir, "data")}
-			want := reference(t, argv...)
-			got, ws, _ := move{argv: argv, before: 11}.run(t)
-			if got != want {
-				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
-			}
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
-		})
+		for _, node := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/node=%v", variant, node), func(t *testing.T) {
+				dir := t.TempDir()
+				argv := []string{programs[variant], "30", filepath.Join(dir, "log"), filepath.Join(dir, "data")}
+				want := reference(t, argv...)
+				m := move{argv: argv, before: 11}
+				if node {
+					m.pools = &[2]*bufpool.Pool{bufpool.New(64 << 20), bufpool.New(64 << 20)}
+					m.device = true
+				}
+				got, ws, _ := m.run(t)
+				if got != want {
+					t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+				}
+				if !ws.Exited() || ws.ExitStatus() != 0 {
+					t.Fatalf("restored process ended with %v", ws)
+				}
+			})
+		}
 	}
 }
 

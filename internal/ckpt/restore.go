@@ -425,22 +425,19 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if len(img.Lazy) > 0 && opt.Userfaultfd == 0 {
 		return nil, errors.New("the image's memory comes after it (post-copy), and this restore has no userfaultfd")
 	}
-	// The device's descriptor is closed in the process: at once after
-	// use when the memory is lazy, else in the main thread's batch (a
-	// round trip less).
-	closeDevice := -1
-	if opt.Userfaultfd != 0 && len(img.Lazy) == 0 {
-		closeDevice = opt.Userfaultfd
-	}
-	if opt.Userfaultfd != 0 && len(img.Lazy) > 0 {
-		if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if err != nil && uffd >= 0 {
-				unix.Close(uffd)
+	if opt.Userfaultfd != 0 {
+		if len(img.Lazy) > 0 {
+			if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
+				return nil, err
 			}
-		}()
+			defer func() {
+				if err != nil && uffd >= 0 {
+					unix.Close(uffd)
+				}
+			}()
+		}
+		// Closed before the image's descriptors come back: one of them
+		// may have the device's number.
 		if _, err := r.call(unix.SYS_CLOSE, uint64(opt.Userfaultfd)); err != nil {
 			return nil, fmt.Errorf("close the restore's userfaultfd device: %w", err)
 		}
@@ -486,7 +483,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		return nil, err
 	}
 	t := img.Threads[0]
-	if err := restoreMainThread(r, img, t, closeDevice); err != nil {
+	if err := restoreMainThread(r, img, t); err != nil {
 		return nil, err
 	}
 	seen, err := seenID(pid)
@@ -560,7 +557,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 // thread registered with the kernel: alternate signal stack, interval
 // timers, umask, working directory, robust futex list, clear_child_tid
 // and rseq.
-func restoreMainThread(r *remote, img *Image, t Thread, closeFd int) error {
+func restoreMainThread(r *remote, img *Image, t Thread) error {
 	const (
 		altAt    = 0
 		timersAt = 32
@@ -606,9 +603,6 @@ func restoreMainThread(r *remote, img *Image, t Thread, closeFd int) error {
 	calls = append(calls, named{sc(unix.SYS_SET_TID_ADDRESS, t.TidAddress), "set clear_child_tid"})
 	if t.RseqAddr != 0 {
 		calls = append(calls, named{sc(unix.SYS_RSEQ, t.RseqAddr, uint64(t.RseqLen), 0, uint64(t.RseqSig)), "register rseq"})
-	}
-	if closeFd >= 0 {
-		calls = append(calls, named{sc(unix.SYS_CLOSE, uint64(closeFd)), "close the restore's userfaultfd device"})
 	}
 	batch := make([]sysCall, len(calls))
 	for i, c := range calls {
