@@ -213,6 +213,14 @@ func TestBalance(t *testing.T) {
 				t.Errorf("%s went to n2, which takes no guests", id)
 			}
 		}
+		// Moved there by hand, it stays, and the error says why (the
+		// target's refusal, not a wait for an image it will not take).
+		if _, err := migrate(t, n1.Socket, nil, ids[0], "n2"); err == nil || !strings.Contains(err.Error(), "takes no guests") {
+			t.Errorf("migrate to a node without guests: %v", err)
+		}
+		if p := procsByID(t, n1.Socket)[ids[0]]; p.Node == "n2" || p.State != "running" {
+			t.Errorf("after a refused move, %s: %+v", ids[0], p)
+		}
 		for _, j := range jobs {
 			j.finish()
 		}

@@ -112,8 +112,12 @@ type Executor struct {
 	mu        sync.Mutex
 	procs     map[string]*guest
 	adoptions map[string]*adoption // by token
-	adopted   chan struct{}        // closed (and replaced) when one is added
-	receipts  map[string]*Receipt  // by token
+	adopted   chan struct{}        // closed (and replaced) when one is added or refused
+	// refusals are the adoptions this node refused, by token, so that
+	// their image, which may come at the same time, is refused at once
+	// and for the same reason.
+	refusals map[string]refusal
+	receipts map[string]*Receipt // by token
 	// waiting are the streams that have not said yet what they are for
 	// (a home dials one ahead of its next process): Close ends them.
 	waiting map[*int]io.Closer
@@ -154,7 +158,7 @@ func New(cfg Config) *Executor {
 	buffers := bufpool.New(keptBuffers)
 	buffers.Warm(2, ckpt.RunBuffer)
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
-		adoptions: map[string]*adoption{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
+		adoptions: map[string]*adoption{}, refusals: map[string]refusal{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
 		adopted: make(chan struct{}), buffers: buffers}
 }
 

@@ -483,6 +483,14 @@ func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *p
 			r.save(s, out)
 			return nil
 		}
+		if r, ok := e.refusals[offer.Token]; ok {
+			delete(e.refusals, offer.Token)
+			e.mu.Unlock()
+			if r.source != from || r.id != offer.Id {
+				return refuse(out, peerpb.FailureKind_REFUSED, "node %s expects no process %s from %s", e.node, offer.Id, from)
+			}
+			return refuse(out, r.kind, "%s", r.why)
+		}
 		if ad := e.adoptions[offer.Token]; ad != nil {
 			if ad.source != from || ad.id != offer.Id {
 				e.mu.Unlock()
@@ -527,33 +535,59 @@ func (e *Executor) expectAdoption(token string, ad *adoption) bool {
 	return true
 }
 
+// refusal is an adoption refused, kept for its image (Executor.refusals).
+type refusal struct {
+	id, source string
+	kind       peerpb.FailureKind
+	why        string
+	at         time.Time
+}
+
+// refuseAdoption answers an adoption with a refusal, and keeps the
+// refusal a while for its image: the source, which offers it while the
+// home hears the refusal, then learns why at once instead of after
+// adoptionWait.
+func (e *Executor) refuseAdoption(out *sender, a *peerpb.Adopt, kind peerpb.FailureKind, format string, args ...any) error {
+	why := fmt.Sprintf(format, args...)
+	now := time.Now()
+	e.mu.Lock()
+	delete(e.adoptions, a.Token)
+	for token, r := range e.refusals {
+		if now.Sub(r.at) > imageWait {
+			delete(e.refusals, token) // its image never came
+		}
+	}
+	e.refusals[a.Token] = refusal{id: a.GetStart().GetId(), source: a.Source, kind: kind, why: why, at: now}
+	close(e.adopted) // its image may be waiting
+	e.adopted = make(chan struct{})
+	e.mu.Unlock()
+	return refuse(out, kind, "%s", why)
+}
+
 // serveAdopt takes over a process from another node (the target's side):
 // wait for its image, restore it stopped, say so, and let it run when the
 // home says go; from then on it is a process of this node like any other.
 func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerpb.Adopt) error {
 	st := a.Start
 	if err := checkHome(from, st); err != nil {
-		return refuse(out, peerpb.FailureKind_REFUSED, "%v", err)
+		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "%v", err)
 	}
 	// (A home restoring an image on itself sends it from itself.)
 	if a.Source == e.node && from != e.node {
-		return refuse(out, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
+		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
 	}
 	if why := e.refusesGuest(from); why != "" {
-		return refuse(out, peerpb.FailureKind_REFUSED, "%s", why)
+		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "%s", why)
 	}
 	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
 	if !e.expectAdoption(a.Token, ad) {
 		return refuse(out, peerpb.FailureKind_REFUSED, "node %s is shutting down", e.node)
 	}
-	// Its PID namespace, made while the source freezes and dumps it: one
-	// thing less while it stands still.
+	// Its PID namespace, made before the source freezes it: one thing
+	// less while it stands still.
 	ns, err := e.cfg.Restorer.NewNamespace()
 	if err != nil {
-		e.mu.Lock()
-		delete(e.adoptions, a.Token)
-		e.mu.Unlock()
-		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+		return e.refuseAdoption(out, a, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer func() { ns.Close() }() // (replaced if the stub was the wrong one)
 
@@ -562,10 +596,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	// descriptor, which the restore closes).
 	std, err := newStdio(st)
 	if err != nil {
-		e.mu.Lock()
-		delete(e.adoptions, a.Token)
-		e.mu.Unlock()
-		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+		return e.refuseAdoption(out, a, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer std.close()
 	uffdDev, uffdErr := os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0)
