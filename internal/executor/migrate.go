@@ -546,12 +546,15 @@ type refusal struct {
 // refuseAdoption answers an adoption with a refusal, and keeps the
 // refusal a while for its image: the source, which offers it while the
 // home hears the refusal, then learns why at once instead of after
-// adoptionWait.
-func (e *Executor) refuseAdoption(out *sender, a *peerpb.Adopt, kind peerpb.FailureKind, format string, args ...any) error {
+// adoptionWait. ad is the adoption as registered (expectAdoption), if it
+// was; it goes.
+func (e *Executor) refuseAdoption(out *sender, a *peerpb.Adopt, ad *adoption, kind peerpb.FailureKind, format string, args ...any) error {
 	why := fmt.Sprintf(format, args...)
 	now := time.Now()
 	e.mu.Lock()
-	delete(e.adoptions, a.Token)
+	if ad != nil && e.adoptions[a.Token] == ad {
+		delete(e.adoptions, a.Token)
+	}
 	for token, r := range e.refusals {
 		if now.Sub(r.at) > imageWait {
 			delete(e.refusals, token) // its image never came
@@ -570,14 +573,14 @@ func (e *Executor) refuseAdoption(out *sender, a *peerpb.Adopt, kind peerpb.Fail
 func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerpb.Adopt) error {
 	st := a.Start
 	if err := checkHome(from, st); err != nil {
-		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "%v", err)
+		return refuse(out, peerpb.FailureKind_REFUSED, "%v", err)
 	}
 	// (A home restoring an image on itself sends it from itself.)
 	if a.Source == e.node && from != e.node {
-		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
+		return refuse(out, peerpb.FailureKind_REFUSED, "process %s runs on %s already", st.Id, e.node)
 	}
 	if why := e.refusesGuest(from); why != "" {
-		return e.refuseAdoption(out, a, peerpb.FailureKind_REFUSED, "%s", why)
+		return e.refuseAdoption(out, a, nil, peerpb.FailureKind_REFUSED, "%s", why)
 	}
 	ad := &adoption{id: st.Id, source: a.Source, image: make(chan *imageConn, 1)}
 	if !e.expectAdoption(a.Token, ad) {
@@ -587,7 +590,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	// less while it stands still.
 	ns, err := e.cfg.Restorer.NewNamespace()
 	if err != nil {
-		return e.refuseAdoption(out, a, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+		return e.refuseAdoption(out, a, ad, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer func() { ns.Close() }() // (replaced if the stub was the wrong one)
 
@@ -596,7 +599,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	// descriptor, which the restore closes).
 	std, err := newStdio(st)
 	if err != nil {
-		return e.refuseAdoption(out, a, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
+		return e.refuseAdoption(out, a, ad, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}
 	defer std.close()
 	uffdDev, uffdErr := os.OpenFile("/dev/userfaultfd", os.O_RDWR|syscall.O_CLOEXEC, 0)
