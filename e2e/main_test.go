@@ -43,7 +43,7 @@ func run(m *testing.M) int {
 	os.Chmod(dir, 0o755)
 	bin, daemonBin = filepath.Join(dir, "mosaic"), filepath.Join(dir, "mosaicd")
 	if pre := os.Getenv("MOSAIC_BIN_DIR"); pre != "" {
-		for _, name := range []string{"mosaic", "mosaicd"} {
+		for _, name := range []string{"mosaic", "mosaicctl", "mosaicd"} {
 			b, err := os.ReadFile(filepath.Join(pre, name))
 			if err == nil {
 				err = os.WriteFile(filepath.Join(dir, name), b, 0o755)
@@ -54,7 +54,7 @@ func run(m *testing.M) int {
 			}
 		}
 	} else {
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/mosaic", "../cmd/mosaicd")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/mosaic", "../cmd/mosaicctl", "../cmd/mosaicd")
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Println("build mosaic:", err)

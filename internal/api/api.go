@@ -20,15 +20,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/runproto"
 )
 
 // DefaultSocket is where a node's daemon listens unless told otherwise.
-const DefaultSocket = "/run/mosaic/mosaic.sock"
+const DefaultSocket = runproto.DefaultSocket
 
 // SocketEnv overrides DefaultSocket for the CLI.
-const SocketEnv = "MOSAIC_SOCKET"
-
-const maxFrame = 16 << 20
+const SocketEnv = runproto.SocketEnv
 
 // Request asks the daemon to do one thing.
 type Request struct {
@@ -65,8 +65,8 @@ func (c *Conn) ReadFrame() ([]byte, error) {
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > maxFrame {
-		return nil, fmt.Errorf("frame of %d bytes is larger than %d", n, maxFrame)
+	if n > runproto.MaxFrame {
+		return nil, fmt.Errorf("frame of %d bytes is larger than %d", n, runproto.MaxFrame)
 	}
 	buf := make([]byte, n)
 	if err := c.readFull(buf); err != nil {
@@ -120,8 +120,8 @@ func (c *Conn) TakeFDs() []int {
 
 // WriteFrame writes one frame, with file descriptors if any.
 func (c *Conn) WriteFrame(b []byte, fds ...int) error {
-	if len(b) > maxFrame {
-		return fmt.Errorf("frame of %d bytes is larger than %d", len(b), maxFrame)
+	if len(b) > runproto.MaxFrame {
+		return fmt.Errorf("frame of %d bytes is larger than %d", len(b), runproto.MaxFrame)
 	}
 	msg := make([]byte, 4+len(b))
 	binary.BigEndian.PutUint32(msg, uint32(len(b)))
@@ -158,13 +158,13 @@ func (c *Conn) ReadJSON(v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// ReadRunEvent reads the next event of a run (see DecodeRunEvent).
+// ReadRunEvent reads the next event of a run (see runproto.DecodeRunEvent).
 func (c *Conn) ReadRunEvent(e *RunEvent) error {
 	b, err := c.ReadFrame()
 	if err != nil {
 		return err
 	}
-	return DecodeRunEvent(b, e)
+	return runproto.DecodeRunEvent(b, e)
 }
 
 // Close closes the connection and any descriptors not taken.

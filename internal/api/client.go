@@ -3,25 +3,15 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
-	"os"
-	"syscall"
+
+	"github.com/mosaic-cluster/mosaic/internal/runproto"
 )
 
 // SocketPath picks the socket: the flag if given, else $MOSAIC_SOCKET, else
 // the default.
-func SocketPath(flag string) string {
-	if flag != "" {
-		return flag
-	}
-	if env := os.Getenv(SocketEnv); env != "" {
-		return env
-	}
-	return DefaultSocket
-}
+func SocketPath(flag string) string { return runproto.SocketPath(flag) }
 
 // Dial connects to the daemon at path. When no daemon is there the error
 // says how to start one or where to point the CLI.
@@ -29,14 +19,7 @@ func Dial(ctx context.Context, path string) (*Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-			return nil, fmt.Errorf("no mosaic daemon is running at %s: start one with `mosaic node --dir DIR` (or `mosaic up`), "+
-				"or point the CLI at a running node with --socket or %s (for `mosaic up`, `source DIR/env`)", path, SocketEnv)
-		}
-		if errors.Is(err, fs.ErrPermission) {
-			return nil, fmt.Errorf("cannot reach the mosaic daemon at %s: permission denied", path)
-		}
-		return nil, fmt.Errorf("connect to the mosaic daemon at %s: %w", path, err)
+		return nil, runproto.DialError(path, err)
 	}
 	return &Conn{uc: c.(*net.UnixConn)}, nil
 }
@@ -72,6 +55,15 @@ func (c *Conn) SendEncoded(op string, req []byte, fds ...int) error {
 		return fmt.Errorf("send %s request to the daemon: %w", op, err)
 	}
 	return nil
+}
+
+// EncodeRequest encodes a request for op with args, as Send sends it: run
+// requests by hand (runproto.EncodeRequest), others with encoding/json.
+func EncodeRequest(op string, args any) ([]byte, error) {
+	if a, ok := args.(RunArgs); ok {
+		return runproto.EncodeRequest(op, a), nil
+	}
+	return encodeRequestJSON(op, args)
 }
 
 func encodeRequestJSON(op string, args any) ([]byte, error) {

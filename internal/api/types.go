@@ -1,6 +1,10 @@
 package api
 
-import "time"
+import (
+	"time"
+
+	"github.com/mosaic-cluster/mosaic/internal/runproto"
+)
 
 // Operations the daemon serves, with their argument and result types.
 const (
@@ -111,10 +115,10 @@ type NodeRemoveArgs struct {
 
 // Process operations.
 const (
-	OpRun     = "run"     // RunArgs + 3 descriptors → RunEvent frames; RunControl frames from the client
-	OpPs      = "ps"      // PsArgs → []ProcInfo
-	OpKill    = "kill"    // KillArgs → nothing
-	OpMigrate = "migrate" // MigrateArgs → MigrateResult
+	OpRun     = runproto.OpRun // RunArgs + 3 descriptors → RunEvent frames; RunControl frames from the client
+	OpPs      = "ps"           // PsArgs → []ProcInfo
+	OpKill    = "kill"         // KillArgs → nothing
+	OpMigrate = "migrate"      // MigrateArgs → MigrateResult
 	// OpPolicy shows or changes the node's policy (root to change).
 	OpPolicy = "policy" // PolicyArgs → PolicyResult
 	// OpRecommend lists the moves the nodes' policies would make now.
@@ -125,90 +129,25 @@ const (
 	OpCheckpoint = "checkpoint"
 )
 
-// RunArgs asks the daemon to run a program for the caller. The request
-// carries the caller's stdin, stdout and stderr as descriptors.
-type RunArgs struct {
-	Argv    []string `json:"argv"`
-	Env     []string `json:"env"`
-	Cwd     string   `json:"cwd"`
-	Umask   uint32   `json:"umask"`
-	Rlimits []Rlimit `json:"rlimits,omitempty"`
-	On      string   `json:"on,omitempty"`   // run on this node
-	Here    bool     `json:"here,omitempty"` // run on the caller's node
-	Pin     bool     `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
-	// Tty is set when stdin and stdout are a terminal: the program then
-	// runs on a pseudo-terminal with these modes and size.
-	Tty *TtyModes `json:"tty,omitempty"`
-	// Image: restore a process from the image that the request's fourth
-	// descriptor reads (mosaic restore), rather than start Argv.
-	Image bool `json:"image,omitempty"`
-}
+// The run protocol's messages live in internal/runproto, which the mosaic
+// CLI links without this package (see there); here they keep their names.
+type (
+	RunArgs    = runproto.RunArgs
+	Rlimit     = runproto.Rlimit
+	TtyModes   = runproto.TtyModes
+	RunEvent   = runproto.RunEvent
+	RunStarted = runproto.RunStarted
+	RunExit    = runproto.RunExit
+	RunControl = runproto.RunControl
+)
 
-// Rlimit is one resource limit.
-type Rlimit struct {
-	Resource int    `json:"resource"`
-	Cur      uint64 `json:"cur"`
-	Max      uint64 `json:"max"`
-}
-
-// TtyModes are a terminal's size and settings (struct termios).
-type TtyModes struct {
-	Rows   uint16 `json:"rows"`
-	Cols   uint16 `json:"cols"`
-	Iflag  uint32 `json:"iflag,omitempty"`
-	Oflag  uint32 `json:"oflag,omitempty"`
-	Cflag  uint32 `json:"cflag,omitempty"`
-	Lflag  uint32 `json:"lflag,omitempty"`
-	Cc     []byte `json:"cc,omitempty"`
-	Ispeed uint32 `json:"ispeed,omitempty"`
-	Ospeed uint32 `json:"ospeed,omitempty"`
-}
-
-// RunEvent is what the daemon tells the client about its process; one
-// field is set per frame.
-type RunEvent struct {
-	Started   *RunStarted `json:"started,omitempty"`
-	Stopped   int         `json:"stopped,omitempty"` // stopped by this signal
-	Continued bool        `json:"continued,omitempty"`
-	Exit      *RunExit    `json:"exit,omitempty"`
-	// Error ends the run without an exit of the program: it did not start,
-	// or it was lost. Status is the exit status the client should use.
-	Error  string `json:"error,omitempty"`
-	Status int    `json:"status,omitempty"`
-}
-
-// RunStarted says where the process runs.
-type RunStarted struct {
-	ID   string `json:"id"`
-	Node string `json:"node"`
-	PID  int    `json:"pid"`
-}
-
-// RunExit is how the process ended.
-type RunExit struct {
-	Code   int  `json:"code"`
-	Signal int  `json:"signal,omitempty"`
-	Core   bool `json:"core,omitempty"`
-}
-
-// RunControl is what the client sends during a run; one field is set.
-type RunControl struct {
-	Signal int       `json:"signal,omitempty"` // deliver this signal
-	Group  bool      `json:"group,omitempty"`  // to the process group (a terminal's signals)
-	Resize *TtyModes `json:"resize,omitempty"` // the terminal's new size
-	// Foreground says whether the client's job is in the foreground of its
-	// terminal: only then does the daemon read the terminal for it.
-	Foreground *bool `json:"foreground,omitempty"`
-}
-
-// Exit statuses of `mosaic run` that are not the program's own (as docker
-// run's, plus ssh's 255).
+// Exit statuses of `mosaic run` that are not the program's own.
 const (
-	StatusMosaicError   = 125 // mosaic could not run it: bad input, no daemon, no node
-	StatusNotExecutable = 126 // the program or the working directory cannot be used
-	StatusNotFound      = 127 // no such program
-	StatusCheckpointed  = 254 // mosaic checkpoint --stop ended it: its image is what is left
-	StatusLost          = 255 // the node running it, or the home node, was lost
+	StatusMosaicError   = runproto.StatusMosaicError
+	StatusNotExecutable = runproto.StatusNotExecutable
+	StatusNotFound      = runproto.StatusNotFound
+	StatusCheckpointed  = runproto.StatusCheckpointed
+	StatusLost          = runproto.StatusLost
 )
 
 // PsArgs selects processes.

@@ -1,4 +1,4 @@
-package api
+package runproto
 
 import (
 	"encoding/base64"
@@ -16,18 +16,15 @@ import (
 // what json.Marshal gives (TestRunRequestAsJSON, FuzzRunRequestAsJSON), so
 // the daemon decodes it with encoding/json as any other request.
 
-// EncodeRequest encodes a request for op with args, as Conn.Send sends it.
-func EncodeRequest(op string, args any) ([]byte, error) {
-	a, ok := args.(RunArgs)
-	if !ok {
-		return encodeRequestJSON(op, args)
-	}
+// EncodeRequest encodes a run request (op is OpRun, or another operation
+// that takes RunArgs) as internal/api's Conn.Send would.
+func EncodeRequest(op string, a RunArgs) []byte {
 	b := make([]byte, 0, a.sizeHint()+len(op)+len(`{"op":,"args":}`)+2)
 	b = append(b, `{"op":`...)
 	b = appendJSONString(b, op)
 	b = append(b, `,"args":`...)
 	b = a.appendJSON(b)
-	return append(b, '}'), nil
+	return append(b, '}')
 }
 
 // sizeHint is about the size of a's JSON: enough, in the usual case, for a

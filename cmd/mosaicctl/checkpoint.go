@@ -14,6 +14,7 @@ import (
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/bytesize"
+	"github.com/mosaic-cluster/mosaic/internal/runclient"
 )
 
 func newCheckpointCmd(g *globals) *cobra.Command {
@@ -102,7 +103,7 @@ func callOffable(ctx context.Context, sock string, sigs <-chan os.Signal, op str
 }
 
 func newRestoreCmd(g *globals) *cobra.Command {
-	f := &runFlags{}
+	var o runclient.Options
 	cmd := &cobra.Command{
 		Use:   "restore [--on NODE | --here] [-v] FILE",
 		Short: "Bring a process saved by 'mosaic checkpoint' back to life",
@@ -118,22 +119,23 @@ file is refused before anything runs.`,
 			img, err := os.Open(argv[0])
 			if err != nil {
 				if errors.Is(err, os.ErrNotExist) {
-					return exitError{complain("no image file %s", argv[0])}
+					return exitError{runclient.Complain("no image file %s", argv[0])}
 				}
-				return exitError{complain("%v", err)}
+				return exitError{runclient.Complain("%v", err)}
 			}
 			defer img.Close()
-			sigs := catchSignals()
-			args, err := runArgs(nil)
+			sigs := runclient.CatchSignals()
+			args, err := runclient.Gather(nil)
 			if err != nil {
-				return exitError{complain("%v", err)}
+				return exitError{runclient.Complain("%v", err)}
 			}
 			args.Image = true
-			return exitError{runProgram(cmd.Context(), g, f, args, sigs, int(img.Fd()))}
+			o.Socket = g.socket
+			return exitError{runclient.Start(cmd.Context(), o, args, sigs, int(img.Fd()))}
 		},
 	}
-	cmd.Flags().StringVar(&f.on, "on", "", "restore on this node")
-	cmd.Flags().BoolVar(&f.here, "here", false, "restore on this node (the home)")
-	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "say where it runs, on stderr")
+	cmd.Flags().StringVar(&o.On, "on", "", "restore on this node")
+	cmd.Flags().BoolVar(&o.Here, "here", false, "restore on this node (the home)")
+	cmd.Flags().BoolVarP(&o.Verbose, "verbose", "v", false, "say where it runs, on stderr")
 	return cmd
 }

@@ -49,7 +49,7 @@ func daemonBinary() (string, error) {
 	}
 	p, err := exec.LookPath("mosaicd")
 	if err != nil {
-		return "", errors.New("cannot find mosaicd (the daemon) beside mosaic or on PATH: install both binaries (`make build` puts them in bin/)")
+		return "", errors.New("cannot find mosaicd (the daemon) beside mosaic or on PATH: install mosaic, mosaicctl and mosaicd together (`make build` puts them in bin/)")
 	}
 	return p, nil
 }
