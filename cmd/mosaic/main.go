@@ -8,7 +8,7 @@
 // Without cobra, pflag, net, text/template and the rest, starting a remote
 // /bin/true took 16.4 ms instead of 19.1 ms on the 2-vCPU test machine
 // (docs/BENCHMARKS.md, "Start latency"); light_test.go keeps it so. The
-// other commands pay one more exec (a few ms), where nobody waits on it.
+// other commands pay one more exec (about 6 ms), where nobody waits on it.
 //
 // It chooses its GOMAXPROCS itself (one P, see main), so the runtime need
 // not read cgroup files for a default at start nor watch them after
