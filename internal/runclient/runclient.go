@@ -34,9 +34,8 @@ type Options struct {
 	Verbose bool   // say where it runs, on stderr
 }
 
-// Flags are the long names of the flags Parse knows, after "run" (the
-// mosaic command's own definition of run must have the same; a test there
-// checks it).
+// Flags are the long names of the flags Parse knows, after "run" (cobra's
+// run command in mosaicctl must define the same; a test there checks it).
 func Flags() []string { return []string{"on", "here", "pin", "verbose", "socket"} }
 
 // Parse parses `[--socket S] run [FLAGS] [--] PROG [ARGS...]` by hand: the
