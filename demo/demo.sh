@@ -146,7 +146,7 @@ show "$MOSAIC" nodes
 say "Start n2 again from its data directory: it rejoins with its certificate"
 RESTART=$(grep -A1 "node n2 exited" "$UPLOG" | tail -n 1)
 setsid $RESTART >"$DIR/n2-restart.log" 2>&1 < /dev/null &
-N2_RESTARTED=1
+N2_RESTARTED=$!
 for _ in $(seq 200); do
 	"$MOSAIC" nodes --json | grep -A2 '"name": "n2"' | grep -q '"state": "alive"' && break
 	sleep 0.1
@@ -154,4 +154,7 @@ done
 show "$MOSAIC" nodes
 
 say "Stop the cluster: every daemon leaves gracefully, nothing is left behind"
-"$MOSAIC" --socket "$MOSAIC_SOCKET_N2" node leave; N2_RESTARTED=
+"$MOSAIC" --socket "$MOSAIC_SOCKET_N2" node leave
+# Let it finish exiting before the cluster stops (which would kill it).
+for _ in $(seq 50); do kill -0 "$N2_RESTARTED" 2>/dev/null || break; sleep 0.1; done
+N2_RESTARTED=
