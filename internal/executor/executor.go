@@ -129,7 +129,13 @@ type Executor struct {
 	// buffers are those images stream through, kept warm from one move
 	// to the next.
 	buffers *bufpool.Pool
+	// outputs carry the output of local processes to their home (Local).
+	outputs *bufpool.Pool
 }
+
+// keptOutputs bounds the buffers a node keeps for local output: what a
+// local stream holds in flight (its channel's 16 chunks).
+const keptOutputs = 16 * chunk
 
 // keptBuffers bounds the buffers a node keeps for images: enough for one
 // move out and one in at once (a checkpoint's and a restore's buffers,
@@ -159,7 +165,7 @@ func New(cfg Config) *Executor {
 	buffers.Warm(2, ckpt.RunBuffer)
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
 		adoptions: map[string]*adoption{}, refusals: map[string]refusal{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
-		adopted: make(chan struct{}), buffers: buffers}
+		adopted: make(chan struct{}), buffers: buffers, outputs: bufpool.New(keptOutputs)}
 }
 
 // guest is one process this node runs.
