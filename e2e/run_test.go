@@ -320,6 +320,9 @@ func TestRun(t *testing.T) {
 		}{
 			{[]string{"run"}, "", 125, "no program given"},
 			{[]string{"run", "--"}, "", 125, "no program given"},
+			{[]string{"run", "--on"}, "", 125, "flag needs an argument: --on"},
+			{[]string{"run", "--bogus", "true"}, "", 125, "unknown flag: --bogus"},
+			{[]string{"restore", "--bogus", "x"}, "", 125, "unknown flag: --bogus"},
 			{[]string{"run", "--on", "n9", "--", "true"}, "", 125, `node "n9" is not known`},
 			{[]string{"run", "--on", "n2", "--here", "--", "true"}, "", 125, "contradict"},
 			{[]string{"run", "--on", "n2", "--", "no-such-program-anywhere"}, "", 127, "no-such-program-anywhere: command not found (on node n2)"},

@@ -33,6 +33,11 @@ process was lost (the node running it, or the home node, died).`,
 			return exitError{runclient.Run(cmd.Context(), o, argv)}
 		},
 	}
+	// A mistake in run's own flags is bad input to mosaic, not the
+	// program's failure: 125, as for the others (docker run's rule).
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return exitError{runclient.Complain("%v (mosaic %s --help shows the flags)", err, c.Name())}
+	})
 	fs := cmd.Flags()
 	fs.SetInterspersed(false) // flags after PROG are PROG's
 	fs.StringVar(&o.On, "on", "", "run on this node")
