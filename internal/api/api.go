@@ -123,9 +123,7 @@ func (c *Conn) WriteFrame(b []byte, fds ...int) error {
 	if len(b) > runproto.MaxFrame {
 		return fmt.Errorf("frame of %d bytes is larger than %d", len(b), runproto.MaxFrame)
 	}
-	msg := make([]byte, 4+len(b))
-	binary.BigEndian.PutUint32(msg, uint32(len(b)))
-	copy(msg[4:], b)
+	msg := runproto.Frame(b)
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)

@@ -82,9 +82,7 @@ func (c *Conn) Send(op string, req []byte, fds ...int) error {
 	if len(req) > MaxFrame {
 		return fmt.Errorf("send %s request to the daemon: the request is %d bytes, more than %d (is the environment that large?)", op, len(req), MaxFrame)
 	}
-	msg := make([]byte, 4+len(req))
-	binary.BigEndian.PutUint32(msg, uint32(len(req)))
-	copy(msg[4:], req)
+	msg := Frame(req)
 	// The socket is still blocking: the whole message goes, however
 	// large, the descriptors with its first byte.
 	var rights []byte
@@ -140,11 +138,17 @@ func (c *Conn) WriteControl(ctl RunControl) error {
 	if err != nil {
 		return err
 	}
+	_, err = c.f.Write(Frame(b))
+	return err
+}
+
+// Frame is b as a frame of the protocol: its length (4 bytes, big-endian),
+// then b.
+func Frame(b []byte) []byte {
 	msg := make([]byte, 4+len(b))
 	binary.BigEndian.PutUint32(msg, uint32(len(b)))
 	copy(msg[4:], b)
-	_, err = c.f.Write(msg)
-	return err
+	return msg
 }
 
 // Close ends the connection.
