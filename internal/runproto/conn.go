@@ -90,7 +90,7 @@ func (c *Conn) Send(op string, req []byte, fds ...int) error {
 		rights = unix.UnixRights(fds...)
 	}
 	for len(msg) > 0 {
-		n, err := unix.SendmsgN(c.fd, msg, rights, nil, 0)
+		n, err := unix.SendmsgN(c.fd, msg, rights, nil, unix.MSG_NOSIGNAL)
 		if err == unix.EINTR {
 			continue
 		}
@@ -138,8 +138,31 @@ func (c *Conn) WriteControl(ctl RunControl) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.f.Write(Frame(b))
-	return err
+	// Sent with MSG_NOSIGNAL: a daemon gone away is an error here, not a
+	// SIGPIPE, which the client would take for its program's and pass on.
+	rc, err := c.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	msg := Frame(b)
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		for len(msg) > 0 {
+			var n int
+			n, serr = unix.SendmsgN(int(fd), msg, nil, nil, unix.MSG_NOSIGNAL)
+			if serr == unix.EINTR {
+				continue
+			}
+			if serr != nil {
+				return serr != unix.EAGAIN // wait until writable
+			}
+			msg = msg[n:]
+		}
+		return true
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // Frame is b as a frame of the protocol: its length (4 bytes, big-endian),

@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -140,5 +142,49 @@ func TestDialNoDaemon(t *testing.T) {
 	}
 	if err := DialError("/s", syscall.EMFILE); !errors.Is(err, syscall.EMFILE) {
 		t.Fatalf("got %v: the cause is lost", err)
+	}
+}
+
+// A daemon gone away is an error for the writer of a control, and no
+// SIGPIPE: the client passes the signals it gets on to its program.
+func TestControlToAClosedDaemon(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	c, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Send(OpRun, EncodeRequest(OpRun, RunArgs{Argv: []string{"true"}})); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-accepted; s != nil {
+		s.Close()
+	}
+	pipes := make(chan os.Signal, 1)
+	signal.Notify(pipes, syscall.SIGPIPE)
+	defer signal.Stop(pipes)
+	var werr error
+	for range 10 { // the first write can still land in the socket's buffer
+		if werr = c.WriteControl(RunControl{Signal: 1}); werr != nil {
+			break
+		}
+	}
+	if !errors.Is(werr, syscall.EPIPE) && !errors.Is(werr, syscall.ECONNRESET) {
+		t.Fatalf("writing to a closed daemon: %v", werr)
+	}
+	select {
+	case <-pipes:
+		t.Fatal("SIGPIPE raised")
+	case <-time.After(100 * time.Millisecond):
 	}
 }
