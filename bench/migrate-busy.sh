@@ -5,7 +5,7 @@
 # internal/bench/workload/migrate.c) moved MOVES times between them; prints
 # each move's freeze as the daemons report it, and their median.
 # Needs root and gcc. Usage: bench/migrate-busy.sh [MOVES] [SIZE] [BUSY]
-# With MOSAIC=/path/to/another/mosaic (mosaicd beside it), that build runs.
+# With MOSAIC=/path/to/another/mosaic (mosaicctl and mosaicd beside it), that build runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOVES=${1:-16}

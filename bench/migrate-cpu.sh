@@ -4,7 +4,7 @@
 # times between the two nodes of a local `mosaic up`; prints each move's
 # freeze and the daemons' CPU seconds (user + system, from /proc) per move.
 # Needs root and gcc. Usage: bench/migrate-cpu.sh [MOVES] [SIZE]
-# With MOSAIC=/path/to/another/mosaic (mosaicd beside it), that build runs.
+# With MOSAIC=/path/to/another/mosaic (mosaicctl and mosaicd beside it), that build runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOVES=${1:-6}

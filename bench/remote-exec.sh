@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-300}
-MOSAIC=${MOSAIC:-$PWD/bin/mosaic} # another build: MOSAIC=/its/bin/mosaic (mosaicd beside it)
+MOSAIC=${MOSAIC:-$PWD/bin/mosaic} # another build: MOSAIC=/its/bin/mosaic (mosaicctl and mosaicd beside it)
 [ -x "$MOSAIC" ] || make build >/dev/null
 if ! command -v hyperfine >/dev/null || [ ! -x /usr/sbin/sshd ]; then
 	apt-get update -qq && apt-get install -y -qq hyperfine openssh-server openssh-client >/dev/null

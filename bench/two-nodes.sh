@@ -1,6 +1,6 @@
 # Sourced by the migration scripts: a local 2-node `mosaic up` and the
 # migrate benchmark's workload (internal/bench/workload/migrate.c) on n1.
-# MOSAIC=/path/to/another/mosaic (mosaicd beside it) runs that build.
+# MOSAIC=/path/to/another/mosaic (mosaicctl and mosaicd beside it) runs that build.
 
 # two_nodes NAME [UP FLAGS...]: builds the workload, starts the cluster in
 # a temporary directory (removed at exit, the cluster stopped) and waits
