@@ -14,10 +14,11 @@ import (
 // The commands that start daemons or clusters (node, up, init, bench), and
 // the simulator (sim, which links the gossip core and its protobufs), live
 // in mosaicd, the binary that carries the daemon and its embedded store:
-// keeping them out of this one keeps every `mosaic run` free of the store's
-// start-up cost (its packages take some 10 ms to initialize) and of gRPC's
-// and protobuf's (the simulator in this binary had made every start 1.7x
-// slower). light_test.go keeps it so. Here they are handed over as typed.
+// keeping them out of this one keeps every other command free of the
+// store's start-up cost (its packages take some 10 ms to initialize) and
+// of gRPC's and protobuf's (while this was also `mosaic run`, the simulator
+// in it had made every start 1.7x slower). light_test.go keeps it so. Here
+// they are handed over as typed.
 
 // delegate makes a command that runs `mosaicd NAME ARGS...`.
 func delegate(g *globals, name, use, short, long string) *cobra.Command {
@@ -49,7 +50,7 @@ func daemonBinary() (string, error) {
 	}
 	p, err := exec.LookPath("mosaicd")
 	if err != nil {
-		return "", errors.New("cannot find mosaicd (the daemon) beside mosaic or on PATH: install mosaic, mosaicctl and mosaicd together (`make build` puts them in bin/)")
+		return "", errors.New("cannot find mosaicd (the daemon) beside mosaicctl or on PATH: install mosaic, mosaicctl and mosaicd together (`make build` puts them in bin/)")
 	}
 	return p, nil
 }
