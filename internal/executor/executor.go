@@ -129,13 +129,15 @@ type Executor struct {
 	// buffers are those images stream through, kept warm from one move
 	// to the next.
 	buffers *bufpool.Pool
-	// outputs carry the output of local processes to their home (Local).
+	// outputs are the buffers that processes' output is read into (by
+	// their relays) and carried home in (by a Local stream).
 	outputs *bufpool.Pool
 }
 
-// keptOutputs bounds the buffers a node keeps for local output: what a
-// local stream holds in flight (its channel's 16 chunks).
-const keptOutputs = 16 * chunk
+// keptOutputs bounds the buffers a node keeps for output: what a local
+// stream holds in flight (its channel's 16 chunks), and the relays' own
+// (two a process) for a few processes at once.
+const keptOutputs = 32 * chunk
 
 // keptBuffers bounds the buffers a node keeps for images: enough for one
 // move out and one in at once (a checkpoint's and a restore's buffers,
@@ -266,7 +268,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	defer e.remove(st.Id)
 
-	std, err := newStdio(st)
+	std, err := newStdio(st, e.outputs)
 	if err != nil {
 		return refuse(out, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}

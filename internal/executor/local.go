@@ -119,8 +119,9 @@ func (s localServer) Send(m *peerpb.ExecOut) error {
 // buffer of the pipe's (see localPipe.outputs): buf may be reused once it
 // returns.
 func (s localServer) SendData(fd int, buf []byte) error {
+	// The size the relays take too, so that any held buffer serves both.
 	n := len(buf) - procstream.HeaderSize
-	data := s.p.outputs.Get(max(n, chunk))[:n]
+	data := s.p.outputs.Get(max(len(buf), procstream.HeaderSize+chunk))[:n]
 	copy(data, buf[procstream.HeaderSize:])
 	m := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Stdout{Stdout: data}}
 	if fd == 2 {

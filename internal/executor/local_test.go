@@ -55,8 +55,8 @@ func TestLocalOutputLentUntilNextRecv(t *testing.T) {
 			t.Fatalf("output %d: %d bytes starting %q", i, len(got), got[:1])
 		}
 		// The one before came back.
-		if held := p.outputs.Held(); held != (i+1)*chunk {
-			t.Fatalf("after %d Recvs the pool holds %d bytes, want %d", i+2, held, (i+1)*chunk)
+		if held, want := p.outputs.Held(), (i+1)*(procstream.HeaderSize+chunk); held != want {
+			t.Fatalf("after %d Recvs the pool holds %d bytes, want %d", i+2, held, want)
 		}
 	}
 }

@@ -597,7 +597,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	// The process's descriptors, and the userfaultfd device a post-copy
 	// move needs (opened here, as root; the process gets it as a
 	// descriptor, which the restore closes).
-	std, err := newStdio(st)
+	std, err := newStdio(st, e.outputs)
 	if err != nil {
 		return e.refuseAdoption(out, a, ad, peerpb.FailureKind_FAILURE_OTHER, "on %s: %v", e.node, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
@@ -33,10 +34,14 @@ type stdio struct {
 	// reporting an end) and lets them go again if the process stays.
 	relays  sync.WaitGroup
 	holding atomic.Bool
+	// bufs lends the relays their buffers: a chunk each, which a fresh
+	// allocation would zero and fault in for every process, however
+	// short (a millisecond of a daemon's CPU per `/bin/true` here).
+	bufs *bufpool.Pool
 }
 
-func newStdio(st *peerpb.ExecStart) (*stdio, error) {
-	s := &stdio{}
+func newStdio(st *peerpb.ExecStart, bufs *bufpool.Pool) (*stdio, error) {
+	s := &stdio{bufs: bufs}
 	if t := st.Tty; t != nil {
 		m, sl, err := pty.Open(int(st.Uid), int(st.Gid))
 		if err != nil {
@@ -114,7 +119,7 @@ func (s *stdio) startRelays(out *sender) {
 		s.relays.Add(1)
 		go func() {
 			defer s.relays.Done()
-			r.relay(out, &s.holding)
+			r.relay(out, &s.holding, s.bufs)
 		}()
 	}
 }
@@ -252,10 +257,12 @@ func (s *stdio) terminal() *peerpb.Tty {
 // relay sends the output until it ends (EOF; EIO on a terminal whose last
 // user is gone; closed or cut by us), then says so; held, it stops without
 // a word.
-func (r outReader) relay(out *sender, holding *atomic.Bool) {
+func (r outReader) relay(out *sender, holding *atomic.Bool, bufs *bufpool.Pool) {
 	// Read after room for a frame header, so that a stream that can send
-	// a buffer as it is (procstream) does not copy it.
-	buf := make([]byte, procstream.HeaderSize+chunk)
+	// a buffer as it is (procstream) does not copy it. (Every stream's
+	// SendData is done with the buffer when it returns.)
+	buf := bufs.Get(procstream.HeaderSize + chunk)
+	defer bufs.Put(buf)
 	for {
 		n, err := r.f.Read(buf[procstream.HeaderSize:])
 		if n > 0 && out.sendData(r.fd, buf[:procstream.HeaderSize+n]) != nil {
