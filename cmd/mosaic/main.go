@@ -3,16 +3,18 @@
 // line, as typed, to mosaicctl, installed beside it, which has the rest
 // (ps, kill, migrate, nodes, up, ... and run's --help).
 //
-// Why two binaries: every package a Go binary links is initialized at each
-// start, and `mosaic run` starts for every program a user runs elsewhere.
-// Without cobra, pflag, net, text/template and the rest, starting a remote
-// /bin/true took 16.4 ms instead of 19.1 ms on the 2-vCPU test machine
-// (docs/BENCHMARKS.md, "Start latency"); light_test.go keeps it so. The
-// other commands pay one more exec (about 6 ms), where nobody waits on it.
+// Why apart from mosaicctl: every package a Go binary links is initialized
+// at each start, and `mosaic run` starts for every program a user runs
+// elsewhere. Without cobra, pflag, net, text/template and the rest,
+// starting a remote /bin/true took 15.4-16.1 ms instead of 17.0-17.4 ms on
+// the 2-vCPU test machine (docs/BENCHMARKS.md, "Start latency");
+// light_test.go keeps it so. The other commands pay one more exec (about
+// 6 ms), where nobody waits on it.
 //
 // It chooses its GOMAXPROCS itself (one P, see main), so the runtime need
-// not read cgroup files for a default at start nor watch them after
-// (together 2-3% of a run's CPU).
+// not take a default from the cgroup nor watch it after (Go 1.26 still
+// reads the cgroup files once at start, only to count whether the setting
+// changed anything).
 //
 //go:debug containermaxprocs=0
 //go:debug updatemaxprocs=0
