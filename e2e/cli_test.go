@@ -42,6 +42,33 @@ func TestNoDaemon(t *testing.T) {
 	expectFail(t, r, "no mosaic daemon is running")
 }
 
+// mosaic installed without mosaicctl still runs programs itself, and for
+// every other command says what is missing.
+func TestMosaicWithoutMosaicctl(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(dir, "mosaic")
+	if err := os.WriteFile(alone, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) result {
+		cmd := exec.Command(alone, args...)
+		cmd.Env = []string{"PATH=" + dir + ":/usr/bin:/bin", "MOSAIC_SOCKET=/nonexistent/mosaic.sock"}
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		cmd.Run()
+		return result{out: stdout.String(), err: stderr.String(), code: cmd.ProcessState.ExitCode()}
+	}
+	r := run("ps")
+	expectFail(t, r, "cannot find mosaicctl", "install mosaic, mosaicctl and mosaicd together")
+	if r = run("run", "--", "true"); r.code != api.StatusMosaicError || !strings.Contains(r.err, "no mosaic daemon is running") {
+		t.Fatalf("mosaic run without mosaicctl: want %d and no daemon:\n%s", api.StatusMosaicError, r)
+	}
+}
+
 // Ctrl-C while the daemon works says what it means, not "context
 // canceled", and exits as an interrupted command does.
 func TestInterruptedWhileTheDaemonWorks(t *testing.T) {
