@@ -134,9 +134,7 @@ file is refused before anything runs.`,
 			return exitError{runclient.Start(cmd.Context(), o, args, sigs, int(img.Fd()))}
 		},
 	}
-	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return exitError{runclient.Complain("%v (mosaic %s --help shows the flags)", err, c.Name())}
-	})
+	cmd.SetFlagErrorFunc(runFlagError)
 	cmd.Flags().StringVar(&o.On, "on", "", "restore on this node")
 	cmd.Flags().BoolVar(&o.Here, "here", false, "restore on this node (the home)")
 	cmd.Flags().BoolVarP(&o.Verbose, "verbose", "v", false, "say where it runs, on stderr")

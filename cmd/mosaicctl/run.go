@@ -33,11 +33,7 @@ process was lost (the node running it, or the home node, died).`,
 			return exitError{runclient.Run(cmd.Context(), o, argv)}
 		},
 	}
-	// A mistake in run's own flags is bad input to mosaic, not the
-	// program's failure: 125, as for the others (docker run's rule).
-	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return exitError{runclient.Complain("%v (mosaic %s --help shows the flags)", err, c.Name())}
-	})
+	cmd.SetFlagErrorFunc(runFlagError)
 	fs := cmd.Flags()
 	fs.SetInterspersed(false) // flags after PROG are PROG's
 	fs.StringVar(&o.On, "on", "", "run on this node")
@@ -45,4 +41,11 @@ process was lost (the node running it, or the home node, died).`,
 	fs.BoolVar(&o.Pin, "pin", false, "never let a policy move it (mosaic migrate still can)")
 	fs.BoolVarP(&o.Verbose, "verbose", "v", false, "say where the program runs, on stderr")
 	return cmd
+}
+
+// runFlagError reports a mistake in the flags of run or restore: bad input
+// to mosaic, not the program's failure, so 125, as for the others (docker
+// run's rule).
+func runFlagError(c *cobra.Command, err error) error {
+	return exitError{runclient.Complain("%v (mosaic %s --help shows the flags)", err, c.Name())}
 }

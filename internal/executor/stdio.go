@@ -145,7 +145,8 @@ func (s *stdio) releaseRelays(out *sender) {
 // drainOutput sends what the process wrote and no relay read yet (the
 // relays are held, the process frozen: this is all it wrote).
 func (s *stdio) drainOutput(out *sender) error {
-	buf := make([]byte, procstream.HeaderSize+chunk)
+	buf := s.bufs.Get(procstream.HeaderSize + chunk)
+	defer s.bufs.Put(buf)
 	for _, r := range s.readers() {
 		for {
 			n, err := readNow(r.f, buf[procstream.HeaderSize:])
