@@ -709,16 +709,16 @@ func TestManyRuns(t *testing.T) {
 			}
 		}
 	}
-	fdsBefore := map[string]int{}
+	fdsBefore, connsBefore := map[string]int{}, map[string]int{}
 	eventually(t, 10*time.Second, "descriptors settled", func() (bool, string) {
 		settled := true
 		for _, n := range c.Nodes {
-			now := daemonFDs(t, n)
-			settled = settled && now == fdsBefore[n.Name]
-			fdsBefore[n.Name] = now
+			now, conns := daemonFDs(t, n)
+			settled = settled && now == fdsBefore[n.Name] && conns == connsBefore[n.Name]
+			fdsBefore[n.Name], connsBefore[n.Name] = now, conns
 		}
 		time.Sleep(200 * time.Millisecond)
-		return settled, fmt.Sprint(fdsBefore)
+		return settled, fmt.Sprint(fdsBefore, connsBefore)
 	})
 	const runs = 200
 	type outcome struct {
@@ -776,15 +776,25 @@ func TestManyRuns(t *testing.T) {
 	})
 	eventually(t, 10*time.Second, "descriptors released", func() (bool, string) {
 		for _, n := range c.Nodes {
-			// Spare connections and the spare namespace are made again
-			// after use: back to where they were once they are.
-			if now := daemonFDs(t, n); now > fdsBefore[n.Name] {
-				return false, fmt.Sprintf("%s has %d descriptors open, %d before", n.Name, now, fdsBefore[n.Name])
+			// The spare namespace is made again after use: back to where
+			// it was once it is. Process connections that ended cleanly
+			// are kept for the next processes, a few to each other node
+			// (the daemon's spares: maxIdle), at both ends.
+			now, conns := daemonFDs(t, n)
+			if now > fdsBefore[n.Name] {
+				return false, fmt.Sprintf("%s has %d descriptors open besides its peer connections, %d before", n.Name, now, fdsBefore[n.Name])
+			}
+			if most := connsBefore[n.Name] + 2*keptConns*(len(c.Nodes)-1); conns > most {
+				return false, fmt.Sprintf("%s has %d peer connections open, more than %d", n.Name, conns, most)
 			}
 		}
 		return true, ""
 	})
 }
+
+// keptConns is how many process connections a daemon keeps for reuse to
+// each other node (internal/daemon's spares.maxIdle).
+const keptConns = 8
 
 // rssOf is a process's resident memory in bytes.
 func rssOf(t *testing.T, pid int) uint64 {
@@ -798,10 +808,12 @@ func rssOf(t *testing.T, pid int) uint64 {
 	return resident * uint64(os.Getpagesize())
 }
 
-// daemonFDs counts a daemon's open descriptors, less the TCP sockets that
-// are not on its peer port: those are its store's (etcd keeps a varying
-// number of HTTP connections between members, as its own traffic needs).
-func daemonFDs(t *testing.T, n *up.Node) int {
+// daemonFDs counts a daemon's open descriptors but its TCP connections,
+// and apart its connections on its peer port (those it dialed to other
+// nodes' and those they dialed to its own). The others are its store's
+// (etcd keeps a varying number of HTTP connections between members, as its
+// own traffic needs).
+func daemonFDs(t *testing.T, n *up.Node) (fds, peerConns int) {
 	t.Helper()
 	_, port, err := net.SplitHostPort(n.Addr)
 	if err != nil {
@@ -812,6 +824,7 @@ func daemonFDs(t *testing.T, n *up.Node) int {
 		t.Fatal(err)
 	}
 	others := map[string]bool{} // socket inodes
+	peers := map[string]bool{}
 	for _, table := range []string{"tcp", "tcp6"} {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", n.PID(), table))
 		if err != nil {
@@ -823,8 +836,11 @@ func daemonFDs(t *testing.T, n *up.Node) int {
 				continue
 			}
 			local, remote := hexPort(f[1]), hexPort(f[2])
-			if local != peerPort && remote != peerPort {
+			switch {
+			case local != peerPort && remote != peerPort:
 				others[f[9]] = true
+			case remote != 0: // not the listener
+				peers[f[9]] = true
 			}
 		}
 	}
@@ -833,15 +849,19 @@ func daemonFDs(t *testing.T, n *up.Node) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	count := 0
 	for _, e := range ents {
 		link, _ := os.Readlink(filepath.Join(dir, e.Name()))
-		if inode, ok := strings.CutPrefix(link, "socket:["); ok && others[strings.TrimSuffix(inode, "]")] {
-			continue
+		inode, _ := strings.CutPrefix(link, "socket:[")
+		inode = strings.TrimSuffix(inode, "]")
+		switch {
+		case others[inode]:
+		case peers[inode]:
+			peerConns++
+		default:
+			fds++
 		}
-		count++
 	}
-	return count
+	return fds, peerConns
 }
 
 // hexPort is the port of an address as /proc/net/tcp writes it

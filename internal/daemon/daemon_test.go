@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -179,7 +182,7 @@ func TestThreeNodes(t *testing.T) {
 	base := t.TempDir()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	type node struct {
-		name, dir, sock string
+		name, dir, sock, addr string
 		cancel          context.CancelFunc
 		done            chan error
 	}
@@ -218,6 +221,7 @@ func TestThreeNodes(t *testing.T) {
 		nodes = append(nodes, &node{name: name, dir: filepath.Join(base, name), sock: filepath.Join(base, name+".sock")})
 	}
 	addr1 := freeAddr(t)
+	nodes[0].addr = addr1
 	if _, err := cluster.Init(cluster.InitParams{Dir: nodes[0].dir, Name: "n1", Addr: addr1, StoreSize: 3}); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +232,8 @@ func TestThreeNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range nodes[1:] {
-		j, err := cluster.Join(context.Background(), cluster.JoinParams{Dir: n.dir, Name: n.name, Addr: freeAddr(t), Via: addr1, Token: tok.Token})
+		n.addr = freeAddr(t)
+		j, err := cluster.Join(context.Background(), cluster.JoinParams{Dir: n.dir, Name: n.name, Addr: n.addr, Via: addr1, Token: tok.Token})
 		if err != nil {
 			t.Fatalf("join %s: %v", n.name, err)
 		}
@@ -281,6 +286,23 @@ func TestThreeNodes(t *testing.T) {
 	}
 	wg.Wait()
 
+	// Back to back, runs from n1 on n2 take the connection the one before
+	// left: none is dialed (a spare is dialed only when the last kept one
+	// is taken, and there are some now) and none is closed (a closed TCP
+	// connection leaves a TIME_WAIT socket behind for a minute).
+	time.Sleep(100 * time.Millisecond) // the concurrent runs' connections are given back
+	closedBefore := closedConns(t, nodes[1].addr)
+	for i := range 5 {
+		out, exit, err := runVia(nodes[0].sock, "n2", fmt.Sprintf("again-%d", i), "sh", "-c", "read x; echo $x; exit 5")
+		if err != nil || out != fmt.Sprintf("again-%d\n", i) || exit.Code != 5 {
+			t.Fatalf("run %d from n1 on n2: %q %+v %v", i, out, exit, err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if closed := closedConns(t, nodes[1].addr) - closedBefore; closed != 0 {
+		t.Errorf("5 runs from n1 on n2 back to back closed %d connections to n2, want none", closed)
+	}
+
 	// n3 leaves; the others see it.
 	nodes[2].cancel()
 	if err := <-nodes[2].done; err != nil {
@@ -298,4 +320,40 @@ func TestThreeNodes(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// closedConns counts the TCP connections to or from addr closed in the
+// last minute (the TIME_WAIT sockets left in this network namespace).
+func closedConns(t *testing.T, addr string) int {
+	t.Helper()
+	want, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[3] == "06" && (procAddr(f[1]) == want || procAddr(f[2]) == want) {
+			n++
+		}
+	}
+	return n
+}
+
+// procAddr reads an IPv4 address as /proc/net/tcp writes it
+// ("0100007F:1E14": the address's bytes in host order, then the port).
+func procAddr(s string) netip.AddrPort {
+	h, p, _ := strings.Cut(s, ":")
+	ip, err1 := strconv.ParseUint(h, 16, 32)
+	port, err2 := strconv.ParseUint(p, 16, 16)
+	if err1 != nil || err2 != nil {
+		return netip.AddrPort{}
+	}
+	var a [4]byte
+	binary.LittleEndian.PutUint32(a[:], uint32(ip))
+	return netip.AddrPortFrom(netip.AddrFrom4(a), uint16(port))
 }

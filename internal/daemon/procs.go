@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"slices"
@@ -40,10 +41,17 @@ func (d *Daemon) serveProc(tc *tls.Conn) {
 		tc.Close() // no node certificate: nothing for it here
 		return
 	}
-	s := procstream.NewServer(context.Background(), tc)
-	defer s.Close()
-	if err := d.exec.Serve(from, s); err != nil {
-		d.log.Debug("process stream", "from", from, "err", err)
+	// One stream after another: a stream that ended cleanly at both ends
+	// leaves the connection to the home's next process.
+	for {
+		s := procstream.NewServer(context.Background(), tc)
+		if err := d.exec.Serve(from, s); err != nil {
+			d.log.Debug("process stream", "from", from, "err", err)
+		}
+		if !s.Release() {
+			s.Close()
+			return
+		}
 	}
 }
 
@@ -61,15 +69,26 @@ func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, erro
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
 	}
-	if c := d.spares.take(node, m.Addr); c != nil {
-		return procstream.NewClient(ctx, c), nil
+	c, raw := d.spares.take(node, m.Addr)
+	if c == nil {
+		var err error
+		if c, raw, err = dialProc(ctx, d.node.ID, d.sessions, d.connBuffers, node, m.Addr); err != nil {
+			return nil, fmt.Errorf("node %s: %w", node, err)
+		}
 	}
-	tc, _, err := dialProc(ctx, d.node.ID, d.sessions, d.connBuffers, node, m.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", node, err)
-	}
-	return procstream.NewClient(ctx, tc), nil
+	return reusable{procstream.NewClient(ctx, c), d.spares, node, m.Addr, raw}, nil
 }
+
+// reusable is a process stream whose connection is kept for the next
+// stream to the same node when its process is over (home's stream.finish).
+type reusable struct {
+	procstream.Client
+	spares     *spares
+	node, addr string
+	raw        net.Conn
+}
+
+func (r reusable) Finish() { r.spares.finish(r.node, r.addr, r.Client, r.raw) }
 
 // checkNode says why a process cannot be sent to a node the user named.
 func (d *Daemon) checkNode(name string) error {

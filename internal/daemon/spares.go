@@ -4,42 +4,52 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
 
-// spares keeps one process connection dialed ahead to each node a process
-// stream went to lately, so that the next remote start (or migration)
-// there does not wait for a TCP and a TLS handshake: 1.1 ms of CPU on this
-// machine for a resumed session, 1.4 to 1.8 ms for a full one
-// (BenchmarkHandshake in internal/pki), on the path of every `mosaic run
-// --on`.
+// spares keeps process connections to other nodes ready, so that the next
+// remote start (or migration) there does not wait for a TCP and a TLS
+// handshake: 1.1 ms of CPU on this machine for a resumed session, 1.4 to
+// 1.8 ms for a full one (BenchmarkHandshake in internal/pki), at both
+// ends, on the path of every `mosaic run --on` and competing with it for
+// the CPUs. Two sources fill it:
 //
-// A spare is dialed some time after the connection it replaces was taken
-// (refillAfter), so that its handshake does not compete for the CPUs with
-// the start it follows, and read for a moment (settle: the session ticket
-// comes in); it is closed when unused for idle, or when the daemon stops.
-// One the peer has closed meanwhile (it restarted) is noticed when taken
-// (usable: a peek at its socket), and the caller dials anew; one to a node
-// that died silently is ended, as any start there, when membership finds
-// the node dead (home.NodeDown). The node at the other end keeps a spare's
-// stream waiting for its first message; its executor ends such streams
-// when it stops.
+//   - a process whose stream ended cleanly gives its connection back
+//     (finish: procstream's end frames both ways), as multiplexed ssh or
+//     HTTP keep-alive reuse theirs; back-to-back runs then pay no
+//     handshake at all;
+//   - when a start takes a node's last connection, another is dialed
+//     ahead (refillAfter later, so that its handshake does not compete
+//     for the CPUs with the start it follows), and read for a moment
+//     (settle: the session ticket comes in).
+//
+// Each is closed when unused for idle, beyond maxIdle a node, or when the
+// daemon stops. One the peer has closed meanwhile (it restarted) is
+// noticed when taken (usable: a peek at its socket), and the caller takes
+// the next or dials anew; one to a node that died silently is ended, as
+// any start there, when membership finds the node dead (home.NodeDown).
+// The node at the other end keeps an idle connection waiting for its next
+// stream's first message; its executor ends such streams when it stops.
 type spares struct {
 	// dial returns a connection to use and the network connection under
 	// it (the same for a plain one).
 	dial        func(ctx context.Context, node, addr string) (c, raw net.Conn, err error)
 	idle        time.Duration
 	refillAfter time.Duration
+	maxIdle     int // connections kept a node
 
-	ctx    context.Context // cancelled by close: ends dials under way
+	ctx    context.Context // cancelled by close: ends dials and finishes under way
 	cancel context.CancelFunc
 
 	mu      sync.Mutex
-	conns   map[string]*spare // by node name
+	conns   map[string][]*spare // by node name, the most recently kept last
 	dialing map[string]bool
 	closed  bool
 	wg      sync.WaitGroup
@@ -54,34 +64,82 @@ type spare struct {
 
 func newSpares(dial func(ctx context.Context, node, addr string) (c, raw net.Conn, err error)) *spares {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &spares{dial: dial, idle: 30 * time.Second, refillAfter: 5 * time.Millisecond,
-		ctx: ctx, cancel: cancel, conns: map[string]*spare{}, dialing: map[string]bool{}}
+	return &spares{dial: dial, idle: 30 * time.Second, refillAfter: 5 * time.Millisecond, maxIdle: 8,
+		ctx: ctx, cancel: cancel, conns: map[string][]*spare{}, dialing: map[string]bool{}}
 }
 
-// take returns the spare connection to node if there is one, to addr and
-// still open (nil otherwise), and has another dialed.
-func (s *spares) take(node, addr string) net.Conn {
-	s.mu.Lock()
-	sp := s.conns[node]
-	delete(s.conns, node)
-	s.mu.Unlock()
-	s.refill(node, addr)
-	if sp == nil {
-		return nil
-	}
-	sp.timer.Stop()
-	if sp.addr != addr || !usable(sp) {
+// take returns a connection to node kept ready, to addr and still open
+// (nil if there is none), and has another dialed if it took the last.
+func (s *spares) take(node, addr string) (c, raw net.Conn) {
+	for {
+		s.mu.Lock()
+		kept := s.conns[node]
+		var sp *spare
+		if len(kept) > 0 {
+			sp = kept[len(kept)-1]
+			kept[len(kept)-1] = nil
+			s.conns[node] = kept[:len(kept)-1]
+		}
+		last := len(s.conns[node]) == 0
+		s.mu.Unlock()
+		if last {
+			s.refill(node, addr)
+		}
+		if sp == nil {
+			return nil, nil
+		}
+		sp.timer.Stop()
+		if sp.addr == addr && usable(sp) {
+			return sp.c, sp.raw
+		}
 		sp.c.Close()
-		return nil
 	}
-	return sp.c
 }
 
-// refill has a spare dialed to node, unless it has one or one is on its way.
+// put keeps a connection to node that is free for another stream.
+func (s *spares) put(node, addr string, c, raw net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.conns[node]) >= s.maxIdle {
+		c.Close()
+		return
+	}
+	sp := &spare{c: c, raw: raw, addr: addr}
+	sp.timer = time.AfterFunc(s.idle, func() { s.expire(node, sp) })
+	s.conns[node] = append(s.conns[node], sp)
+}
+
+// finish ends the stream of a process that is over on node (see
+// procstream.Client.Finish) without waiting, and keeps its connection if
+// the stream ended cleanly.
+func (s *spares) finish(node, addr string, c procstream.Client, raw net.Conn) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return // the stream's end closes the connection
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	if !c.Detach() {
+		s.wg.Done()
+		return // its context ended first: the connection is closed
+	}
+	go func() {
+		defer s.wg.Done()
+		tc, err := c.Finish(s.ctx)
+		if err != nil {
+			return // closed; the next start takes another or dials
+		}
+		s.put(node, addr, tc, raw)
+	}()
+}
+
+// refill has a connection dialed to node, unless one is kept or on its
+// way.
 func (s *spares) refill(node, addr string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.dialing[node] || s.conns[node] != nil {
+	if s.closed || s.dialing[node] || len(s.conns[node]) > 0 {
 		return
 	}
 	s.dialing[node] = true
@@ -102,29 +160,24 @@ func (s *spares) refill(node, addr string) {
 			err = settle(c, settleFor)
 		}
 		s.mu.Lock()
-		defer s.mu.Unlock()
 		delete(s.dialing, node)
+		s.mu.Unlock()
 		if err != nil {
 			return // the next start dials as before, and tries again
 		}
-		if s.closed || s.conns[node] != nil {
-			c.Close()
-			return
-		}
-		sp := &spare{c: c, raw: raw, addr: addr}
-		sp.timer = time.AfterFunc(s.idle, func() { s.expire(node, sp) })
-		s.conns[node] = sp
+		s.put(node, addr, c, raw)
 	}()
 }
 
 func (s *spares) expire(node string, sp *spare) {
 	s.mu.Lock()
-	mine := s.conns[node] == sp
-	if mine {
-		delete(s.conns, node)
+	kept := s.conns[node]
+	i := slices.Index(kept, sp)
+	if i >= 0 {
+		s.conns[node] = slices.Delete(kept, i, i+1)
 	}
 	s.mu.Unlock()
-	if mine {
+	if i >= 0 {
 		sp.c.Close()
 	}
 }
@@ -133,9 +186,11 @@ func (s *spares) expire(node string, sp *spare) {
 func (s *spares) close() {
 	s.mu.Lock()
 	s.closed = true
-	for node, sp := range s.conns {
-		sp.timer.Stop()
-		sp.c.Close()
+	for node, kept := range s.conns {
+		for _, sp := range kept {
+			sp.timer.Stop()
+			sp.c.Close()
+		}
 		delete(s.conns, node)
 	}
 	s.mu.Unlock()

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -43,7 +44,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func (s *spares) has(node string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.conns[node] != nil
+	return len(s.conns[node]) > 0
 }
 
 // The first stream to a node is dialed by its caller and a spare follows;
@@ -66,12 +67,12 @@ func TestSpares(t *testing.T) {
 		}
 	}()
 
-	if c := s.take("n2", addr); c != nil {
+	if c, _ := s.take("n2", addr); c != nil {
 		t.Fatal("a spare before any was dialed")
 	}
 	waitFor(t, "a spare to n2", func() bool { return s.has("n2") })
 	server := <-accepted
-	c := s.take("n2", addr)
+	c, _ := s.take("n2", addr)
 	if c == nil {
 		t.Fatal("the spare was not handed out")
 	}
@@ -90,14 +91,14 @@ func TestSpares(t *testing.T) {
 	waitFor(t, "a second spare to n2", func() bool { return s.has("n2") })
 	(<-accepted).Close()
 	time.Sleep(10 * time.Millisecond) // the FIN travels
-	if c := s.take("n2", addr); c != nil {
+	if c, _ := s.take("n2", addr); c != nil {
 		t.Fatal("a spare the peer had closed was handed out")
 	}
 
 	// A node's spare is for its address only.
 	waitFor(t, "a third spare to n2", func() bool { return s.has("n2") })
 	third := <-accepted
-	if c := s.take("n2", "127.0.0.1:1"); c != nil {
+	if c, _ := s.take("n2", "127.0.0.1:1"); c != nil {
 		t.Fatal("a spare to another address was handed out")
 	}
 	if _, err := third.Read(buf); err != io.EOF {
@@ -130,4 +131,46 @@ func TestSpares(t *testing.T) {
 		t.Fatalf("the peer's end of a spare read %v after close, want EOF", err)
 	}
 	last.Close()
+}
+
+// Connections given back are handed out again, the most recent first,
+// skipping one the peer closed meanwhile; a node keeps maxIdle at most.
+func TestSparesKeepConnectionsGivenBack(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	addr, accepted, stop := peerEnd(t)
+	defer stop()
+	s := newSpares(func(ctx context.Context, node, addr string) (net.Conn, net.Conn, error) {
+		return nil, nil, errors.New("no dialing in this test")
+	})
+	defer s.close()
+	s.maxIdle = 2
+	dial := func() (client, server net.Conn) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, <-accepted
+	}
+	c1, p1 := dial()
+	c2, p2 := dial()
+	c3, p3 := dial()
+	defer p1.Close()
+	defer p2.Close()
+	defer p3.Close()
+	s.put("n2", addr, c1, c1)
+	s.put("n2", addr, c2, c2)
+	s.put("n2", addr, c3, c3) // one too many: closed
+	buf := make([]byte, 1)
+	if _, err := p3.Read(buf); err != io.EOF {
+		t.Fatalf("the peer's end of a connection beyond maxIdle read %v, want EOF", err)
+	}
+	p2.Close()
+	time.Sleep(10 * time.Millisecond) // the FIN travels
+	if c, _ := s.take("n2", addr); c != c1 {
+		t.Fatalf("take = %v, want the first connection (the second was closed by the peer)", c)
+	}
+	if c, _ := s.take("n2", addr); c != nil {
+		t.Fatalf("take = %v from an empty pool", c)
+	}
+	c1.Close()
 }

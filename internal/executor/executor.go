@@ -366,6 +366,10 @@ func (e *Executor) supervise(s ServerStream, g *guest) {
 		}
 	}
 	out.send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Exit{Exit: status}})
+	// Nothing follows the exit: the end of the stream from this side, so
+	// that once the home's end comes too, the connection can carry the
+	// home's next process (procstream's end frames).
+	out.closeSend()
 	e.log.Debug("exited", "id", st.Id, "code", status.Code, "signal", status.Signal)
 	select {
 	case <-homeGone:
@@ -702,6 +706,22 @@ func (o *sender) sendData(fd int, buf []byte) error {
 	o.err = o.s.Send(m)
 	return o.err
 }
+
+// closeSend ends the stream from this side, on streams that can (a
+// process stream); any send after it fails.
+func (o *sender) closeSend() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	cs, ok := o.s.(interface{ CloseSend() error })
+	if o.err != nil || !ok {
+		return
+	}
+	if o.err = cs.CloseSend(); o.err == nil {
+		o.err = errStreamEnded
+	}
+}
+
+var errStreamEnded = errors.New("the process's stream has ended")
 
 func (o *sender) send(m *peerpb.ExecOut) error {
 	o.mu.Lock()

@@ -138,10 +138,9 @@ func (h *Home) restore(ctx context.Context, caller api.Caller, args api.RunArgs,
 	for _, node := range candidates {
 		s, err := h.adopt(ctx, p, start, node, image)
 		if err == nil {
-			defer func() { p.current().close() }()
 			events.send(api.RunEvent{Started: &api.RunStarted{ID: id, Node: s.node, PID: s.pid}})
 			h.cfg.Log.Info("process restored", "id", id, "node", s.node, "pid", s.pid, "uid", img.UID)
-			return h.relay(p, s, conn, events, stdio)
+			return h.follow(p, s, conn, events, stdio)
 		}
 		misses = append(misses, err.Error())
 		if fixed {

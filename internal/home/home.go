@@ -274,11 +274,22 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	if err != nil {
 		return err
 	}
-	// The stream at the end, wherever the process moved meanwhile.
-	defer func() { p.current().close() }()
 	events.send(api.RunEvent{Started: &api.RunStarted{ID: id, Node: s.node, PID: s.pid}})
 	h.cfg.Log.Debug("process started", "id", id, "node", s.node, "pid", s.pid, "uid", caller.UID)
-	return h.relay(p, s, conn, events, stdio)
+	return h.follow(p, s, conn, events, stdio)
+}
+
+// follow relays a started process until it is over, then ends its stream
+// (the one at the end, wherever the process moved meanwhile): after an
+// exit cleanly, so that the connection can carry the next process.
+func (h *Home) follow(p *proc, s *stream, conn *api.Conn, events *eventWriter, stdio *userStdio) error {
+	err := h.relay(p, s, conn, events, stdio)
+	if err == nil {
+		p.current().finish()
+	} else {
+		p.current().close()
+	}
+	return err
 }
 
 // candidates are the nodes to try for a new process, best first: the one
@@ -549,6 +560,26 @@ func (s *stream) close() {
 		s.conn.CloseSend()
 	}
 	s.mu.Unlock()
+}
+
+// finisher is a stream to another node that can end cleanly, leaving its
+// connection for the next stream there (see the daemon's spares).
+type finisher interface{ Finish() }
+
+// finish ends the stream of a process that exited. A stream that cannot
+// end cleanly (a send under way, or none but a plain one) is closed.
+func (s *stream) finish() {
+	f, ok := s.conn.(finisher)
+	if !ok || !s.mu.TryLock() {
+		s.close()
+		return
+	}
+	if !s.closed {
+		s.closed = true
+		f.Finish()
+	}
+	s.mu.Unlock()
+	s.cancel()
 }
 
 // eventWriter sends events to the client, one at a time.

@@ -40,6 +40,14 @@ func NewBatchConn(c net.Conn, buffers *bufpool.Pool) *BatchConn {
 // holds it (a close must not wait for a write: it is what ends one that
 // is stuck).
 func (b *BatchConn) Close() error {
+	b.Rest()
+	return b.Conn.Close()
+}
+
+// Rest gives the buffer back while the connection waits for its next
+// stream (a connection kept for reuse should not hold half a megabyte),
+// unless a write holds it.
+func (b *BatchConn) Rest() {
 	if b.mu.TryLock() {
 		if b.buf != nil && !b.batching {
 			b.buffers.Put(b.buf)
@@ -47,7 +55,6 @@ func (b *BatchConn) Close() error {
 		}
 		b.mu.Unlock()
 	}
-	return b.Conn.Close()
 }
 
 func (b *BatchConn) Write(p []byte) (int, error) {
@@ -113,6 +120,7 @@ func (b *BatchConn) Batch(fn func() error) error {
 // batcher is what a process connection batches its bulk writes with.
 type batcher interface {
 	Batch(fn func() error) error
+	Rest()
 }
 
 // batcherOf finds the BatchConn under a TLS connection, if there is one.

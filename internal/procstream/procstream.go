@@ -18,6 +18,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -25,8 +27,10 @@ import (
 )
 
 // ALPN is the TLS application protocol of process streams; the peer port
-// serves gRPC (h2) and process streams side by side.
-const ALPN = "mosaic-proc/1"
+// serves gRPC (h2) and process streams side by side. Version 2 ends each
+// direction of a stream with an end frame (version 1 used TLS's
+// close_notify), and a connection serves one stream after another.
+const ALPN = "mosaic-proc/2"
 
 // Frame types.
 const (
@@ -34,6 +38,12 @@ const (
 	frameStdin   = 1
 	frameStdout  = 2
 	frameStderr  = 3
+	// frameEnd ends one direction of a stream (empty). It is not TLS's
+	// close_notify, after which a connection can carry nothing more: a
+	// stream that ended with one each way, and nothing else amiss, leaves
+	// its connection free for the next stream between the same two nodes
+	// (Server.Release, Client.Finish), with no handshake to pay again.
+	frameEnd = 4
 )
 
 const (
@@ -47,13 +57,23 @@ const (
 // HeaderSize is the room to leave before data given to SendData.
 const HeaderSize = headerSize
 
-// conn is one process's connection, either end.
+// conn is one stream's end of a connection, either end.
 type conn struct {
 	c      net.Conn
 	ctx    context.Context
 	cancel context.CancelFunc
+	// unbreak stops the context's end from closing the connection; false
+	// if it has begun to. Calls after the first return the first's answer.
+	unbreak func() bool
+
 	wmu    sync.Mutex
-	closed bool
+	closed bool // nothing more is sent: this end's end frame went, or the connection is closing
+	sent   bool // the end frame went
+	broken bool // a write failed: a frame may have gone out in part
+
+	// ended: the other end's end frame came. Reads are one goroutine's
+	// at a time; Release reads it from another, after that one is done.
+	ended atomic.Bool
 	// dataLeft is what ReadData has still to read of the frame it is in.
 	dataLeft int
 }
@@ -63,8 +83,49 @@ func newConn(ctx context.Context, c net.Conn) *conn {
 	cn := &conn{c: c, ctx: ctx, cancel: cancel}
 	// Cancelling the context breaks the connection, which is what tells
 	// the other end that this one is gone.
-	context.AfterFunc(ctx, func() { c.Close() })
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	var once sync.Once
+	var stopped bool
+	cn.unbreak = func() bool {
+		once.Do(func() { stopped = stop() })
+		return stopped
+	}
 	return cn
+}
+
+// closeSend sends this end's end frame: nothing more comes from it in
+// this stream.
+func (c *conn) closeSend() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	if _, err := c.c.Write([]byte{frameEnd, 0, 0, 0, 0}); err != nil {
+		c.broken = true
+		return err
+	}
+	c.sent = true
+	return nil
+}
+
+// release ends the stream and leaves its connection open, when the
+// stream ended cleanly at both ends: both end frames went through and no
+// write failed. Ending the stream's context no longer closes the
+// connection then. Nothing may read the stream after the end frame, and
+// nothing more is written to it (writes fail once the end frame went).
+func (c *conn) release() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.sent || c.broken || !c.ended.Load() || !c.unbreak() {
+		return false
+	}
+	c.cancel()
+	if b := batcherOf(c.c); b != nil {
+		b.Rest()
+	}
+	return true
 }
 
 func (c *conn) writeFrame(typ byte, payload []byte) error {
@@ -87,13 +148,18 @@ func (c *conn) writeBuf(typ byte, buf []byte) error {
 	if c.closed {
 		return io.ErrClosedPipe
 	}
+	var err error
 	if b := batcherOf(c.c); b != nil && len(buf) > batchOver {
-		return b.Batch(func() error {
+		err = b.Batch(func() error {
 			_, err := c.c.Write(buf)
 			return err
 		})
+	} else {
+		_, err = c.c.Write(buf)
 	}
-	_, err := c.c.Write(buf)
+	if err != nil {
+		c.broken = true
+	}
 	return err
 }
 
@@ -121,10 +187,16 @@ func (c *conn) writeData(typ byte, data []byte) error {
 		}
 		return nil
 	}
+	var err error
 	if b := batcherOf(c.c); b != nil {
-		return b.Batch(send)
+		err = b.Batch(send)
+	} else {
+		err = send()
 	}
-	return send()
+	if err != nil {
+		c.broken = true
+	}
+	return err
 }
 
 func (c *conn) writeMessage(m proto.Message) error {
@@ -135,19 +207,40 @@ func (c *conn) writeMessage(m proto.Message) error {
 	return c.writeFrame(frameMessage, b)
 }
 
+// readHeader reads the next frame's header. The other end's end frame
+// reads as io.EOF, then and ever after: what follows it on the
+// connection is another stream's.
+func (c *conn) readHeader() (typ byte, n uint32, err error) {
+	if c.ended.Load() {
+		return 0, 0, io.EOF
+	}
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(c.c, hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	n = binary.BigEndian.Uint32(hdr[1:])
+	if hdr[0] == frameEnd {
+		if n != 0 {
+			return 0, 0, fmt.Errorf("process stream end frame of %d bytes", n)
+		}
+		c.ended.Store(true)
+		return 0, 0, io.EOF
+	}
+	return hdr[0], n, nil
+}
+
 // readFrame reads the next frame. Its payload is in reuse (grown as
 // needed) when reuse is not nil, else in a new buffer.
 func (c *conn) readFrame(reuse *[]byte) (byte, []byte, error) {
-	var hdr [headerSize]byte
-	if _, err := io.ReadFull(c.c, hdr[:]); err != nil {
+	typ, n, err := c.readHeader()
+	if err != nil {
 		return 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[1:])
 	if n > maxFrame {
 		return 0, nil, fmt.Errorf("process stream frame of %d bytes is too large", n)
 	}
 	var payload []byte
-	if reuse != nil && hdr[0] != frameMessage {
+	if reuse != nil && typ != frameMessage {
 		if cap(*reuse) < int(n) {
 			*reuse = make([]byte, n)
 		}
@@ -161,7 +254,7 @@ func (c *conn) readFrame(reuse *[]byte) (byte, []byte, error) {
 		}
 		return 0, nil, err
 	}
-	return hdr[0], payload, nil
+	return typ, payload, nil
 }
 
 // Server is the running node's end: it satisfies executor.ServerStream.
@@ -231,17 +324,16 @@ func (s Server) ReadData(p []byte) (int, error) {
 		return 0, nil
 	}
 	for s.dataLeft == 0 {
-		var hdr [headerSize]byte
-		if _, err := io.ReadFull(s.c, hdr[:]); err != nil {
+		typ, n, err := s.readHeader()
+		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				s.cancel()
 			}
 			return 0, err
 		}
-		n := binary.BigEndian.Uint32(hdr[1:])
-		if hdr[0] != frameStdin || n > maxFrame {
+		if typ != frameStdin || n > maxFrame {
 			s.cancel()
-			return 0, fmt.Errorf("a frame of type %d and %d bytes where data was expected", hdr[0], n)
+			return 0, fmt.Errorf("a frame of type %d and %d bytes where data was expected", typ, n)
 		}
 		s.dataLeft = int(n)
 	}
@@ -257,7 +349,17 @@ func (s Server) ReadData(p []byte) (int, error) {
 	return n, err
 }
 
-// Close ends the connection.
+// CloseSend tells the home that nothing more will come (the end frame):
+// after a process's exit, so that the connection can serve again.
+func (s Server) CloseSend() error { return s.closeSend() }
+
+// Release ends the stream and reports whether its connection can serve
+// another (NewServer over it again): the stream ended cleanly at both
+// ends (end frames both ways, no failed write). If not, the caller closes
+// it (Close).
+func (s Server) Release() bool { return s.release() }
+
+// Close ends the connection, unless Release let it go.
 func (s Server) Close() error {
 	s.cancel()
 	return nil
@@ -311,17 +413,46 @@ func (c Client) Recv() (*peerpb.ExecOut, error) {
 	return nil, fmt.Errorf("unexpected frame type %d from the running node", typ)
 }
 
-// CloseSend tells the running node that nothing more will come (TLS
-// close_notify on our direction); the connection stays open for reading.
-func (c Client) CloseSend() error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.closed {
-		return nil
+// CloseSend tells the running node that nothing more will come (the end
+// frame); the connection stays open for reading.
+func (c Client) CloseSend() error { return c.closeSend() }
+
+// Detach makes ending the stream's context no longer break the
+// connection, for Finish to end the stream cleanly after it; false if
+// the context has ended already (the connection is closed or closing).
+func (c Client) Detach() bool { return c.unbreak() }
+
+// Finish ends the stream of a process that is over, after Detach: it
+// sends the end frame (unless CloseSend did) and waits for the running
+// node's, which must follow the process's exit with nothing in between.
+// It returns the connection, free for another stream, or an error after
+// closing it. Ending ctx, or finishWait passing, gives up.
+func (c Client) Finish(ctx context.Context) (net.Conn, error) {
+	fail := func(err error) (net.Conn, error) {
+		c.c.Close()
+		c.cancel()
+		return nil, err
 	}
-	c.closed = true
-	if cw, ok := c.c.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+	if err := c.closeSend(); err != nil {
+		return fail(err)
 	}
-	return nil
+	if err := c.c.SetReadDeadline(time.Now().Add(finishWait)); err != nil {
+		return fail(err)
+	}
+	stop := context.AfterFunc(ctx, func() { c.c.SetReadDeadline(time.Now()) })
+	defer stop()
+	if _, _, err := c.readFrame(c.data); !errors.Is(err, io.EOF) || !c.ended.Load() {
+		if err == nil {
+			err = errors.New("the running node sent more after the process's exit")
+		}
+		return fail(fmt.Errorf("end a process stream: %w", err))
+	}
+	if !stop() || c.c.SetReadDeadline(time.Time{}) != nil || !c.release() {
+		return fail(errors.New("the process stream did not end cleanly"))
+	}
+	return c.c, nil
 }
+
+// finishWait bounds Finish's wait for the running node's end frame, which
+// it sends right after the exit.
+const finishWait = 5 * time.Second

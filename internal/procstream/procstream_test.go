@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -176,4 +177,145 @@ func TestReadDataCutShort(t *testing.T) {
 	if n != 2 || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("read %d bytes, then %v; want 2 and an unexpected EOF", n, err)
 	}
+}
+
+// TestStreamsShareAConnection: a stream that ended cleanly at both ends
+// leaves its connection to the next one, which sees nothing of the first;
+// the stream's own context no longer breaks it.
+func TestStreamsShareAConnection(t *testing.T) {
+	cc, sc := pair(t)
+	defer cc.Close()
+	defer sc.Close()
+	for i := range 3 {
+		id := fmt.Sprintf("n1.%d", i)
+		ctx, cancel := context.WithCancel(context.Background())
+		c := NewClient(ctx, cc)
+		s := NewServer(context.Background(), sc)
+		if err := c.Send(start(id)); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := s.Recv(); err != nil || m.GetStart().GetId() != id {
+			t.Fatalf("stream %d: Recv = %v, %v", i, m, err)
+		}
+		s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Stdout{Stdout: []byte("out of " + id)}})
+		s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Exit{Exit: &peerpb.Exit{Code: int32(i)}}})
+		if err := s.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: 1}}); err == nil {
+			t.Fatal("a send after the end frame went through")
+		}
+		if m, err := c.Recv(); err != nil || string(m.GetStdout()) != "out of "+id {
+			t.Fatalf("stream %d: output %v, %v", i, m, err)
+		}
+		if m, err := c.Recv(); err != nil || m.GetExit().GetCode() != int32(i) {
+			t.Fatalf("stream %d: exit %v, %v", i, m, err)
+		}
+		if !c.Detach() {
+			t.Fatal("Detach failed on a live stream")
+		}
+		cancel() // the home is done with the process: that must not close the connection
+		type finished struct {
+			c   net.Conn
+			err error
+		}
+		done := make(chan finished, 1)
+		go func() {
+			c, err := c.Finish(context.Background())
+			done <- finished{c, err}
+		}()
+		if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("stream %d: the server read %v after the home's end, want EOF", i, err)
+		}
+		if !s.Release() {
+			t.Fatalf("stream %d: a stream that ended cleanly does not release its connection", i)
+		}
+		s.Close() // after Release: the connection stays
+		f := <-done
+		if f.err != nil || f.c != cc {
+			t.Fatalf("stream %d: Finish = %v, %v", i, f.c, f.err)
+		}
+	}
+}
+
+// TestEndIsFinal: after the end frame, Recv reads EOF again and again,
+// and leaves what follows (another stream's) unread.
+func TestEndIsFinal(t *testing.T) {
+	cc, sc := pair(t)
+	c := NewClient(context.Background(), cc)
+	s := NewServer(context.Background(), sc)
+	defer s.Close()
+	c.Send(start("n1.1"))
+	c.CloseSend()
+	cc.Write([]byte{frameStdin, 0, 0, 0, 1, 'x'}) // as the next stream would
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("Recv after the end frame = %v, want EOF", err)
+		}
+	}
+	if _, err := s.ReadData(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadData after the end frame = %v, want EOF", err)
+	}
+	next := NewServer(context.Background(), sc)
+	if m, err := next.Recv(); err != nil || string(m.GetStdin()) != "x" {
+		t.Fatalf("the next stream read %v, %v", m, err)
+	}
+}
+
+// TestUncleanEndsCloseTheConnection: a connection is not reused after
+// anything but end frames both ways: the home's end missing, the server
+// sending more after the exit, or the other end closing.
+func TestUncleanEndsCloseTheConnection(t *testing.T) {
+	t.Run("no end from the home", func(t *testing.T) {
+		cc, sc := pair(t)
+		defer cc.Close()
+		s := NewServer(context.Background(), sc)
+		s.CloseSend()
+		if s.Release() {
+			t.Fatal("released without the home's end frame")
+		}
+		s.Close()
+		if _, err := cc.Read(make([]byte, 16)); err != nil {
+			t.Fatal(err) // the end frame
+		}
+		if n, err := cc.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("the connection is still open (read %d bytes)", n)
+		}
+	})
+	t.Run("more after the exit", func(t *testing.T) {
+		cc, sc := pair(t)
+		defer sc.Close()
+		c := NewClient(context.Background(), cc)
+		sc.Write([]byte{frameStdout, 0, 0, 0, 1, 'x', frameEnd, 0, 0, 0, 0})
+		c.Detach()
+		if conn, err := c.Finish(context.Background()); err == nil {
+			t.Fatalf("Finish handed out %v after stray output", conn)
+		}
+		if _, err := cc.Write([]byte("x")); err == nil {
+			t.Fatal("the connection is still open")
+		}
+	})
+	t.Run("the server closes", func(t *testing.T) {
+		cc, sc := pair(t)
+		c := NewClient(context.Background(), cc)
+		sc.Close()
+		c.Detach()
+		if _, err := c.Finish(context.Background()); err == nil {
+			t.Fatal("Finish succeeded on a connection the server closed")
+		}
+	})
+	t.Run("given up", func(t *testing.T) {
+		cc, sc := pair(t)
+		defer sc.Close()
+		c := NewClient(context.Background(), cc)
+		c.Detach()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := c.Finish(ctx); err == nil {
+			t.Fatal("Finish succeeded with its context ended and no end frame")
+		}
+	})
 }
