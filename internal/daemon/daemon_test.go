@@ -183,8 +183,8 @@ func TestThreeNodes(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	type node struct {
 		name, dir, sock, addr string
-		cancel          context.CancelFunc
-		done            chan error
+		cancel                context.CancelFunc
+		done                  chan error
 	}
 	start := func(n *node) {
 		ctx, cancel := context.WithCancel(context.Background())
