@@ -278,6 +278,10 @@ func TestCluster(t *testing.T) {
 
 	t.Run("a killed node is declared dead everywhere, and comes back", func(t *testing.T) {
 		n3 := c.Node("n3")
+		// n1 keeps the connection of a process it ran on n3 for the next.
+		if r := mosaic(t, "--socket", n1.Socket, "run", "--on", "n3", "--", "true"); r.code != 0 {
+			t.Fatal(r)
+		}
 		if err := c.Kill("n3"); err != nil {
 			t.Fatal(err)
 		}
@@ -306,6 +310,11 @@ func TestCluster(t *testing.T) {
 			return true, ""
 		})
 		t.Logf("n3 alive everywhere %s after restart", took)
+		// The connection kept to the n3 that died leads nowhere: the next
+		// process there goes on a new one, at the first try.
+		if r := mosaic(t, "--socket", n1.Socket, "run", "--on", "n3", "--", "echo", "back"); r.code != 0 || r.out != "back\n" {
+			t.Fatalf("run on the restarted n3: %s", r)
+		}
 		_ = n3
 	})
 

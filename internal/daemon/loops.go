@@ -62,6 +62,7 @@ func (d *Daemon) logEvent(e gossip.Event) {
 		}
 		d.home.NodeDown(e.Name)
 		d.exec.HomeDown(e.Name)
+		d.spares.drop(e.Name)
 	}
 }
 

@@ -69,26 +69,113 @@ func (d *Daemon) dialNode(ctx context.Context, node string) (executor.Conn, erro
 	if !ok {
 		return nil, fmt.Errorf("node %s is not known", node)
 	}
+	dial := func() (net.Conn, net.Conn, error) {
+		c, raw, err := dialProc(ctx, d.node.ID, d.sessions, d.connBuffers, node, m.Addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node %s: %w", node, err)
+		}
+		return c, raw, nil
+	}
+	r := &reusable{ctx: ctx, spares: d.spares, node: node, addr: m.Addr}
 	c, raw := d.spares.take(node, m.Addr)
-	if c == nil {
+	if c != nil {
+		r.redial = dial
+	} else {
 		var err error
-		if c, raw, err = dialProc(ctx, d.node.ID, d.sessions, d.connBuffers, node, m.Addr); err != nil {
-			return nil, fmt.Errorf("node %s: %w", node, err)
+		if c, raw, err = dial(); err != nil {
+			return nil, err
 		}
 	}
-	return reusable{procstream.NewClient(ctx, c), d.spares, node, m.Addr, raw}, nil
+	r.Client, r.raw = procstream.NewClient(ctx, c), raw
+	return r, nil
 }
 
 // reusable is a process stream whose connection is kept for the next
 // stream to the same node when its process is over (home's stream.finish).
+//
+// A stream on a kept connection starts over once on a new one if the
+// connection fails before anything came back: the node at the other end
+// may have restarted since (a crash sends no FIN that the peek in
+// spares.usable would see), and then it never saw the first message. As
+// HTTP clients do with a request on a kept-alive connection, the first
+// message is sent again; the other end ran nothing for it (a node that
+// dies kills what it runs with it).
 type reusable struct {
 	procstream.Client
+	ctx        context.Context
 	spares     *spares
 	node, addr string
 	raw        net.Conn
+
+	mu     sync.Mutex
+	redial func() (c, raw net.Conn, err error) // set until the first message came back, on a kept connection
+	first  *peerpb.ExecIn                      // the first message sent
+	sent   int                                 // messages sent (more than one: it cannot start over)
 }
 
-func (r reusable) Finish() { r.spares.finish(r.node, r.addr, r.Client, r.raw) }
+func (r *reusable) Send(m *peerpb.ExecIn) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sent++; r.sent == 1 {
+		r.first = m
+	}
+	err := r.Client.Send(m)
+	if err != nil && r.startOver() {
+		return nil
+	}
+	return err
+}
+
+// SendData sends bulk data (an image); the stream cannot start over after.
+func (r *reusable) SendData(b []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent += 2
+	return r.Client.SendData(b)
+}
+
+func (r *reusable) Recv() (*peerpb.ExecOut, error) {
+	r.mu.Lock()
+	c, fresh := r.Client, r.redial != nil
+	r.mu.Unlock()
+	m, err := c.Recv()
+	if !fresh {
+		return m, err
+	}
+	r.mu.Lock()
+	again := err != nil && r.startOver()
+	r.redial, r.first = nil, nil
+	c = r.Client
+	r.mu.Unlock()
+	if again {
+		m, err = c.Recv()
+	}
+	return m, err
+}
+
+// startOver sends the first message again on a new connection, when the
+// stream may (see reusable); r.mu is held.
+func (r *reusable) startOver() bool {
+	redial := r.redial
+	r.redial = nil
+	if redial == nil || r.sent != 1 || r.ctx.Err() != nil {
+		return false
+	}
+	c, raw, err := redial()
+	if err != nil {
+		return false
+	}
+	r.Client.Close()
+	r.Client, r.raw = procstream.NewClient(r.ctx, c), raw
+	return r.Client.Send(r.first) == nil
+}
+
+func (r *reusable) Finish() {
+	r.mu.Lock()
+	c := r.Client
+	r.mu.Unlock()
+	r.spares.finish(r.node, r.addr, c, r.raw)
+}
 
 // checkNode says why a process cannot be sent to a node the user named.
 func (d *Daemon) checkNode(name string) error {

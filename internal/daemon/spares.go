@@ -169,6 +169,19 @@ func (s *spares) refill(node, addr string) {
 	}()
 }
 
+// drop closes the connections kept to node (membership found it dead or
+// gone: should it come back, they lead nowhere).
+func (s *spares) drop(node string) {
+	s.mu.Lock()
+	kept := s.conns[node]
+	delete(s.conns, node)
+	s.mu.Unlock()
+	for _, sp := range kept {
+		sp.timer.Stop()
+		sp.c.Close()
+	}
+}
+
 func (s *spares) expire(node string, sp *spare) {
 	s.mu.Lock()
 	kept := s.conns[node]

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/mosaic-cluster/mosaic/internal/peerpb"
+	"github.com/mosaic-cluster/mosaic/internal/procstream"
 )
 
 // peerEnd accepts connections on loopback, as the other node would, and
@@ -173,4 +176,69 @@ func TestSparesKeepConnectionsGivenBack(t *testing.T) {
 		t.Fatalf("take = %v from an empty pool", c)
 	}
 	c1.Close()
+}
+
+// A stream on a kept connection that breaks before anything came back (the
+// node at the other end restarted: it resets the connection) starts over
+// once on a new one, first message and all; one on a new connection, or
+// past its first reply, does not.
+func TestKeptConnectionStartsOver(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	addr, accepted, stop := peerEnd(t)
+	defer stop()
+	dial := func() (net.Conn, net.Conn, error) {
+		c, err := net.Dial("tcp", addr)
+		return c, c, err
+	}
+	start := &peerpb.ExecIn{Msg: &peerpb.ExecIn_Start{Start: &peerpb.ExecStart{Id: "n1.1"}}}
+	// reset reads the first message, then resets the connection.
+	reset := func(c net.Conn) {
+		s := procstream.NewServer(context.Background(), c)
+		s.Recv()
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	// answer reads the first message and answers with its id as pid.
+	answer := func(c net.Conn) {
+		s := procstream.NewServer(context.Background(), c)
+		defer s.Close()
+		m, err := s.Recv()
+		if err != nil {
+			return
+		}
+		id := m.GetStart().GetId()
+		s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: int32(len(id))}})
+	}
+	sp := newSpares(nil)
+	defer sp.close()
+	stream := func(redial bool) *reusable {
+		c, _, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &reusable{ctx: context.Background(), spares: sp, node: "n2", addr: addr, Client: procstream.NewClient(context.Background(), c), raw: c}
+		if redial {
+			r.redial = dial
+		}
+		return r
+	}
+
+	r := stream(true)
+	go reset(<-accepted)
+	if err := r.Send(start); err != nil {
+		t.Fatal(err)
+	}
+	go func() { answer(<-accepted) }() // the new connection
+	if m, err := r.Recv(); err != nil || m.GetStarted() != int32(len("n1.1")) {
+		t.Fatalf("after the kept connection was reset: %v, %v", m, err)
+	}
+	r.Client.Close()
+
+	r = stream(false)
+	go reset(<-accepted)
+	r.Send(start)
+	if m, err := r.Recv(); err == nil {
+		t.Fatalf("a stream on a new connection started over: %v", m)
+	}
+	r.Client.Close()
 }

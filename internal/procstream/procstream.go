@@ -417,6 +417,12 @@ func (c Client) Recv() (*peerpb.ExecOut, error) {
 // frame); the connection stays open for reading.
 func (c Client) CloseSend() error { return c.closeSend() }
 
+// Close breaks the stream and closes its connection.
+func (c Client) Close() error {
+	c.cancel()
+	return c.c.Close()
+}
+
 // Detach makes ending the stream's context no longer break the
 // connection, for Finish to end the stream cleanly after it; false if
 // the context has ended already (the connection is closed or closing).
