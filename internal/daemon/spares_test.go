@@ -180,8 +180,8 @@ func TestSparesKeepConnectionsGivenBack(t *testing.T) {
 
 // A stream on a kept connection that breaks before anything came back (the
 // node at the other end restarted: it resets the connection) starts over
-// once on a new one, first message and all; one on a new connection, or
-// past its first reply, does not.
+// once on a new one, first message and all; one on a connection just
+// dialed does not (nothing stale to suspect).
 func TestKeptConnectionStartsOver(t *testing.T) {
 	defer goleak.VerifyNone(t, leakOpts...)
 	addr, accepted, stop := peerEnd(t)
