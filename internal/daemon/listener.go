@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,11 +179,20 @@ func dialProc(ctx context.Context, id *pki.Identity, sessions tls.ClientSessionC
 	tc := tls.Client(procstream.NewBatchConn(raw, buffers), cfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		raw.Close()
+		// A node that speaks no version of ours refuses the handshake
+		// with TLS's no_application_protocol alert, which crypto/tls
+		// reports only as text.
+		if strings.Contains(err.Error(), "no application protocol") {
+			return nil, nil, fmt.Errorf("%w: %w", errOtherProtocol, err)
+		}
 		return nil, nil, err
 	}
 	if tc.ConnectionState().NegotiatedProtocol != procstream.ALPN {
 		tc.Close()
-		return nil, nil, errors.New("the node does not speak process streams (an older mosaic?)")
+		return nil, nil, errOtherProtocol
 	}
 	return tc, raw, nil
 }
+
+var errOtherProtocol = errors.New("the node does not speak process streams " + procstream.ALPN +
+	" (an older mosaic?): upgrade the cluster's nodes together")
