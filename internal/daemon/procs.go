@@ -172,9 +172,9 @@ func (r *reusable) startOver() bool {
 
 func (r *reusable) Finish() {
 	r.mu.Lock()
-	c := r.Client
+	c, raw := r.Client, r.raw
 	r.mu.Unlock()
-	r.spares.finish(r.node, r.addr, c, r.raw)
+	r.spares.finish(r.node, r.addr, c, raw)
 }
 
 // checkNode says why a process cannot be sent to a node the user named.
