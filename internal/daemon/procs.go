@@ -113,12 +113,19 @@ type reusable struct {
 	sent   int                                 // messages sent (more than one: it cannot start over)
 }
 
+// Send sends m. Only the first message on a kept connection is sent
+// under r.mu (nothing runs beside it yet); the others must not hold it: a
+// send can wait for the other end to read, while the other end waits for
+// Recv, which takes r.mu, to read what it sends (cat's input and output).
 func (r *reusable) Send(m *peerpb.ExecIn) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.sent++; r.sent == 1 {
-		r.first = m
+	if r.sent++; r.sent > 1 || r.redial == nil {
+		c := r.Client
+		r.mu.Unlock()
+		return c.Send(m)
 	}
+	defer r.mu.Unlock()
+	r.first = m
 	err := r.Client.Send(m)
 	if err != nil && r.startOver() {
 		return nil
@@ -129,9 +136,10 @@ func (r *reusable) Send(m *peerpb.ExecIn) error {
 // SendData sends bulk data (an image); the stream cannot start over after.
 func (r *reusable) SendData(b []byte) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.sent += 2
-	return r.Client.SendData(b)
+	c := r.Client
+	r.mu.Unlock()
+	return c.SendData(b)
 }
 
 func (r *reusable) Recv() (*peerpb.ExecOut, error) {

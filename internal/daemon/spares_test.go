@@ -242,3 +242,59 @@ func TestKeptConnectionStartsOver(t *testing.T) {
 	}
 	r.Client.Close()
 }
+
+// A send that waits for the other end to read does not keep Recv from
+// reading what the other end sends meanwhile (input and output both ways,
+// as through cat: the other end reads again only once its output went).
+func TestSendWaitingLetsRecvRead(t *testing.T) {
+	defer goleak.VerifyNone(t, leakOpts...)
+	addr, accepted, stop := peerEnd(t)
+	defer stop()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := <-accepted
+	defer server.Close()
+	sp := newSpares(nil)
+	defer sp.close()
+	r := &reusable{ctx: context.Background(), spares: sp, node: "n2", addr: addr, Client: procstream.NewClient(context.Background(), c), raw: c,
+		redial: func() (net.Conn, net.Conn, error) { return nil, nil, errors.New("no dialing in this test") }}
+	defer r.Client.Close()
+	s := procstream.NewServer(context.Background(), server)
+	r.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Start{Start: &peerpb.ExecStart{Id: "n1.1"}}})
+	s.Recv()
+	s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Started{Started: 2}})
+	if _, err := r.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// The other end stops reading and sends output; the home sends input
+	// until its send waits.
+	s.Send(&peerpb.ExecOut{Msg: &peerpb.ExecOut_Stdout{Stdout: []byte("out")}})
+	sending := make(chan struct{})
+	go func() {
+		defer close(sending)
+		chunk := &peerpb.ExecIn{Msg: &peerpb.ExecIn_Stdin{Stdin: make([]byte, 1<<20)}}
+		for range 64 { // more than the sockets hold
+			if r.Send(chunk) != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // the send fills the sockets and waits
+	got := make(chan string, 1)
+	go func() {
+		m, _ := r.Recv()
+		got <- string(m.GetStdout())
+	}()
+	select {
+	case out := <-got:
+		if out != "out" {
+			t.Fatalf("Recv read %q", out)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Recv waited for a send that waits for the other end")
+	}
+	server.Close() // the waiting send fails
+	<-sending
+}
