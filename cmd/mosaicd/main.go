@@ -25,6 +25,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/daemon"
 	"github.com/mosaic-cluster/mosaic/internal/netns"
 	"github.com/mosaic-cluster/mosaic/internal/policy"
+	"github.com/mosaic-cluster/mosaic/internal/timerslack"
 	"github.com/mosaic-cluster/mosaic/internal/version"
 )
 
@@ -33,10 +34,17 @@ const defaultDir = "/var/lib/mosaic"
 // main starts on the process's first thread, where a parent death signal
 // set at the fork is (it is per thread): `mosaic up` gives its daemons one,
 // and a daemon that re-executes itself in a network namespace does so from
-// another thread (netns.ExecIn), which must be told.
+// another thread (netns.ExecIn), which must be told. A daemon first
+// executes itself again from this thread, which keeps the signal, with its
+// own timer slack (see internal/timerslack).
 func init() { runtime.LockOSThread() }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "node" {
+		if err := timerslack.Reexec(timerslack.Daemon); err != nil {
+			fmt.Fprintln(os.Stderr, "mosaic:", err, "(the daemon runs on with the slack it has)")
+		}
+	}
 	death, err := netns.MainThreadParentDeath()
 	runtime.UnlockOSThread()
 	if err != nil {

@@ -532,7 +532,7 @@ func TestMoveThreads(t *testing.T) { checkMove(t, "threads", 10, "40") }
 // ordinary user, whose restore cannot choose ids itself.
 func TestMoveKeepsIDs(t *testing.T) {
 	needRoot(t)
-	s, err := spawn.New(nil)
+	s, err := spawn.New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

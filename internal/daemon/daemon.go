@@ -37,6 +37,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 	"github.com/mosaic-cluster/mosaic/internal/store"
+	"github.com/mosaic-cluster/mosaic/internal/timerslack"
 	"github.com/mosaic-cluster/mosaic/internal/version"
 )
 
@@ -211,7 +212,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if d.group != nil {
 		place = d.group.AddThread
 	}
-	if d.spawner, err = spawn.New(place); err != nil {
+	// What the node runs gets the timer slack the daemon was started
+	// with, not the daemon's own.
+	slack, err := timerslack.Original()
+	if err != nil {
+		return err
+	}
+	if d.spawner, err = spawn.New(place, slack); err != nil {
 		return err
 	}
 	d.spawner.KeepSpareNamespace()
@@ -225,7 +232,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if d.group != nil {
 		placeMemory, quota = d.group.AddThreadMemory, d.group
 	}
-	restorer, err := spawn.New(placeMemory)
+	restorer, err := spawn.New(placeMemory, slack)
 	if err != nil {
 		return err
 	}

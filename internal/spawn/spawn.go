@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mosaic-cluster/mosaic/internal/timerslack"
 )
 
 // Rlimit is one resource limit.
@@ -132,18 +134,21 @@ type result struct {
 }
 
 // New starts a Spawner. place, if not nil, is called once on the
-// Spawner's thread with its thread id, to move it into a cgroup.
-func New(place func(tid int) error) (*Spawner, error) {
+// Spawner's thread with its thread id, to move it into a cgroup. slack, if
+// not 0, is the timer slack of the processes it starts (they inherit its
+// thread's): the one the daemon was started with, where the daemon itself
+// runs with another (internal/timerslack).
+func New(place func(tid int) error, slack time.Duration) (*Spawner, error) {
 	s := &Spawner{reqs: make(chan request), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	ready := make(chan error)
-	go s.loop(place, ready)
+	go s.loop(place, slack, ready)
 	if err := <-ready; err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Spawner) loop(place func(int) error, ready chan<- error) {
+func (s *Spawner) loop(place func(int) error, slack time.Duration, ready chan<- error) {
 	// The thread stays locked until the Spawner closes: it is the parent
 	// of every process it started and their tracer while they stop at
 	// exec.
@@ -152,7 +157,7 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 		// This is the main thread, whose cgroup decides where the whole
 		// process's memory is charged. Hold it while another goroutine
 		// (necessarily on another thread) becomes the Spawner.
-		go s.loop(place, ready)
+		go s.loop(place, slack, ready)
 		<-s.started()
 		runtime.UnlockOSThread()
 		return
@@ -163,6 +168,12 @@ func (s *Spawner) loop(place func(int) error, ready chan<- error) {
 	if place != nil {
 		if err := place(unix.Gettid()); err != nil {
 			ready <- fmt.Errorf("place the spawning thread: %w", err)
+			return
+		}
+	}
+	if slack != 0 {
+		if err := timerslack.Set(slack); err != nil {
+			ready <- fmt.Errorf("the spawning thread: %w", err)
 			return
 		}
 	}

@@ -60,7 +60,7 @@ func run(t *testing.T, s *Spawner, spec Spec) (string, syscall.WaitStatus) {
 
 func TestStartAsUserWithLimitsAndUmask(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestStartAsUserWithLimitsAndUmask(t *testing.T) {
 
 func TestStartFailures(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestStartsInTheThreadsCgroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Destroy()
-	s, err := New(g.AddThread)
+	s, err := New(g.AddThread, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestStartsInTheThreadsCgroup(t *testing.T) {
 
 func TestTerminal(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestChildrenDieWithTheDaemon(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	if os.Getenv("SPAWN_TEST_DAEMON") != "" {
-		s, err := New(nil)
+		s, err := New(nil, 0)
 		if err != nil {
 			os.Exit(2)
 		}
@@ -249,7 +249,7 @@ func TestMain(m *testing.M) {
 // node's own /proc and mounts are untouched.
 func TestNamespace(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func BenchmarkNamespace(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
 	}
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func inits(t *testing.T) []int {
 // Close.
 func TestSpareNamespace(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil)
+	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,5 +421,37 @@ func TestSpareNamespace(t *testing.T) {
 	closed = true
 	if syscall.Kill(third, 0) == nil {
 		t.Fatalf("the spare init %d outlived the Spawner", third)
+	}
+}
+
+// The programs started, and their namespace's init, get the Spawner's
+// slack, not the caller's (the daemon runs with a slack of its own).
+func TestStartsWithTheGivenTimerSlack(t *testing.T) {
+	needRoot(t)
+	const slack = 7 * time.Millisecond
+	s, err := New(nil, slack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := strconv.FormatInt(slack.Nanoseconds(), 10) + "\n"
+	spec := Spec{Argv: []string{"cat", "/proc/self/timerslack_ns"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", UID: 65534, GID: 65534}
+	if out, ws := run(t, s, spec); out != want || ws.ExitStatus() != 0 {
+		t.Fatalf("a program's timer slack: %q (%v), want %q", out, ws, want)
+	}
+	if spec.Namespace, err = s.NewNamespace(); err != nil {
+		t.Fatal(err)
+	}
+	defer spec.Namespace.Close()
+	if out, ws := run(t, s, spec); out != want || ws.ExitStatus() != 0 {
+		t.Fatalf("a program's timer slack in a namespace: %q (%v), want %q", out, ws, want)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", spec.Namespace.Init.Pid))
+	if err != nil || string(b) != want {
+		t.Fatalf("the namespace's init's timer slack: %q (%v), want %q", b, err, want)
+	}
+	// And the caller's own is untouched.
+	if own, _ := os.ReadFile("/proc/self/timerslack_ns"); string(own) == want {
+		t.Fatalf("the caller's timer slack became the Spawner's (%q)", own)
 	}
 }
