@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/nofile"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
 	"github.com/mosaic-cluster/mosaic/internal/runproto"
 )
@@ -277,6 +278,13 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 	for r := range unix.RLIMIT_RTTIME + 1 {
 		var l unix.Rlimit
 		if unix.Getrlimit(r, &l) == nil {
+			if r == unix.RLIMIT_NOFILE {
+				// Go raised this client's soft limit; the program gets
+				// the one the shell gave.
+				if orig, ok := nofile.Original(); ok && orig.Max == l.Max {
+					l.Cur = orig.Cur
+				}
+			}
 			a.Rlimits = append(a.Rlimits, runproto.Rlimit{Resource: r, Cur: l.Cur, Max: l.Max})
 		}
 	}

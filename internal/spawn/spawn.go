@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/nofile"
 	"github.com/mosaic-cluster/mosaic/internal/timerslack"
 )
 
@@ -371,18 +372,35 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 	return p, nil
 }
 
-// changedLimits keeps the limits that differ from this process's own: the
-// others the child inherits as they are, and when none differs it need not
-// stop at exec at all.
+// changedLimits keeps the limits that differ from those a child of this
+// process starts with: the others the child inherits as they are, and when
+// none differs it need not stop at exec at all.
 func changedLimits(limits []Rlimit) []Rlimit {
 	var out []Rlimit
 	for _, l := range limits {
-		var own unix.Rlimit
-		if unix.Getrlimit(l.Resource, &own) != nil || own.Cur != l.Cur || own.Max != l.Max {
+		own, err := inheritedLimit(l.Resource)
+		if err != nil || own.Cur != l.Cur || own.Max != l.Max {
 			out = append(out, l)
 		}
 	}
 	return out
+}
+
+// inheritedLimit is the limit a child of this process starts with: this
+// process's own, but for the open-file limit, which Go raised for this
+// process alone and sets back in its children (as syscall's
+// forkAndExecInChild does, when this process has not changed it since).
+func inheritedLimit(resource int) (unix.Rlimit, error) {
+	var own unix.Rlimit
+	if err := unix.Getrlimit(resource, &own); err != nil {
+		return own, err
+	}
+	if resource == unix.RLIMIT_NOFILE {
+		if orig, ok := nofile.Original(); ok && orig.Cur < orig.Max-1 && own.Cur == orig.Max-1 && own.Max == orig.Max {
+			own.Cur = orig.Cur
+		}
+	}
+	return own, nil
 }
 
 // applyLimits sets the limits of a child stopped at its exec, then lets it

@@ -220,6 +220,9 @@ func TestChildrenDieWithTheDaemon(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv("SPAWN_TEST_NOFILE") != "" {
+		nofileChild()
+	}
 	if os.Getenv("SPAWN_TEST_DAEMON") != "" {
 		s, err := New(nil, 0)
 		if err != nil {
@@ -453,5 +456,50 @@ func TestStartsWithTheGivenTimerSlack(t *testing.T) {
 	// And the caller's own is untouched.
 	if own, _ := os.ReadFile("/proc/self/timerslack_ns"); string(own) == want {
 		t.Fatalf("the caller's timer slack became the Spawner's (%q)", own)
+	}
+}
+
+// nofileChild is a daemon started with a soft open-file limit of 77 (Go
+// raised its own): it says whether that limit counts as changed for a
+// program that wants 77, and what programs that want 77 and 50 get.
+func nofileChild() {
+	var own unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &own)
+	s, err := New(nil, 0)
+	if err != nil {
+		os.Exit(2)
+	}
+	fmt.Printf("own %d, changed %d", own.Cur, len(changedLimits([]Rlimit{{unix.RLIMIT_NOFILE, 77, own.Max}})))
+	for _, soft := range []uint64{77, 50} {
+		r, w, _ := os.Pipe()
+		p, err := s.Start(Spec{Argv: []string{"sh", "-c", "echo $(ulimit -Sn)/$(ulimit -Hn)"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
+			Rlimits: []Rlimit{{unix.RLIMIT_NOFILE, soft, own.Max}}, Files: []*os.File{w, w, w}})
+		w.Close()
+		if err != nil {
+			os.Exit(3)
+		}
+		out, _ := io.ReadAll(r)
+		var ws syscall.WaitStatus
+		syscall.Wait4(p.Pid, &ws, 0, nil)
+		fmt.Print(" " + strings.TrimSpace(string(out)))
+	}
+	os.Exit(0)
+}
+
+// A daemon's open-file limit is raised by Go and set back in its
+// children: a program that wants the daemon's original limit needs no
+// change (no stop at exec), and gets it; one that wants another gets that.
+func TestOpenFileLimitAsChildrenInheritIt(t *testing.T) {
+	needRoot(t)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max < 100 {
+		t.Skipf("a hard limit of %d open files (%v): too low to start a child under 77", lim.Max, err)
+	}
+	cmd := exec.Command("sh", "-c", `ulimit -Sn 77 && exec "$0" -test.run='^$'`, os.Args[0])
+	cmd.Env = append(os.Environ(), "SPAWN_TEST_NOFILE=1")
+	out, err := cmd.Output()
+	want := fmt.Sprintf("own %d, changed 0 77/%d 50/%d", lim.Max-1, lim.Max, lim.Max)
+	if err != nil || string(out) != want {
+		t.Fatalf("child: %q (%v), want %q", out, err, want)
 	}
 }
