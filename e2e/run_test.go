@@ -229,6 +229,33 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("a signal the client was started with ignored stays ignored", func(t *testing.T) {
+		// As `nohup mosaic run ...` and a script's `mosaic run ... &`:
+		// SIGHUP and SIGINT ignored by the shell that starts the client.
+		cmd := exec.Command("sh", "-c", `trap "" HUP INT; exec "$0" "$@"`, bin, "--socket", n1, "run", "-v", "--on", "n3", "--",
+			"sh", "-c", "read line; echo survived $line")
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "started", func() (bool, string) {
+			return strings.Contains(stderr.String(), "runs on n3"), stderr.String()
+		})
+		cmd.Process.Signal(syscall.SIGHUP)
+		cmd.Process.Signal(syscall.SIGINT)
+		time.Sleep(200 * time.Millisecond) // what would have ended it has arrived
+		io.WriteString(stdin, "both\n")
+		stdin.Close()
+		if err := cmd.Wait(); err != nil || stdout.String() != "survived both\n" {
+			t.Fatalf("client: %v, output %q, stderr %q", err, stdout.String(), stderr.String())
+		}
+	})
+
 	t.Run("a killed client takes its program with it", func(t *testing.T) {
 		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
 		var stderr syncBuffer

@@ -321,11 +321,25 @@ type Signals struct {
 // program's environment and dials its daemon; Start waits for it before
 // the request leaves. Never stopped: the CLI exits when its program does, and
 // signal.Stop waits for the signal machinery to settle.
+//
+// A signal this client was started with ignored stays ignored, and is not
+// passed on: `nohup mosaic run ...` survives a hangup and a job a script
+// runs in the background (`mosaic run ... &`: the shell ignores SIGINT for
+// it) survives the Ctrl-C that ends the script's foreground, as a local
+// program would. Of the signals a shell ignores, Go lets a program see only
+// SIGHUP and SIGINT as ignored; it catches SIGQUIT whatever it inherited.
+// (The program itself starts with every signal at its default.)
 func CatchSignals() *Signals {
 	s := &Signals{c: make(chan os.Signal, 16), ready: make(chan struct{})}
 	go func() {
-		signal.Notify(s.c, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1,
-			syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGPIPE)
+		var caught []os.Signal
+		for _, sig := range []os.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1,
+			syscall.SIGUSR2, syscall.SIGALRM, syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGPIPE} {
+			if !signal.Ignored(sig) {
+				caught = append(caught, sig)
+			}
+		}
+		signal.Notify(s.c, caught...)
 		close(s.ready)
 	}()
 	return s
