@@ -103,6 +103,9 @@ type move struct {
 	// device, with pools: the stub gets /dev/userfaultfd as its fd 3, as
 	// a node's stubs do (RestoreOptions.Userfaultfd).
 	device bool
+	// dumping, if set, sees the original before its checkpoint (after
+	// m.before lines), and restored the copy before it runs.
+	dumping, restored func(t *testing.T, pid int)
 }
 
 // run starts m.argv, lets it print m.before lines, checkpoints it into a
@@ -136,6 +139,9 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 			t.Fatalf("read from the original: %v", err)
 		}
 		out.WriteString(line)
+	}
+	if m.dumping != nil {
+		m.dumping(t, orig.Pid)
 	}
 	// The stub runs the image's program (what /proc/PID/exe shows), so
 	// the header comes first; a prepared stub runs it, before the header.
@@ -240,6 +246,9 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	}
 	decided <- true
 	<-killed
+	if m.restored != nil {
+		m.restored(t, stubPid)
+	}
 	if err := restored.Go(); err != nil {
 		t.Fatal(err)
 	}
@@ -665,6 +674,66 @@ func waitFor(t *testing.T, pid int) syscall.WaitStatus {
 // Signals waiting while blocked (for a thread, for the process, queued
 // real-time ones with their values) and POSIX timers (signalling the
 // process, a thread, or no one) are all there after a move.
+// threadNices lists a process's threads' nice values, the main thread's
+// first, the others' in order.
+func threadNices(t *testing.T, pid int) []int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var main []int
+	var others []int
+	for _, e := range ents {
+		tid, _ := strconv.Atoi(e.Name())
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tid == pid {
+			main = append(main, 20-prio)
+		} else {
+			others = append(others, 20-prio)
+		}
+	}
+	slices.Sort(others)
+	return append(main, others...)
+}
+
+// Every thread keeps its nice value: the main thread 7, the others 3, 4,
+// ... as set before the checkpoint.
+func TestMoveKeepsNiceValues(t *testing.T) {
+	needRoot(t)
+	var want []int
+	m := move{argv: []string{programs["threads"], "40"}, before: 10}
+	m.dumping = func(t *testing.T, pid int) {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil || len(ents) < 2 {
+			t.Fatalf("the threads of %d: %d, %v", pid, len(ents), err)
+		}
+		nice := 3
+		for _, e := range ents {
+			tid, _ := strconv.Atoi(e.Name())
+			n := 7
+			if tid != pid {
+				n, nice = nice, nice+1
+			}
+			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want = threadNices(t, pid)
+	}
+	m.restored = func(t *testing.T, pid int) {
+		if got := threadNices(t, pid); !slices.Equal(got, want) {
+			t.Fatalf("restored threads' nice values %v, want %v", got, want)
+		}
+	}
+	if _, ws, _ := m.run(t); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("restored process ended with %v", ws)
+	}
+}
+
 func TestMovePendingSignalsAndTimers(t *testing.T) { checkMove(t, "pending", 10, "40") }
 
 // Post-copy: the large mappings come after the process, on the same

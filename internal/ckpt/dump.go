@@ -356,6 +356,12 @@ func dumpThread(tid int, status procStatus) (Thread, error) {
 		return t, fmt.Errorf("read the robust futex list of thread %d: %w", tid, e)
 	}
 	t.RobustList, t.RobustLen = head, size
+	// Each thread has its own nice value (getpriority(2) returns 20 - nice).
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return t, fmt.Errorf("read the nice value of thread %d: %w", tid, err)
+	}
+	t.Nice = 20 - prio
 	return t, nil
 }
 

@@ -123,6 +123,7 @@ type Thread struct {
 	TidAddress uint64 // set_tid_address
 	RobustList uint64
 	RobustLen  uint64
+	Nice       int       // the thread's nice value (-20 to 19); an image without it has 0
 	AltStack   [3]uint64 // ss_sp, ss_flags, ss_size
 	// Pending are the signals queued for this thread alone, the one being
 	// delivered when it stopped first; raw siginfo, 128 bytes each.

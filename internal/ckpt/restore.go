@@ -540,6 +540,9 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if err := setSigmask(pid, t.Sigmask); err != nil {
 		return nil, err
 	}
+	if err := setNice(pid, t.Nice); err != nil {
+		return nil, err
+	}
 	// Last, as nothing of ours may touch lazy memory from here on.
 	if uffd >= 0 {
 		f, err := registerLazy(uffd, img.VMAs)
@@ -703,7 +706,19 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 	if err := setXState(tid, t.XState); err != nil {
 		return err
 	}
+	if err := setNice(tid, t.Nice); err != nil {
+		return err
+	}
 	return setSigmask(tid, t.Sigmask)
+}
+
+// setNice gives a restored thread its nice value. The restorer runs as
+// root and may raise a priority, but only gives back one the thread had.
+func setNice(tid, nice int) error {
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(max(nice, -20), 19)); err != nil {
+		return fmt.Errorf("set the nice value of thread %d to %d: %w", tid, nice, err)
+	}
+	return nil
 }
 
 // resumeRegs are the registers to resume a thread with. A thread stopped

@@ -282,7 +282,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	took.mark("namespace")
 	p, err := e.cfg.Spawner.Start(spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
-		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Files: std.childFiles(), Terminal: st.Tty != nil,
+		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
 	})
 	std.closeChildEnds()

@@ -258,6 +258,7 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	start := &peerpb.ExecStart{
 		Id: id, Home: h.cfg.Node, Argv: args.Argv, Env: args.Env, Cwd: args.Cwd,
 		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
+		Nice: int32(niceFor(caller, args.Nice)),
 	}
 	for _, r := range args.Rlimits {
 		start.Rlimits = append(start.Rlimits, &peerpb.Rlimit{Resource: int32(r.Resource), Cur: r.Cur, Max: r.Max})
@@ -592,4 +593,17 @@ func (w *eventWriter) send(e api.RunEvent) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.conn.WriteJSON(e)
+}
+
+// niceFor is the nice value a caller's program runs with: the caller's,
+// within the kernel's range, but never below 0 (more than the default
+// share of the CPU) for anyone but root. The daemon that sets it is root,
+// and what the client says of its own priority is only its word; a user
+// whose shell runs at a negative nice gets 0.
+func niceFor(caller api.Caller, nice int) int {
+	nice = min(max(nice, -20), 19)
+	if nice < 0 && !caller.IsRoot() {
+		return 0
+	}
+	return nice
 }

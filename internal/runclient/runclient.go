@@ -288,6 +288,10 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 			a.Rlimits = append(a.Rlimits, runproto.Rlimit{Resource: r, Cur: l.Cur, Max: l.Max})
 		}
 	}
+	// getpriority(2) returns 20 - nice, which is never negative.
+	if prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err == nil {
+		a.Nice = 20 - prio
+	}
 	if pty.IsTerminal(0) && pty.IsTerminal(1) {
 		m, err := pty.Get(0)
 		if err != nil {

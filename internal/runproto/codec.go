@@ -65,6 +65,10 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		}
 		b = append(b, ']')
 	}
+	if a.Nice != 0 {
+		b = append(b, `,"nice":`...)
+		b = strconv.AppendInt(b, int64(a.Nice), 10)
+	}
 	if a.On != "" {
 		b = append(b, `,"on":`...)
 		b = appendJSONString(b, a.On)

@@ -16,6 +16,7 @@ func runRequests() []RunArgs {
 		{},
 		{Argv: []string{}, Env: []string{}},
 		{Argv: []string{"/bin/true"}, Env: []string{"PATH=/usr/bin:/bin", "HOME=/root"}, Cwd: "/tmp", Umask: 0o22},
+		{Argv: []string{"nice"}, Cwd: "/", Nice: -20},
 		{
 			Argv:  []string{"sh", "-c", `echo "a\b" <x> & 'y'` + "\n\t\r\b\f\x00\x1f\x7f"},
 			Env:   []string{"A=\u2028\u2029", "B=\xff\xfe bad \xc3", "C=héllo, 世界 🎉", "D=" + string([]byte{0xed, 0xa0, 0x80})},
@@ -25,6 +26,7 @@ func runRequests() []RunArgs {
 				{Resource: 0, Cur: math.MaxUint64, Max: math.MaxUint64},
 				{Resource: 7, Cur: 1024, Max: 1 << 20},
 			},
+			Nice:  19,
 			On:    "n2",
 			Here:  true,
 			Pin:   true,

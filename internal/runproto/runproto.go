@@ -27,6 +27,7 @@ type RunArgs struct {
 	Cwd     string   `json:"cwd"`
 	Umask   uint32   `json:"umask"`
 	Rlimits []Rlimit `json:"rlimits,omitempty"`
+	Nice    int      `json:"nice,omitempty"` // the caller's nice value (-20 to 19)
 	On      string   `json:"on,omitempty"`   // run on this node
 	Here    bool     `json:"here,omitempty"` // run on the caller's node
 	Pin     bool     `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)

@@ -48,6 +48,9 @@ type Spec struct {
 	Groups  []uint32
 	Umask   uint32
 	Rlimits []Rlimit
+	// Nice is the program's nice value (-20 to 19) from its first
+	// instruction.
+	Nice int
 	// Files become the child's descriptors 0, 1, 2, ...
 	Files []*os.File
 	// Terminal: the child starts a session whose controlling terminal is
@@ -360,6 +363,19 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 	} else {
 		attr.Sys.Setpgid = true
 	}
+	// The child starts with the umask of the process and the nice value of
+	// the thread that forks it: this one, which forks for no one else.
+	tid := unix.Gettid()
+	oldNice, err := threadNice(tid)
+	if err != nil {
+		return nil, &Error{Other, err}
+	}
+	if spec.Nice != oldNice {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, spec.Nice); err != nil {
+			return nil, &Error{Other, fmt.Errorf("nice value %d: %w", spec.Nice, err)}
+		}
+		defer unix.Setpriority(unix.PRIO_PROCESS, tid, oldNice)
+	}
 	old := syscall.Umask(int(spec.Umask & 0o777))
 	p, err := os.StartProcess(path, spec.Argv, attr)
 	syscall.Umask(old)
@@ -370,6 +386,15 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 		return nil, &Error{Other, fmt.Errorf("start %s: %w", spec.Argv[0], err)}
 	}
 	return p, nil
+}
+
+// threadNice is a thread's nice value (getpriority(2) returns 20 - nice).
+func threadNice(tid int) (int, error) {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return 0, fmt.Errorf("read the spawning thread's nice value: %w", err)
+	}
+	return 20 - prio, nil
 }
 
 // changedLimits keeps the limits that differ from those a child of this

@@ -503,3 +503,24 @@ func TestOpenFileLimitAsChildrenInheritIt(t *testing.T) {
 		t.Fatalf("child: %q (%v), want %q", out, err, want)
 	}
 }
+
+// A program starts with the nice value asked for, and the next one, which
+// asks for none, with the default again.
+func TestStartsWithTheNiceValue(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, c := range []struct {
+		nice int
+		want string
+	}{{6, "6\n"}, {-3, "-3\n"}, {0, "0\n"}} {
+		out, ws := run(t, s, Spec{Argv: []string{"cut", "-d", " ", "-f", "19", "/proc/self/stat"}, Env: []string{"PATH=/bin:/usr/bin"},
+			Dir: "/", UID: 65534, GID: 65534, Nice: c.nice})
+		if out != c.want || ws.ExitStatus() != 0 {
+			t.Fatalf("nice %d: the program says %q (%v), want %q", c.nice, out, ws, c.want)
+		}
+	}
+}
