@@ -734,6 +734,25 @@ func TestMoveKeepsNiceValues(t *testing.T) {
 	}
 }
 
+// A negative nice value comes back for root's processes only: a user's
+// image is the user's to write.
+func TestNegativeNiceOnlyForRoot(t *testing.T) {
+	for _, c := range []struct {
+		uid  uint32
+		want []int
+	}{{0, []int{-4, 3, -20}}, {1000, []int{0, 3, 0}}} {
+		img := &Image{UID: c.uid, Threads: []Thread{{Nice: -4}, {Nice: 3}, {Nice: -20}}}
+		limitNice(img)
+		var got []int
+		for _, th := range img.Threads {
+			got = append(got, th.Nice)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("uid %d: nice values %v, want %v", c.uid, got, c.want)
+		}
+	}
+}
+
 func TestMovePendingSignalsAndTimers(t *testing.T) { checkMove(t, "pending", 10, "40") }
 
 // Post-copy: the large mappings come after the process, on the same

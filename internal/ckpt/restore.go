@@ -386,6 +386,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	pid, r := s.pid, s.r
 	init := opt.Init
 	restored := &Restored{pid: pid}
+	limitNice(img)
 	defer func() {
 		if r.mem != nil {
 			r.mem.Close()
@@ -710,6 +711,18 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 		return err
 	}
 	return setSigmask(tid, t.Sigmask)
+}
+
+// limitNice keeps a negative nice value (more than the default share of
+// the CPU) for root's processes only: an image from a file is its user's
+// to write. (A user's process that root made negative loses that on a
+// move.)
+func limitNice(img *Image) {
+	for i := range img.Threads {
+		if img.UID != 0 && img.Threads[i].Nice < 0 {
+			img.Threads[i].Nice = 0
+		}
+	}
 }
 
 // setNice gives a restored thread its nice value. The restorer runs as
