@@ -233,7 +233,7 @@ func TestRun(t *testing.T) {
 		// As `nohup mosaic run ...` and a script's `mosaic run ... &`:
 		// SIGHUP and SIGINT ignored by the shell that starts the client.
 		cmd := exec.Command("sh", "-c", `trap "" HUP INT; exec "$0" "$@"`, bin, "--socket", n1, "run", "-v", "--on", "n3", "--",
-			"sh", "-c", "read line; echo survived $line")
+			"sh", "-c", "grep SigIgn /proc/self/status; read line; echo survived $line")
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -248,10 +248,17 @@ func TestRun(t *testing.T) {
 		})
 		cmd.Process.Signal(syscall.SIGHUP)
 		cmd.Process.Signal(syscall.SIGINT)
+		// And the program ignores them itself, as it would at home.
+		id := strings.Fields(stderr.String())[1]
+		for _, sig := range []string{"-HUP", "-INT"} {
+			if r := mosaic(t, "--socket", n1, "kill", sig, id); r.code != 0 {
+				t.Fatalf("mosaic kill %s %s: %v", sig, id, r)
+			}
+		}
 		time.Sleep(200 * time.Millisecond) // what would have ended it has arrived
 		io.WriteString(stdin, "both\n")
 		stdin.Close()
-		if err := cmd.Wait(); err != nil || stdout.String() != "survived both\n" {
+		if err := cmd.Wait(); err != nil || stdout.String() != "SigIgn:\t0000000000000003\nsurvived both\n" {
 			t.Fatalf("client: %v, output %q, stderr %q", err, stdout.String(), stderr.String())
 		}
 	})

@@ -1107,3 +1107,35 @@ func coalesce(vs []VMA) []VMA {
 	}
 	return out
 }
+
+// A process started with IgnoreSignals at its exec ignores them from its
+// first instruction and through the execs of its program (sh runs grep).
+func TestIgnoreSignalsAtExec(t *testing.T) {
+	needRoot(t)
+	s, err := spawn.New(nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	devnull, _ := os.Open(os.DevNull)
+	defer devnull.Close()
+	p, err := s.Start(spawn.Spec{
+		Argv: []string{"sh", "-c", "grep SigIgn /proc/self/status"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
+		UID: 65534, GID: 65534, Files: []*os.File{devnull, w, w},
+		AtExec: func(pid int) error { return IgnoreSignals(pid, []int{int(syscall.SIGHUP), int(syscall.SIGINT)}) },
+	})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(r)
+	ws := waitFor(t, p.Pid)
+	if want := "SigIgn:\t0000000000000003\n"; string(out) != want || ws.ExitStatus() != 0 {
+		t.Fatalf("output %q (%v), want %q", out, ws, want)
+	}
+}

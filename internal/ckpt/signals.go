@@ -321,3 +321,39 @@ const (
 	sigevNone     = 1
 	sigevThreadID = 4
 )
+
+// IgnoreSignals makes a new process ignore sigs before its program's first
+// instruction, as a shell does for the programs it starts with signals
+// ignored (nohup's SIGHUP, a background job's SIGINT): the process must be
+// stopped at its exec and traced by the calling thread (spawn's AtExec).
+// An ignored disposition then lasts through the program's own execs.
+func IgnoreSignals(pid int, sigs []int) (err error) {
+	// Its system calls stop distinctly, and it dies if we do meanwhile.
+	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL); err != nil {
+		return fmt.Errorf("trace process %d's system calls: %w", pid, err)
+	}
+	r, err := newRemote(pid)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := r.close(); err == nil {
+			err = cerr
+		}
+	}()
+	// A struct sigaction {handler SIG_IGN, flags, restorer, mask} on the
+	// stack below anything in use: at exec the stack pointer is at argc,
+	// and the stack's mapping reaches further down.
+	act := make([]byte, 32)
+	binary.LittleEndian.PutUint64(act, 1) // SIG_IGN
+	at := (r.saved.Rsp - 4096) &^ 15
+	if err := r.write(at, act); err != nil {
+		return err
+	}
+	for _, sig := range sigs {
+		if _, err := r.call(unix.SYS_RT_SIGACTION, uint64(sig), at, 0, 8); err != nil {
+			return fmt.Errorf("ignore signal %d: %w", sig, err)
+		}
+	}
+	return nil
+}

@@ -280,11 +280,21 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	}
 	defer g.ns.Close()
 	took.mark("namespace")
-	p, err := e.cfg.Spawner.Start(spawn.Spec{
+	spec := spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
-	})
+	}
+	if len(st.Ignored) > 0 {
+		// As its caller had them (nohup, a background job): a step
+		// inside the new process before its first instruction.
+		ignored := make([]int, len(st.Ignored))
+		for i, sig := range st.Ignored {
+			ignored[i] = int(sig)
+		}
+		spec.AtExec = func(pid int) error { return ckpt.IgnoreSignals(pid, ignored) }
+	}
+	p, err := e.cfg.Spawner.Start(spec)
 	std.closeChildEnds()
 	if err != nil {
 		return refuse(out, failureKind(err), "%v (on node %s)", err, e.node)

@@ -260,6 +260,12 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
 		Nice: int32(niceFor(caller, args.Nice)),
 	}
+	for _, sig := range args.Ignored {
+		if sig <= 0 || sig >= 65 || sig == int(syscall.SIGKILL) || sig == int(syscall.SIGSTOP) {
+			return fail(api.StatusMosaicError, "signal %d cannot be ignored", sig)
+		}
+		start.Ignored = append(start.Ignored, int32(sig))
+	}
 	for _, r := range args.Rlimits {
 		start.Rlimits = append(start.Rlimits, &peerpb.Rlimit{Resource: int32(r.Resource), Cur: r.Cur, Max: r.Max})
 	}

@@ -275,6 +275,12 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 		}
 	}
 	a := runproto.RunArgs{Argv: argv, Env: os.Environ(), Cwd: cwd, Umask: umask()}
+	// What the shell ignored, the program starts ignoring (see CatchSignals).
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		if signal.Ignored(sig) {
+			a.Ignored = append(a.Ignored, int(sig))
+		}
+	}
 	for r := range unix.RLIMIT_RTTIME + 1 {
 		var l unix.Rlimit
 		if unix.Getrlimit(r, &l) == nil {
@@ -332,7 +338,7 @@ type Signals struct {
 // it) survives the Ctrl-C that ends the script's foreground, as a local
 // program would. Of the signals a shell ignores, Go lets a program see only
 // SIGHUP and SIGINT as ignored; it catches SIGQUIT whatever it inherited.
-// (The program itself starts with every signal at its default.)
+// The program starts with them ignored too (RunArgs.Ignored).
 func CatchSignals() *Signals {
 	s := &Signals{c: make(chan os.Signal, 16), ready: make(chan struct{})}
 	go func() {

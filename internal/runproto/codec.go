@@ -69,6 +69,16 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		b = append(b, `,"nice":`...)
 		b = strconv.AppendInt(b, int64(a.Nice), 10)
 	}
+	if len(a.Ignored) > 0 {
+		b = append(b, `,"ignored":[`...)
+		for i, sig := range a.Ignored {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(sig), 10)
+		}
+		b = append(b, ']')
+	}
 	if a.On != "" {
 		b = append(b, `,"on":`...)
 		b = appendJSONString(b, a.On)

@@ -28,6 +28,9 @@ type RunArgs struct {
 	Umask   uint32   `json:"umask"`
 	Rlimits []Rlimit `json:"rlimits,omitempty"`
 	Nice    int      `json:"nice,omitempty"` // the caller's nice value (-20 to 19)
+	// Ignored are the signals the caller was started with ignored (of
+	// SIGHUP and SIGINT, the ones a Go client can tell).
+	Ignored []int `json:"ignored,omitempty"`
 	On      string   `json:"on,omitempty"`   // run on this node
 	Here    bool     `json:"here,omitempty"` // run on the caller's node
 	Pin     bool     `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)

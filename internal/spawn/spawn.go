@@ -51,6 +51,10 @@ type Spec struct {
 	// Nice is the program's nice value (-20 to 19) from its first
 	// instruction.
 	Nice int
+	// AtExec, if set, is called with the new process stopped at its exec,
+	// before its program's first instruction, on the thread that traces
+	// it (to change what only the process itself can, by ptrace).
+	AtExec func(pid int) error
 	// Files become the child's descriptors 0, 1, 2, ...
 	Files []*os.File
 	// Terminal: the child starts a session whose controlling terminal is
@@ -311,12 +315,13 @@ func (s *Spawner) Close() {
 
 func (s *Spawner) start(spec Spec) (*os.Process, error) {
 	limits := changedLimits(spec.Rlimits)
-	p, err := s.startProcess(spec, len(limits) > 0)
+	stop := len(limits) > 0 || spec.AtExec != nil
+	p, err := s.startProcess(spec, stop)
 	if err != nil {
 		return nil, err
 	}
-	if len(limits) > 0 {
-		if err := applyLimits(p.Pid, spec.UID, spec.GID, limits); err != nil {
+	if stop {
+		if err := atExec(p.Pid, spec.UID, spec.GID, limits, spec.AtExec); err != nil {
 			p.Kill()
 			var ws syscall.WaitStatus
 			syscall.Wait4(p.Pid, &ws, 0, nil)
@@ -428,15 +433,16 @@ func inheritedLimit(resource int) (unix.Rlimit, error) {
 	return own, nil
 }
 
-// applyLimits sets the limits of a child stopped at its exec, then lets it
-// run. It runs on the thread that forked the child (its tracer).
+// atExec sets the limits of a child stopped at its exec and calls fn (if
+// set), then lets it run. It runs on the thread that forked the child (its
+// tracer).
 //
 // prlimit on another user's process needs CAP_SYS_RESOURCE, which root
 // lacks in some containers; it is also allowed when the caller's real
 // user and group IDs are the target's. So the thread (only this thread:
 // raw setresuid/setresgid, not Go's process-wide wrappers) takes the user's
 // real IDs for the call, keeping its effective root, and gives them back.
-func applyLimits(pid int, uid, gid uint32, limits []Rlimit) error {
+func atExec(pid int, uid, gid uint32, limits []Rlimit, fn func(pid int) error) error {
 	var ws syscall.WaitStatus
 	if _, err := syscall.Wait4(pid, &ws, syscall.WALL, nil); err != nil {
 		return fmt.Errorf("wait for the new process to stop at exec: %w", err)
@@ -444,7 +450,13 @@ func applyLimits(pid int, uid, gid uint32, limits []Rlimit) error {
 	if !ws.Stopped() {
 		return fmt.Errorf("the new process did not stop at exec (%v)", ws)
 	}
-	errs := []error{SetLimits(pid, uid, gid, limits)}
+	var errs []error
+	if len(limits) > 0 {
+		errs = append(errs, SetLimits(pid, uid, gid, limits))
+	}
+	if fn != nil {
+		errs = append(errs, fn(pid))
+	}
 	if err := syscall.PtraceDetach(pid); err != nil {
 		errs = append(errs, fmt.Errorf("let the new process run: %w", err))
 	}
@@ -452,7 +464,7 @@ func applyLimits(pid int, uid, gid uint32, limits []Rlimit) error {
 }
 
 // SetLimits sets resource limits of a process of user uid (see
-// applyLimits for how). It must run on a thread locked to its goroutine:
+// atExec for how). It must run on a thread locked to its goroutine:
 // in the function given to Traced, on the Spawner's thread.
 func SetLimits(pid int, uid, gid uint32, limits []Rlimit) error {
 	if err := setThreadRealIDs(uid, gid); err != nil {
