@@ -30,10 +30,10 @@ type RunArgs struct {
 	Nice    int      `json:"nice,omitempty"` // the caller's nice value (-20 to 19)
 	// Ignored are the signals the caller was started with ignored (of
 	// SIGHUP and SIGINT, the ones a Go client can tell).
-	Ignored []int `json:"ignored,omitempty"`
-	On      string   `json:"on,omitempty"`   // run on this node
-	Here    bool     `json:"here,omitempty"` // run on the caller's node
-	Pin     bool     `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
+	Ignored []int  `json:"ignored,omitempty"`
+	On      string `json:"on,omitempty"`   // run on this node
+	Here    bool   `json:"here,omitempty"` // run on the caller's node
+	Pin     bool   `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
 	// Tty is set when stdin and stdout are a terminal: the program then
 	// runs on a pseudo-terminal with these modes and size.
 	Tty *TtyModes `json:"tty,omitempty"`
