@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -216,7 +217,9 @@ func TestSingleNode(t *testing.T) {
 	sock := filepath.Join(dir, "mosaic.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	daemon := exec.CommandContext(ctx, bin, "node", "--dir", dir, "--socket", sock)
+	// Started as under nohup: the daemon survives hangups, and its
+	// programs do not inherit that (checked below).
+	daemon := exec.CommandContext(ctx, "sh", "-c", `trap "" HUP; exec "$0" "$@"`, bin, "node", "--dir", dir, "--socket", sock)
 	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
 	logf, _ := os.Create(filepath.Join(t.TempDir(), "log"))
 	daemon.Stdout, daemon.Stderr = logf, logf
@@ -233,6 +236,13 @@ func TestSingleNode(t *testing.T) {
 
 	r := mosaic(t, "node", "--dir", dir, "--socket", filepath.Join(dir, "other.sock"))
 	expectFail(t, r, "already running from "+dir)
+
+	daemon.Process.Signal(syscall.SIGHUP)
+	r = mosaic(t, "--socket", sock, "run", "--", "grep", "SigIgn", "/proc/self/status")
+	hex, _ := strings.CutPrefix(strings.TrimSpace(r.out), "SigIgn:\t")
+	if mask, err := strconv.ParseUint(hex, 16, 64); r.code != 0 || err != nil || mask&(1<<(syscall.SIGHUP-1)) != 0 {
+		t.Fatalf("a program of a daemon started with SIGHUP ignored: %v (want SIGHUP at its default)", r)
+	}
 
 	// Any user may look.
 	r = mosaicAs(t, nobody, "--socket", sock, "nodes", "--json")

@@ -135,6 +135,13 @@ func runNode(cmd *cobra.Command, f *nodeFlags) error {
 		}
 		return netns.ExecIn(f.netns, self, argv, os.Environ(), f.death)
 	}
+	if signal.Ignored(syscall.SIGHUP) {
+		// Started with hangups ignored (nohup): they stay without effect,
+		// but caught, not ignored, as a signal ignored here would be
+		// ignored by every program the node starts (Go sets the ones it
+		// catches back to their default in its children).
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: use debug, info, warn or error", f.logLevel)
