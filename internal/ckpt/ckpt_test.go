@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
 
@@ -674,8 +676,8 @@ func waitFor(t *testing.T, pid int) syscall.WaitStatus {
 // Signals waiting while blocked (for a thread, for the process, queued
 // real-time ones with their values) and POSIX timers (signalling the
 // process, a thread, or no one) are all there after a move.
-// threadNices lists a process's threads' nice values, the main thread's
-// first, the others' in order.
+// threadNices lists a process's threads' nice values and I/O priorities
+// (as nice*100000 + ioprio), the main thread's first, the others' in order.
 func threadNices(t *testing.T, pid int) []int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -690,19 +692,25 @@ func threadNices(t *testing.T, pid int) []int {
 		if err != nil {
 			t.Fatal(err)
 		}
+		io, err := ioprio.Get(tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := (20-prio)*100000 + int(io)
 		if tid == pid {
-			main = append(main, 20-prio)
+			main = append(main, v)
 		} else {
-			others = append(others, 20-prio)
+			others = append(others, v)
 		}
 	}
 	slices.Sort(others)
 	return append(main, others...)
 }
 
-// Every thread keeps its nice value: the main thread 7, the others 3, 4,
-// ... as set before the checkpoint.
-func TestMoveKeepsNiceValues(t *testing.T) {
+// Every thread keeps its nice value and I/O priority: the main thread 7
+// and idle, the others 3, 4, ... and best effort 3, 4, ... as set before
+// the checkpoint.
+func TestMoveKeepsPriorities(t *testing.T) {
 	needRoot(t)
 	var want []int
 	m := move{argv: []string{programs["threads"], "40"}, before: 10}
@@ -714,11 +722,14 @@ func TestMoveKeepsNiceValues(t *testing.T) {
 		nice := 3
 		for _, e := range ents {
 			tid, _ := strconv.Atoi(e.Name())
-			n := 7
+			n, io := 7, ioprio.Make(ioprio.ClassIdle, 0)
 			if tid != pid {
-				n, nice = nice, nice+1
+				n, io, nice = nice, ioprio.Make(ioprio.ClassBestEffort, nice), nice+1
 			}
 			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
+				t.Fatal(err)
+			}
+			if err := ioprio.Set(tid, io); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -726,7 +737,7 @@ func TestMoveKeepsNiceValues(t *testing.T) {
 	}
 	m.restored = func(t *testing.T, pid int) {
 		if got := threadNices(t, pid); !slices.Equal(got, want) {
-			t.Fatalf("restored threads' nice values %v, want %v", got, want)
+			t.Fatalf("restored threads' nice values and I/O priorities %v, want %v", got, want)
 		}
 	}
 	if _, ws, _ := m.run(t); !ws.Exited() || ws.ExitStatus() != 0 {
@@ -734,21 +745,22 @@ func TestMoveKeepsNiceValues(t *testing.T) {
 	}
 }
 
-// A negative nice value comes back for root's processes only: a user's
-// image is the user's to write.
-func TestNegativeNiceOnlyForRoot(t *testing.T) {
+// A negative nice value and the realtime I/O class come back for root's
+// processes only: a user's image is the user's to write.
+func TestRaisedPrioritiesOnlyForRoot(t *testing.T) {
+	rt, be := int(ioprio.Make(ioprio.ClassRealtime, 3)), int(ioprio.Make(ioprio.ClassBestEffort, 3))
+	idle := int(ioprio.Make(ioprio.ClassIdle, 0))
 	for _, c := range []struct {
 		uid  uint32
-		want []int
-	}{{0, []int{-4, 3, -20}}, {1000, []int{0, 3, 0}}} {
-		img := &Image{UID: c.uid, Threads: []Thread{{Nice: -4}, {Nice: 3}, {Nice: -20}}}
-		limitNice(img)
-		var got []int
-		for _, th := range img.Threads {
-			got = append(got, th.Nice)
-		}
-		if !slices.Equal(got, c.want) {
-			t.Errorf("uid %d: nice values %v, want %v", c.uid, got, c.want)
+		want []Thread
+	}{
+		{0, []Thread{{Nice: -4, IOPrio: rt}, {Nice: 3, IOPrio: idle}, {Nice: -20}}},
+		{1000, []Thread{{Nice: 0, IOPrio: be}, {Nice: 3, IOPrio: idle}, {Nice: 0}}},
+	} {
+		img := &Image{UID: c.uid, Threads: []Thread{{Nice: -4, IOPrio: rt}, {Nice: 3, IOPrio: idle}, {Nice: -20}}}
+		limitPriorities(img)
+		if !reflect.DeepEqual(img.Threads, c.want) {
+			t.Errorf("uid %d: %+v, want %+v", c.uid, img.Threads, c.want)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 )
 
 // Frozen is a process that Dump stopped: it stays stopped until Resume or
@@ -362,6 +363,11 @@ func dumpThread(tid int, status procStatus) (Thread, error) {
 		return t, fmt.Errorf("read the nice value of thread %d: %w", tid, err)
 	}
 	t.Nice = 20 - prio
+	io, err := ioprio.Get(tid)
+	if err != nil {
+		return t, err
+	}
+	t.IOPrio = int(io)
 	return t, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 )
 
 // glibcTidOffset is where glibc (2.36, x86-64) caches a thread's id in its
@@ -386,7 +387,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	pid, r := s.pid, s.r
 	init := opt.Init
 	restored := &Restored{pid: pid}
-	limitNice(img)
+	limitPriorities(img)
 	defer func() {
 		if r.mem != nil {
 			r.mem.Close()
@@ -541,7 +542,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if err := setSigmask(pid, t.Sigmask); err != nil {
 		return nil, err
 	}
-	if err := setNice(pid, t.Nice); err != nil {
+	if err := setPriorities(pid, t); err != nil {
 		return nil, err
 	}
 	// Last, as nothing of ours may touch lazy memory from here on.
@@ -707,29 +708,35 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 	if err := setXState(tid, t.XState); err != nil {
 		return err
 	}
-	if err := setNice(tid, t.Nice); err != nil {
+	if err := setPriorities(tid, t); err != nil {
 		return err
 	}
 	return setSigmask(tid, t.Sigmask)
 }
 
-// limitNice keeps a negative nice value (more than the default share of
-// the CPU) for root's processes only: an image from a file is its user's
-// to write. (A user's process that root made negative loses that on a
-// move.)
-func limitNice(img *Image) {
+// limitPriorities keeps a negative nice value (more than the default
+// share of the CPU) and the realtime I/O class for root's processes only:
+// an image from a file is its user's to write. (A user's process that root
+// gave either loses it on a move.)
+func limitPriorities(img *Image) {
 	for i := range img.Threads {
-		if img.UID != 0 && img.Threads[i].Nice < 0 {
-			img.Threads[i].Nice = 0
+		t := &img.Threads[i]
+		if img.UID != 0 {
+			t.Nice = max(t.Nice, 0)
+			t.IOPrio = int(ioprio.ForUser(ioprio.Prio(t.IOPrio)))
 		}
 	}
 }
 
-// setNice gives a restored thread its nice value. The restorer runs as
-// root and may raise a priority, but only gives back one the thread had.
-func setNice(tid, nice int) error {
-	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(max(nice, -20), 19)); err != nil {
-		return fmt.Errorf("set the nice value of thread %d to %d: %w", tid, nice, err)
+// setPriorities gives a restored thread its nice value and I/O priority.
+// The restorer runs as root and may raise a priority, but only gives back
+// one the thread had.
+func setPriorities(tid int, t Thread) error {
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(max(t.Nice, -20), 19)); err != nil {
+		return fmt.Errorf("set the nice value of thread %d to %d: %w", tid, t.Nice, err)
+	}
+	if p := ioprio.Prio(t.IOPrio); p.Valid() {
+		return ioprio.Set(tid, p)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
@@ -282,7 +283,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	took.mark("namespace")
 	spec := spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
-		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), Files: std.childFiles(), Terminal: st.Tty != nil,
+		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), IOPrio: ioprio.Prio(st.Ioprio), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
 	}
 	if len(st.Ignored) > 0 {

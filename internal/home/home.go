@@ -23,6 +23,7 @@ import (
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/executor"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 )
 
@@ -259,6 +260,13 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 		Id: id, Home: h.cfg.Node, Argv: args.Argv, Env: args.Env, Cwd: args.Cwd,
 		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
 		Nice: int32(niceFor(caller, args.Nice)),
+	}
+	if p := ioprio.Prio(args.IOPrio); !p.Valid() {
+		return fail(api.StatusMosaicError, "I/O priority %#x is none the kernel knows", args.IOPrio)
+	} else if !caller.IsRoot() {
+		start.Ioprio = int32(ioprio.ForUser(p))
+	} else {
+		start.Ioprio = int32(p)
 	}
 	for _, sig := range args.Ignored {
 		if sig <= 0 || sig >= 65 || sig == int(syscall.SIGKILL) || sig == int(syscall.SIGSTOP) {

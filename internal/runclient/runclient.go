@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/nofile"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
 	"github.com/mosaic-cluster/mosaic/internal/runproto"
@@ -297,6 +298,9 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 	// getpriority(2) returns 20 - nice, which is never negative.
 	if prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err == nil {
 		a.Nice = 20 - prio
+	}
+	if p, err := ioprio.Get(0); err == nil {
+		a.IOPrio = int(p)
 	}
 	if pty.IsTerminal(0) && pty.IsTerminal(1) {
 		m, err := pty.Get(0)

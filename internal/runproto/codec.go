@@ -69,6 +69,10 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		b = append(b, `,"nice":`...)
 		b = strconv.AppendInt(b, int64(a.Nice), 10)
 	}
+	if a.IOPrio != 0 {
+		b = append(b, `,"ioprio":`...)
+		b = strconv.AppendInt(b, int64(a.IOPrio), 10)
+	}
 	if len(a.Ignored) > 0 {
 		b = append(b, `,"ignored":[`...)
 		for i, sig := range a.Ignored {

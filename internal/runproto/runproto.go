@@ -27,7 +27,8 @@ type RunArgs struct {
 	Cwd     string   `json:"cwd"`
 	Umask   uint32   `json:"umask"`
 	Rlimits []Rlimit `json:"rlimits,omitempty"`
-	Nice    int      `json:"nice,omitempty"` // the caller's nice value (-20 to 19)
+	Nice    int      `json:"nice,omitempty"`   // the caller's nice value (-20 to 19)
+	IOPrio  int      `json:"ioprio,omitempty"` // the caller's I/O priority (internal/ioprio; 0: none set)
 	// Ignored are the signals the caller was started with ignored (of
 	// SIGHUP and SIGINT, the ones a Go client can tell).
 	Ignored []int  `json:"ignored,omitempty"`

@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/nofile"
 	"github.com/mosaic-cluster/mosaic/internal/timerslack"
 )
@@ -48,9 +49,10 @@ type Spec struct {
 	Groups  []uint32
 	Umask   uint32
 	Rlimits []Rlimit
-	// Nice is the program's nice value (-20 to 19) from its first
-	// instruction.
-	Nice int
+	// Nice is the program's nice value (-20 to 19) and IOPrio its I/O
+	// priority (0: none set), from its first instruction.
+	Nice   int
+	IOPrio ioprio.Prio
 	// AtExec, if set, is called with the new process stopped at its exec,
 	// before its program's first instruction, on the thread that traces
 	// it (to change what only the process itself can, by ptrace).
@@ -368,8 +370,9 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 	} else {
 		attr.Sys.Setpgid = true
 	}
-	// The child starts with the umask of the process and the nice value of
-	// the thread that forks it: this one, which forks for no one else.
+	// The child starts with the umask of the process and the nice value
+	// and I/O priority of the thread that forks it: this one, which forks
+	// for no one else.
 	tid := unix.Gettid()
 	oldNice, err := threadNice(tid)
 	if err != nil {
@@ -380,6 +383,16 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 			return nil, &Error{Other, fmt.Errorf("nice value %d: %w", spec.Nice, err)}
 		}
 		defer unix.Setpriority(unix.PRIO_PROCESS, tid, oldNice)
+	}
+	oldIO, err := ioprio.Get(tid)
+	if err != nil {
+		return nil, &Error{Other, err}
+	}
+	if spec.IOPrio != oldIO {
+		if err := ioprio.Set(tid, spec.IOPrio); err != nil {
+			return nil, &Error{Other, err}
+		}
+		defer ioprio.Set(tid, oldIO)
 	}
 	old := syscall.Umask(int(spec.Umask & 0o777))
 	p, err := os.StartProcess(path, spec.Argv, attr)

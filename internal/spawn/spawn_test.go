@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/cgroup"
+	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
 )
 
@@ -504,23 +505,31 @@ func TestOpenFileLimitAsChildrenInheritIt(t *testing.T) {
 	}
 }
 
-// A program starts with the nice value asked for, and the next one, which
-// asks for none, with the default again.
-func TestStartsWithTheNiceValue(t *testing.T) {
+// A program starts with the nice value and I/O priority asked for, and
+// the next one, which asks for none, with the defaults again.
+func TestStartsWithThePriorities(t *testing.T) {
 	needRoot(t)
 	s, err := New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if _, err := exec.LookPath("ionice"); err != nil {
+		t.Skip("no ionice (util-linux) here")
+	}
 	for _, c := range []struct {
 		nice int
+		io   ioprio.Prio
 		want string
-	}{{6, "6\n"}, {-3, "-3\n"}, {0, "0\n"}} {
-		out, ws := run(t, s, Spec{Argv: []string{"cut", "-d", " ", "-f", "19", "/proc/self/stat"}, Env: []string{"PATH=/bin:/usr/bin"},
-			Dir: "/", UID: 65534, GID: 65534, Nice: c.nice})
+	}{
+		{6, ioprio.Make(ioprio.ClassIdle, 0), "6\nidle\n"},
+		{-3, ioprio.Make(ioprio.ClassBestEffort, 5), "-3\nbest-effort: prio 5\n"},
+		{0, 0, "0\nnone: prio 0\n"},
+	} {
+		out, ws := run(t, s, Spec{Argv: []string{"sh", "-c", `cut -d " " -f 19 /proc/self/stat; ionice -p $$`}, Env: []string{"PATH=/bin:/usr/bin"},
+			Dir: "/", UID: 65534, GID: 65534, Nice: c.nice, IOPrio: c.io})
 		if out != c.want || ws.ExitStatus() != 0 {
-			t.Fatalf("nice %d: the program says %q (%v), want %q", c.nice, out, ws, c.want)
+			t.Fatalf("nice %d, I/O priority %#x: the program says %q (%v), want %q", c.nice, int(c.io), out, ws, c.want)
 		}
 	}
 }
