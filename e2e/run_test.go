@@ -289,7 +289,7 @@ func TestRun(t *testing.T) {
 	})
 
 	t.Run("ps and kill work from any node", func(t *testing.T) {
-		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
+		cmd := exec.Command("nice", "-n", "3", bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
 		var stderr syncBuffer
 		cmd.Stderr = &stderr
 		cmd.Start()
@@ -305,7 +305,7 @@ func TestRun(t *testing.T) {
 			found := false
 			for _, p := range procs {
 				if p.ID == id {
-					found = p.Node == "n2" && p.Home == "n1" && p.User == "root" && p.State == "running" && p.PID > 0 && p.Argv[0] == "sleep"
+					found = p.Node == "n2" && p.Home == "n1" && p.User == "root" && p.State == "running" && p.PID > 0 && p.Argv[0] == "sleep" && p.Nice == 3
 				}
 			}
 			if !found {
@@ -313,7 +313,7 @@ func TestRun(t *testing.T) {
 			}
 		}
 		r := runOn(t, c.Node("n3").Socket, nil, nil, "ps", id)
-		if r.code != 0 || !strings.Contains(r.stdout, "runs on    n2") {
+		if r.code != 0 || !strings.Contains(r.stdout, "runs on    n2") || !strings.Contains(r.stdout, "nice       3\n") {
 			t.Fatalf("ps ID: %s", r)
 		}
 		r = runOn(t, c.Node("n3").Socket, nil, nil, "kill", "-KILL", id)

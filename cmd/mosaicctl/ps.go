@@ -76,6 +76,9 @@ func printProc(out io.Writer, p api.ProcInfo) {
 	fmt.Fprintf(out, "started    %s (%s ago)\n", p.Started.Local().Format(time.DateTime), elapsed(time.Since(p.Started)))
 	fmt.Fprintf(out, "cpu        %.2fs (%.0f%%)\n", p.CPUSeconds, p.CPUPercent)
 	fmt.Fprintf(out, "rss        %s\n", bytesize.Format(p.RSS))
+	if p.State == "running" || p.State == "stopped" {
+		fmt.Fprintf(out, "nice       %d\n", p.Nice)
+	}
 	fmt.Fprintf(out, "cwd        %s\n", p.Cwd)
 	fmt.Fprintf(out, "terminal   %v\n", p.Tty)
 	fmt.Fprintf(out, "moved      %d times\n", p.Migrations)

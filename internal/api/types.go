@@ -175,6 +175,7 @@ type ProcInfo struct {
 	Tty        bool      `json:"tty,omitempty"`
 	Pinned     string    `json:"pinned,omitempty"` // why it cannot move, if it cannot
 	Migrations int       `json:"migrations,omitempty"`
+	Nice       int       `json:"nice"` // its (main thread's) nice value
 }
 
 // KillArgs signals a process.

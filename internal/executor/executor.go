@@ -602,7 +602,9 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 			} else if st.Pinned {
 				pi.Pinned = "its user pinned it (mosaic run --pin): policies do not move it"
 			}
-			pi.CpuSeconds, pi.Rss, pi.ProcState = procStat(pid)
+			var nice int
+			pi.CpuSeconds, pi.Rss, pi.ProcState, nice = procStat(pid)
+			pi.Nice = int32(nice)
 			if pi.ProcState == "T" {
 				pi.State = "stopped"
 			}
@@ -646,7 +648,7 @@ func (e *Executor) Running() []Running {
 	e.mu.Unlock()
 	var out []Running
 	for _, x := range gs {
-		cpu, rss, state := procStat(x.pid)
+		cpu, rss, state, _ := procStat(x.pid)
 		if state == "T" || state == "Z" || state == "?" {
 			continue
 		}
@@ -662,25 +664,27 @@ func (e *Executor) Running() []Running {
 	return out
 }
 
-// procStat reads a process's CPU time, resident memory and state from /proc.
-func procStat(pid int) (cpu float64, rss uint64, state string) {
+// procStat reads a process's CPU time, resident memory, state and (its
+// main thread's) nice value from /proc.
+func procStat(pid int) (cpu float64, rss uint64, state string, nice int) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, "?"
+		return 0, 0, "?", 0
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 || i+2 >= len(s) {
-		return 0, 0, "?"
+		return 0, 0, "?", 0
 	}
 	f := strings.Fields(s[i+2:])
 	if len(f) < 22 {
-		return 0, 0, "?"
+		return 0, 0, "?", 0
 	}
 	utime, _ := strconv.ParseUint(f[11], 10, 64)
 	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	nice, _ = strconv.Atoi(f[16])
 	pages, _ := strconv.ParseUint(f[21], 10, 64)
-	return float64(utime+stime) / 100, pages * uint64(os.Getpagesize()), f[0]
+	return float64(utime+stime) / 100, pages * uint64(os.Getpagesize()), f[0], nice
 }
 
 // sender serializes sends on a stream (gRPC streams allow one sender at a

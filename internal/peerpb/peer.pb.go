@@ -2329,6 +2329,7 @@ type ProcInfo struct {
 	FromHome      bool                   `protobuf:"varint,15,opt,name=from_home,json=fromHome,proto3" json:"from_home,omitempty"`   // this entry comes from the home's table
 	Pinned        string                 `protobuf:"bytes,16,opt,name=pinned,proto3" json:"pinned,omitempty"`                        // why it cannot move, if it cannot
 	Migrations    uint32                 `protobuf:"varint,17,opt,name=migrations,proto3" json:"migrations,omitempty"`               // how often it moved
+	Nice          int32                  `protobuf:"zigzag32,18,opt,name=nice,proto3" json:"nice,omitempty"`                         // its (main thread's) nice value
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2478,6 +2479,13 @@ func (x *ProcInfo) GetPinned() string {
 func (x *ProcInfo) GetMigrations() uint32 {
 	if x != nil {
 		return x.Migrations
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetNice() int32 {
+	if x != nil {
+		return x.Nice
 	}
 	return 0
 }
@@ -3357,7 +3365,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x03msg\"0\n" +
 	"\bLazyDone\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x0e\n" +
-	"\x02us\x18\x02 \x01(\x03R\x02us\"\x97\x03\n" +
+	"\x02us\x18\x02 \x01(\x03R\x02us\"\xab\x03\n" +
 	"\bProcInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x12\n" +
@@ -3380,7 +3388,8 @@ const file_peer_proto_rawDesc = "" +
 	"\x06pinned\x18\x10 \x01(\tR\x06pinned\x12\x1e\n" +
 	"\n" +
 	"migrations\x18\x11 \x01(\rR\n" +
-	"migrations\"6\n" +
+	"migrations\x12\x12\n" +
+	"\x04nice\x18\x12 \x01(\x11R\x04nice\"6\n" +
 	"\x10ListProcsRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\"C\n" +
