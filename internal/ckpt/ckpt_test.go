@@ -417,6 +417,33 @@ func TestMoveReader(t *testing.T) {
 
 // An interpreter, with its heap of objects and its shared libraries,
 // moves like any other program.
+// A process that may not gain privileges by exec (no_new_privs: a sandbox
+// of the simplest kind) keeps that after a move: without it, the copy
+// could run set-user-ID programs the original could not.
+func TestMoveKeepsNoNewPrivs(t *testing.T) {
+	needRoot(t)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal("this test needs python3 (apt-get install python3)")
+	}
+	script := `import ctypes, time
+assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+for i in range(20):
+    time.sleep(0.02)
+    print(i, flush=True)
+`
+	m := move{argv: []string{python, "-S", "-c", script}, before: 5}
+	m.restored = func(t *testing.T, pid int) {
+		if v, err := statusField(pid, "NoNewPrivs"); err != nil || v != "1" {
+			t.Errorf("the restored process has NoNewPrivs %q (%v), want 1", v, err)
+		}
+	}
+	got, ws, img := m.run(t)
+	if !img.NoNewPrivs || !ws.Exited() || ws.ExitStatus() != 0 || !strings.HasSuffix(got, "19\n") {
+		t.Fatalf("image no_new_privs %v; restored process ended with %v, output %q", img.NoNewPrivs, ws, got)
+	}
+}
+
 func TestMovePython(t *testing.T) {
 	needRoot(t)
 	python, err := exec.LookPath("python3")
@@ -964,6 +991,15 @@ func TestMoveDirectory(t *testing.T) {
 
 // What cannot move is refused, with the reason in words, and the process
 // goes on untouched.
+// seccompAllowAll is Python that puts the process under a seccomp filter
+// that allows everything (a sandbox in form only).
+const seccompAllowAll = `import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+insn = ctypes.create_string_buffer(struct.pack('HBBI', 0x06, 0, 0, 0x7fff0000))  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+prog = ctypes.create_string_buffer(struct.pack('H6xQ', 1, ctypes.addressof(insn)))
+assert libc.prctl(22, 2, ctypes.c_void_p(ctypes.addressof(prog)), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER`
+
 func TestPinned(t *testing.T) {
 	needRoot(t)
 	lockFile := filepath.Join(t.TempDir(), "lock")
@@ -971,6 +1007,7 @@ func TestPinned(t *testing.T) {
 		{"socket", "import socket; s = socket.socket()", "a network or local socket"},
 		{"pipe", "import os; r, w = os.pipe()", "a pipe"},
 		{"flock", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.flock(f, fcntl.LOCK_EX)", "flock lock"},
+		{"seccomp", seccompAllowAll, "seccomp filter"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")

@@ -224,6 +224,14 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 				return nil, nil, fmt.Errorf("read the status of thread %d: %w", tid, err)
 			}
 		}
+		if err := checkSandbox(ts); err != nil {
+			return nil, nil, err
+		}
+		if v, _ := ts.field("NoNewPrivs"); v == "1" {
+			// Per thread in the kernel, for the whole process here: the
+			// stricter way.
+			img.NoNewPrivs = true
+		}
 		t, err := dumpThread(tid, ts)
 		if err != nil {
 			return nil, nil, err
@@ -256,6 +264,16 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	}
 	f.vmas = img.VMAs
 	return img, f, nil
+}
+
+// checkSandbox refuses a thread under a seccomp filter (a sandbox the
+// program made itself): the filter is kernel state mosaic does not carry,
+// and a copy without it would be a process let out of its sandbox.
+func checkSandbox(status procStatus) error {
+	if v, err := status.field("Seccomp"); err == nil && v != "0" {
+		return &PinnedError{Reason: "it runs under a seccomp filter (a sandbox it set up), which mosaic cannot carry to another node"}
+	}
+	return nil
 }
 
 // checkChildren refuses a process that has children: they would have to
@@ -532,6 +550,11 @@ func leU64(b []byte) uint64 {
 func Movable(pid int) error {
 	if err := checkChildren(pid); err != nil {
 		return err
+	}
+	if status, err := readStatus(pid); err == nil {
+		if err := checkSandbox(status); err != nil {
+			return err
+		}
 	}
 	_, _, err := dumpFiles(pid)
 	return err

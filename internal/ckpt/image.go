@@ -28,7 +28,10 @@ type Image struct {
 	Cwd     string
 	Umask   uint32
 	Rlimits []Rlimit
-	MM      MM
+	// NoNewPrivs: the process may not gain privileges by exec
+	// (PR_SET_NO_NEW_PRIVS), which it keeps wherever it goes.
+	NoNewPrivs bool
+	MM         MM
 	VMAs    []VMA
 	Pages   []PageRun // memory contents, in address order
 	Threads []Thread  // the main thread first

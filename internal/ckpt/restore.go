@@ -602,6 +602,10 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 	calls = append(calls,
 		named{sc(unix.SYS_UMASK, uint64(img.Umask)), "set the umask"},
 		named{sc(unix.SYS_CHDIR, r.scratch+cwdAt), "enter the working directory " + img.Cwd})
+	if img.NoNewPrivs {
+		// In the main thread before it makes the others, which inherit it.
+		calls = append(calls, named{sc(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "keep no_new_privs"})
+	}
 	if t.RobustList != 0 {
 		calls = append(calls, named{sc(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen), "set the robust futex list"})
 	}
