@@ -270,6 +270,22 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("a caller under no_new_privs: its program is too, and set-user-ID programs are refused", func(t *testing.T) {
+		out, err := exec.Command("setpriv", "--no-new-privs", bin, "--socket", n1, "run", "--on", "n2", "--",
+			"grep", "NoNewPrivs", "/proc/self/status").CombinedOutput()
+		if err != nil || string(out) != "NoNewPrivs:\t1\n" {
+			t.Fatalf("grep NoNewPrivs under setpriv --no-new-privs: %q (%v)", out, err)
+		}
+		out, err = exec.Command("setpriv", "--no-new-privs", bin, "--socket", n1, "run", "--on", "n2", "--", "passwd", "--help").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "is set-user-ID") || !strings.Contains(string(out), "no_new_privs") {
+			t.Fatalf("passwd under setpriv --no-new-privs: %q (%v), want refused", out, err)
+		}
+		// Without it, the same program starts.
+		if r := runOn(t, n1, nil, nil, "run", "--on", "n2", "--", "passwd", "--help"); r.code != 0 {
+			t.Fatalf("passwd --help: %v", r)
+		}
+	})
+
 	t.Run("a killed client takes its program with it", func(t *testing.T) {
 		cmd := exec.Command(bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "sleep", "100")
 		var stderr syncBuffer

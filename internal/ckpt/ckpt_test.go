@@ -1157,10 +1157,10 @@ func coalesce(vs []VMA) []VMA {
 	return out
 }
 
-// A process started with IgnoreSignals at its exec ignores them from its
+// A process set up at its exec to ignore signals ignores them from its
 // first instruction and through the execs of its program (sh runs grep),
 // besides what it would ignore anyway (inherited from this test).
-func TestIgnoreSignalsAtExec(t *testing.T) {
+func TestExecSetupIgnoresSignals(t *testing.T) {
 	needRoot(t)
 	s, err := spawn.New(nil, 0)
 	if err != nil {
@@ -1192,8 +1192,25 @@ func TestIgnoreSignalsAtExec(t *testing.T) {
 		}
 		return mask
 	}
+	// And no_new_privs, when asked for.
+	r, w, _ := os.Pipe()
+	devnull, _ := os.Open(os.DevNull)
+	p, err := s.Start(spawn.Spec{
+		Argv: []string{"sh", "-c", "grep NoNewPrivs /proc/self/status"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
+		UID: 65534, GID: 65534, Files: []*os.File{devnull, w, w}, AtExec: ExecSetup{NoNewPrivs: true}.Apply,
+	})
+	w.Close()
+	devnull.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(r)
+	r.Close()
+	if ws := waitFor(t, p.Pid); string(out) != "NoNewPrivs:\t1\n" || ws.ExitStatus() != 0 {
+		t.Fatalf("with no_new_privs set at exec: %q (%v)", out, ws)
+	}
 	base := sigIgn(nil)
-	got := sigIgn(func(pid int) error { return IgnoreSignals(pid, []int{int(syscall.SIGHUP), int(syscall.SIGINT)}) })
+	got := sigIgn(ExecSetup{Ignore: []int{int(syscall.SIGHUP), int(syscall.SIGINT)}}.Apply)
 	if want := base | 1<<(syscall.SIGHUP-1) | 1<<(syscall.SIGINT-1); got != want {
 		t.Fatalf("ignored signals %#x, want %#x", got, want)
 	}

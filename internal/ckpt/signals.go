@@ -322,12 +322,20 @@ const (
 	sigevThreadID = 4
 )
 
-// IgnoreSignals makes a new process ignore sigs before its program's first
-// instruction, as a shell does for the programs it starts with signals
-// ignored (nohup's SIGHUP, a background job's SIGINT): the process must be
-// stopped at its exec and traced by the calling thread (spawn's AtExec).
-// An ignored disposition then lasts through the program's own execs.
-func IgnoreSignals(pid int, sigs []int) (err error) {
+// ExecSetup is state a new process takes from the one that starts it and
+// that only the process itself can set: its signals ignored (as a shell
+// ignores nohup's SIGHUP, or a background job's SIGINT, for the programs
+// it starts) and no_new_privs (as its caller had it). Both then last
+// through the program's own execs.
+type ExecSetup struct {
+	Ignore     []int
+	NoNewPrivs bool
+}
+
+// Apply sets s up in a new process before its program's first
+// instruction: the process must be stopped at its exec and traced by the
+// calling thread (spawn's AtExec).
+func (s ExecSetup) Apply(pid int) (err error) {
 	// Its system calls stop distinctly, and it dies if we do meanwhile.
 	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_EXITKILL); err != nil {
 		return fmt.Errorf("trace process %d's system calls: %w", pid, err)
@@ -350,9 +358,14 @@ func IgnoreSignals(pid int, sigs []int) (err error) {
 	if err := r.write(at, act); err != nil {
 		return err
 	}
-	for _, sig := range sigs {
+	for _, sig := range s.Ignore {
 		if _, err := r.call(unix.SYS_RT_SIGACTION, uint64(sig), at, 0, 8); err != nil {
 			return fmt.Errorf("ignore signal %d: %w", sig, err)
+		}
+	}
+	if s.NoNewPrivs {
+		if _, err := r.call(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("set no_new_privs: %w", err)
 		}
 	}
 	return nil

@@ -286,14 +286,15 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), IOPrio: ioprio.Prio(st.Ioprio), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
 	}
-	if len(st.Ignored) > 0 {
-		// As its caller had them (nohup, a background job): a step
-		// inside the new process before its first instruction.
-		ignored := make([]int, len(st.Ignored))
-		for i, sig := range st.Ignored {
-			ignored[i] = int(sig)
+	if len(st.Ignored) > 0 || st.NoNewPrivs {
+		// As its caller had them (nohup, a background job, a sandbox): a
+		// step inside the new process before its first instruction.
+		setup := ckpt.ExecSetup{NoNewPrivs: st.NoNewPrivs}
+		for _, sig := range st.Ignored {
+			setup.Ignore = append(setup.Ignore, int(sig))
 		}
-		spec.AtExec = func(pid int) error { return ckpt.IgnoreSignals(pid, ignored) }
+		spec.AtExec = setup.Apply
+		spec.NoNewPrivs = st.NoNewPrivs
 	}
 	p, err := e.cfg.Spawner.Start(spec)
 	std.closeChildEnds()

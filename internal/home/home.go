@@ -259,7 +259,7 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 	start := &peerpb.ExecStart{
 		Id: id, Home: h.cfg.Node, Argv: args.Argv, Env: args.Env, Cwd: args.Cwd,
 		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
-		Nice: int32(niceFor(caller, args.Nice)),
+		Nice: int32(niceFor(caller, args.Nice)), NoNewPrivs: args.NoNewPrivs || noNewPrivs(caller.PID),
 	}
 	if p := ioprio.Prio(args.IOPrio); !p.Valid() {
 		return fail(api.StatusMosaicError, "I/O priority %#x is none the kernel knows", args.IOPrio)
@@ -620,4 +620,21 @@ func niceFor(caller api.Caller, nice int) int {
 		return 0
 	}
 	return nice
+}
+
+// noNewPrivs reports whether the caller's process (its pid from
+// SO_PEERCRED) may not gain privileges by exec: the kernel's word, over
+// the client's (a client that said otherwise would have the daemon start
+// set-user-ID programs for a sandbox that forbids them).
+func noNewPrivs(pid int32) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/status")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "NoNewPrivs:"); ok {
+			return strings.TrimSpace(v) == "1"
+		}
+	}
+	return false
 }

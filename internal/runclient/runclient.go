@@ -302,6 +302,9 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 	if p, err := ioprio.Get(0); err == nil {
 		a.IOPrio = int(p)
 	}
+	if nnp, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err == nil {
+		a.NoNewPrivs = nnp == 1
+	}
 	if pty.IsTerminal(0) && pty.IsTerminal(1) {
 		m, err := pty.Get(0)
 		if err != nil {

@@ -83,6 +83,9 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		}
 		b = append(b, ']')
 	}
+	if a.NoNewPrivs {
+		b = append(b, `,"no_new_privs":true`...)
+	}
 	if a.On != "" {
 		b = append(b, `,"on":`...)
 		b = appendJSONString(b, a.On)

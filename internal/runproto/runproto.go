@@ -31,10 +31,13 @@ type RunArgs struct {
 	IOPrio  int      `json:"ioprio,omitempty"` // the caller's I/O priority (internal/ioprio; 0: none set)
 	// Ignored are the signals the caller was started with ignored (of
 	// SIGHUP and SIGINT, the ones a Go client can tell).
-	Ignored []int  `json:"ignored,omitempty"`
-	On      string `json:"on,omitempty"`   // run on this node
-	Here    bool   `json:"here,omitempty"` // run on the caller's node
-	Pin     bool   `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
+	Ignored []int `json:"ignored,omitempty"`
+	// NoNewPrivs: the caller may not gain privileges by exec (a sandbox):
+	// nor may the program.
+	NoNewPrivs bool   `json:"no_new_privs,omitempty"`
+	On         string `json:"on,omitempty"`   // run on this node
+	Here       bool   `json:"here,omitempty"` // run on the caller's node
+	Pin        bool   `json:"pin,omitempty"`  // never moved by a policy (mosaic run --pin)
 	// Tty is set when stdin and stdout are a terminal: the program then
 	// runs on a pseudo-terminal with these modes and size.
 	Tty *TtyModes `json:"tty,omitempty"`

@@ -53,6 +53,11 @@ type Spec struct {
 	// priority (0: none set), from its first instruction.
 	Nice   int
 	IOPrio ioprio.Prio
+	// NoNewPrivs: the caller may not gain privileges by exec, nor may its
+	// program: a set-user-ID or set-group-ID program, or one with file
+	// capabilities, is refused (it is exec'd before AtExec can set the
+	// flag; AtExec sets it for what the program executes in turn).
+	NoNewPrivs bool
 	// AtExec, if set, is called with the new process stopped at its exec,
 	// before its program's first instruction, on the thread that traces
 	// it (to change what only the process itself can, by ptrace).
@@ -346,6 +351,11 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	if spec.NoNewPrivs {
+		if err := gainsPrivileges(path); err != nil {
+			return nil, err
+		}
+	}
 	groups := make([]uint32, len(spec.Groups))
 	copy(groups, spec.Groups)
 	attr := &os.ProcAttr{
@@ -404,6 +414,31 @@ func startProcess(spec Spec, traced bool) (*os.Process, error) {
 		return nil, &Error{Other, fmt.Errorf("start %s: %w", spec.Argv[0], err)}
 	}
 	return p, nil
+}
+
+// gainsPrivileges refuses a program that an exec would give privileges
+// (set-user-ID, set-group-ID, file capabilities), for a caller under
+// no_new_privs, whose own exec of it would not.
+func gainsPrivileges(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return &Error{NotFound, fmt.Errorf("%s: %w", path, err)}
+	}
+	why := ""
+	switch {
+	case st.Mode()&fs.ModeSetuid != 0:
+		why = "set-user-ID"
+	case st.Mode()&fs.ModeSetgid != 0:
+		why = "set-group-ID"
+	default:
+		if n, err := unix.Getxattr(path, "security.capability", nil); err == nil && n > 0 {
+			why = "given file capabilities"
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return &Error{NotExecutable, fmt.Errorf("%s is %s, and you run with no_new_privs (a sandbox): mosaic does not start it for you (at home it would run without those privileges; here it cannot make sure of that)", path, why)}
 }
 
 // threadNice is a thread's nice value (getpriority(2) returns 20 - nice).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -530,6 +531,42 @@ func TestStartsWithThePriorities(t *testing.T) {
 			Dir: "/", UID: 65534, GID: 65534, Nice: c.nice, IOPrio: c.io})
 		if out != c.want || ws.ExitStatus() != 0 {
 			t.Fatalf("nice %d, I/O priority %#x: the program says %q (%v), want %q", c.nice, int(c.io), out, ws, c.want)
+		}
+	}
+}
+
+// Under no_new_privs a program that would gain privileges at exec is
+// refused, and says why; others run.
+func TestNoNewPrivsRefusesSetuidPrograms(t *testing.T) {
+	needRoot(t)
+	s, err := New(nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // for the other user to reach it
+	setuid := filepath.Join(dir, "true-setuid")
+	b, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(setuid, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(setuid, 0o755|fs.ModeSetuid)
+	_, err = s.Start(Spec{Argv: []string{setuid}, Dir: "/", UID: 65534, GID: 65534, NoNewPrivs: true})
+	var se *Error
+	if !errors.As(err, &se) || se.Kind != NotExecutable || !strings.Contains(err.Error(), "set-user-ID") || !strings.Contains(err.Error(), "no_new_privs") {
+		t.Fatalf("Start of a set-user-ID program under no_new_privs: %v", err)
+	}
+	for _, spec := range []Spec{
+		{Argv: []string{setuid}, Dir: "/", UID: 65534, GID: 65534},                        // without no_new_privs
+		{Argv: []string{"/bin/true"}, Dir: "/", UID: 65534, GID: 65534, NoNewPrivs: true}, // not set-user-ID
+	} {
+		if out, ws := run(t, s, spec); ws.ExitStatus() != 0 {
+			t.Fatalf("%v (no_new_privs %v): %v %q", spec.Argv, spec.NoNewPrivs, ws, out)
 		}
 	}
 }
