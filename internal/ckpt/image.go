@@ -32,12 +32,12 @@ type Image struct {
 	// (PR_SET_NO_NEW_PRIVS), which it keeps wherever it goes.
 	NoNewPrivs bool
 	MM         MM
-	VMAs    []VMA
-	Pages   []PageRun // memory contents, in address order
-	Threads []Thread  // the main thread first
-	Actions []Sigaction
-	Files   []File
-	Timers  [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
+	VMAs       []VMA
+	Pages      []PageRun // memory contents, in address order
+	Threads    []Thread  // the main thread first
+	Actions    []Sigaction
+	Files      []File
+	Timers     [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
 	// Lazy are the pages of Lazy mappings the process has, which come
 	// after the image (see lazy.go).
 	Lazy []LazyRun
