@@ -1157,17 +1157,20 @@ func coalesce(vs []VMA) []VMA {
 	return out
 }
 
-// A process set up at its exec to ignore signals ignores them from its
+// A process set up at its exec ignores the signals asked for from its
 // first instruction and through the execs of its program (sh runs grep),
-// besides what it would ignore anyway (inherited from this test).
-func TestExecSetupIgnoresSignals(t *testing.T) {
+// besides what it would ignore anyway (inherited from this test), and is
+// under no_new_privs when asked.
+func TestExecSetup(t *testing.T) {
 	needRoot(t)
 	s, err := spawn.New(nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	sigIgn := func(atExec func(pid int) error) uint64 {
+	// status is the line of /proc/self/status called field, as a program
+	// started with setup sees it.
+	status := func(field string, setup *ExecSetup) string {
 		r, w, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
@@ -1175,43 +1178,41 @@ func TestExecSetupIgnoresSignals(t *testing.T) {
 		defer r.Close()
 		devnull, _ := os.Open(os.DevNull)
 		defer devnull.Close()
-		p, err := s.Start(spawn.Spec{
-			Argv: []string{"sh", "-c", "grep SigIgn /proc/self/status"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
-			UID: 65534, GID: 65534, Files: []*os.File{devnull, w, w}, AtExec: atExec,
-		})
+		spec := spawn.Spec{
+			Argv: []string{"sh", "-c", "grep " + field + " /proc/self/status"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
+			UID: 65534, GID: 65534, Files: []*os.File{devnull, w, w},
+		}
+		if setup != nil {
+			spec.AtExec = setup.Apply
+		}
+		p, err := s.Start(spec)
 		w.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
 		out, _ := io.ReadAll(r)
-		ws := waitFor(t, p.Pid)
-		hex, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "SigIgn:\t")
-		mask, err := strconv.ParseUint(hex, 16, 64)
-		if !ok || err != nil || ws.ExitStatus() != 0 {
+		if ws := waitFor(t, p.Pid); ws.ExitStatus() != 0 {
 			t.Fatalf("output %q (%v)", out, ws)
+		}
+		v, _ := strings.CutPrefix(strings.TrimSpace(string(out)), field+":\t")
+		return v
+	}
+	sigIgn := func(setup *ExecSetup) uint64 {
+		mask, err := strconv.ParseUint(status("SigIgn", setup), 16, 64)
+		if err != nil {
+			t.Fatal(err)
 		}
 		return mask
 	}
-	// And no_new_privs, when asked for.
-	r, w, _ := os.Pipe()
-	devnull, _ := os.Open(os.DevNull)
-	p, err := s.Start(spawn.Spec{
-		Argv: []string{"sh", "-c", "grep NoNewPrivs /proc/self/status"}, Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/",
-		UID: 65534, GID: 65534, Files: []*os.File{devnull, w, w}, AtExec: ExecSetup{NoNewPrivs: true}.Apply,
-	})
-	w.Close()
-	devnull.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _ := io.ReadAll(r)
-	r.Close()
-	if ws := waitFor(t, p.Pid); string(out) != "NoNewPrivs:\t1\n" || ws.ExitStatus() != 0 {
-		t.Fatalf("with no_new_privs set at exec: %q (%v)", out, ws)
-	}
 	base := sigIgn(nil)
-	got := sigIgn(ExecSetup{Ignore: []int{int(syscall.SIGHUP), int(syscall.SIGINT)}}.Apply)
+	got := sigIgn(&ExecSetup{Ignore: []int{int(syscall.SIGHUP), int(syscall.SIGINT)}})
 	if want := base | 1<<(syscall.SIGHUP-1) | 1<<(syscall.SIGINT-1); got != want {
 		t.Fatalf("ignored signals %#x, want %#x", got, want)
+	}
+	if v := status("NoNewPrivs", &ExecSetup{NoNewPrivs: true}); v != "1" {
+		t.Fatalf("with no_new_privs set at exec: NoNewPrivs %q", v)
+	}
+	if v := status("NoNewPrivs", nil); v != "0" {
+		t.Fatalf("without: NoNewPrivs %q", v)
 	}
 }
