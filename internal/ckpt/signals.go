@@ -329,6 +329,7 @@ const (
 // through the program's own execs.
 type ExecSetup struct {
 	Ignore     []int
+	Default    []int // signals set back to their default action
 	NoNewPrivs bool
 }
 
@@ -352,15 +353,21 @@ func (s ExecSetup) Apply(pid int) (err error) {
 	// A struct sigaction {handler SIG_IGN, flags, restorer, mask} on the
 	// stack below anything in use: at exec the stack pointer is at argc,
 	// and the stack's mapping reaches further down.
-	act := make([]byte, 32)
-	binary.LittleEndian.PutUint64(act, 1) // SIG_IGN
+	// And one {SIG_DFL, ...} after it.
+	acts := make([]byte, 64)
+	binary.LittleEndian.PutUint64(acts, 1) // SIG_IGN
 	at := (r.saved.Rsp - 4096) &^ 15
-	if err := r.write(at, act); err != nil {
+	if err := r.write(at, acts); err != nil {
 		return err
 	}
 	for _, sig := range s.Ignore {
 		if _, err := r.call(unix.SYS_RT_SIGACTION, uint64(sig), at, 0, 8); err != nil {
 			return fmt.Errorf("ignore signal %d: %w", sig, err)
+		}
+	}
+	for _, sig := range s.Default {
+		if _, err := r.call(unix.SYS_RT_SIGACTION, uint64(sig), at+32, 0, 8); err != nil {
+			return fmt.Errorf("set signal %d to its default: %w", sig, err)
 		}
 	}
 	if s.NoNewPrivs {

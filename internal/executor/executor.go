@@ -286,13 +286,23 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), IOPrio: ioprio.Prio(st.Ioprio), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
 	}
-	if len(st.Ignored) > 0 || st.NoNewPrivs {
-		// As its caller had them (nohup, a background job, a sandbox): a
-		// step inside the new process before its first instruction.
-		setup := ckpt.ExecSetup{NoNewPrivs: st.NoNewPrivs}
-		for _, sig := range st.Ignored {
+	// Its signals ignored as its caller had them (nohup, a background
+	// job), not as this daemon has them, and no_new_privs if its caller
+	// is under it (a sandbox): a step inside the new process before its
+	// first instruction, where they differ from what it inherits.
+	setup := ckpt.ExecSetup{NoNewPrivs: st.NoNewPrivs}
+	inherited := e.cfg.Spawner.Ignored()
+	for _, sig := range st.Ignored {
+		if !slices.Contains(inherited, int(sig)) {
 			setup.Ignore = append(setup.Ignore, int(sig))
 		}
+	}
+	for _, sig := range inherited {
+		if !slices.Contains(st.Ignored, int32(sig)) && sig != int(syscall.SIGKILL) && sig != int(syscall.SIGSTOP) {
+			setup.Default = append(setup.Default, sig)
+		}
+	}
+	if len(setup.Ignore) > 0 || len(setup.Default) > 0 || setup.NoNewPrivs {
 		spec.AtExec = setup.Apply
 		spec.NoNewPrivs = st.NoNewPrivs
 	}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -276,12 +277,7 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 		}
 	}
 	a := runproto.RunArgs{Argv: argv, Env: os.Environ(), Cwd: cwd, Umask: umask()}
-	// What the shell ignored, the program starts ignoring (see CatchSignals).
-	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
-		if signal.Ignored(sig) {
-			a.Ignored = append(a.Ignored, int(sig))
-		}
-	}
+	a.Ignored = ignoredSignals()
 	for r := range unix.RLIMIT_RTTIME + 1 {
 		var l unix.Rlimit
 		if unix.Getrlimit(r, &l) == nil {
@@ -314,6 +310,27 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 			Cc: m.Cc, Ispeed: m.Ispeed, Ospeed: m.Ospeed}
 	}
 	return a, nil
+}
+
+// ignoredSignals are the signals this client was started with ignored,
+// which its program starts with ignored too (see CatchSignals): of those
+// the Go runtime catches whatever they were, SIGHUP and SIGINT, whose
+// inherited SIG_IGN it keeps; and the two it leaves alone, 32 and 33
+// (glibc's own), read from the kernel.
+func ignoredSignals() []int {
+	var sigs []int
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		if signal.Ignored(sig) {
+			sigs = append(sigs, int(sig))
+		}
+	}
+	for _, sig := range []int{32, 33} {
+		var act [4]uint64 // struct kernel_sigaction: handler, flags, restorer, mask
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&act)), 8, 0, 0); e == 0 && act[0] == 1 {
+			sigs = append(sigs, sig) // SIG_IGN
+		}
+	}
+	return sigs
 }
 
 // umask reads this process's umask. umask(2) only reads it by setting it:

@@ -93,8 +93,9 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Spawner starts processes from one dedicated OS thread.
 type Spawner struct {
-	reqs chan request
-	done chan struct{}
+	ignored []int // signals this process ignores: its children inherit them
+	reqs    chan request
+	done    chan struct{}
 
 	// Owned by the Spawner's thread.
 	self *nsSelf
@@ -154,7 +155,11 @@ type result struct {
 // thread's): the one the daemon was started with, where the daemon itself
 // runs with another (internal/timerslack).
 func New(place func(tid int) error, slack time.Duration) (*Spawner, error) {
-	s := &Spawner{reqs: make(chan request), done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	ignored, err := ignoredSignals()
+	if err != nil {
+		return nil, err
+	}
+	s := &Spawner{ignored: ignored, reqs: make(chan request), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	ready := make(chan error)
 	go s.loop(place, slack, ready)
 	if err := <-ready; err != nil {
@@ -260,6 +265,35 @@ func (s *Spawner) startProcess(spec Spec, traced bool) (p *os.Process, err error
 		return err
 	})
 	return p, err
+}
+
+// Ignored are the signals this process ignores, which its children start
+// with ignored (Go sets only the ones it catches back to their default in
+// a child): what a daemon's launcher ignored and Go leaves alone.
+func (s *Spawner) Ignored() []int { return s.ignored }
+
+// ignoredSignals reads this process's ignored signals from the kernel.
+func ignoredSignals() ([]int, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil, fmt.Errorf("read this process's ignored signals: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return nil, fmt.Errorf("this process's ignored signals %q: %w", v, err)
+			}
+			var sigs []int
+			for sig := 1; sig <= 64; sig++ {
+				if mask&(1<<(sig-1)) != 0 {
+					sigs = append(sigs, sig)
+				}
+			}
+			return sigs, nil
+		}
+	}
+	return nil, errors.New("no SigIgn in /proc/self/status")
 }
 
 // NewNamespace makes a PID and mount namespace for a process to start in
