@@ -105,6 +105,24 @@ func cgroupOf(t *testing.T, pid int, controller string) string {
 	return g
 }
 
+// offMainThread runs fn locked to a thread that ends with it. Not the
+// process's main thread: the runtime cannot end that one and parks it for
+// good instead, and a group it had joined could never be removed (the
+// test left such groups behind now and then). The goroutine that lands on
+// the main thread holds it while another, necessarily elsewhere, runs fn.
+func offMainThread(fn func()) {
+	runtime.LockOSThread()
+	if syscall.Gettid() == os.Getpid() {
+		done := make(chan struct{})
+		go offMainThread(func() { defer close(done); fn() })
+		<-done
+		runtime.UnlockOSThread()
+		return
+	}
+	fn()
+	// Returning locked ends the thread.
+}
+
 // A process restored by a thread in the group's memory controller only
 // is charged there from the start and comes under the CPU quota when
 // capped; uncapped, it goes back to the caller's CPU group, its memory
@@ -123,8 +141,7 @@ func TestMemoryOnlyThenCapped(t *testing.T) {
 	// A thread of this test in the memory group only forks the process.
 	started := make(chan *exec.Cmd, 1)
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // the thread dies with the goroutine, out of the group
+	go offMainThread(func() { // the thread dies with the goroutine, out of the group
 		if err := g.AddThreadMemory(syscall.Gettid()); err != nil {
 			errc <- err
 			return
@@ -135,7 +152,7 @@ func TestMemoryOnlyThenCapped(t *testing.T) {
 			return
 		}
 		started <- cmd
-	}()
+	})
 	var cmd *exec.Cmd
 	select {
 	case err := <-errc:
