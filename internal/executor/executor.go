@@ -290,6 +290,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	// job), not as this daemon has them, and no_new_privs if its caller
 	// is under it (a sandbox): a step inside the new process before its
 	// first instruction, where they differ from what it inherits.
+	spec.NoNewPrivs = st.NoNewPrivs
 	setup := ckpt.ExecSetup{NoNewPrivs: st.NoNewPrivs}
 	inherited := e.cfg.Spawner.Ignored()
 	for _, sig := range st.Ignored {
@@ -298,13 +299,12 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 		}
 	}
 	for _, sig := range inherited {
-		if !slices.Contains(st.Ignored, int32(sig)) && sig != int(syscall.SIGKILL) && sig != int(syscall.SIGSTOP) {
+		if !slices.Contains(st.Ignored, int32(sig)) {
 			setup.Default = append(setup.Default, sig)
 		}
 	}
 	if len(setup.Ignore) > 0 || len(setup.Default) > 0 || setup.NoNewPrivs {
 		spec.AtExec = setup.Apply
-		spec.NoNewPrivs = st.NoNewPrivs
 	}
 	p, err := e.cfg.Spawner.Start(spec)
 	std.closeChildEnds()
