@@ -158,7 +158,7 @@ func TestRun(t *testing.T) {
 	t.Run("environment, directory, umask, limits and priorities come along", func(t *testing.T) {
 		dir, _ := os.MkdirTemp("", "mosaic-cwd-")
 		defer os.RemoveAll(dir)
-		cmd := exec.Command("sh", "-c", fmt.Sprintf(`cd %s && umask 027 && ulimit -Sn 321 && ulimit -Hn 400 && GREETING=hi nice -n 5 ionice -c 3 %s --socket %s run --on n3 -- sh -c 'pwd; umask; ulimit -Sn; ulimit -Hn; echo $GREETING; cat /proc/self/timerslack_ns; cut -d" " -f19 /proc/self/stat; ionice -p $$'`, dir, bin, n1))
+		cmd := exec.Command("sh", "-c", fmt.Sprintf(`cd %s && umask 027 && ulimit -Sn 321 && ulimit -Hn 400 && GREETING=hi nice -n 5 ionice -c 3 chrt -b 0 %s --socket %s run --on n3 -- sh -c 'pwd; umask; ulimit -Sn; ulimit -Hn; echo $GREETING; cat /proc/self/timerslack_ns; cut -d" " -f19 /proc/self/stat; ionice -p $$; chrt -p $$ | head -1 | grep -o "SCHED_[A-Z]*"'`, dir, bin, n1))
 		out, err := cmd.Output()
 		// The timer slack too: the daemons run with one of their own
 		// (internal/timerslack), their programs with the one the daemons
@@ -166,7 +166,7 @@ func TestRun(t *testing.T) {
 		slack, _ := os.ReadFile("/proc/self/timerslack_ns")
 		// A soft open-file limit under the hard one, as shells have: the
 		// client, a Go program, runs with its own raised (internal/nofile).
-		if want := fmt.Sprintf("%s\n0027\n321\n400\nhi\n%s5\nidle\n", dir, slack); err != nil || string(out) != want {
+		if want := fmt.Sprintf("%s\n0027\n321\n400\nhi\n%s5\nidle\nSCHED_BATCH\n", dir, slack); err != nil || string(out) != want {
 			t.Fatalf("got %q (%v), want %q", out, err, want)
 		}
 		if d, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", c.Node("n3").PID())); err != nil || string(d) != "1000000\n" {

@@ -703,8 +703,9 @@ func waitFor(t *testing.T, pid int) syscall.WaitStatus {
 // Signals waiting while blocked (for a thread, for the process, queued
 // real-time ones with their values) and POSIX timers (signalling the
 // process, a thread, or no one) are all there after a move.
-// threadNices lists a process's threads' nice values and I/O priorities
-// (as nice*100000 + ioprio), the main thread's first, the others' in order.
+// threadNices lists a process's threads' scheduling policies, nice values
+// and I/O priorities (as policy*10^7 + (20-nice)*10^5 + ioprio), the main
+// thread's first, the others' in order.
 func threadNices(t *testing.T, pid int) []int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -723,7 +724,11 @@ func threadNices(t *testing.T, pid int) []int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := (20-prio)*100000 + int(io)
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := int(attr.Policy)*10000000 + (20-prio)*100000 + int(io)
 		if tid == pid {
 			main = append(main, v)
 		} else {
@@ -734,9 +739,9 @@ func threadNices(t *testing.T, pid int) []int {
 	return append(main, others...)
 }
 
-// Every thread keeps its nice value and I/O priority: the main thread 7
-// and idle, the others 3, 4, ... and best effort 3, 4, ... as set before
-// the checkpoint.
+// Every thread keeps its nice value, I/O priority and scheduling policy:
+// the main thread 7, idle I/O and SCHED_IDLE, the others 3, 4, ..., best
+// effort 3, 4, ... and SCHED_BATCH, as set before the checkpoint.
 func TestMoveKeepsPriorities(t *testing.T) {
 	needRoot(t)
 	var want []int
@@ -757,6 +762,14 @@ func TestMoveKeepsPriorities(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := ioprio.Set(tid, io); err != nil {
+				t.Fatal(err)
+			}
+			policy := uint32(unix.SCHED_BATCH) // and the main thread idle
+			if tid == pid {
+				policy = unix.SCHED_IDLE
+			}
+			attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: policy, Nice: int32(n)}
+			if err := unix.SchedSetAttr(tid, &attr, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -781,10 +794,12 @@ func TestRaisedPrioritiesOnlyForRoot(t *testing.T) {
 		uid  uint32
 		want []Thread
 	}{
-		{0, []Thread{{Nice: -4, IOPrio: rt}, {Nice: 3, IOPrio: idle}, {Nice: -20}}},
-		{1000, []Thread{{Nice: 0, IOPrio: be}, {Nice: 3, IOPrio: idle}, {Nice: 0}}},
+		{0, []Thread{{Nice: -4, IOPrio: rt, SchedPolicy: unix.SCHED_FIFO, SchedPriority: 5}, {Nice: 3, IOPrio: idle, SchedPolicy: unix.SCHED_IDLE}, {Nice: -20}}},
+		{1000, []Thread{{Nice: 0, IOPrio: be}, {Nice: 3, IOPrio: idle, SchedPolicy: unix.SCHED_IDLE}, {Nice: 0}}},
 	} {
-		img := &Image{UID: c.uid, Threads: []Thread{{Nice: -4, IOPrio: rt}, {Nice: 3, IOPrio: idle}, {Nice: -20}}}
+		img := &Image{UID: c.uid, Threads: []Thread{
+			{Nice: -4, IOPrio: rt, SchedPolicy: unix.SCHED_FIFO, SchedPriority: 5}, {Nice: 3, IOPrio: idle, SchedPolicy: unix.SCHED_IDLE}, {Nice: -20},
+		}}
 		limitPriorities(img)
 		if !reflect.DeepEqual(img.Threads, c.want) {
 			t.Errorf("uid %d: %+v, want %+v", c.uid, img.Threads, c.want)

@@ -386,6 +386,13 @@ func dumpThread(tid int, status procStatus) (Thread, error) {
 		return t, err
 	}
 	t.IOPrio = int(io)
+	attr, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return t, fmt.Errorf("read the scheduling policy of thread %d: %w", tid, err)
+	}
+	if attr.Policy != unix.SCHED_DEADLINE {
+		t.SchedPolicy, t.SchedPriority = int(attr.Policy), int(attr.Priority)
+	}
 	return t, nil
 }
 

@@ -126,9 +126,12 @@ type Thread struct {
 	TidAddress uint64 // set_tid_address
 	RobustList uint64
 	RobustLen  uint64
-	Nice       int       // the thread's nice value (-20 to 19); an image without it has 0
-	IOPrio     int       // its I/O priority (internal/ioprio; 0: none set)
-	AltStack   [3]uint64 // ss_sp, ss_flags, ss_size
+	Nice       int // the thread's nice value (-20 to 19); an image without it has 0
+	IOPrio     int // its I/O priority (internal/ioprio; 0: none set)
+	// SchedPolicy and SchedPriority: its scheduling policy (0:
+	// SCHED_OTHER) and realtime priority; SCHED_DEADLINE is not carried.
+	SchedPolicy, SchedPriority int
+	AltStack                   [3]uint64 // ss_sp, ss_flags, ss_size
 	// Pending are the signals queued for this thread alone, the one being
 	// delivered when it stopped first; raw siginfo, 128 bytes each.
 	Pending [][]byte

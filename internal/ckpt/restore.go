@@ -719,7 +719,8 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 }
 
 // limitPriorities keeps a negative nice value (more than the default
-// share of the CPU) and the realtime I/O class for root's processes only:
+// share of the CPU), the realtime I/O class and the realtime scheduling
+// policies for root's processes only:
 // an image from a file is its user's to write. (A user's process that root
 // gave either loses it on a move.)
 func limitPriorities(img *Image) {
@@ -728,16 +729,26 @@ func limitPriorities(img *Image) {
 		if img.UID != 0 {
 			t.Nice = max(t.Nice, 0)
 			t.IOPrio = int(ioprio.ForUser(ioprio.Prio(t.IOPrio)))
+			if t.SchedPolicy != unix.SCHED_BATCH && t.SchedPolicy != unix.SCHED_IDLE {
+				t.SchedPolicy, t.SchedPriority = 0, 0 // the realtime ones are root's
+			}
 		}
 	}
 }
 
-// setPriorities gives a restored thread its nice value and I/O priority.
-// The restorer runs as root and may raise a priority, but only gives back
-// one the thread had.
+// setPriorities gives a restored thread its nice value, scheduling policy
+// and I/O priority. The restorer runs as root and may raise a priority,
+// but only gives back one the thread had.
 func setPriorities(tid int, t Thread) error {
-	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, min(max(t.Nice, -20), 19)); err != nil {
+	nice := min(max(t.Nice, -20), 19)
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil {
 		return fmt.Errorf("set the nice value of thread %d to %d: %w", tid, t.Nice, err)
+	}
+	if t.SchedPolicy != 0 {
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: uint32(t.SchedPolicy), Nice: int32(nice), Priority: uint32(t.SchedPriority)}
+		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil {
+			return fmt.Errorf("set the scheduling policy of thread %d to %d: %w", tid, t.SchedPolicy, err)
+		}
 	}
 	if p := ioprio.Prio(t.IOPrio); p.Valid() {
 		return ioprio.Set(tid, p)

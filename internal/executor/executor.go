@@ -283,7 +283,7 @@ func (e *Executor) serveStart(from string, s ServerStream, out *sender, st *peer
 	took.mark("namespace")
 	spec := spawn.Spec{
 		Argv: st.Argv, Env: st.Env, Dir: st.Cwd, UID: st.Uid, GID: st.Gid, Groups: st.Groups,
-		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), IOPrio: ioprio.Prio(st.Ioprio), Files: std.childFiles(), Terminal: st.Tty != nil,
+		Umask: st.Umask, Rlimits: rlimits(st.Rlimits), Nice: int(st.Nice), IOPrio: ioprio.Prio(st.Ioprio), SchedPolicy: int(st.SchedPolicy), Files: std.childFiles(), Terminal: st.Tty != nil,
 		Namespace: g.ns,
 	}
 	// Its signals ignored as its caller had them (nohup, a background

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/executor"
 	"github.com/mosaic-cluster/mosaic/internal/ioprio"
@@ -260,6 +262,12 @@ func (h *Home) run(ctx context.Context, caller api.Caller, args api.RunArgs, con
 		Id: id, Home: h.cfg.Node, Argv: args.Argv, Env: args.Env, Cwd: args.Cwd,
 		Uid: caller.UID, Gid: gid, Groups: groups, Umask: args.Umask, User: name, Pinned: args.Pin,
 		Nice: int32(niceFor(caller, args.Nice)), NoNewPrivs: args.NoNewPrivs || noNewPrivs(caller.PID),
+	}
+	switch args.SchedPolicy {
+	case 0, unix.SCHED_BATCH, unix.SCHED_IDLE:
+		start.SchedPolicy = int32(args.SchedPolicy)
+	default:
+		return fail(api.StatusMosaicError, "scheduling policy %d is not one a program takes along (only SCHED_BATCH and SCHED_IDLE are)", args.SchedPolicy)
 	}
 	if p := ioprio.Prio(args.IOPrio); !p.Valid() {
 		return fail(api.StatusMosaicError, "I/O priority %#x is none the kernel knows", args.IOPrio)

@@ -771,13 +771,14 @@ type ExecStart struct {
 	Groups        []uint32               `protobuf:"varint,8,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	Umask         uint32                 `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
 	Rlimits       []*Rlimit              `protobuf:"bytes,10,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	Tty           *Tty                   `protobuf:"bytes,11,opt,name=tty,proto3" json:"tty,omitempty"`                                    // set: run on a pseudo-terminal with these modes
-	User          string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`                                  // the user's name, for listings
-	Pinned        bool                   `protobuf:"varint,13,opt,name=pinned,proto3" json:"pinned,omitempty"`                             // the user opted out of automatic migration (mosaic run --pin)
-	Nice          int32                  `protobuf:"zigzag32,14,opt,name=nice,proto3" json:"nice,omitempty"`                               // the caller's nice value; negative only for root
-	Ignored       []int32                `protobuf:"varint,15,rep,packed,name=ignored,proto3" json:"ignored,omitempty"`                    // signals the program starts with ignored (as the caller had them)
-	Ioprio        int32                  `protobuf:"varint,16,opt,name=ioprio,proto3" json:"ioprio,omitempty"`                             // the caller's I/O priority (ioprio_get); realtime only for root
-	NoNewPrivs    bool                   `protobuf:"varint,17,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"` // the caller may not gain privileges by exec, nor may the program
+	Tty           *Tty                   `protobuf:"bytes,11,opt,name=tty,proto3" json:"tty,omitempty"`                                     // set: run on a pseudo-terminal with these modes
+	User          string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`                                   // the user's name, for listings
+	Pinned        bool                   `protobuf:"varint,13,opt,name=pinned,proto3" json:"pinned,omitempty"`                              // the user opted out of automatic migration (mosaic run --pin)
+	Nice          int32                  `protobuf:"zigzag32,14,opt,name=nice,proto3" json:"nice,omitempty"`                                // the caller's nice value; negative only for root
+	Ignored       []int32                `protobuf:"varint,15,rep,packed,name=ignored,proto3" json:"ignored,omitempty"`                     // signals the program starts with ignored (as the caller had them)
+	Ioprio        int32                  `protobuf:"varint,16,opt,name=ioprio,proto3" json:"ioprio,omitempty"`                              // the caller's I/O priority (ioprio_get); realtime only for root
+	NoNewPrivs    bool                   `protobuf:"varint,17,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`  // the caller may not gain privileges by exec, nor may the program
+	SchedPolicy   int32                  `protobuf:"varint,18,opt,name=sched_policy,json=schedPolicy,proto3" json:"sched_policy,omitempty"` // SCHED_BATCH or SCHED_IDLE as the caller had it; 0: the default
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -929,6 +930,13 @@ func (x *ExecStart) GetNoNewPrivs() bool {
 		return x.NoNewPrivs
 	}
 	return false
+}
+
+func (x *ExecStart) GetSchedPolicy() int32 {
+	if x != nil {
+		return x.SchedPolicy
+	}
+	return 0
 }
 
 type Rlimit struct {
@@ -3252,7 +3260,7 @@ const file_peer_proto_rawDesc = "" +
 	"targetAddr\x126\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1c.mosaic.peer.v1.MemberUpdateR\aupdates\x120\n" +
 	"\x05loads\x18\a \x03(\v2\x1a.mosaic.peer.v1.LoadReportR\x05loads\x12\x1b\n" +
-	"\tfrom_addr\x18\b \x01(\tR\bfromAddr\"\xa6\x03\n" +
+	"\tfrom_addr\x18\b \x01(\tR\bfromAddr\"\xc9\x03\n" +
 	"\tExecStart\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04home\x18\x02 \x01(\tR\x04home\x12\x12\n" +
@@ -3272,7 +3280,8 @@ const file_peer_proto_rawDesc = "" +
 	"\aignored\x18\x0f \x03(\x05R\aignored\x12\x16\n" +
 	"\x06ioprio\x18\x10 \x01(\x05R\x06ioprio\x12 \n" +
 	"\fno_new_privs\x18\x11 \x01(\bR\n" +
-	"noNewPrivs\"H\n" +
+	"noNewPrivs\x12!\n" +
+	"\fsched_policy\x18\x12 \x01(\x05R\vschedPolicy\"H\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +

@@ -298,6 +298,9 @@ func Gather(argv []string) (runproto.RunArgs, error) {
 	if p, err := ioprio.Get(0); err == nil {
 		a.IOPrio = int(p)
 	}
+	if attr, err := unix.SchedGetAttr(0, 0); err == nil && (attr.Policy == unix.SCHED_BATCH || attr.Policy == unix.SCHED_IDLE) {
+		a.SchedPolicy = int(attr.Policy)
+	}
 	if nnp, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err == nil {
 		a.NoNewPrivs = nnp == 1
 	}

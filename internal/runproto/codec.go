@@ -73,6 +73,10 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		b = append(b, `,"ioprio":`...)
 		b = strconv.AppendInt(b, int64(a.IOPrio), 10)
 	}
+	if a.SchedPolicy != 0 {
+		b = append(b, `,"sched_policy":`...)
+		b = strconv.AppendInt(b, int64(a.SchedPolicy), 10)
+	}
 	if len(a.Ignored) > 0 {
 		b = append(b, `,"ignored":[`...)
 		for i, sig := range a.Ignored {

@@ -16,7 +16,7 @@ func runRequests() []RunArgs {
 		{},
 		{Argv: []string{}, Env: []string{}},
 		{Argv: []string{"/bin/true"}, Env: []string{"PATH=/usr/bin:/bin", "HOME=/root"}, Cwd: "/tmp", Umask: 0o22},
-		{Argv: []string{"nice"}, Cwd: "/", Nice: -20, IOPrio: 3 << 13, Ignored: []int{1}},
+		{Argv: []string{"nice"}, Cwd: "/", Nice: -20, IOPrio: 3 << 13, SchedPolicy: 5, Ignored: []int{1}},
 		{
 			Argv:  []string{"sh", "-c", `echo "a\b" <x> & 'y'` + "\n\t\r\b\f\x00\x1f\x7f"},
 			Env:   []string{"A=\u2028\u2029", "B=\xff\xfe bad \xc3", "C=héllo, 世界 🎉", "D=" + string([]byte{0xed, 0xa0, 0x80})},

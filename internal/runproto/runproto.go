@@ -29,6 +29,9 @@ type RunArgs struct {
 	Rlimits []Rlimit `json:"rlimits,omitempty"`
 	Nice    int      `json:"nice,omitempty"`   // the caller's nice value (-20 to 19)
 	IOPrio  int      `json:"ioprio,omitempty"` // the caller's I/O priority (internal/ioprio; 0: none set)
+	// SchedPolicy is the caller's scheduling policy when it is one of
+	// the two any user may take, SCHED_BATCH or SCHED_IDLE (chrt -b, -i).
+	SchedPolicy int `json:"sched_policy,omitempty"`
 	// Ignored are the signals the caller was started with ignored (of
 	// SIGHUP and SIGINT, the ones a Go client can tell).
 	Ignored []int `json:"ignored,omitempty"`

@@ -53,6 +53,11 @@ type Spec struct {
 	// priority (0: none set), from its first instruction.
 	Nice   int
 	IOPrio ioprio.Prio
+	// SchedPolicy, if not 0, is the program's scheduling policy
+	// (SCHED_BATCH, SCHED_IDLE), set while it is stopped at its exec:
+	// not on this thread around the fork, which an idle policy could
+	// starve on a busy node.
+	SchedPolicy int
 	// NoNewPrivs: the caller may not gain privileges by exec, nor may its
 	// program: a set-user-ID or set-group-ID program, or one with file
 	// capabilities, is refused (it is exec'd before AtExec can set the
@@ -356,13 +361,13 @@ func (s *Spawner) Close() {
 
 func (s *Spawner) start(spec Spec) (*os.Process, error) {
 	limits := changedLimits(spec.Rlimits)
-	stop := len(limits) > 0 || spec.AtExec != nil
+	stop := len(limits) > 0 || spec.AtExec != nil || spec.SchedPolicy != 0
 	p, err := s.startProcess(spec, stop)
 	if err != nil {
 		return nil, err
 	}
 	if stop {
-		if err := atExec(p.Pid, spec.UID, spec.GID, limits, spec.AtExec); err != nil {
+		if err := atExec(p.Pid, spec.UID, spec.GID, limits, spec.SchedPolicy, spec.AtExec); err != nil {
 			p.Kill()
 			var ws syscall.WaitStatus
 			syscall.Wait4(p.Pid, &ws, 0, nil)
@@ -524,7 +529,7 @@ func inheritedLimit(resource int) (unix.Rlimit, error) {
 // user and group IDs are the target's. So the thread (only this thread:
 // raw setresuid/setresgid, not Go's process-wide wrappers) takes the user's
 // real IDs for the call, keeping its effective root, and gives them back.
-func atExec(pid int, uid, gid uint32, limits []Rlimit, fn func(pid int) error) error {
+func atExec(pid int, uid, gid uint32, limits []Rlimit, policy int, fn func(pid int) error) error {
 	var ws syscall.WaitStatus
 	if _, err := syscall.Wait4(pid, &ws, syscall.WALL, nil); err != nil {
 		return fmt.Errorf("wait for the new process to stop at exec: %w", err)
@@ -536,6 +541,9 @@ func atExec(pid int, uid, gid uint32, limits []Rlimit, fn func(pid int) error) e
 	if len(limits) > 0 {
 		errs = append(errs, SetLimits(pid, uid, gid, limits))
 	}
+	if policy != 0 {
+		errs = append(errs, setSchedPolicy(pid, policy))
+	}
 	if fn != nil {
 		errs = append(errs, fn(pid))
 	}
@@ -543,6 +551,20 @@ func atExec(pid int, uid, gid uint32, limits []Rlimit, fn func(pid int) error) e
 		errs = append(errs, fmt.Errorf("let the new process run: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// setSchedPolicy gives a process a scheduling policy, keeping its nice
+// value (sched_setattr sets both).
+func setSchedPolicy(pid, policy int) error {
+	attr, err := unix.SchedGetAttr(pid, 0)
+	if err == nil {
+		attr.Policy, attr.Priority = uint32(policy), 0
+		err = unix.SchedSetAttr(pid, attr, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("scheduling policy %d: %w", policy, err)
+	}
+	return nil
 }
 
 // SetLimits sets resource limits of a process of user uid (see

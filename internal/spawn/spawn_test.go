@@ -506,8 +506,9 @@ func TestOpenFileLimitAsChildrenInheritIt(t *testing.T) {
 	}
 }
 
-// A program starts with the nice value and I/O priority asked for, and
-// the next one, which asks for none, with the defaults again.
+// A program starts with the nice value, I/O priority and scheduling
+// policy asked for, and the next one, which asks for none, with the
+// defaults again.
 func TestStartsWithThePriorities(t *testing.T) {
 	needRoot(t)
 	s, err := New(nil, 0)
@@ -519,18 +520,18 @@ func TestStartsWithThePriorities(t *testing.T) {
 		t.Skip("no ionice (util-linux) here")
 	}
 	for _, c := range []struct {
-		nice int
-		io   ioprio.Prio
-		want string
+		nice, policy int
+		io           ioprio.Prio
+		want         string
 	}{
-		{6, ioprio.Make(ioprio.ClassIdle, 0), "6\nidle\n"},
-		{-3, ioprio.Make(ioprio.ClassBestEffort, 5), "-3\nbest-effort: prio 5\n"},
-		{0, 0, "0\nnone: prio 0\n"},
+		{6, unix.SCHED_IDLE, ioprio.Make(ioprio.ClassIdle, 0), "6\nidle\nSCHED_IDLE\n"},
+		{-3, unix.SCHED_BATCH, ioprio.Make(ioprio.ClassBestEffort, 5), "-3\nbest-effort: prio 5\nSCHED_BATCH\n"},
+		{0, 0, 0, "0\nnone: prio 0\nSCHED_OTHER\n"},
 	} {
-		out, ws := run(t, s, Spec{Argv: []string{"sh", "-c", `cut -d " " -f 19 /proc/self/stat; ionice -p $$`}, Env: []string{"PATH=/bin:/usr/bin"},
-			Dir: "/", UID: 65534, GID: 65534, Nice: c.nice, IOPrio: c.io})
+		out, ws := run(t, s, Spec{Argv: []string{"sh", "-c", `cut -d " " -f 19 /proc/self/stat; ionice -p $$; chrt -p $$ | head -1 | grep -o "SCHED_[A-Z]*"`},
+			Env: []string{"PATH=/bin:/usr/bin"}, Dir: "/", UID: 65534, GID: 65534, Nice: c.nice, IOPrio: c.io, SchedPolicy: c.policy})
 		if out != c.want || ws.ExitStatus() != 0 {
-			t.Fatalf("nice %d, I/O priority %#x: the program says %q (%v), want %q", c.nice, int(c.io), out, ws, c.want)
+			t.Fatalf("nice %d, I/O priority %#x, policy %d: the program says %q (%v), want %q", c.nice, int(c.io), c.policy, out, ws, c.want)
 		}
 	}
 }
