@@ -272,7 +272,16 @@ func (m *corpusMoves) run(stderr *syncBuffer, started <-chan struct{}, stdin io.
 		}
 		// Fed programs move while they wait for their next line.
 		time.Sleep(m.delays[i])
-		if _, err := migrate(t, m.sock, nil, id, to); err != nil {
+		_, err := migrate(t, m.sock, nil, id, to)
+		// A move refused for a file the program holds for a moment (sqlite3's
+		// journal, deleted at each commit) is right to be refused; the next
+		// moment it is not held.
+		for try := 0; err != nil && strings.Contains(err.Error(), "cannot move: it holds descriptor") && try < 5; try++ {
+			t.Logf("move %d to %s refused (%v); again", i+1, to, err)
+			time.Sleep(50 * time.Millisecond)
+			_, err = migrate(t, m.sock, nil, id, to)
+		}
+		if err != nil {
 			if strings.Contains(err.Error(), "exited") || strings.Contains(err.Error(), "no process") {
 				return // ended first: the caller says so
 			}
