@@ -22,6 +22,17 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/pty"
 )
 
+// newSpawner starts a Spawner for the test, closed when it ends.
+func newSpawner(t *testing.T) *Spawner {
+	t.Helper()
+	s, err := New(nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -62,11 +73,7 @@ func run(t *testing.T, s *Spawner, spec Spec) (string, syscall.WaitStatus) {
 
 func TestStartAsUserWithLimitsAndUmask(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	dir, err := os.MkdirTemp("", "mosaic-spawn-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -91,11 +98,7 @@ func TestStartAsUserWithLimitsAndUmask(t *testing.T) {
 
 func TestStartFailures(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	dir := t.TempDir()
 	notExec := filepath.Join(dir, "data")
 	os.WriteFile(notExec, []byte("x"), 0o644)
@@ -150,11 +153,7 @@ func TestStartsInTheThreadsCgroup(t *testing.T) {
 
 func TestTerminal(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	m, sl, err := pty.Open(65534, 65534)
 	if err != nil {
 		t.Fatal(err)
@@ -254,11 +253,7 @@ func TestMain(m *testing.M) {
 // node's own /proc and mounts are untouched.
 func TestNamespace(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	mountsBefore, _ := os.ReadFile("/proc/self/mountinfo")
 	ns, err := s.NewNamespace()
 	if err != nil {
@@ -511,11 +506,7 @@ func TestOpenFileLimitAsChildrenInheritIt(t *testing.T) {
 // defaults again.
 func TestStartsWithThePriorities(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	if _, err := exec.LookPath("ionice"); err != nil {
 		t.Skip("no ionice (util-linux) here")
 	}
@@ -540,11 +531,7 @@ func TestStartsWithThePriorities(t *testing.T) {
 // refused, and says why; others run.
 func TestNoNewPrivsRefusesSetuidPrograms(t *testing.T) {
 	needRoot(t)
-	s, err := New(nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newSpawner(t)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755) // for the other user to reach it
