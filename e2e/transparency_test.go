@@ -53,6 +53,7 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "C: blocked in read, fed between moves", argv: []string{progs["reader"]}, feed: []string{"one\n", "two two\n", "three three three\n", "four\n"}},
 		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
 		{name: "python3 with threads", argv: []string{python, "-c", pythonThreads}},
+		{name: "python3 with a temporary file, a memory file and a copy of its output", argv: []string{python, "-c", pythonGhosts}},
 		{name: "python3 blocked reading its input", argv: []string{python, "-u", "-c", "import sys\nfor l in sys.stdin:\n    print(l.strip().upper(), len(l))"},
 			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
 		{name: "perl", argv: []string{"perl", "-e", perlLoop}},
@@ -273,9 +274,9 @@ func (m *corpusMoves) run(stderr *syncBuffer, started <-chan struct{}, stdin io.
 		// Fed programs move while they wait for their next line.
 		time.Sleep(m.delays[i])
 		_, err := migrate(t, m.sock, nil, id, to)
-		// A move refused for a file the program holds for a moment (sqlite3's
-		// journal, deleted at each commit) is right to be refused; the next
-		// moment it is not held.
+		// A move refused for a descriptor the program holds for a moment
+		// (one that cannot move) is right to be refused; the next moment it
+		// is not held.
 		for try := 0; err != nil && strings.Contains(err.Error(), "cannot move: it holds descriptor") && try < 5; try++ {
 			t.Logf("move %d to %s refused (%v); again", i+1, to, err)
 			time.Sleep(50 * time.Millisecond)
@@ -362,6 +363,30 @@ while found < 80000:
             print(found, n, flush=True)
     n += 1
 print("last", last)
+`
+
+// pythonGhosts writes, by turns, through a temporary file (O_TMPFILE: in
+// no directory) and a dup of it (one offset between them), into a memory
+// file, and prints through a dup of its output; at the end it reads both
+// files back.
+const pythonGhosts = `
+import hashlib, os, tempfile, time
+t = tempfile.TemporaryFile()
+d = os.dup(t.fileno())
+m = os.memfd_create("corpus")
+out = os.dup(1)
+for i in range(400):
+    line = ("line %d %s\n" % (i, "x" * (i % 50))).encode()
+    os.write(t.fileno() if i % 2 else d, line)
+    os.write(m, line)
+    if i % 20 == 0:
+        os.write(out, b"%d\n" % i)
+    time.sleep(0.01)
+os.lseek(d, 0, os.SEEK_SET)
+a = os.read(t.fileno(), 1 << 20)
+os.lseek(m, 0, os.SEEK_SET)
+b = os.read(m, 1 << 20)
+print(len(a), hashlib.sha256(a).hexdigest(), a == b, os.lseek(t.fileno(), 0, os.SEEK_CUR))
 `
 
 const pythonThreads = `

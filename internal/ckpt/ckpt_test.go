@@ -182,7 +182,7 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	decided := make(chan bool)
+	decided := make(chan bool, 1) // not waited for if the checkpoint fails
 	dumped := make(chan error, 1)
 	killed := make(chan struct{})
 	go func() {
@@ -212,9 +212,9 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 	}()
 	d, derr := NewDecoder(pr)
 	if derr != nil {
-		<-dumped
+		cerr := <-dumped
 		decided <- false
-		t.Fatalf("NewDecoder: %v", derr)
+		t.Fatalf("NewDecoder: %v (the checkpoint: %v)", derr, cerr)
 	}
 	img := d.Image()
 	var restored *Restored
@@ -228,12 +228,12 @@ func (m move) run(t *testing.T) (string, syscall.WaitStatus, *Image) {
 			m.check(t, prepared, img)
 		}
 	} else {
-		stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
+		stub, serr := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{
 			Files: []*os.File{stdin, w, os.Stderr},
 			Sys:   &syscall.SysProcAttr{Ptrace: true},
 		})
-		if err != nil {
-			t.Fatalf("start the stub: %v", err)
+		if serr != nil {
+			t.Fatalf("start the stub: %v", serr)
 		}
 		w.Close()
 		stubPid = stub.Pid
@@ -622,7 +622,7 @@ func TestMoveKeepsIDs(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer pr.Close()
-			decided := make(chan bool)
+			decided := make(chan bool, 1) // not waited for if the checkpoint fails
 			dumped := make(chan error, 1)
 			go func() {
 				runtime.LockOSThread()
@@ -1004,6 +1004,35 @@ func TestMoveDirectory(t *testing.T) {
 	checkMove(t, "dirs", 8, "30", dir)
 }
 
+// Files in no directory (deleted while open, made with O_TMPFILE, memory
+// files) come back with their content, holes, modes and seals, and a
+// descriptor that shared an open file with another (dup) shares it again:
+// one offset between them, the standard output's copy still the output.
+func TestMoveGhostFiles(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"ghosts", "ghosts-static"} {
+		t.Run(variant, func(t *testing.T) {
+			argv := []string{programs[variant], "40", t.TempDir()}
+			want := reference(t, argv...)
+			got, ws, img := move{argv: argv, before: 10}.run(t)
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+			kinds := map[string]int{}
+			for _, f := range img.Files {
+				kinds[f.Kind]++
+			}
+			// del and again, tmp; mem; dup1 and out.
+			if kinds[FileDeleted] != 3 || kinds[FileMemfd] != 1 || kinds[FileDup] != 2 {
+				t.Fatalf("the image's descriptors are %v, want 3 deleted, 1 memfd, 2 dup", kinds)
+			}
+		})
+	}
+}
+
 // What cannot move is refused, with the reason in words, and the process
 // goes on untouched.
 // seccompAllowAll is Python that puts the process under a seccomp filter
@@ -1023,6 +1052,9 @@ func TestPinned(t *testing.T) {
 		{"pipe", "import os; r, w = os.pipe()", "a pipe"},
 		{"flock", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.flock(f, fcntl.LOCK_EX)", "flock lock"},
 		{"seccomp", seccompAllowAll, "seccomp filter"},
+		{"deleted file with another name", "import os; f = open('" + lockFile + ".1', 'w'); os.link(f.name, f.name + '.2'); os.unlink(f.name)", "lives on under another"},
+		{"deleted file mapped shared", "import os, mmap; f = open('" + lockFile + ".3', 'w+b'); f.write(b'x' * 4096); f.flush(); m = mmap.mmap(f.fileno(), 4096); os.unlink(f.name)", "maps shared"},
+		{"deleted files too large", "import tempfile; f = tempfile.TemporaryFile(); f.write(b'x' * (65 << 20)); f.flush()", "more than the 64 MiB"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")

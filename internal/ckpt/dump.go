@@ -201,7 +201,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := checkChildren(pid); err != nil {
 		return nil, nil, err
 	}
-	files, locks, err := dumpFiles(pid)
+	files, locks, err := dumpFiles(pid, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -563,6 +563,6 @@ func Movable(pid int) error {
 			return err
 		}
 	}
-	_, _, err := dumpFiles(pid)
+	_, _, err := dumpFiles(pid, false)
 	return err
 }

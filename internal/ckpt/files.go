@@ -1,8 +1,11 @@
 package ckpt
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -21,9 +24,19 @@ type PinnedError struct{ Reason string }
 
 func (e *PinnedError) Error() string { return "the process cannot move: " + e.Reason }
 
+// ghostLimit bounds the content of deleted and memory files a process
+// carries (CRIU's "ghost files" stop at 1 MiB each by default): it
+// travels in the image's header, which each end holds in memory whole.
+const ghostLimit = 64 << 20
+
+// fileID is an inode: descriptors that share an open file share one.
+type fileID struct{ dev, ino uint64 }
+
 // dumpFiles lists the process's open descriptors and the file locks it
-// holds through them, or why it cannot move with them.
-func dumpFiles(pid int) ([]File, []Lock, error) {
+// holds through them, or why it cannot move with them. With content, a
+// deleted or memory file's data is read into the image; without, only
+// what could pin the process is looked at (Movable).
+func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list open descriptors: %w", err)
@@ -31,41 +44,212 @@ func dumpFiles(pid int) ([]File, []Lock, error) {
 	var out []File
 	var locks []Lock
 	var cannot []string
+	byID := map[fileID][]int{} // the descriptors in out, by inode
+	var ghostBytes int64
+	var sharedMaps map[fileID]bool
 	for _, f := range fds {
 		ls, err := parseLocks(pid, f.Fd, f.Locks)
 		if err != nil {
 			return nil, nil, err
 		}
 		locks = append(locks, ls...)
-		if strings.HasPrefix(f.Link, "/") && !strings.HasSuffix(f.Link, " (deleted)") {
-			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
-				out = append(out, File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
+		var st unix.Stat_t
+		var id fileID
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, f.Fd), &st); err == nil {
+			id = fileID{st.Dev, st.Ino}
+			// A descriptor that shares an open file with one before it
+			// (dup) is made again the same way, whatever the file: a
+			// program's copy of its standard output stays its output.
+			if to, err := sharedOpenFile(pid, f.Fd, byID[id]); err != nil {
+				return nil, nil, err
+			} else if to >= 0 {
+				out = append(out, File{Fd: f.Fd, Kind: FileDup, Dup: to + 1, Flags: f.Flags})
 				continue
+			}
+		}
+		var file *File
+		deleted := strings.HasSuffix(f.Link, " (deleted)")
+		switch {
+		case strings.HasPrefix(f.Link, "/") && !deleted:
+			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
+				file = &File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos}
 			} else if err == nil && st.IsDir() {
 				// Programs hold directories to fsync them (sqlite3 does, at
 				// every commit), to walk them, or for the *at calls. Its
 				// position is the file system's cookie, which the same
 				// directory takes back.
-				out = append(out, File{Fd: f.Fd, Kind: FileDirectory, Path: f.Link, Flags: f.Flags, Pos: f.Pos})
+				file = &File{Fd: f.Fd, Kind: FileDirectory, Path: f.Link, Flags: f.Flags, Pos: f.Pos}
+			} else if statelessDevices[f.Link] {
+				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
+			}
+		case strings.HasPrefix(f.Link, "/") && deleted && id != (fileID{}) && st.Mode&unix.S_IFMT == unix.S_IFREG:
+			g, why := ghostFile(pid, f, &st, byID[id])
+			if why != "" {
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, why))
 				continue
 			}
-			if statelessDevices[f.Link] {
-				out = append(out, File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags})
+			if sharedMaps == nil {
+				if sharedMaps, err = sharedMappedFiles(pid); err != nil {
+					return nil, nil, err
+				}
+			}
+			if sharedMaps[id] {
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s, which it also maps shared: the two would part)", f.Fd, describeLink(f.Link)))
 				continue
 			}
+			if g.Same == 0 {
+				ghostBytes += min(st.Blocks*512, st.Size)
+				if ghostBytes > ghostLimit {
+					cannot = append(cannot, fmt.Sprintf("descriptor %d (%s, and with it %d MiB of deleted or memory files, more than the %d MiB a move carries)",
+						f.Fd, describeLink(f.Link), ghostBytes>>20, ghostLimit>>20))
+					continue
+				}
+				if content {
+					if g.Extents, err = readExtents(pid, f.Fd, st.Size); err != nil {
+						return nil, nil, fmt.Errorf("read the content of %s (descriptor %d): %w", describeLink(f.Link), f.Fd, err)
+					}
+				}
+			}
+			file = g
 		}
-		if f.Fd <= 2 {
+		if file == nil && f.Fd <= 2 {
 			// Its pipe or terminal to its home (or whatever the node that
 			// restores it gives in their place).
-			out = append(out, File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags})
+			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags}
+		}
+		if file == nil {
+			cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, describeLink(f.Link)))
 			continue
 		}
-		cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, describeLink(f.Link)))
+		if id != (fileID{}) {
+			byID[id] = append(byID[id], f.Fd)
+		}
+		out = append(out, *file)
 	}
 	if len(cannot) > 0 {
 		return nil, nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
 	}
 	return out, locks, nil
+}
+
+// kcmpFile is KCMP_FILE: do two descriptors name one open file?
+const kcmpFile = 0
+
+// sharedOpenFile returns which of the descriptors earlier (of fd's inode)
+// fd shares its open file with, or -1. kcmp(2) tells, as nothing in /proc
+// does. A kernel without it (CONFIG_KCMP) cannot tell: then each is
+// opened on its own, as before mosaic knew of shared ones.
+func sharedOpenFile(pid, fd int, earlier []int) (int, error) {
+	for _, e := range earlier {
+		r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpFile, uintptr(e), uintptr(fd), 0)
+		switch {
+		case errno == unix.ENOSYS || errno == unix.EBADF: // no kcmp; or closed meanwhile (Movable looks at a running process)
+			return -1, nil
+		case errno != 0:
+			return -1, fmt.Errorf("compare descriptors %d and %d of process %d (kcmp): %w", e, fd, pid, errno)
+		case r == 0:
+			return e, nil
+		}
+	}
+	return -1, nil
+}
+
+// ghostFile describes a deleted regular file or a memory file open at f,
+// or says why it cannot move. same are the descriptors before it that
+// hold the same file (opened again, not shared): the first of them has
+// the content.
+func ghostFile(pid int, f fdEntry, st *unix.Stat_t, same []int) (*File, string) {
+	name := strings.TrimSuffix(f.Link, " (deleted)")
+	g := &File{Fd: f.Fd, Flags: f.Flags, Pos: f.Pos}
+	proc := fmt.Sprintf("/proc/%d/fd/%d", pid, f.Fd)
+	if mname, ok := strings.CutPrefix(name, "/memfd:"); ok {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(proc, &fs); err == nil && fs.Type == unix.HUGETLBFS_MAGIC {
+			return nil, "a memory file of huge pages, " + mname
+		}
+		g.Kind, g.Path = FileMemfd, mname
+	} else {
+		if st.Nlink > 0 {
+			// Unlinked under the name it was opened by, still linked
+			// under another: a copy would part from that one.
+			return nil, "a file deleted under one name that lives on under another, " + name
+		}
+		g.Kind, g.Path = FileDeleted, name
+	}
+	if len(same) > 0 {
+		g.Same = same[0] + 1
+		return g, ""
+	}
+	g.Mode, g.Size = st.Mode&0o7777, st.Size
+	if g.Kind == FileMemfd {
+		fd, err := unix.Open(proc, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Sprintf("a memory file, %s, that cannot be read (%v)", g.Path, err)
+		}
+		seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+		unix.Close(fd)
+		if err != nil {
+			return nil, fmt.Sprintf("a memory file, %s, whose seals cannot be read (%v)", g.Path, err)
+		}
+		g.Seals = seals
+	}
+	return g, ""
+}
+
+// sharedMappedFiles are the files process pid maps shared.
+func sharedMappedFiles(pid int) (map[fileID]bool, error) {
+	vs, err := readMaps(pid)
+	if err != nil {
+		return nil, fmt.Errorf("read the mappings of %d: %w", pid, err)
+	}
+	out := map[fileID]bool{}
+	for _, v := range vs {
+		var major, minor uint32
+		if !v.Shared || v.Inode == 0 {
+			continue
+		}
+		if _, err := fmt.Sscanf(v.Dev, "%x:%x", &major, &minor); err != nil {
+			continue
+		}
+		out[fileID{unix.Mkdev(major, minor), v.Inode}] = true
+	}
+	return out, nil
+}
+
+// readExtents reads the data of descriptor fd of process pid, a file of
+// size bytes, skipping its holes.
+func readExtents(pid, fd int, size int64) ([]Extent, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	raw := int(f.Fd())
+	var out []Extent
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(raw, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // nothing but a hole from off on
+		} else if err != nil {
+			data = off // a file system that cannot tell: all of it
+		}
+		hole, err := unix.Seek(raw, data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		hole = min(hole, size)
+		if hole <= data {
+			break
+		}
+		b := make([]byte, hole-data)
+		n, err := f.ReadAt(b, data)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		out = append(out, Extent{Off: data, Data: b[:n]})
+		off = hole
+	}
+	return out, nil
 }
 
 // statelessDevices are the devices every node has and that keep no state
@@ -94,26 +278,43 @@ func describeLink(l string) string {
 }
 
 // restoreFiles reopens the image's files, directories and devices at
-// their descriptors, and closes the standard ones the process had closed
-// (the stub was given all three).
+// their descriptors, makes its deleted and memory files anew with their
+// content, shares open files between descriptors that shared them, and
+// closes the standard ones the process had closed (the stub was given all
+// three).
 func restoreFiles(r *remote, files []File) error {
 	for fd := range 3 {
 		if !slices.ContainsFunc(files, func(f File) bool { return f.Fd == fd }) {
 			r.call(unix.SYS_CLOSE, uint64(fd))
 		}
 	}
+	var ghosts []File
 	for _, f := range files {
+		var fd uint64
+		var err error
 		switch f.Kind {
 		case FileStdio:
 			continue
+		case FileDup:
+			// Its open file was made at a lower descriptor already.
+			if _, err := r.call(unix.SYS_DUP3, uint64(f.Dup-1), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+				return fmt.Errorf("share descriptor %d's open file at %d: %w", f.Dup-1, f.Fd, err)
+			}
+			continue
 		case FileRegular, FileDevice, FileDirectory:
+			flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
+			if fd, err = r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0); err != nil {
+				return fmt.Errorf("reopen %s as descriptor %d: %w", f.Path, f.Fd, err)
+			}
+		case FileDeleted, FileMemfd:
+			if fd, err = restoreGhost(r, f); err != nil {
+				return err
+			}
+			if f.Same == 0 {
+				ghosts = append(ghosts, f)
+			}
 		default:
 			return fmt.Errorf("descriptor %d is of a kind this mosaic does not know (%q): restore it with the version that made the image", f.Fd, f.Kind)
-		}
-		flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
-		fd, err := r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0)
-		if err != nil {
-			return fmt.Errorf("reopen %s as descriptor %d: %w", f.Path, f.Fd, err)
 		}
 		if int(fd) != f.Fd {
 			if _, err := r.call(unix.SYS_DUP3, fd, uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
@@ -130,5 +331,106 @@ func restoreFiles(r *remote, files []File) error {
 			return fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
 		}
 	}
+	// Permissions and seals last: every descriptor is open by now, as
+	// the process opened them before it took its own rights away.
+	for _, g := range ghosts {
+		// As the process: it may only do to its own file what it could.
+		if _, err := r.call(unix.SYS_FCHMOD, uint64(g.Fd), uint64(g.Mode)); err != nil {
+			return fmt.Errorf("set the permissions of %s: %w", describeGhost(g), err)
+		}
+		if g.Seals != 0 {
+			if _, err := r.call(unix.SYS_FCNTL, uint64(g.Fd), unix.F_ADD_SEALS, uint64(g.Seals)); err != nil {
+				return fmt.Errorf("seal %s: %w", describeGhost(g), err)
+			}
+		}
+	}
 	return nil
+}
+
+// restoreGhost makes a deleted or memory file open at f.Fd anew, in the
+// process (so that it is the process's own, as its user), with its
+// content, and returns a descriptor of it opened with f's flags.
+func restoreGhost(r *remote, f File) (uint64, error) {
+	from := f.Same - 1
+	if f.Same == 0 {
+		tmp, err := makeGhost(r, f)
+		if err != nil {
+			return 0, err
+		}
+		defer r.call(unix.SYS_CLOSE, tmp)
+		if err := fillGhost(r.tid, int(tmp), f); err != nil {
+			return 0, fmt.Errorf("write the content of %s: %w", describeGhost(f), err)
+		}
+		from = int(tmp)
+	}
+	// Opened again through /proc, as the process opened it: its access
+	// mode and status flags, an open file of its own. (O_NOFOLLOW, which
+	// Python's tempfile uses, said how to find the file then; the link in
+	// /proc is one to follow.)
+	flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_TMPFILE | unix.O_NOFOLLOW)
+	fd, err := r.callScratch(unix.SYS_OPENAT, cString(fmt.Sprintf("/proc/self/fd/%d", from)), 0, nil, atFDCWD, r.scratch, uint64(flags), 0)
+	if err != nil {
+		return 0, fmt.Errorf("open %s as descriptor %d: %w", describeGhost(f), f.Fd, err)
+	}
+	return fd, nil
+}
+
+// makeGhost creates the file, empty: a memory file of the same name, or a
+// file in no directory (O_TMPFILE) of the directory the deleted one was
+// in, on the same file system as far as this node's is the same.
+func makeGhost(r *remote, f File) (uint64, error) {
+	if f.Kind == FileMemfd {
+		fd, err := r.callScratch(unix.SYS_MEMFD_CREATE, cString(f.Path), 0, nil, r.scratch, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		if err != nil {
+			return 0, fmt.Errorf("make %s: %w", describeGhost(f), err)
+		}
+		return fd, nil
+	}
+	dir := filepath.Dir(f.Path)
+	fd, err := r.callScratch(unix.SYS_OPENAT, cString(dir), 0, nil, atFDCWD, r.scratch, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return fd, nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, fmt.Errorf("make %s: its directory %s is not on this node", describeGhost(f), dir)
+		}
+		return 0, fmt.Errorf("make %s in %s: %w", describeGhost(f), dir, err)
+	}
+	// A file system without O_TMPFILE: a name of our own, gone at once.
+	name := filepath.Join(dir, fmt.Sprintf(".mosaic-deleted-%d-%d", r.tid, f.Fd))
+	fd, err = r.callScratch(unix.SYS_OPENAT, cString(name), 0, nil, atFDCWD, r.scratch, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("make %s in %s: %w", describeGhost(f), dir, err)
+	}
+	if _, err := r.callScratch(unix.SYS_UNLINKAT, cString(name), 0, nil, atFDCWD, r.scratch, 0); err != nil {
+		r.call(unix.SYS_CLOSE, fd)
+		return 0, fmt.Errorf("remove the name %s it was made under: %w", name, err)
+	}
+	return fd, nil
+}
+
+// fillGhost writes f's content into descriptor fd of process pid.
+func fillGhost(pid, fd int, f File) error {
+	w, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", pid, fd), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := w.Truncate(f.Size); err != nil {
+		return err
+	}
+	for _, e := range f.Extents {
+		if _, err := w.WriteAt(e.Data, e.Off); err != nil {
+			return err
+		}
+	}
+	return w.Close()
+}
+
+func describeGhost(f File) string {
+	if f.Kind == FileMemfd {
+		return "the memory file " + f.Path
+	}
+	return "the deleted file " + f.Path
 }

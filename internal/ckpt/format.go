@@ -42,6 +42,10 @@ const (
 // this much.
 const maxRecord = 8 << 20
 
+// maxHeader bounds the header record, which carries the content of
+// deleted and memory files (up to ghostLimit) besides the rest.
+const maxHeader = maxRecord + ghostLimit
+
 const endSize = 8 + 8 + 4
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -276,7 +280,7 @@ func (d *Decoder) recordInto(dst *[]byte) (byte, []byte, error) {
 		return 0, nil, err
 	}
 	kind, n := hdr[0], binary.LittleEndian.Uint64(hdr[1:])
-	if n > maxRecord {
+	if n > maxRecord && (kind != recHeader || n > maxHeader) {
 		return 0, nil, fmt.Errorf("%w: a record of %d bytes", ErrCorrupt, n)
 	}
 	if uint64(cap(*dst)) < n {

@@ -20,7 +20,11 @@ func sampleImage() *Image {
 		VMAs:    []VMA{{Start: 0x1000, End: 0x3000, Prot: 3, Kind: VMAAnon}},
 		Pages:   []PageRun{{Addr: 0x10000, Data: data}, {Addr: 0x7f0000000000, Data: []byte("tail page")}},
 		Threads: []Thread{{Tid: 42, XState: []byte{1, 2, 3}, Regs: Regs{Rip: 0x401000}}},
-		Files:   []File{{Fd: 3, Kind: FileRegular, Path: "/tmp/f", Pos: 7}},
+		Files: []File{{Fd: 3, Kind: FileRegular, Path: "/tmp/f", Pos: 7},
+			// A deleted file's content travels in the header, which may
+			// then be larger than any other record.
+			{Fd: 4, Kind: FileDeleted, Path: "/tmp/g", Mode: 0o600, Size: 2 * maxRecord, Extents: []Extent{{Off: 5, Data: data[:maxRecord+1]}}},
+			{Fd: 5, Kind: FileDup, Dup: 5}},
 	}
 }
 

@@ -160,15 +160,42 @@ const (
 	FileDirectory = "directory"
 	FileDevice    = "device" // one of statelessDevices, opened again by path
 	FileStdio     = "stdio"  // connected to the home (pipes or terminal)
+	// FileDeleted is a regular file in no directory any more (unlinked
+	// while open, or made with O_TMPFILE), FileMemfd a memory file
+	// (memfd_create): nobody else can open either, so their content
+	// travels in the image (as CRIU's "ghost files").
+	FileDeleted = "deleted"
+	FileMemfd   = "memfd"
+	FileDup     = "dup" // the open file of a lower descriptor (Dup)
 )
 
 // File is an open descriptor.
 type File struct {
 	Fd    int
 	Kind  string
-	Path  string
+	Path  string // for a deleted file, the name it had; for a memory file, its name
 	Flags int
 	Pos   int64
+	// Dup, if not 0, is 1 + the lower descriptor whose open file this one
+	// is (dup, dup2, F_DUPFD): one offset, one set of status flags. The
+	// rest of this File then says nothing more.
+	Dup int
+	// Same, if not 0, is 1 + the lower descriptor holding the same
+	// deleted or memory file, opened again: the content is there.
+	Same int
+	// A deleted or memory file's content, with its first descriptor:
+	// permission bits, size, the parts that hold data (the holes stay
+	// holes), and a memory file's seals (F_GET_SEALS).
+	Mode    uint32
+	Size    int64
+	Extents []Extent
+	Seals   int
+}
+
+// Extent is data in a file, at its offset.
+type Extent struct {
+	Off  int64
+	Data []byte
 }
 
 // ITimer is an interval timer (struct itimerval, in microseconds).
