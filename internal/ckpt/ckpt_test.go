@@ -985,6 +985,51 @@ func TestMoveLocks(t *testing.T) {
 	}
 }
 
+// flock and open-file-description locks move with the open files that
+// hold them: after the move the copy holds them (the original is gone),
+// once each though two descriptors share the flock's open file.
+func TestMoveFlockAndOFDLocks(t *testing.T) {
+	needRoot(t)
+	path := filepath.Join(t.TempDir(), "locked")
+	argv := []string{programs["locker"], path, "40", "all"}
+	want := reference(t, argv...)
+	if !strings.HasSuffix(want, "unlock 0\nunlock flock 0, ofd 0\n") {
+		t.Fatalf("the program alone printed %q", want)
+	}
+	got, ws, _ := move{argv: argv, before: 5, after: func(img *Image) {
+		kinds := map[string]int{}
+		for _, l := range img.Locks {
+			kinds[l.Kind]++
+		}
+		if kinds[LockPOSIX] != 2 || kinds[LockFlock] != 1 || kinds[LockOFD] != 1 {
+			t.Errorf("image locks: %+v", img.Locks)
+		}
+		f, err := os.OpenFile(path+".flock", os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); !errors.Is(err, unix.EWOULDBLOCK) {
+			t.Errorf("after the move a shared flock was %v, want EWOULDBLOCK (the copy holds it)", err)
+		}
+		g, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		fl := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 125, Len: 1}
+		if err := unix.FcntlFlock(g.Fd(), unix.F_OFD_GETLK, &fl); err != nil {
+			t.Fatal(err)
+		}
+		if fl.Type != unix.F_WRLCK || fl.Pid != -1 {
+			t.Errorf("after the move nobody holds the OFD lock: %+v", fl)
+		}
+	}}.run(t)
+	if got != want || !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("after a move: %v\n got %q\nwant %q", ws, got, want)
+	}
+}
+
 // Anonymous memory mapped shared (within the process) comes back with
 // its contents.
 func TestMoveSharedAnonymous(t *testing.T) { checkMove(t, "shmem", 10, "40") }
@@ -1050,7 +1095,7 @@ func TestPinned(t *testing.T) {
 	for _, c := range []struct{ name, code, reason string }{
 		{"socket", "import socket; s = socket.socket()", "a network or local socket"},
 		{"pipe", "import os; r, w = os.pipe()", "a pipe"},
-		{"flock", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.flock(f, fcntl.LOCK_EX)", "flock lock"},
+		{"lease", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)", "lease"},
 		{"seccomp", seccompAllowAll, "seccomp filter"},
 		{"deleted file with another name", "import os; f = open('" + lockFile + ".1', 'w'); os.link(f.name, f.name + '.2'); os.unlink(f.name)", "lives on under another"},
 		{"deleted file mapped shared", "import os, mmap; f = open('" + lockFile + ".3', 'w+b'); f.write(b'x' * 4096); f.flush(); m = mmap.mmap(f.fileno(), 4096); os.unlink(f.name)", "maps shared"},

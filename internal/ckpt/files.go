@@ -48,11 +48,6 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 	var ghostBytes int64
 	var sharedMaps map[fileID]bool
 	for _, f := range fds {
-		ls, err := parseLocks(pid, f.Fd, f.Locks)
-		if err != nil {
-			return nil, nil, err
-		}
-		locks = append(locks, ls...)
 		var st unix.Stat_t
 		var id fileID
 		if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, f.Fd), &st); err == nil {
@@ -63,10 +58,16 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 			if to, err := sharedOpenFile(pid, f.Fd, byID[id]); err != nil {
 				return nil, nil, err
 			} else if to >= 0 {
+				// Its locks are the lower descriptor's, already listed.
 				out = append(out, File{Fd: f.Fd, Kind: FileDup, Dup: to + 1, Flags: f.Flags})
 				continue
 			}
 		}
+		ls, err := parseLocks(pid, f.Fd, f.Locks)
+		if err != nil {
+			return nil, nil, err
+		}
+		locks = append(locks, ls...)
 		var file *File
 		deleted := strings.HasSuffix(f.Link, " (deleted)")
 		switch {

@@ -12,26 +12,36 @@ import (
 )
 
 // File locks. A process's POSIX record locks (fcntl F_SETLK, as sqlite
-// takes them) belong to the process: the copy restored elsewhere must hold
-// them, and the frozen copy must not, or the restored one would find its
-// own files locked against it. So a freeze lets them go (the process is
-// stopped: nobody notices), the restore takes them again before the
-// process runs (failing, and so leaving the process where it was, if
-// someone else took one meanwhile), and a process that stays takes them
-// back on resume. flock and open-file-description locks belong to open
-// files, which a restore opens anew: a process holding one is pinned.
+// takes them) belong to the process, flock and open-file-description
+// locks (F_OFD_SETLK) to one of its open files: the copy restored
+// elsewhere must hold them, and the frozen copy must not, or the restored
+// one would find its own files locked against it. So a freeze lets them go
+// (the process is stopped: nobody notices), the restore takes them again,
+// on the files it opened anew, before the process runs (failing, and so
+// leaving the process where it was, if someone else took one meanwhile),
+// and a process that stays takes them back on resume.
 
-// Lock is a POSIX record lock a process holds.
+// Lock kinds.
+const (
+	LockPOSIX = ""      // fcntl F_SETLK: the process's
+	LockFlock = "flock" // flock(2): its open file's, the whole file
+	LockOFD   = "ofd"   // fcntl F_OFD_SETLK: its open file's
+)
+
+// Lock is a file lock a process holds.
 type Lock struct {
-	Fd         int   // a descriptor of the file (any will do: the lock is the process's)
-	Write      bool  // F_WRLCK, else F_RDLCK
+	Fd         int // a descriptor of the file (for a POSIX lock, any will do)
+	Kind       string
+	Write      bool  // F_WRLCK (LOCK_EX), else F_RDLCK (LOCK_SH)
 	Start, Len int64 // Len 0: to the end of the file, however long
 }
 
 // parseLocks gives the locks process pid holds through descriptor fd,
-// from its fdinfo's lock lines; a lock of a kind that cannot move pins
-// it. (Not /proc/locks: reading that takes a lock of the whole kernel's
-// that waits for an RCU grace period, ~10 ms.)
+// from its fdinfo's lock lines (which list the locks taken through that
+// open file: a POSIX lock only if the process took it, a flock or OFD
+// lock whoever did); a lock of a kind that cannot move pins it. (Not
+// /proc/locks: reading that takes a lock of the whole kernel's that waits
+// for an RCU grace period, ~10 ms.)
 func parseLocks(pid, fd int, lines []string) ([]Lock, error) {
 	own := strconv.Itoa(pid)
 	var out []Lock
@@ -42,13 +52,18 @@ func parseLocks(pid, fd int, lines []string) ([]Lock, error) {
 			continue
 		}
 		kind, mode, holder := f[1], f[3], f[4]
-		switch {
-		case kind == "FLOCK" || kind == "OFDLCK":
-			return nil, &PinnedError{Reason: fmt.Sprintf("it holds an %s lock on descriptor %d, and such locks do not move yet", strings.ToLower(kind), fd)}
-		case kind != "POSIX" || holder != own:
-			continue
-		}
 		l := Lock{Fd: fd, Write: mode == "WRITE"}
+		switch {
+		case kind == "POSIX" && holder != own:
+			continue
+		case kind == "POSIX":
+		case kind == "FLOCK":
+			l.Kind = LockFlock
+		case kind == "OFDLCK":
+			l.Kind = LockOFD
+		default:
+			return nil, &PinnedError{Reason: fmt.Sprintf("it holds a %s on descriptor %d, which does not move", strings.ToLower(kind), fd)}
+		}
 		var err error
 		if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil {
 			continue
@@ -79,12 +94,27 @@ func lockCalls(ls []Lock, out uint64, unlock bool) ([]sysCall, []byte) {
 		case l.Write:
 			typ = unix.F_WRLCK
 		}
+		if l.Kind == LockFlock {
+			op := uint64(unix.LOCK_SH | unix.LOCK_NB)
+			switch {
+			case unlock:
+				op = unix.LOCK_UN
+			case l.Write:
+				op = unix.LOCK_EX | unix.LOCK_NB
+			}
+			calls = append(calls, sc(unix.SYS_FLOCK, uint64(l.Fd), op))
+			continue
+		}
+		cmd := uint64(unix.F_SETLK)
+		if l.Kind == LockOFD {
+			cmd = unix.F_OFD_SETLK // l_pid stays 0, as it must
+		}
 		fl := data[32*i:]
 		binary.LittleEndian.PutUint16(fl[0:], typ)
 		binary.LittleEndian.PutUint16(fl[2:], 0) // SEEK_SET
 		binary.LittleEndian.PutUint64(fl[8:], uint64(l.Start))
 		binary.LittleEndian.PutUint64(fl[16:], uint64(l.Len))
-		calls = append(calls, sc(unix.SYS_FCNTL, uint64(l.Fd), unix.F_SETLK, out+32*uint64(i)))
+		calls = append(calls, sc(unix.SYS_FCNTL, uint64(l.Fd), cmd, out+32*uint64(i)))
 	}
 	return calls, data
 }
@@ -106,7 +136,7 @@ func setLocks(r *remote, ls []Lock, unlock bool) error {
 		if e == nil {
 			continue
 		}
-		if !unlock && (errors.Is(e, syscall.EAGAIN) || errors.Is(e, syscall.EACCES)) {
+		if !unlock && (errors.Is(e, syscall.EAGAIN) || errors.Is(e, syscall.EACCES)) { // EWOULDBLOCK is EAGAIN
 			return fmt.Errorf("another process locked the file of descriptor %d meanwhile: %w", ls[i].Fd, e)
 		}
 		return fmt.Errorf("file lock on descriptor %d: %w", ls[i].Fd, e)
