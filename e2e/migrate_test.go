@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,6 +39,12 @@ func cPrograms(t *testing.T) map[string]string {
 		}
 		out[name] = path
 	}
+	// And an ordinary Go program, built by the toolchain running the tests.
+	path := filepath.Join(dir, "goprog")
+	if b, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", path, "../internal/ckpt/testdata/goprog").CombinedOutput(); err != nil {
+		t.Fatalf("build the Go test program: %v\n%s", err, b)
+	}
+	out["goprog"] = path
 	return out
 }
 

@@ -50,6 +50,9 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "C: pending signals and POSIX timers", argv: []string{progs["pending"], "150"}},
 		{name: "C: AVX registers", argv: []string{progs["avx"], "150"}},
 		{name: "C: files written at offsets and appended to", argv: []string{progs["files"], "200", "@log", "@data"}},
+		{name: "C: temporary, deleted and memory files, dups", argv: []string{progs["ghosts"], "200", "@dir"}},
+		{name: "C: eventfd, signalfd, timerfd and an epoll set", argv: []string{progs["events"], "200"}},
+		{name: "Go: goroutines, a ticker, the runtime's poller", argv: []string{progs["goprog"], "300"}},
 		{name: "C: blocked in read, fed between moves", argv: []string{progs["reader"]}, feed: []string{"one\n", "two two\n", "three three three\n", "four\n"}},
 		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
 		{name: "python3 with threads", argv: []string{python, "-c", pythonThreads}},
@@ -105,7 +108,7 @@ func TestTransparencyCorpus(t *testing.T) {
 }
 
 // corpusCase is one program of the corpus. In argv and stdin, "@name" is a
-// file of that name made for each run; stdin "@text" (with a space or a
+// file of that name made for each run ("@dir": a directory); stdin "@text" (with a space or a
 // newline) is that text; otherwise stdin is a file's path.
 type corpusCase struct {
 	name   string
@@ -132,9 +135,15 @@ func (tc corpusCase) run(t *testing.T, dir, which string, moves *corpusMoves) co
 	for i, a := range tc.argv {
 		if name, ok := strings.CutPrefix(a, "@"); ok {
 			a = base + "." + name
-			os.Remove(a)
-			if name == "db" {
+			os.RemoveAll(a)
+			switch name {
+			case "db":
 				res.db = a
+			case "dir": // a directory the program's user may write in
+				if err := os.Mkdir(a, 0o777); err != nil {
+					t.Fatal(err)
+				}
+				os.Chmod(a, 0o777)
 			}
 		}
 		argv[i] = a

@@ -63,6 +63,13 @@ func TestMain(m *testing.M) {
 				programs[name+variant.suffix] = out
 			}
 		}
+		// A Go program, built by the toolchain running these tests.
+		goprog := filepath.Join(dir, "goprog")
+		if b, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", goprog, "./testdata/goprog").CombinedOutput(); err != nil {
+			fmt.Printf("build testdata/goprog: %v\n%s", err, b)
+			os.Exit(1)
+		}
+		programs["goprog"] = goprog
 		code := m.Run()
 		os.RemoveAll(dir)
 		os.Exit(code)
@@ -1075,6 +1082,52 @@ func TestMoveGhostFiles(t *testing.T) {
 				t.Fatalf("the image's descriptors are %v, want 3 deleted, 1 memfd, 2 dup", kinds)
 			}
 		})
+	}
+}
+
+// Kernel event descriptors come back with their state: an eventfd's count
+// and semaphore mode, a signalfd's signals (and the pending one it
+// reads), a timerfd's period and expirations, an epoll set's watches with
+// their events and data.
+func TestMoveEventDescriptors(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"events", "events-static"} {
+		t.Run(variant, func(t *testing.T) {
+			argv := []string{programs[variant], "30"}
+			want := reference(t, argv...)
+			if !strings.Contains(want, "ready 4, mask f\neventfd 8 7\nsemaphore 8 1 0\nsemaphore 8 1 0\nsemaphore -1 0 1\nsignalfd 128 10\ntimerfd 1\ntimerfd period 40 ms, armed 1\n") {
+				t.Fatalf("the program alone printed %q", want)
+			}
+			got, ws, img := move{argv: argv, before: 10}.run(t)
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+			kinds := map[string]int{}
+			for _, f := range img.Files {
+				kinds[f.Kind]++
+			}
+			if kinds[FileEventfd] != 2 || kinds[FileSignalfd] != 1 || kinds[FileTimerfd] != 1 || kinds[FileEpoll] != 1 {
+				t.Fatalf("the image's descriptors are %v", kinds)
+			}
+		})
+	}
+}
+
+// An ordinary Go program moves: its runtime's threads and signals, and
+// the epoll set and eventfd of its poller.
+func TestMoveGoProgram(t *testing.T) {
+	needRoot(t)
+	argv := []string{programs["goprog"], "60"}
+	want := reference(t, argv...)
+	got, ws, _ := move{argv: argv, before: 20}.run(t)
+	if got != want {
+		t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Fatalf("restored process ended with %v", ws)
 	}
 }
 

@@ -83,6 +83,13 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
+		case strings.HasPrefix(f.Link, "anon_inode:"):
+			g, why := eventFile(pid, f)
+			if why != "" {
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", f.Fd, why))
+				continue
+			}
+			file = g
 		case strings.HasPrefix(f.Link, "/") && deleted && id != (fileID{}) && st.Mode&unix.S_IFMT == unix.S_IFREG:
 			g, why := ghostFile(pid, f, &st, byID[id])
 			if why != "" {
@@ -289,7 +296,7 @@ func restoreFiles(r *remote, files []File) error {
 			r.call(unix.SYS_CLOSE, uint64(fd))
 		}
 	}
-	var ghosts []File
+	var ghosts, epolls []File
 	for _, f := range files {
 		var fd uint64
 		var err error
@@ -314,6 +321,13 @@ func restoreFiles(r *remote, files []File) error {
 			if f.Same == 0 {
 				ghosts = append(ghosts, f)
 			}
+		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
+			if fd, err = makeEvent(r, f); err != nil {
+				return err
+			}
+			if len(f.Watches) > 0 {
+				epolls = append(epolls, f)
+			}
 		default:
 			return fmt.Errorf("descriptor %d is of a kind this mosaic does not know (%q): restore it with the version that made the image", f.Fd, f.Kind)
 		}
@@ -325,11 +339,18 @@ func restoreFiles(r *remote, files []File) error {
 		} else if f.Flags&unix.O_CLOEXEC != 0 {
 			r.call(unix.SYS_FCNTL, fd, unix.F_SETFD, unix.FD_CLOEXEC)
 		}
-		if f.Kind == FileDevice {
+		switch f.Kind {
+		case FileRegular, FileDirectory, FileDeleted, FileMemfd:
+		default:
 			continue // no position to keep
 		}
 		if _, err := r.call(unix.SYS_LSEEK, uint64(f.Fd), uint64(f.Pos), 0); err != nil {
 			return fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
+		}
+	}
+	for _, f := range epolls {
+		if err := addWatches(r, f); err != nil {
+			return err
 		}
 	}
 	// Permissions and seals last: every descriptor is open by now, as

@@ -167,6 +167,11 @@ const (
 	FileDeleted = "deleted"
 	FileMemfd   = "memfd"
 	FileDup     = "dup" // the open file of a lower descriptor (Dup)
+	// Kernel event descriptors, made again from their state.
+	FileEventfd  = "eventfd"
+	FileSignalfd = "signalfd"
+	FileTimerfd  = "timerfd"
+	FileEpoll    = "epoll"
 )
 
 // File is an open descriptor.
@@ -190,6 +195,23 @@ type File struct {
 	Size    int64
 	Extents []Extent
 	Seals   int
+	// Event descriptors: an eventfd's count (and whether it is a
+	// semaphore), or a timerfd's expirations not yet read; a signalfd's
+	// signals (bit n-1 for signal n); a timerfd's clock and time left
+	// and period; an epoll set's watches.
+	Count               uint64
+	Semaphore           bool
+	SigMask             uint64
+	Clock               int
+	ValueNs, IntervalNs int64
+	Watches             []Watch
+}
+
+// Watch is a descriptor an epoll set watches, with its events and data.
+type Watch struct {
+	Fd     int
+	Events uint32
+	Data   uint64
 }
 
 // Extent is data in a file, at its offset.

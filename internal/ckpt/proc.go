@@ -221,6 +221,7 @@ type fdEntry struct {
 	Pos   int64
 	Flags int
 	Locks []string // fdinfo's "lock:" lines: locks taken through it
+	Info  string   // all of fdinfo, for the kinds that say more there
 }
 
 func readFDs(pid int) ([]fdEntry, error) {
@@ -243,7 +244,7 @@ func readFDs(pid int) ([]fdEntry, error) {
 		if err != nil {
 			continue
 		}
-		fe := fdEntry{Fd: fd, Link: link}
+		fe := fdEntry{Fd: fd, Link: link, Info: string(info)}
 		for line := range strings.Lines(string(info)) {
 			k, v, _ := strings.Cut(line, ":")
 			v = strings.TrimSpace(v)
