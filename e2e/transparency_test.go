@@ -57,6 +57,7 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
 		{name: "python3 with threads", argv: []string{python, "-c", pythonThreads}},
 		{name: "python3 with a temporary file, a memory file and a copy of its output", argv: []string{python, "-c", pythonGhosts}},
+		{name: "python3 asyncio (an epoll set, a socket pair it wakes itself with, a thread)", argv: []string{python, "-c", pythonAsyncio}},
 		{name: "python3 blocked reading its input", argv: []string{python, "-u", "-c", "import sys\nfor l in sys.stdin:\n    print(l.strip().upper(), len(l))"},
 			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
 		{name: "perl", argv: []string{"perl", "-e", perlLoop}},
@@ -396,6 +397,40 @@ a = os.read(t.fileno(), 1 << 20)
 os.lseek(m, 0, os.SEEK_SET)
 b = os.read(m, 1 << 20)
 print(len(a), hashlib.sha256(a).hexdigest(), a == b, os.lseek(t.fileno(), 0, os.SEEK_CUR))
+`
+
+// pythonAsyncio runs tasks on an event loop that a thread wakes through
+// call_soon_threadsafe (a byte into the loop's socket pair).
+const pythonAsyncio = `
+import asyncio, hashlib, threading, time
+async def worker(name, q, out):
+    h = hashlib.sha256(name.encode())
+    while True:
+        i = await q.get()
+        if i is None:
+            return
+        for _ in range(2000):
+            h = hashlib.sha256(h.digest())
+        out.append((name, i, h.hexdigest()[:12]))
+        if i % 30 == 0:
+            print("item", i, flush=True)
+async def main():
+    loop = asyncio.get_running_loop()
+    q, out = asyncio.Queue(), []
+    tasks = [asyncio.create_task(worker("w%d" % k, q, out)) for k in range(3)]
+    def feeder():
+        for i in range(300):
+            loop.call_soon_threadsafe(q.put_nowait, i)
+            time.sleep(0.01)
+        for _ in tasks:
+            loop.call_soon_threadsafe(q.put_nowait, None)
+    t = threading.Thread(target=feeder)
+    t.start()
+    while not all(task.done() for task in tasks):
+        await asyncio.sleep(0.05)
+    t.join()
+    print(len(out), hashlib.sha256(repr(sorted(out)).encode()).hexdigest())
+asyncio.run(main())
 `
 
 const pythonThreads = `

@@ -1116,6 +1116,31 @@ func TestMoveEventDescriptors(t *testing.T) {
 	}
 }
 
+// Pipes and socket pairs whose every end the process holds come back with
+// what they held, their sizes, flags and shut-down directions.
+func TestMoveChannels(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"chans", "chans-static"} {
+		t.Run(variant, func(t *testing.T) {
+			argv := []string{programs[variant], "30"}
+			want := reference(t, argv...)
+			if !strings.Contains(want, "self-pipe size 131072, non-blocking 1\nself-pipe: 1 w\nself-pipe again: -1 \nclosed pipe: 10 last words\nclosed pipe, at its end: 0 \nstream: 12 hello stream\nstream, shut: 0 \nstream, the other way: 4 back\npacket 1: 3 one\npacket 2: 4 two2\ndatagram: 8 datagram\n") {
+				t.Fatalf("the program alone printed %q", want)
+			}
+			got, ws, img := move{argv: argv, before: 10}.run(t)
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+			if len(img.Channels) != 5 {
+				t.Fatalf("the image has %d channels, want 5: %+v", len(img.Channels), img.Channels)
+			}
+		})
+	}
+}
+
 // An ordinary Go program moves: its runtime's threads and signals, and
 // the epoll set and eventfd of its poller.
 func TestMoveGoProgram(t *testing.T) {
@@ -1147,7 +1172,9 @@ func TestPinned(t *testing.T) {
 	lockFile := filepath.Join(t.TempDir(), "lock")
 	for _, c := range []struct{ name, code, reason string }{
 		{"socket", "import socket; s = socket.socket()", "a network or local socket"},
-		{"pipe", "import os; r, w = os.pipe()", "a pipe"},
+		{"pipe to another process", "import os, subprocess; r, w = os.pipe(); p = subprocess.Popen(['sleep', '60'], stdin=r); os.close(r)", "child"},
+		{"pipe half another process's", "import os; r, w = os.pipe(); os.set_inheritable(r, True); os.system('sleep 60 <&%d &' % r); os.close(r)", "a pipe process"},
+		{"socket pair half another process's", "import os, socket; a, b = socket.socketpair(); os.set_inheritable(b.fileno(), True); os.system('sleep 60 <&%d &' % b.fileno()); b.close()", "a network or local socket"},
 		{"lease", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)", "lease"},
 		{"seccomp", seccompAllowAll, "seccomp filter"},
 		{"deleted file with another name", "import os; f = open('" + lockFile + ".1', 'w'); os.link(f.name, f.name + '.2'); os.unlink(f.name)", "lives on under another"},
@@ -1156,6 +1183,7 @@ func TestPinned(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -1163,7 +1191,8 @@ func TestPinned(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			// With whatever it started (its own process group).
+			defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
 			if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
 				t.Fatal(err)
 			}

@@ -201,7 +201,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := checkChildren(pid); err != nil {
 		return nil, nil, err
 	}
-	files, locks, err := dumpFiles(pid, true)
+	files, err := dumpFiles(pid, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -213,7 +213,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	img = &Image{Version: ImageVersion, Pid: seen, Files: files, Locks: locks}
+	img = &Image{Version: ImageVersion, Pid: seen, Files: files.files, Locks: files.locks, Channels: files.channels}
 	if err := dumpProcess(pid, status, img); err != nil {
 		return nil, nil, err
 	}
@@ -563,6 +563,6 @@ func Movable(pid int) error {
 			return err
 		}
 	}
-	_, _, err := dumpFiles(pid, false)
+	_, err := dumpFiles(pid, false)
 	return err
 }

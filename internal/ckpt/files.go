@@ -36,10 +36,10 @@ type fileID struct{ dev, ino uint64 }
 // holds through them, or why it cannot move with them. With content, a
 // deleted or memory file's data is read into the image; without, only
 // what could pin the process is looked at (Movable).
-func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
+func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list open descriptors: %w", err)
+		return nil, fmt.Errorf("list open descriptors: %w", err)
 	}
 	var out []File
 	var locks []Lock
@@ -47,6 +47,8 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 	byID := map[fileID][]int{} // the descriptors in out, by inode
 	var ghostBytes int64
 	var sharedMaps map[fileID]bool
+	var ends []chanEnd
+	channels := false // a pipe or socket besides stdio
 	for _, f := range fds {
 		var st unix.Stat_t
 		var id fileID
@@ -56,7 +58,7 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 			// (dup) is made again the same way, whatever the file: a
 			// program's copy of its standard output stays its output.
 			if to, err := sharedOpenFile(pid, f.Fd, byID[id]); err != nil {
-				return nil, nil, err
+				return nil, err
 			} else if to >= 0 {
 				// Its locks are the lower descriptor's, already listed.
 				out = append(out, File{Fd: f.Fd, Kind: FileDup, Dup: to + 1, Flags: f.Flags})
@@ -65,7 +67,7 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 		}
 		ls, err := parseLocks(pid, f.Fd, f.Locks)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		locks = append(locks, ls...)
 		var file *File
@@ -83,6 +85,13 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
+		case strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:"):
+			// Decided below, with the rest of its pipe or pair.
+			ends = append(ends, chanEnd{f: f, ino: st.Ino, at: len(out)})
+			if f.Fd > 2 {
+				channels = true
+			}
+			file = &File{Fd: f.Fd}
 		case strings.HasPrefix(f.Link, "anon_inode:"):
 			g, why := eventFile(pid, f)
 			if why != "" {
@@ -98,7 +107,7 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 			}
 			if sharedMaps == nil {
 				if sharedMaps, err = sharedMappedFiles(pid); err != nil {
-					return nil, nil, err
+					return nil, err
 				}
 			}
 			if sharedMaps[id] {
@@ -114,7 +123,7 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 				}
 				if content {
 					if g.Extents, err = readExtents(pid, f.Fd, st.Size); err != nil {
-						return nil, nil, fmt.Errorf("read the content of %s (descriptor %d): %w", describeLink(f.Link), f.Fd, err)
+						return nil, fmt.Errorf("read the content of %s (descriptor %d): %w", describeLink(f.Link), f.Fd, err)
 					}
 				}
 			}
@@ -134,10 +143,52 @@ func dumpFiles(pid int, content bool) ([]File, []Lock, error) {
 		}
 		out = append(out, *file)
 	}
-	if len(cannot) > 0 {
-		return nil, nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
+	var chans []Channel
+	if channels {
+		var why map[int]string
+		if chans, why, err = resolveChannels(pid, ends, out, content); err != nil {
+			return nil, err
+		}
+		for _, e := range ends {
+			if r, ok := why[e.f.Fd]; ok && e.f.Fd > 2 {
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", e.f.Fd, r))
+			}
+		}
+		// What they hold travels in the header too.
+		for _, c := range chans {
+			for _, q := range c.Queued {
+				for _, m := range q {
+					ghostBytes += int64(len(m))
+				}
+			}
+		}
+		if ghostBytes > ghostLimit {
+			cannot = append(cannot, fmt.Sprintf("%d MiB in its deleted or memory files, pipes and socket pairs, more than the %d MiB a move carries", ghostBytes>>20, ghostLimit>>20))
+		}
 	}
-	return out, locks, nil
+	for _, e := range ends {
+		if out[e.at].Kind == "" {
+			if e.f.Fd > 2 {
+				if !channels {
+					cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", e.f.Fd, describeLink(e.f.Link)))
+				}
+				continue
+			}
+			// Its pipe or terminal to its home.
+			out[e.at] = File{Fd: e.f.Fd, Kind: FileStdio, Path: e.f.Link, Flags: e.f.Flags}
+		}
+	}
+	if len(cannot) > 0 {
+		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
+	}
+	return &dumpedFiles{files: out, locks: locks, channels: chans}, nil
+}
+
+// dumpedFiles is what dumpFiles found.
+type dumpedFiles struct {
+	files    []File
+	locks    []Lock
+	channels []Channel
 }
 
 // kcmpFile is KCMP_FILE: do two descriptors name one open file?
@@ -290,12 +341,27 @@ func describeLink(l string) string {
 // content, shares open files between descriptors that shared them, and
 // closes the standard ones the process had closed (the stub was given all
 // three).
-func restoreFiles(r *remote, files []File) error {
+func restoreFiles(r *remote, files []File, chans []Channel) error {
 	for fd := range 3 {
 		if !slices.ContainsFunc(files, func(f File) bool { return f.Fd == fd }) {
 			r.call(unix.SYS_CLOSE, uint64(fd))
 		}
 	}
+	hi := 3
+	for _, f := range files {
+		hi = max(hi, f.Fd+1)
+	}
+	chEnds, err := makeChannels(r, chans, hi)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, e := range chEnds {
+			r.call(unix.SYS_CLOSE, uint64(e[0]))
+			r.call(unix.SYS_CLOSE, uint64(e[1]))
+		}
+	}()
+	placed := map[[2]int]bool{}
 	var ghosts, epolls []File
 	for _, f := range files {
 		var fd uint64
@@ -321,6 +387,32 @@ func restoreFiles(r *remote, files []File) error {
 			if f.Same == 0 {
 				ghosts = append(ghosts, f)
 			}
+		case FilePipe, FileSocket:
+			k := f.Channel - 1
+			if k < 0 || k >= len(chEnds) || f.End < 0 || f.End > 1 || chans[k].Kind != f.Kind {
+				return fmt.Errorf("descriptor %d names a %s the image does not have", f.Fd, f.Kind)
+			}
+			src, key := uint64(chEnds[k][f.End]), [2]int{k, f.End}
+			if placed[key] {
+				if f.Kind != FilePipe {
+					return fmt.Errorf("descriptor %d is a second open file of one socket", f.Fd)
+				}
+				// Another open file of the same end (opened again
+				// through /proc): so again.
+				flags := f.Flags &^ (unix.O_CLOEXEC | unix.O_NOFOLLOW)
+				if fd, err = r.callScratch(unix.SYS_OPENAT, cString(fmt.Sprintf("/proc/self/fd/%d", src)), 0, nil, atFDCWD, r.scratch, uint64(flags), 0); err != nil {
+					return fmt.Errorf("open its pipe again as descriptor %d: %w", f.Fd, err)
+				}
+				break
+			}
+			placed[key] = true
+			if _, err := r.call(unix.SYS_DUP3, src, uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+				return fmt.Errorf("put its %s at descriptor %d: %w", describeChannel(chans[k]), f.Fd, err)
+			}
+			if _, err := r.call(unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, uint64(f.Flags&(unix.O_NONBLOCK|unix.O_APPEND))); err != nil {
+				return fmt.Errorf("set the flags of descriptor %d: %w", f.Fd, err)
+			}
+			continue
 		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
 			if fd, err = makeEvent(r, f); err != nil {
 				return err

@@ -43,6 +43,9 @@ type Image struct {
 	Lazy []LazyRun
 	// Locks are the POSIX record locks it held (see locks.go).
 	Locks []Lock
+	// Channels are the pipes and socket pairs all ends of which the
+	// process holds.
+	Channels []Channel
 	// PosixTimers are the timer_create timers.
 	PosixTimers []PosixTimer
 	// SharedPending are the signals queued for the process as a whole,
@@ -172,6 +175,10 @@ const (
 	FileSignalfd = "signalfd"
 	FileTimerfd  = "timerfd"
 	FileEpoll    = "epoll"
+	// An end of a pipe or a local socket pair of the process's own
+	// (Channel).
+	FilePipe   = "pipe"
+	FileSocket = "socketpair"
 )
 
 // File is an open descriptor.
@@ -185,6 +192,9 @@ type File struct {
 	// is (dup, dup2, F_DUPFD): one offset, one set of status flags. The
 	// rest of this File then says nothing more.
 	Dup int
+	// Channel, if not 0, is 1 + the index in the image's Channels of the
+	// pipe or socket pair this descriptor is end End of.
+	Channel, End int
 	// Same, if not 0, is 1 + the lower descriptor holding the same
 	// deleted or memory file, opened again: the content is there.
 	Same int

@@ -475,7 +475,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if err := setMM(r, img.MM); err != nil {
 		return nil, err
 	}
-	if err := restoreFiles(r, img.Files); err != nil {
+	if err := restoreFiles(r, img.Files, img.Channels); err != nil {
 		return nil, err
 	}
 	if err := setLocks(r, img.Locks, false); err != nil {
