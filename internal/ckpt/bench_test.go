@@ -129,3 +129,36 @@ func BenchmarkRestore(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMovable is what `mosaic ps` and the policies pay to learn
+// whether a process can move: for a plain program, and for one with a
+// socket pair of its own (asyncio's), whose check reads every process's
+// descriptors to make sure nobody else holds an end.
+func BenchmarkMovable(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: reads other processes' descriptors")
+	}
+	for _, c := range []struct{ name, code string }{
+		{"plain", "import time"},
+		{"socketpair", "import socket, time; a, b = socket.socketpair(); a.send(b'x')"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nprint('ready', flush=True)\ntime.sleep(600)")
+			out, _ := cmd.StdoutPipe()
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			if _, err := io.ReadFull(out, make([]byte, 6)); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := Movable(cmd.Process.Pid); err != nil {
+					b.Fatal(err)
+				}
+			}
+			procs, _ := filepath.Glob("/proc/[0-9]*")
+			b.ReportMetric(float64(len(procs)), "processes")
+		})
+	}
+}

@@ -553,7 +553,9 @@ func leU64(b []byte) uint64 {
 }
 
 // Movable says why the process pid cannot move (a *PinnedError), or nil:
-// what Freeze would refuse, found without stopping it.
+// what Freeze would refuse, found without stopping it; all of it but one
+// rare case, a pipe or socket pair of its own that another process holds
+// an end of too (see resolveChannels).
 func Movable(pid int) error {
 	if err := checkChildren(pid); err != nil {
 		return err
