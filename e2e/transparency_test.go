@@ -61,6 +61,7 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "python3 blocked reading its input", argv: []string{python, "-u", "-c", "import sys\nfor l in sys.stdin:\n    print(l.strip().upper(), len(l))"},
 			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
 		{name: "perl", argv: []string{"perl", "-e", perlLoop}},
+		{name: "node (libuv: an epoll set, eventfds, pipes, worker threads)", argv: []string{"node", "-e", nodeTimers}},
 		// -n: no time stamp in the output (gzip takes it from its input
 		// when that is a file, and the moved run reads a pipe).
 		{name: "gzip of a large input", argv: []string{"gzip", "-n", "-c", "-9"}, stdin: input, hash: true},
@@ -448,6 +449,23 @@ ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
 for t in ts: t.start()
 for t in ts: t.join()
 for i, r in enumerate(results): print(i, r[0], r[1])
+`
+
+// nodeTimers computes on a timer, one step after another, and hashes with
+// crypto, whose work goes to libuv's thread pool.
+const nodeTimers = `
+const crypto = require("crypto");
+let h = 0;
+function step(i) {
+  if (i == 70) return;
+  for (let k = 0; k < 200000; k++) h = (h * 31 + k) % 1000003;
+  crypto.pbkdf2("mosaic" + i, "salt", 2000, 16, "sha256", (err, key) => {
+    if (err) throw err;
+    console.log(i, h, key.toString("hex"));
+    setTimeout(() => step(i + 1), 40);
+  });
+}
+step(0);
 `
 
 const perlLoop = `
