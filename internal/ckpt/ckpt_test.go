@@ -1141,6 +1141,35 @@ func TestMoveChannels(t *testing.T) {
 	}
 }
 
+// An inotify descriptor comes back watching the same files under the same
+// watch numbers (a gap left by a removed watch included), so the events
+// after the move name what they named before (tail -f watches so).
+func TestMoveInotify(t *testing.T) {
+	needRoot(t)
+	for _, variant := range []string{"watcher", "watcher-static"} {
+		t.Run(variant, func(t *testing.T) {
+			dir := t.TempDir()
+			argv := []string{programs[variant], "30", dir}
+			want := reference(t, argv...)
+			os.RemoveAll(dir)
+			os.Mkdir(dir, 0o755)
+			if !strings.HasPrefix(want, "watches 1 3 2\n0: wd 3 mask 100 f0\n0: wd 2 mask 2 -\n") {
+				t.Fatalf("the program alone printed %q", want)
+			}
+			got, ws, img := move{argv: argv, before: 11}.run(t)
+			if got != want {
+				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
+			}
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Fatalf("restored process ended with %v", ws)
+			}
+			if i := slices.IndexFunc(img.Files, func(f File) bool { return f.Kind == FileInotify }); i < 0 || len(img.Files[i].Watches) != 2 {
+				t.Fatalf("the image's descriptors: %+v", img.Files)
+			}
+		})
+	}
+}
+
 // An ordinary Go program moves: its runtime's threads and signals, and
 // the epoll set and eventfd of its poller.
 func TestMoveGoProgram(t *testing.T) {

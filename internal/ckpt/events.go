@@ -2,14 +2,18 @@ package ckpt
 
 import (
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// Kernel event descriptors: eventfd, signalfd, timerfd and epoll. Each
+// Kernel event descriptors: eventfd, signalfd, timerfd, epoll and inotify. Each
 // keeps its state in the kernel, and fdinfo shows all of it: the restore
 // makes each again from that (as CRIU does), inside the process, at its
 // descriptor. An epoll set's watches are added last, once every
@@ -96,10 +100,141 @@ func eventFile(pid int, f fdEntry) (*File, string) {
 				file.Watches = append(file.Watches, w)
 			}
 		}
+	case "anon_inode:inotify":
+		file.Kind = FileInotify
+		if why := pendingEvents(pid, f.Fd); why != "" {
+			return nil, why
+		}
+		var mounts map[uint64]string
+		for line := range strings.Lines(f.Info) {
+			if !strings.HasPrefix(line, "inotify ") {
+				continue
+			}
+			if mounts == nil {
+				var err error
+				if mounts, err = mountPoints(); err != nil {
+					return nil, fmt.Sprintf("an inotify descriptor, whose files could not be found (%v)", err)
+				}
+			}
+			w, why := parseInotifyWatch(line, mounts)
+			if why != "" {
+				return nil, why
+			}
+			file.Watches = append(file.Watches, w)
+		}
+		slices.SortFunc(file.Watches, func(a, b Watch) int { return a.Wd - b.Wd })
 	default:
 		return nil, ""
 	}
 	return file, ""
+}
+
+// pendingEvents says why an inotify descriptor with events not yet read
+// cannot move (reading them would take them from the process), or "".
+func pendingEvents(pid, fd int) string {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
+	}
+	defer unix.Close(pidfd)
+	c, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
+	}
+	defer unix.Close(c)
+	n, err := unix.IoctlGetInt(c, unix.TIOCINQ) // FIONREAD
+	if err != nil {
+		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
+	}
+	if n > 0 {
+		return "an inotify descriptor with events not yet read (for a moment)"
+	}
+	return ""
+}
+
+// parseInotifyWatch reads an inotify descriptor's fdinfo line for one
+// watch, "inotify wd:1 ino:98400d sdev:fe00000 mask:2 ignored_mask:0
+// fhandle-bytes:8 fhandle-type:1 f_handle:0d40...", and finds the watched
+// file's path from its handle (open_by_handle_at, on the mount of its
+// device), by which the restore watches it again.
+func parseInotifyWatch(line string, mounts map[uint64]string) (Watch, string) {
+	kv := map[string]string{}
+	for _, f := range strings.Fields(line)[1:] {
+		if k, v, ok := strings.Cut(f, ":"); ok {
+			kv[k] = v
+		}
+	}
+	wd, err1 := strconv.ParseUint(kv["wd"], 16, 32)
+	mask, err2 := strconv.ParseUint(kv["mask"], 16, 32)
+	sdev, err3 := strconv.ParseUint(kv["sdev"], 16, 32)
+	typ, err4 := strconv.ParseInt(kv["fhandle-type"], 16, 32)
+	handle, err5 := hex.DecodeString(kv["f_handle"])
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		return Watch{}, "an inotify descriptor whose watches this kernel shows in a form this mosaic does not read: " + strings.TrimSpace(line)
+	}
+	mount, ok := mounts[unix.Mkdev(uint32(sdev>>20), uint32(sdev&0xfffff))]
+	if !ok {
+		return Watch{}, "an inotify watch on a file system this node does not show"
+	}
+	mfd, err := unix.Open(mount, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) // not O_PATH: open_by_handle_at refuses one
+	if err != nil {
+		return Watch{}, fmt.Sprintf("an inotify watch on %s, which could not be opened (%v)", mount, err)
+	}
+	defer unix.Close(mfd)
+	fd, err := unix.OpenByHandleAt(mfd, unix.NewFileHandle(int32(typ), handle), unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return Watch{}, fmt.Sprintf("an inotify watch on a file of %s that cannot be found (%v)", mount, err)
+	}
+	path, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	unix.Close(fd)
+	if err != nil || !strings.HasPrefix(path, "/") || strings.HasSuffix(path, " (deleted)") {
+		return Watch{}, "an inotify watch on a deleted file"
+	}
+	return Watch{Wd: int(wd), Events: uint32(mask), Path: path}, ""
+}
+
+// mountPoints maps each device to a mount point of its, from mountinfo.
+func mountPoints() (map[uint64]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint64]string{}
+	for line := range strings.Lines(string(b)) {
+		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
+		f := strings.Fields(line)
+		if len(f) < 5 || f[3] != "/" {
+			continue // a bind mount of a subtree: its handles may not resolve there
+		}
+		var major, minor uint32
+		if _, err := fmt.Sscanf(f[2], "%d:%d", &major, &minor); err != nil {
+			continue
+		}
+		dev := unix.Mkdev(major, minor)
+		if _, ok := out[dev]; !ok {
+			out[dev] = unescapeMount(f[4])
+		}
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // parseWatch reads an epoll set's fdinfo line for one watch, "tfd: 3
@@ -194,8 +329,91 @@ func makeEvent(r *remote, f File) (uint64, error) {
 			return 0, fmt.Errorf("make the epoll set of descriptor %d: %w", f.Fd, err)
 		}
 		return fd, nil
+	case FileInotify:
+		// Non-blocking while it is set up: the numbers taken and let go
+		// leave an IN_IGNORED event each, read away here.
+		fd, err := r.call(unix.SYS_INOTIFY_INIT1, unix.IN_NONBLOCK)
+		if err != nil {
+			return 0, fmt.Errorf("make the inotify descriptor %d: %w", f.Fd, err)
+		}
+		spares, err := addInotifyWatches(r, fd, f)
+		if err == nil {
+			err = drainIgnored(r, fd, f, spares)
+		}
+		if err != nil {
+			r.call(unix.SYS_CLOSE, fd)
+			return 0, err
+		}
+		if nonblock == 0 {
+			if _, err := r.call(unix.SYS_FCNTL, fd, unix.F_SETFL, 0); err != nil {
+				r.call(unix.SYS_CLOSE, fd)
+				return 0, fmt.Errorf("make the inotify descriptor %d blocking: %w", f.Fd, err)
+			}
+		}
+		return fd, nil
 	}
 	return 0, fmt.Errorf("descriptor %d is not an event descriptor", f.Fd)
+}
+
+// addInotifyWatches watches f's files again from the new inotify
+// descriptor fd, each under its own watch descriptor number: the kernel
+// gives the next number up each time (it does not reuse freed ones at
+// once), so numbers the process no longer uses are taken and let go on a
+// file it does not watch.
+func addInotifyWatches(r *remote, fd uint64, f File) (spares map[int32]bool, err error) {
+	spare := ""
+	for _, p := range []string{"/", "/dev/null", "/proc"} {
+		if !slices.ContainsFunc(f.Watches, func(w Watch) bool { return w.Path == p }) {
+			spare = p
+			break
+		}
+	}
+	spares = map[int32]bool{}
+	next := 1
+	for _, w := range f.Watches {
+		for next < w.Wd {
+			wd, err := r.callScratch(unix.SYS_INOTIFY_ADD_WATCH, cString(spare), 0, nil, fd, r.scratch, unix.IN_DELETE_SELF)
+			if err != nil {
+				return nil, fmt.Errorf("take watch number %d of inotify descriptor %d: %w", next, f.Fd, err)
+			}
+			r.call(unix.SYS_INOTIFY_RM_WATCH, fd, wd)
+			spares[int32(wd)] = true
+			next = int(wd) + 1
+		}
+		wd, err := r.callScratch(unix.SYS_INOTIFY_ADD_WATCH, cString(w.Path), 0, nil, fd, r.scratch, uint64(w.Events))
+		if err != nil {
+			return nil, fmt.Errorf("watch %s again from inotify descriptor %d: %w", w.Path, f.Fd, err)
+		}
+		if int(wd) != w.Wd {
+			return nil, fmt.Errorf("watch %s again from inotify descriptor %d: it got watch number %d, not %d", w.Path, f.Fd, wd, w.Wd)
+		}
+		next = w.Wd + 1
+	}
+	return spares, nil
+}
+
+// drainIgnored reads away the IN_IGNORED events the spare watches left.
+// An event of a real watch among them (a watched file changed during the
+// restore) cannot be given back: the restore fails, and the process
+// stays where it was.
+func drainIgnored(r *remote, fd uint64, f File, spares map[int32]bool) error {
+	buf := make([]byte, min(scratchSize, 4096))
+	for {
+		n, err := r.call(unix.SYS_READ, fd, r.scratch, uint64(len(buf)))
+		if err != nil {
+			return nil // EAGAIN: nothing left
+		}
+		if err := r.read(r.scratch, buf[:n]); err != nil {
+			return err
+		}
+		for b := buf[:n]; len(b) >= 16; {
+			wd, mask, l := int32(binary.LittleEndian.Uint32(b)), binary.LittleEndian.Uint32(b[4:]), binary.LittleEndian.Uint32(b[12:])
+			if !spares[wd] || mask != unix.IN_IGNORED {
+				return fmt.Errorf("the files inotify descriptor %d watches changed while it was made again (an event would be lost): move it again", f.Fd)
+			}
+			b = b[min(uint32(len(b)), 16+l):]
+		}
+	}
 }
 
 // addWatches gives the epoll set at f.Fd its watches back.

@@ -413,11 +413,11 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 				return fmt.Errorf("set the flags of descriptor %d: %w", f.Fd, err)
 			}
 			continue
-		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll:
+		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll, FileInotify:
 			if fd, err = makeEvent(r, f); err != nil {
 				return err
 			}
-			if len(f.Watches) > 0 {
+			if f.Kind == FileEpoll && len(f.Watches) > 0 {
 				epolls = append(epolls, f)
 			}
 		default:

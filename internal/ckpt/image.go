@@ -175,6 +175,7 @@ const (
 	FileSignalfd = "signalfd"
 	FileTimerfd  = "timerfd"
 	FileEpoll    = "epoll"
+	FileInotify  = "inotify"
 	// An end of a pipe or a local socket pair of the process's own
 	// (Channel).
 	FilePipe   = "pipe"
@@ -217,11 +218,14 @@ type File struct {
 	Watches             []Watch
 }
 
-// Watch is a descriptor an epoll set watches, with its events and data.
+// Watch is a descriptor an epoll set watches, with its events and data;
+// or a file an inotify descriptor watches (Wd, Path), with its mask.
 type Watch struct {
 	Fd     int
 	Events uint32
 	Data   uint64
+	Wd     int
+	Path   string
 }
 
 // Extent is data in a file, at its offset.
