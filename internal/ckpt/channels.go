@@ -32,6 +32,10 @@ type Channel struct {
 	// Queued is what end i would read next: a pipe's content (end 0);
 	// a socket's messages (a stream's bytes as one).
 	Queued [2][][]byte
+	// Unconnected: a lone local socket, never connected (made again with
+	// socket(2), not as a pair). A socket whose peer closed is a pair of
+	// which only end 0 is held.
+	Unconnected bool
 	// A socket end's shut-down directions (RCV_SHUTDOWN 1, SEND_SHUTDOWN
 	// 2) and SO_RCVBUF and SO_SNDBUF as getsockopt gives them.
 	Shutdown [2]int
@@ -71,6 +75,8 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 	}
 	type pair struct{ a, b chanEnd }
 	var pairs []pair
+	var lone []chanEnd // its peer closed, or never connected
+	unconnected := map[uint64]bool{}
 	paired := map[uint64]bool{}
 	for _, e := range sockets {
 		if paired[e.ino] {
@@ -85,7 +91,10 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 		switch {
 		case d.named:
 			why[e.f.Fd] = "a local socket with a name"
-		case d.peer == 0 || !ok:
+		case d.peer == 0:
+			lone = append(lone, e)
+			unconnected[e.ino] = d.state != tcpEstablished
+		case !ok:
 			why[e.f.Fd] = "a network or local socket"
 		default:
 			paired[e.ino], paired[peer.ino] = true, true
@@ -100,6 +109,9 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 	for _, p := range pairs {
 		links[fmt.Sprintf("socket:[%d]", p.a.ino)] = true
 		links[fmt.Sprintf("socket:[%d]", p.b.ino)] = true
+	}
+	for _, e := range lone {
+		links[fmt.Sprintf("socket:[%d]", e.ino)] = true
 	}
 	// Looked for at the freeze only: it reads every process's
 	// descriptors (2.6 ms with 70 processes here), too much for Movable,
@@ -164,7 +176,38 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 		files[p.a.at] = File{Fd: p.a.f.Fd, Kind: FileSocket, Flags: p.a.f.Flags, Channel: len(chans), End: 0}
 		files[p.b.at] = File{Fd: p.b.f.Fd, Kind: FileSocket, Flags: p.b.f.Flags, Channel: len(chans), End: 1}
 	}
+	for _, e := range lone {
+		if others[fmt.Sprintf("socket:[%d]", e.ino)] != 0 {
+			why[e.f.Fd] = "a local socket another process holds"
+			continue
+		}
+		c := Channel{Kind: FileSocket, Held: [2]bool{true, false}, Unconnected: unconnected[e.ino]}
+		if bad, err := readLoneSocket(pid, e.f.Fd, &c, content); err != nil {
+			return nil, nil, fmt.Errorf("read the socket of descriptor %d: %w", e.f.Fd, err)
+		} else if bad != "" {
+			why[e.f.Fd] = bad
+			continue
+		}
+		chans = append(chans, c)
+		files[e.at] = File{Fd: e.f.Fd, Kind: FileSocket, Flags: e.f.Flags, Channel: len(chans), End: 0}
+	}
 	return chans, why, nil
+}
+
+// readLoneSocket reads a local socket whose peer closed (what is left to
+// read in it), or that was never connected.
+func readLoneSocket(pid, fd int, c *Channel, content bool) (string, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(s)
+	return readSocketEnd(s, 0, c, content && !c.Unconnected)
 }
 
 // heldElsewhere returns, for each of the links ("pipe:[N]"), a process
@@ -324,7 +367,11 @@ type unixDiagInfo struct {
 	peer     uint32
 	named    bool
 	shutdown int
+	state    int
 }
+
+// tcpEstablished is TCP_ESTABLISHED, a connected local socket's state.
+const tcpEstablished = 1
 
 // unixDiagOf asks about the socket s.
 func unixDiagOf(s int) (unixDiagInfo, error) {
@@ -392,7 +439,7 @@ func unixDiag(ino uint32) (unixDiagInfo, error) {
 		if len(data) < 16 {
 			break
 		}
-		var info unixDiagInfo
+		info := unixDiagInfo{state: int(data[2])} // struct unix_diag_msg: family, type, state
 		// Attributes (struct nlattr: length, type, value, aligned to 4)
 		// follow struct unix_diag_msg.
 		for b := data[16:]; len(b) >= 4; {
@@ -448,7 +495,19 @@ func describeChannel(c Channel) string {
 func makeChannel(r *remote, c Channel, hi int) ([2]int, error) {
 	var pair [8]byte
 	var err error
-	if c.Kind == FilePipe {
+	if c.Unconnected {
+		// One socket; its "other end" a second, closed with the rest.
+		for i := range 2 {
+			fd, err := r.call(unix.SYS_SOCKET, unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0)
+			if err != nil {
+				if i == 1 {
+					r.call(unix.SYS_CLOSE, uint64(binary.LittleEndian.Uint32(pair[:])))
+				}
+				return [2]int{}, err
+			}
+			binary.LittleEndian.PutUint32(pair[4*i:], uint32(fd))
+		}
+	} else if c.Kind == FilePipe {
 		_, err = r.callScratch(unix.SYS_PIPE2, nil, 0, pair[:], r.scratch, unix.O_CLOEXEC)
 	} else {
 		_, err = r.callScratch(unix.SYS_SOCKETPAIR, nil, 0, pair[:], unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0, r.scratch)

@@ -1124,7 +1124,7 @@ func TestMoveChannels(t *testing.T) {
 		t.Run(variant, func(t *testing.T) {
 			argv := []string{programs[variant], "30"}
 			want := reference(t, argv...)
-			if !strings.Contains(want, "self-pipe size 131072, non-blocking 1\nself-pipe: 1 w\nself-pipe again: -1 \nclosed pipe: 10 last words\nclosed pipe, at its end: 0 \nstream: 12 hello stream\nstream, shut: 0 \nstream, the other way: 4 back\npacket 1: 3 one\npacket 2: 4 two2\ndatagram: 8 datagram\n") {
+			if !strings.Contains(want, "self-pipe size 131072, non-blocking 1\nself-pipe: 1 w\nself-pipe again: -1 \nclosed pipe: 10 last words\nclosed pipe, at its end: 0 \nstream: 12 hello stream\nstream, shut: 0 \nstream, the other way: 4 back\npacket 1: 3 one\npacket 2: 4 two2\ndatagram: 8 datagram\npeer gone: 3 bye\npeer gone, at its end: 0 \npeer gone, send -1 1\nnever connected, send -1 1\n") {
 				t.Fatalf("the program alone printed %q", want)
 			}
 			got, ws, img := move{argv: argv, before: 10}.run(t)
@@ -1134,8 +1134,8 @@ func TestMoveChannels(t *testing.T) {
 			if !ws.Exited() || ws.ExitStatus() != 0 {
 				t.Fatalf("restored process ended with %v", ws)
 			}
-			if len(img.Channels) != 5 {
-				t.Fatalf("the image has %d channels, want 5: %+v", len(img.Channels), img.Channels)
+			if len(img.Channels) != 7 {
+				t.Fatalf("the image has %d channels, want 7: %+v", len(img.Channels), img.Channels)
 			}
 		})
 	}

@@ -1,9 +1,11 @@
 // chans: pipes and socket pairs of its own. A self-pipe with a byte in
 // it (non-blocking, 128 KiB), a pipe whose writer wrote and closed, a
 // stream socket pair with bytes in it and one direction shut down, a
-// packet pair with two messages queued, an empty datagram pair; counts
+// packet pair with two messages queued, an empty datagram pair, a stream
+// socket whose peer wrote and closed, a datagram socket never connected; counts
 // while they wait, then reads what each holds and uses them once more.
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,10 +24,14 @@ int main(int argc, char **argv) {
 	if (argc < 2) return 2;
 	int n = atoi(argv[1]);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	int self[2], last[2], st[2], pk[2], dg[2];
+	int self[2], last[2], st[2], pk[2], dg[2], gone[2];
 	if (pipe2(self, O_NONBLOCK) || pipe(last) || socketpair(AF_UNIX, SOCK_STREAM, 0, st) ||
-	    socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pk) || socketpair(AF_UNIX, SOCK_DGRAM, 0, dg))
+	    socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pk) || socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) ||
+	    socketpair(AF_UNIX, SOCK_STREAM, 0, gone))
 		return 1;
+	int lone = socket(AF_UNIX, SOCK_DGRAM, 0);
+	write(gone[1], "bye", 3);
+	close(gone[1]);
 	fcntl(self[1], F_SETPIPE_SZ, 128 << 10);
 	write(self[1], "w", 1);
 	write(last[1], "last words", 10);
@@ -52,5 +58,11 @@ int main(int argc, char **argv) {
 	show("packet 2", pk[0]);
 	send(dg[0], "datagram", 8, 0);
 	show("datagram", dg[1]);
+	show("peer gone", gone[0]);
+	show("peer gone, at its end", gone[0]);
+	int r = send(gone[0], "x", 1, MSG_NOSIGNAL);
+	printf("peer gone, send %d %d\n", r, r < 0 && errno == EPIPE);
+	r = send(lone, "x", 1, 0);
+	printf("never connected, send %d %d\n", r, r < 0 && errno == ENOTCONN);
 	return 0;
 }
