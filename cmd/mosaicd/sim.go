@@ -109,7 +109,7 @@ the paper's 3 x 1:64, 2 x 0.665:32, 1 x 0.45:24.`,
 				}
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "policy\tslowdown by job\t95% CI\tby run\t/ mosix\tmoves/job\tpublished\tpublished / mosix\t")
+			fmt.Fprintln(tw, "policy\tslowdown by job\t95% CI\tby run\t/ mosix\t- mosix, paired by run\tmoves/job\tpublished\tpublished / mosix\t")
 			pubMosix, _ := sim.Published("mosix", false)
 			for _, p := range res.Policies {
 				ratio, pub, pubRatio := "-", "-", "-"
@@ -119,7 +119,11 @@ the paper's 3 x 1:64, 2 x 0.665:32, 1 x 0.45:24.`,
 				if v, ok := sim.Published(p.Policy, false); ok {
 					pub, pubRatio = fmt.Sprintf("%.3f", v), fmt.Sprintf("%.3f", v/pubMosix)
 				}
-				fmt.Fprintf(tw, "%s\t%.3f\t±%.3f\t%.3f\t%s\t%.2f\t%s\t%s\t\n", p.Policy, p.MeanSlowdown, p.CI95, p.ByRun, ratio, p.MovesPerJob, pub, pubRatio)
+				diff := "-"
+				if p.VsMosix != nil {
+					diff = fmt.Sprintf("%+.3f ±%.3f", *p.VsMosix, *p.VsMosixCI95)
+				}
+				fmt.Fprintf(tw, "%s\t%.3f\t±%.3f\t%.3f\t%s\t%s\t%.2f\t%s\t%s\t\n", p.Policy, p.MeanSlowdown, p.CI95, p.ByRun, ratio, diff, p.MovesPerJob, pub, pubRatio)
 			}
 			return tw.Flush()
 		},
@@ -138,6 +142,7 @@ the paper's 3 x 1:64, 2 x 0.665:32, 1 x 0.45:24.`,
 	f.Float64Var(&cfg.MoveCost, "move-cost", 0, "seconds a migrating job spends in transit (0 as published)")
 	f.DurationVar(&cfg.Period, "period", time.Second, "time between a node's balancing decisions")
 	f.BoolVar(&omniscient, "omniscient", false, "every node knows every node's current state (no gossip delay)")
+	f.BoolVar(&cfg.LOfView, "l-of-view", false, "epvm and emosix take L from the loads in the node's view now, not the largest seen (a departure from the paper)")
 	f.BoolVar(&asJSON, "json", false, "one JSON object per policy")
 	f.StringVar(&plot, "plot", "", "write an SVG plot of the slowdowns to this file")
 	return cmd

@@ -495,6 +495,9 @@ func (s *study) viewOf(t float64, o int, withProcs bool) policy.View {
 		ns.peak = max(ns.peak, nd.Load)
 	}
 	v := policy.View{Nodes: view, PeakLoad: ns.peak}
+	if s.cfg.LOfView {
+		v.PeakLoad = 0 // the view's own loads set L
+	}
 	ns.decided++
 	v.Seed = ns.decided*1_000_003 + uint64(o)
 	if withProcs {

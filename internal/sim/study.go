@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -59,6 +60,11 @@ type StudyConfig struct {
 	// MoveCost is the seconds a migrating job spends in transit, running
 	// nowhere (default 0, as in the study).
 	MoveCost float64
+	// LOfView has the opportunity-cost policies take L from the loads in
+	// the node's view of the moment, instead of the largest load it has
+	// seen since the run began (the paper's rule, the default): a
+	// departure, for comparison (docs/BENCHMARKS.md).
+	LOfView bool
 	// Omniscient gives every node the true current state of every node,
 	// instead of what gossip would have told it.
 	Omniscient bool
@@ -81,6 +87,12 @@ type PolicyResult struct {
 	Jobs      int     `json:"jobs"`
 	// MovesPerJob is the mean number of migrations of a job.
 	MovesPerJob float64 `json:"moves_per_job"`
+	// VsMosix is the mean over runs of this policy's mean slowdown minus
+	// mosix's on the same run (the job streams are the same), with its
+	// 95% half-width: a paired comparison, much tighter than the two
+	// CIs side by side. Absent when mosix did not run.
+	VsMosix     *float64 `json:"vs_mosix,omitempty"`
+	VsMosixCI95 *float64 `json:"vs_mosix_ci95,omitempty"`
 	// Runs holds each run's mean slowdown, in run order.
 	Runs []float64 `json:"-"`
 }
@@ -242,6 +254,16 @@ func RunStudy(cfg StudyConfig) (StudyResult, error) {
 			pr.CI95 = 1.96 * math.Sqrt(ss/(n-1)/n) / meanJobs
 		}
 		res.Policies = append(res.Policies, pr)
+	}
+	if m := slices.IndexFunc(res.Policies, func(p PolicyResult) bool { return p.Policy == "mosix" }); m >= 0 {
+		for i := range res.Policies {
+			d := make([]float64, cfg.Runs)
+			for r := range d {
+				d[r] = res.Policies[i].Runs[r] - res.Policies[m].Runs[r]
+			}
+			mean, ci := meanCI(d)
+			res.Policies[i].VsMosix, res.Policies[i].VsMosixCI95 = &mean, &ci
+		}
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil

@@ -123,3 +123,40 @@ func TestStudyResidence(t *testing.T) {
 		}
 	}
 }
+
+// LOfView changes what the cost policies decide (L from the view of the
+// moment, not the largest load seen) and nothing of the others'; the
+// paired difference to mosix is the mean of the runs' differences, zero
+// for mosix itself.
+func TestStudyLOfViewAndPairedDifference(t *testing.T) {
+	cfg := StudyConfig{Runs: 8, Seed: 3, Thrash: 1, Omniscient: true, Policies: []string{"epvm", "mosix", "emosix"}}
+	peak, err := RunStudy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.LOfView = true
+	view, err := RunStudy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peak.Policies[1].MeanSlowdown != view.Policies[1].MeanSlowdown {
+		t.Fatalf("mosix differs with LOfView: %v and %v", peak.Policies[1].MeanSlowdown, view.Policies[1].MeanSlowdown)
+	}
+	if peak.Policies[0].MeanSlowdown == view.Policies[0].MeanSlowdown || peak.Policies[2].MeanSlowdown == view.Policies[2].MeanSlowdown {
+		t.Fatalf("LOfView changed nothing: epvm %v, emosix %v", view.Policies[0].MeanSlowdown, view.Policies[2].MeanSlowdown)
+	}
+	for _, p := range view.Policies {
+		var want float64
+		for r := range p.Runs {
+			want += p.Runs[r] - view.Policies[1].Runs[r]
+		}
+		want /= float64(len(p.Runs))
+		if p.VsMosix == nil || math.Abs(*p.VsMosix-want) > 1e-12 || (p.Policy == "mosix" && (*p.VsMosix != 0 || *p.VsMosixCI95 != 0)) {
+			t.Fatalf("%s: paired difference %v, want %v", p.Policy, p.VsMosix, want)
+		}
+	}
+	cfg.Policies = []string{"epvm"}
+	if only, _ := RunStudy(cfg); only.Policies[0].VsMosix != nil {
+		t.Fatal("a paired difference without mosix")
+	}
+}
