@@ -155,26 +155,22 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 			}
 		}
 		// What they hold travels in the header too.
+		var held int64
 		for _, c := range chans {
 			for _, q := range c.Queued {
 				for _, m := range q {
-					ghostBytes += int64(len(m))
+					held += int64(len(m))
 				}
 			}
 		}
-		if ghostBytes > ghostLimit {
-			cannot = append(cannot, fmt.Sprintf("%d MiB in its deleted or memory files, pipes and socket pairs, more than the %d MiB a move carries", ghostBytes>>20, ghostLimit>>20))
+		if ghostBytes <= ghostLimit && ghostBytes+held > ghostLimit {
+			cannot = append(cannot, fmt.Sprintf("%d MiB in its deleted or memory files, pipes and socket pairs, more than the %d MiB a move carries", (ghostBytes+held)>>20, ghostLimit>>20))
 		}
 	}
 	for _, e := range ends {
-		if out[e.at].Kind == "" {
-			if e.f.Fd > 2 {
-				if !channels {
-					cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", e.f.Fd, describeLink(e.f.Link)))
-				}
-				continue
-			}
-			// Its pipe or terminal to its home.
+		// Any other end not of a channel (fd > 2) has its reason above;
+		// one of the first three is its pipe or terminal to its home.
+		if out[e.at].Kind == "" && e.f.Fd <= 2 {
 			out[e.at] = File{Fd: e.f.Fd, Kind: FileStdio, Path: e.f.Link, Flags: e.f.Flags}
 		}
 	}
