@@ -306,21 +306,56 @@ func checkpointWith(pid int, w io.Writer, pool *bufpool.Pool) (*Frozen, error) {
 // checkMove moves argv once, both dynamically and statically linked, and
 // wants exactly the output of an undisturbed run and a clean exit.
 func checkMove(t *testing.T, prog string, before int, args ...string) {
+	moveCase{prog: prog, before: before, args: func(*testing.T) []string { return args }}.check(t)
+}
+
+// moveCase is a test program moved once, both dynamically and statically
+// linked, which must write exactly what an undisturbed run writes and
+// exit cleanly.
+type moveCase struct {
+	prog   string
+	before int                               // lines it writes before the move
+	args   func(*testing.T) []string         // its arguments, made for each variant
+	expect string                            // what its undisturbed output must contain: it did what the test is about
+	reset  func(t *testing.T, args []string) // between the undisturbed run and the moved one
+	image  func(t *testing.T, img *Image)    // looks at the image
+}
+
+func (c moveCase) check(t *testing.T) {
 	needRoot(t)
-	for _, variant := range []string{prog, prog + "-static"} {
+	for _, variant := range []string{c.prog, c.prog + "-static"} {
 		t.Run(variant, func(t *testing.T) {
+			args := c.args(t)
 			argv := append([]string{programs[variant]}, args...)
 			want := reference(t, argv...)
-			got, ws, img := move{argv: argv, before: before}.run(t)
+			if !strings.Contains(want, c.expect) {
+				t.Fatalf("the program alone printed %q", want)
+			}
+			if c.reset != nil {
+				c.reset(t, args)
+			}
+			got, ws, img := move{argv: argv, before: c.before}.run(t)
 			if got != want {
 				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
 			}
 			if !ws.Exited() || ws.ExitStatus() != 0 {
 				t.Fatalf("restored process ended with %v", ws)
 			}
+			if c.image != nil {
+				c.image(t, img)
+			}
 			t.Logf("image: %d mappings, %d bytes of memory", len(img.VMAs), img.MemoryBytes())
 		})
 	}
+}
+
+// fileKinds counts the image's descriptors by kind.
+func fileKinds(img *Image) map[string]int {
+	kinds := map[string]int{}
+	for _, f := range img.Files {
+		kinds[f.Kind]++
+	}
+	return kinds
 }
 
 func TestMoveCounter(t *testing.T) { checkMove(t, "counter", 10, "40", "4000000") }
@@ -1061,28 +1096,13 @@ func TestMoveDirectory(t *testing.T) {
 // descriptor that shared an open file with another (dup) shares it again:
 // one offset between them, the standard output's copy still the output.
 func TestMoveGhostFiles(t *testing.T) {
-	needRoot(t)
-	for _, variant := range []string{"ghosts", "ghosts-static"} {
-		t.Run(variant, func(t *testing.T) {
-			argv := []string{programs[variant], "40", t.TempDir()}
-			want := reference(t, argv...)
-			got, ws, img := move{argv: argv, before: 10}.run(t)
-			if got != want {
-				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
-			}
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
-			kinds := map[string]int{}
-			for _, f := range img.Files {
-				kinds[f.Kind]++
-			}
+	moveCase{prog: "ghosts", before: 10, args: func(t *testing.T) []string { return []string{"40", t.TempDir()} },
+		expect: "deleted 310 bytes, sum 10902944087086836852, mode 640, offsets 310 310\ntmpfile 1048886 bytes, 1 blocks under 1 MiB, sum 10902944087086836852\nmemfd 632 bytes, sum 17482358355423781578, seals 2, shrink refused 1\n", image: func(t *testing.T, img *Image) {
 			// del and again, tmp; mem; dup1 and out.
-			if kinds[FileDeleted] != 3 || kinds[FileMemfd] != 1 || kinds[FileDup] != 2 {
-				t.Fatalf("the image's descriptors are %v, want 3 deleted, 1 memfd, 2 dup", kinds)
+			if k := fileKinds(img); k[FileDeleted] != 3 || k[FileMemfd] != 1 || k[FileDup] != 2 {
+				t.Fatalf("the image's descriptors are %v, want 3 deleted, 1 memfd, 2 dup", k)
 			}
-		})
-	}
+		}}.check(t)
 }
 
 // Kernel event descriptors come back with their state: an eventfd's count
@@ -1090,84 +1110,44 @@ func TestMoveGhostFiles(t *testing.T) {
 // reads), a timerfd's period and expirations, an epoll set's watches with
 // their events and data.
 func TestMoveEventDescriptors(t *testing.T) {
-	needRoot(t)
-	for _, variant := range []string{"events", "events-static"} {
-		t.Run(variant, func(t *testing.T) {
-			argv := []string{programs[variant], "30"}
-			want := reference(t, argv...)
-			if !strings.Contains(want, "ready 4, mask f\neventfd 8 7\nsemaphore 8 1 0\nsemaphore 8 1 0\nsemaphore -1 0 1\nsignalfd 128 10\ntimerfd 1\ntimerfd period 40 ms, armed 1\n") {
-				t.Fatalf("the program alone printed %q", want)
+	moveCase{prog: "events", before: 10, args: func(*testing.T) []string { return []string{"30"} },
+		expect: "ready 4, mask f\neventfd 8 7\nsemaphore 8 1 0\nsemaphore 8 1 0\nsemaphore -1 0 1\nsignalfd 128 10\ntimerfd 1\ntimerfd period 40 ms, armed 1\n",
+		image: func(t *testing.T, img *Image) {
+			if k := fileKinds(img); k[FileEventfd] != 2 || k[FileSignalfd] != 1 || k[FileTimerfd] != 1 || k[FileEpoll] != 1 {
+				t.Fatalf("the image's descriptors are %v", k)
 			}
-			got, ws, img := move{argv: argv, before: 10}.run(t)
-			if got != want {
-				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
-			}
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
-			kinds := map[string]int{}
-			for _, f := range img.Files {
-				kinds[f.Kind]++
-			}
-			if kinds[FileEventfd] != 2 || kinds[FileSignalfd] != 1 || kinds[FileTimerfd] != 1 || kinds[FileEpoll] != 1 {
-				t.Fatalf("the image's descriptors are %v", kinds)
-			}
-		})
-	}
+		}}.check(t)
 }
 
 // Pipes and socket pairs whose every end the process holds come back with
 // what they held, their sizes, flags and shut-down directions.
 func TestMoveChannels(t *testing.T) {
-	needRoot(t)
-	for _, variant := range []string{"chans", "chans-static"} {
-		t.Run(variant, func(t *testing.T) {
-			argv := []string{programs[variant], "30"}
-			want := reference(t, argv...)
-			if !strings.Contains(want, "self-pipe size 131072, non-blocking 1\nself-pipe: 1 w\nself-pipe again: -1 \nclosed pipe: 10 last words\nclosed pipe, at its end: 0 \nstream: 12 hello stream\nstream, shut: 0 \nstream, the other way: 4 back\npacket 1: 3 one\npacket 2: 4 two2\ndatagram: 8 datagram\npeer gone: 3 bye\npeer gone, at its end: 0 \npeer gone, send -1 1\nnever connected, send -1 1\n") {
-				t.Fatalf("the program alone printed %q", want)
-			}
-			got, ws, img := move{argv: argv, before: 10}.run(t)
-			if got != want {
-				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
-			}
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
+	moveCase{prog: "chans", before: 10, args: func(*testing.T) []string { return []string{"30"} },
+		expect: "self-pipe size 131072, non-blocking 1\nself-pipe: 1 w\nself-pipe again: -1 \nclosed pipe: 10 last words\nclosed pipe, at its end: 0 \nstream: 12 hello stream\nstream, shut: 0 \nstream, the other way: 4 back\npacket 1: 3 one\npacket 2: 4 two2\ndatagram: 8 datagram\npeer gone: 3 bye\npeer gone, at its end: 0 \npeer gone, send -1 1\nnever connected, send -1 1\n",
+		image: func(t *testing.T, img *Image) {
 			if len(img.Channels) != 7 {
 				t.Fatalf("the image has %d channels, want 7: %+v", len(img.Channels), img.Channels)
 			}
-		})
-	}
+		}}.check(t)
 }
 
 // An inotify descriptor comes back watching the same files under the same
 // watch numbers (a gap left by a removed watch included), so the events
 // after the move name what they named before (tail -f watches so).
 func TestMoveInotify(t *testing.T) {
-	needRoot(t)
-	for _, variant := range []string{"watcher", "watcher-static"} {
-		t.Run(variant, func(t *testing.T) {
-			dir := t.TempDir()
-			argv := []string{programs[variant], "30", dir}
-			want := reference(t, argv...)
-			os.RemoveAll(dir)
-			os.Mkdir(dir, 0o755)
-			if !strings.HasPrefix(want, "watches 1 3 2\n0: wd 3 mask 100 f0\n0: wd 2 mask 2 -\n") {
-				t.Fatalf("the program alone printed %q", want)
+	moveCase{prog: "watcher", before: 11, args: func(t *testing.T) []string { return []string{"30", t.TempDir()} },
+		expect: "watches 1 3 2\n0: wd 3 mask 100 f0\n0: wd 2 mask 2 -\n",
+		reset: func(t *testing.T, args []string) {
+			os.RemoveAll(args[1])
+			if err := os.Mkdir(args[1], 0o755); err != nil {
+				t.Fatal(err)
 			}
-			got, ws, img := move{argv: argv, before: 11}.run(t)
-			if got != want {
-				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
-			}
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				t.Fatalf("restored process ended with %v", ws)
-			}
+		},
+		image: func(t *testing.T, img *Image) {
 			if i := slices.IndexFunc(img.Files, func(f File) bool { return f.Kind == FileInotify }); i < 0 || len(img.Files[i].Watches) != 2 {
 				t.Fatalf("the image's descriptors: %+v", img.Files)
 			}
-		})
-	}
+		}}.check(t)
 }
 
 // An ordinary Go program moves: its runtime's threads and signals, and

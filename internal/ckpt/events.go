@@ -34,6 +34,12 @@ func fdinfoField(info, key string) (string, bool) {
 	return "", false
 }
 
+// hexField returns the fdinfo field key, a hexadecimal number.
+func hexField(info, key string) (uint64, error) {
+	v, _ := fdinfoField(info, key)
+	return strconv.ParseUint(v, 16, 64)
+}
+
 // eventFile describes the event descriptor f, or says why it cannot
 // move; nil and "" if it is none of these.
 func eventFile(pid int, f fdEntry) (*File, string) {
@@ -44,24 +50,20 @@ func eventFile(pid int, f fdEntry) (*File, string) {
 	switch f.Link {
 	case "anon_inode:[eventfd]":
 		file.Kind = FileEventfd
-		v, _ := fdinfoField(f.Info, "eventfd-count")
-		n, err := strconv.ParseUint(v, 16, 64)
-		if err != nil {
+		var err error
+		if file.Count, err = hexField(f.Info, "eventfd-count"); err != nil {
 			return unknown("count")
 		}
-		file.Count = n
 		// Shown since Linux 6.6; before, a semaphore is taken for a
 		// counter (reads then take all of it at once).
-		v, _ = fdinfoField(f.Info, "eventfd-semaphore")
+		v, _ := fdinfoField(f.Info, "eventfd-semaphore")
 		file.Semaphore = v == "1"
 	case "anon_inode:[signalfd]":
 		file.Kind = FileSignalfd
-		v, _ := fdinfoField(f.Info, "sigmask")
-		mask, err := strconv.ParseUint(v, 16, 64)
-		if err != nil {
+		var err error
+		if file.SigMask, err = hexField(f.Info, "sigmask"); err != nil {
 			return unknown("signal mask")
 		}
-		file.SigMask = mask
 	case "anon_inode:[timerfd]":
 		file.Kind = FileTimerfd
 		var err error
