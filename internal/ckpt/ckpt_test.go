@@ -1027,6 +1027,68 @@ func TestMoveLocks(t *testing.T) {
 	}
 }
 
+// A failed checkpoint gives the process back every lock it let go at the
+// freeze: its POSIX record locks, its flock and its OFD lock.
+func TestFailedCheckpointKeepsLocks(t *testing.T) {
+	needRoot(t)
+	path := filepath.Join(t.TempDir(), "locked")
+	argv := []string{programs["locker"], path, "40", "all"}
+	want := reference(t, argv...)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var got strings.Builder
+	for range 5 {
+		line, _ := br.ReadString('\n')
+		got.WriteString(line)
+	}
+	if _, _, err := Checkpoint(cmd.Process.Pid, &failAfter{n: 64 << 10}); err == nil {
+		t.Fatal("Checkpoint into a broken link succeeded")
+	}
+	f, err := os.OpenFile(path+".flock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); !errors.Is(err, unix.EWOULDBLOCK) {
+		t.Errorf("after a failed checkpoint a shared flock was %v, want EWOULDBLOCK", err)
+	}
+	g, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for _, c := range []struct {
+		cmd        int
+		start      int64
+		typ, owner int
+	}{{unix.F_GETLK, 10, unix.F_WRLCK, cmd.Process.Pid}, {unix.F_OFD_GETLK, 125, unix.F_WRLCK, -1}} {
+		fl := unix.Flock_t{Type: unix.F_RDLCK, Start: c.start, Len: 1}
+		if err := unix.FcntlFlock(g.Fd(), c.cmd, &fl); err != nil {
+			t.Fatal(err)
+		}
+		if int(fl.Type) != c.typ || int(fl.Pid) != c.owner {
+			t.Errorf("after a failed checkpoint, byte %d: %+v, want a write lock of %d", c.start, fl, c.owner)
+		}
+	}
+	rest, _ := io.ReadAll(br)
+	got.Write(rest)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the process after a failed checkpoint: %v", err)
+	}
+	if got.String() != want {
+		t.Fatalf("output differs after a failed checkpoint:\n got %q\nwant %q", got.String(), want)
+	}
+}
+
 // flock and open-file-description locks move with the open files that
 // hold them: after the move the copy holds them (the original is gone),
 // once each though two descriptors share the flock's open file.
