@@ -80,7 +80,11 @@ func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
 	e := &Encoder{dst: w, w: bufio.NewWriterSize(w, streamBuffer)}
 	var head [12]byte
 	copy(head[:], magic[:])
-	binary.LittleEndian.PutUint32(head[8:], ImageVersion)
+	version := uint32(img.Version)
+	if version == 0 {
+		version = ImageVersion
+	}
+	binary.LittleEndian.PutUint32(head[8:], version)
 	e.chain = crc32.Update(0, castagnoli, head[:])
 	if _, err := e.w.Write(head[:]); err != nil {
 		return nil, err
@@ -234,8 +238,9 @@ func NewDecoder(r io.Reader) (*Decoder, error) {
 	if !bytes.Equal(head[:8], magic[:]) {
 		return nil, fmt.Errorf("%w: not a mosaic process image", ErrCorrupt)
 	}
-	if v := binary.LittleEndian.Uint32(head[8:]); v != ImageVersion {
-		return nil, fmt.Errorf("image format version %d; this mosaic reads version %d", v, ImageVersion)
+	v := binary.LittleEndian.Uint32(head[8:])
+	if err := checkVersion(v); err != nil {
+		return nil, err
 	}
 	d.chain = crc32.Update(0, castagnoli, head[:])
 	kind, payload, err := d.record()
@@ -249,7 +254,7 @@ func NewDecoder(r io.Reader) (*Decoder, error) {
 	if err := gob.NewDecoder(bytes.NewReader(payload)).Decode(d.img); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrCorrupt, err)
 	}
-	if d.img.Version != ImageVersion {
+	if uint32(d.img.Version) != v {
 		return nil, fmt.Errorf("%w: the header says version %d", ErrCorrupt, d.img.Version)
 	}
 	return d, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -134,5 +135,26 @@ func TestPageSumAsWritten(t *testing.T) {
 	bad := encode(PageRun{Addr: 0x5000, Data: data, sum: sum ^ 1, summed: true})
 	if _, err := Decode(bytes.NewReader(bad)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Decode of a run with a wrong sum = %v, want ErrCorrupt", err)
+	}
+}
+
+// An image of version 2 (before the descriptors of new kinds) is still
+// read; one newer than this mosaic is refused with the versions it reads.
+func TestFormatVersions(t *testing.T) {
+	for _, c := range []struct {
+		version int
+		ok      bool
+	}{{2, true}, {ImageVersion, true}, {ImageVersion + 1, false}, {1, false}} {
+		var buf bytes.Buffer
+		if err := Encode(&buf, &Image{Version: c.version, Pid: 1, Threads: []Thread{{Tid: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		img, err := Decode(bytes.NewReader(buf.Bytes()))
+		switch {
+		case c.ok && (err != nil || img.Version != c.version):
+			t.Errorf("version %d: %v", c.version, err)
+		case !c.ok && (err == nil || !strings.Contains(err.Error(), "reads versions 2 to")):
+			t.Errorf("version %d: %v, want refused", c.version, err)
+		}
 	}
 }

@@ -11,9 +11,26 @@
 // and timers (signals.go), registers and threads (dump.go, restore.go).
 package ckpt
 
-// ImageVersion is the version of the image format; a restorer refuses
-// images of another version.
-const ImageVersion = 2
+import "fmt"
+
+// ImageVersion is the version of the image format this mosaic writes. 3
+// added descriptors of new kinds (deleted and memory files, dups, event
+// descriptors, inotify, pipes and socket pairs of its own) and flock and
+// OFD locks, which a reader of version 2 would refuse or, for a lock,
+// take wrongly (as a POSIX lock): it refuses version 3 whole.
+const ImageVersion = 3
+
+// minImageVersion is the oldest version this mosaic reads: a version 2
+// image holds nothing that version 3 reads differently.
+const minImageVersion = 2
+
+// checkVersion says whether this mosaic reads images of version v.
+func checkVersion(v uint32) error {
+	if v < minImageVersion || v > ImageVersion {
+		return fmt.Errorf("image format version %d; this mosaic reads versions %d to %d", v, minImageVersion, ImageVersion)
+	}
+	return nil
+}
 
 // Image is everything needed to recreate a process.
 type Image struct {

@@ -396,8 +396,8 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 			restored.kill()
 		}
 	}()
-	if img.Version != ImageVersion {
-		return nil, fmt.Errorf("image version %d; this mosaic restores version %d", img.Version, ImageVersion)
+	if err := checkVersion(uint32(img.Version)); err != nil {
+		return nil, err
 	}
 	if len(img.Threads) == 0 {
 		return nil, errors.New("the image has no threads")
