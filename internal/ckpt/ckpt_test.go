@@ -344,7 +344,7 @@ func (c moveCase) check(t *testing.T) {
 			if c.image != nil {
 				c.image(t, img)
 			}
-			t.Logf("image: %d mappings, %d bytes of memory", len(img.VMAs), img.MemoryBytes())
+			t.Logf("image: %d mappings, %d descriptors", len(img.VMAs), len(img.Files))
 		})
 	}
 }
@@ -1287,6 +1287,45 @@ func TestPinned(t *testing.T) {
 				t.Fatalf("after a refused freeze the process is %q, traced by %s", st, tracer)
 			}
 		})
+	}
+}
+
+// An inotify descriptor with events not yet read pins its process for
+// that moment: the refusal says so (Momentary), and FreezeSoon waits it
+// out; the process, let go again, goes on as if nothing happened.
+func TestPinnedForAMoment(t *testing.T) {
+	needRoot(t)
+	argv := []string{programs["notifier"], "6", filepath.Join(t.TempDir(), "watched")}
+	want := reference(t, argv...)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var got strings.Builder
+	line, _ := br.ReadString('\n') // "pending 0": 100 ms of an event not yet read
+	got.WriteString(line)
+	var pe *PinnedError
+	if _, _, err := Freeze(cmd.Process.Pid); !errors.As(err, &pe) || !pe.Momentary || !strings.Contains(pe.Reason, "events not yet read") {
+		t.Fatalf("Freeze with an event not read: %v, want a momentary pin", err)
+	}
+	_, frozen, err := FreezeSoon(cmd.Process.Pid, 20, 20*time.Millisecond)
+	if err != nil {
+		t.Fatalf("FreezeSoon: %v", err)
+	}
+	if err := frozen.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	got.Write(rest)
+	if err := cmd.Wait(); err != nil || got.String() != want {
+		t.Fatalf("after a freeze that waited: %v\n got %q\nwant %q", err, got.String(), want)
 	}
 }
 

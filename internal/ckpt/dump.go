@@ -134,6 +134,19 @@ func Checkpoint(pid int, w io.Writer) (*Image, *Frozen, error) {
 	return img, f, nil
 }
 
+// FreezeSoon is Freeze, tried again up to tries times, wait apart, while
+// what pins the process passes by itself (PinnedError.Momentary).
+func FreezeSoon(pid, tries int, wait time.Duration) (*Image, *Frozen, error) {
+	for try := 1; ; try++ {
+		img, f, err := Freeze(pid)
+		var pe *PinnedError
+		if err == nil || try >= tries || !errors.As(err, &pe) || !pe.Momentary {
+			return img, f, err
+		}
+		time.Sleep(wait)
+	}
+}
+
 // Freeze stops the process pid and captures all of it but its memory
 // contents (see Frozen.ReadMemory). On failure it runs on untouched. The
 // calling goroutine must be locked to its OS thread until it has resumed

@@ -104,9 +104,6 @@ func eventFile(pid int, f fdEntry) (*File, string) {
 		}
 	case "anon_inode:inotify":
 		file.Kind = FileInotify
-		if why := pendingEvents(pid, f.Fd); why != "" {
-			return nil, why
-		}
 		var mounts map[uint64]string
 		for line := range strings.Lines(f.Info) {
 			if !strings.HasPrefix(line, "inotify ") {
@@ -131,27 +128,23 @@ func eventFile(pid int, f fdEntry) (*File, string) {
 	return file, ""
 }
 
-// pendingEvents says why an inotify descriptor with events not yet read
-// cannot move (reading them would take them from the process), or "".
-func pendingEvents(pid, fd int) string {
+// pendingEvents says whether an inotify descriptor holds events not yet
+// read (a copy of it asked with FIONREAD), which cannot move: reading
+// them would take them from the process. A descriptor that cannot be
+// looked at is taken for one that holds some.
+func pendingEvents(pid, fd int) bool {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
+		return true
 	}
 	defer unix.Close(pidfd)
 	c, err := unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
-		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
+		return true
 	}
 	defer unix.Close(c)
 	n, err := unix.IoctlGetInt(c, unix.TIOCINQ) // FIONREAD
-	if err != nil {
-		return fmt.Sprintf("an inotify descriptor that could not be looked at (%v)", err)
-	}
-	if n > 0 {
-		return "an inotify descriptor with events not yet read (for a moment)"
-	}
-	return ""
+	return err != nil || n > 0
 }
 
 // parseInotifyWatch reads an inotify descriptor's fdinfo line for one

@@ -20,7 +20,12 @@ import (
 
 // PinnedError says why a process cannot move: it holds something the
 // engine cannot carry. The text is for its user.
-type PinnedError struct{ Reason string }
+type PinnedError struct {
+	Reason string
+	// Momentary: what pins it passes by itself in a moment (an inotify
+	// descriptor with events not yet read): trying again soon may do.
+	Momentary bool
+}
 
 func (e *PinnedError) Error() string { return "the process cannot move: " + e.Reason }
 
@@ -49,6 +54,7 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 	var sharedMaps map[fileID]bool
 	var ends []chanEnd
 	channels := false // a pipe or socket besides stdio
+	nMomentary := 0   // reasons in cannot that pass by themselves
 	for _, f := range fds {
 		var st unix.Stat_t
 		var id fileID
@@ -92,6 +98,10 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 				channels = true
 			}
 			file = &File{Fd: f.Fd}
+		case f.Link == "anon_inode:inotify" && pendingEvents(pid, f.Fd):
+			cannot = append(cannot, fmt.Sprintf("descriptor %d (an inotify descriptor with events not yet read, for a moment)", f.Fd))
+			nMomentary++
+			continue
 		case strings.HasPrefix(f.Link, "anon_inode:"):
 			g, why := eventFile(pid, f)
 			if why != "" {
@@ -175,7 +185,7 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 		}
 	}
 	if len(cannot) > 0 {
-		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", ")}
+		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", "), Momentary: nMomentary == len(cannot)}
 	}
 	return &dumpedFiles{files: out, locks: locks, channels: chans}, nil
 }

@@ -144,7 +144,9 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	std.holdRelays()
 	steps.mark("relays")
 	backInQuota := e.outOfQuota(id, pid)
-	img, frozen, err := ckpt.Freeze(pid)
+	// A momentary pin (events an inotify descriptor has not read yet)
+	// is waited out a little: five tries, 20 ms apart.
+	img, frozen, err := ckpt.FreezeSoon(pid, 5, 20*time.Millisecond)
 	if err != nil {
 		backInQuota()
 		std.releaseRelays(out)
