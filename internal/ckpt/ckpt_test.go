@@ -770,7 +770,12 @@ func threadNices(t *testing.T, pid int) []int {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := int(attr.Policy)*10000000 + (20-prio)*100000 + int(io)
+		slack, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		slackNs, _ := strconv.Atoi(strings.TrimSpace(string(slack)))
+		v := slackNs*1_000_000_000 + int(attr.Policy)*10000000 + (20-prio)*100000 + int(io)
 		if tid == pid {
 			main = append(main, v)
 		} else {
@@ -781,9 +786,10 @@ func threadNices(t *testing.T, pid int) []int {
 	return append(main, others...)
 }
 
-// Every thread keeps its nice value, I/O priority and scheduling policy:
-// the main thread 7, idle I/O and SCHED_IDLE, the others 3, 4, ..., best
-// effort 3, 4, ... and SCHED_BATCH, as set before the checkpoint.
+// Every thread keeps its nice value, I/O priority, scheduling policy and
+// timer slack: the main thread 7, idle I/O, SCHED_IDLE and 207 us, the
+// others 3, 4, ..., best effort 3, 4, ..., SCHED_BATCH and 203, 204, ...
+// us, as set before the checkpoint.
 func TestMoveKeepsPriorities(t *testing.T) {
 	needRoot(t)
 	var want []int
@@ -814,12 +820,16 @@ func TestMoveKeepsPriorities(t *testing.T) {
 			if err := unix.SchedSetAttr(tid, &attr, 0); err != nil {
 				t.Fatal(err)
 			}
+			// And a timer slack of its own, as prctl sets it.
+			if err := os.WriteFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid), []byte(strconv.Itoa(200_000+1000*n)), 0); err != nil {
+				t.Fatal(err)
+			}
 		}
 		want = threadNices(t, pid)
 	}
 	m.restored = func(t *testing.T, pid int) {
 		if got := threadNices(t, pid); !slices.Equal(got, want) {
-			t.Fatalf("restored threads' nice values and I/O priorities %v, want %v", got, want)
+			t.Fatalf("restored threads' timer slacks, policies, nice values and I/O priorities %v, want %v", got, want)
 		}
 	}
 	if _, ws, _ := m.run(t); !ws.Exited() || ws.ExitStatus() != 0 {

@@ -406,6 +406,10 @@ func dumpThread(tid int, status procStatus) (Thread, error) {
 	if attr.Policy != unix.SCHED_DEADLINE {
 		t.SchedPolicy, t.SchedPriority = int(attr.Policy), int(attr.Priority)
 	}
+	// Its timer slack: a program may have set its own (prctl).
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid)); err == nil {
+		t.TimerSlackNs, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
 	return t, nil
 }
 

@@ -151,7 +151,10 @@ type Thread struct {
 	// SchedPolicy and SchedPriority: its scheduling policy (0:
 	// SCHED_OTHER) and realtime priority; SCHED_DEADLINE is not carried.
 	SchedPolicy, SchedPriority int
-	AltStack                   [3]uint64 // ss_sp, ss_flags, ss_size
+	// TimerSlackNs is its timer slack (prctl PR_SET_TIMERSLACK; 0: not
+	// known, as in images of before).
+	TimerSlackNs uint64
+	AltStack     [3]uint64 // ss_sp, ss_flags, ss_size
 	// Pending are the signals queued for this thread alone, the one being
 	// delivered when it stopped first; raw siginfo, 128 bytes each.
 	Pending [][]byte

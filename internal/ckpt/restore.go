@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -748,6 +750,13 @@ func setPriorities(tid int, t Thread) error {
 		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: uint32(t.SchedPolicy), Nice: int32(nice), Priority: uint32(t.SchedPriority)}
 		if err := unix.SchedSetAttr(tid, &attr, 0); err != nil {
 			return fmt.Errorf("set the scheduling policy of thread %d to %d: %w", tid, t.SchedPolicy, err)
+		}
+	}
+	// Written through /proc (this daemon's CAP_SYS_NICE); 0 would mean
+	// "the default", which a realtime thread's 0 is not.
+	if t.TimerSlackNs != 0 {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid), []byte(strconv.FormatUint(t.TimerSlackNs, 10)), 0); err != nil {
+			return fmt.Errorf("set the timer slack of thread %d: %w", tid, err)
 		}
 	}
 	if p := ioprio.Prio(t.IOPrio); p.Valid() {
