@@ -1257,6 +1257,7 @@ func TestPinned(t *testing.T) {
 	}{
 		{"socket", "import socket; s = socket.socket()", "a network or local socket", false},
 		{"pipe to another process", "import os, subprocess; r, w = os.pipe(); p = subprocess.Popen(['sleep', '60'], stdin=r); os.close(r)", "child", false},
+		{"child of a thread", "import os, threading, time\ndef f():\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    time.sleep(60)\nthreading.Thread(target=f, daemon=True).start()\ntime.sleep(0.2)", "child processes", false},
 		{"pipe half another process's", "import os; r, w = os.pipe(); os.set_inheritable(r, True); os.system('sleep 60 <&%d &' % r); os.close(r)", "a pipe process", true},
 		{"socket pair half another process's", "import os, socket; a, b = socket.socketpair(); os.set_inheritable(b.fileno(), True); os.system('sleep 60 <&%d &' % b.fileno())", "another process holds", true},
 		{"lease", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)", "lease", false},

@@ -292,11 +292,21 @@ func checkSandbox(status procStatus) error {
 // checkChildren refuses a process that has children: they would have to
 // move with it.
 func checkChildren(pid int) error {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	// Each thread has children of its own: those it forked.
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
-		return nil // no such file without CONFIG_PROC_CHILDREN: nothing to check
+		return fmt.Errorf("list the threads of %d: %w", pid, err)
 	}
-	if kids := strings.Fields(string(b)); len(kids) > 0 {
+	var kids []string
+	buf := make([]byte, 4096)
+	for _, t := range tasks {
+		b, err := procRead(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()), buf)
+		if err != nil {
+			continue // gone meanwhile; or no such file without CONFIG_PROC_CHILDREN: nothing to check
+		}
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) > 0 {
 		return &PinnedError{Reason: fmt.Sprintf("it has child processes (%s), and this version moves single processes only", strings.Join(kids, ", "))}
 	}
 	return nil
