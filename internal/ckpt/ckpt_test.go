@@ -748,6 +748,29 @@ func waitFor(t *testing.T, pid int) syscall.WaitStatus {
 // threadNices lists a process's threads' scheduling policies, nice values
 // and I/O priorities (as policy*10^7 + (20-nice)*10^5 + ioprio), the main
 // thread's first, the others' in order.
+// threadNames are the names of pid's threads, the main thread's first.
+func threadNames(t *testing.T, pid int) []string {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var main, others []string
+	for _, e := range ents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Name() == strconv.Itoa(pid) {
+			main = append(main, strings.TrimSpace(string(b)))
+		} else {
+			others = append(others, strings.TrimSpace(string(b)))
+		}
+	}
+	slices.Sort(others)
+	return append(main, others...)
+}
+
 func threadNices(t *testing.T, pid int) []int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -786,13 +809,14 @@ func threadNices(t *testing.T, pid int) []int {
 	return append(main, others...)
 }
 
-// Every thread keeps its nice value, I/O priority, scheduling policy and
-// timer slack: the main thread 7, idle I/O, SCHED_IDLE and 207 us, the
+// Every thread keeps its name, nice value, I/O priority, scheduling policy
+// and timer slack: the main thread 7, idle I/O, SCHED_IDLE and 207 us, the
 // others 3, 4, ..., best effort 3, 4, ..., SCHED_BATCH and 203, 204, ...
 // us, as set before the checkpoint.
 func TestMoveKeepsPriorities(t *testing.T) {
 	needRoot(t)
 	var want []int
+	var wantNames []string
 	m := move{argv: []string{programs["threads"], "40"}, before: 10}
 	m.dumping = func(t *testing.T, pid int) {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -826,10 +850,14 @@ func TestMoveKeepsPriorities(t *testing.T) {
 			}
 		}
 		want = threadNices(t, pid)
+		wantNames = threadNames(t, pid)
 	}
 	m.restored = func(t *testing.T, pid int) {
 		if got := threadNices(t, pid); !slices.Equal(got, want) {
 			t.Fatalf("restored threads' timer slacks, policies, nice values and I/O priorities %v, want %v", got, want)
+		}
+		if got := threadNames(t, pid); !slices.Equal(got, wantNames) {
+			t.Fatalf("restored threads' names %q, want %q", got, wantNames)
 		}
 	}
 	if _, ws, _ := m.run(t); !ws.Exited() || ws.ExitStatus() != 0 {

@@ -416,6 +416,11 @@ func dumpThread(tid int, status procStatus) (Thread, error) {
 	if attr.Policy != unix.SCHED_DEADLINE {
 		t.SchedPolicy, t.SchedPriority = int(attr.Policy), int(attr.Priority)
 	}
+	// Its name, which a program may set (prctl PR_SET_NAME, a JVM names
+	// every thread).
+	if b, err := procRead(fmt.Sprintf("/proc/%d/comm", tid), make([]byte, 32)); err == nil {
+		t.Comm = strings.TrimSuffix(string(b), "\n")
+	}
 	// Its timer slack: a program may have set its own (prctl).
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", tid)); err == nil {
 		t.TimerSlackNs, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)

@@ -151,6 +151,9 @@ type Thread struct {
 	// SchedPolicy and SchedPriority: its scheduling policy (0:
 	// SCHED_OTHER) and realtime priority; SCHED_DEADLINE is not carried.
 	SchedPolicy, SchedPriority int
+	// Comm is its name (prctl PR_SET_NAME, /proc/TID/comm); "" in images
+	// of before, which kept the main thread's in Image.Comm only.
+	Comm string
 	// TimerSlackNs is its timer slack (prctl PR_SET_TIMERSLACK; 0: not
 	// known, as in images of before).
 	TimerSlackNs uint64

@@ -568,7 +568,8 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 	const (
 		altAt    = 0
 		timersAt = 32
-		cwdAt    = timersAt + 3*32
+		nameAt   = timersAt + 3*32
+		cwdAt    = nameAt + 16 // TASK_COMM_LEN
 	)
 	if len(img.Cwd)+1 > scratchSize-cwdAt {
 		return fmt.Errorf("the working directory's path is too long (%d bytes)", len(img.Cwd))
@@ -599,6 +600,10 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 		at := timersAt + 32*which
 		copy(data[at:], le64(uint64(it.IntervalUs/1e6), uint64(it.IntervalUs%1e6), uint64(it.ValueUs/1e6), uint64(it.ValueUs%1e6)))
 		calls = append(calls, named{sc(unix.SYS_SETITIMER, uint64(which), r.scratch+uint64(at), 0), fmt.Sprintf("set interval timer %d", which)})
+	}
+	if name := threadName(t, img.Comm); name != "" {
+		copy(data[nameAt:], name)
+		calls = append(calls, named{sc(unix.SYS_PRCTL, unix.PR_SET_NAME, r.scratch+nameAt, 0, 0, 0), "set its name"})
 	}
 	data = append(data, cString(img.Cwd)...)
 	calls = append(calls,
@@ -693,6 +698,13 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 		}
 		calls = append(calls, sc(unix.SYS_SIGALTSTACK, r.scratch, 0))
 	}
+	if name := threadName(t, ""); name != "" {
+		const nameAt = 64
+		if err := r.write(r.scratch+nameAt, cString(name)); err != nil {
+			return err
+		}
+		calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_SET_NAME, r.scratch+nameAt, 0, 0, 0))
+	}
 	errs, _, err := r.batch(calls)
 	if err != nil {
 		return err
@@ -725,6 +737,19 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 // policies for root's processes only:
 // an image from a file is its user's to write. (A user's process that root
 // gave either loses it on a move.)
+// threadName is the name a thread is given back: its own, else (an image
+// of before) the process's; at most 15 bytes, as the kernel keeps.
+func threadName(t Thread, process string) string {
+	name := t.Comm
+	if name == "" {
+		name = process
+	}
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	return name
+}
+
 func limitPriorities(img *Image) {
 	for i := range img.Threads {
 		t := &img.Threads[i]

@@ -4,6 +4,8 @@
 // condition variable that main signals at the end. Main prints one line
 // per round with every worker's running sums, so a restored copy that lost
 // a thread, its registers, its TLS or a futex prints other lines or hangs.
+// Every thread has a name of its own (pthread_setname_np).
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,9 +57,17 @@ int main(int argc, char **argv) {
 	pthread_barrier_init(&start, NULL, WORKERS + 1);
 	pthread_barrier_init(&done, NULL, WORKERS + 1);
 	pthread_t w[WORKERS], s, c;
-	for (long i = 0; i < WORKERS; i++) pthread_create(&w[i], NULL, worker, (void *)i);
+	for (long i = 0; i < WORKERS; i++) {
+		char name[16];
+		pthread_create(&w[i], NULL, worker, (void *)i);
+		snprintf(name, sizeof name, "worker-%ld", i);
+		pthread_setname_np(w[i], name);
+	}
 	pthread_create(&s, NULL, sleeper, NULL);
+	pthread_setname_np(s, "sleeper");
 	pthread_create(&c, NULL, waiter, NULL);
+	pthread_setname_np(c, "waiter");
+	pthread_setname_np(pthread_self(), "threads-main");
 	for (int r = 0; r < rounds; r++) {
 		pthread_barrier_wait(&start);
 		pthread_barrier_wait(&done);
