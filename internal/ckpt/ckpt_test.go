@@ -462,6 +462,25 @@ func TestMoveReader(t *testing.T) {
 // A process that may not gain privileges by exec (no_new_privs: a sandbox
 // of the simplest kind) keeps that after a move: without it, the copy
 // could run set-user-ID programs the original could not.
+// A process that made itself not dumpable (as ssh-agent and gpg-agent do)
+// stays so: its user may not trace it or read its memory after a move
+// either.
+func TestMoveKeepsNotDumpable(t *testing.T) {
+	needRoot(t)
+	script := `import ctypes, time
+libc = ctypes.CDLL(None)
+assert libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+for i in range(20):
+    time.sleep(0.02)
+    print(i, libc.prctl(3, 0, 0, 0, 0), flush=True)  # PR_GET_DUMPABLE
+`
+	// Every line after the move says what the restored process is.
+	got, ws, img := move{argv: []string{"/usr/bin/python3", "-S", "-c", script}, before: 5}.run(t)
+	if !img.NotDumpable || !ws.Exited() || ws.ExitStatus() != 0 || !strings.HasSuffix(got, "19 0\n") {
+		t.Fatalf("image not dumpable %v; restored process ended with %v, output %q", img.NotDumpable, ws, got)
+	}
+}
+
 func TestMoveKeepsNoNewPrivs(t *testing.T) {
 	needRoot(t)
 	python, err := exec.LookPath("python3")

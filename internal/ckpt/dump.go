@@ -478,6 +478,7 @@ func dumpInside(tids []int, img *Image, f *Frozen) (err error) {
 		calls = append(calls, sc(unix.SYS_GETITIMER, which, s+timersAt+32*which))
 	}
 	calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, s+tidAddrAt))
+	calls = append(calls, sc(unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)) // 70
 	timersFrom := len(calls)
 	calls = append(calls, timerGetCalls(img.PosixTimers, s+end)...)
 	errs, rets, err := r.batch(calls)
@@ -492,12 +493,13 @@ func dumpInside(tids []int, img *Image, f *Frozen) (err error) {
 		return err
 	}
 	for i, what := range map[int]string{0: "the break", 65: "the alternate signal stack", 66: "interval timer 0",
-		67: "interval timer 1", 68: "interval timer 2", 69: "the thread's clear_child_tid"} {
+		67: "interval timer 1", 68: "interval timer 2", 69: "the thread's clear_child_tid", 70: "whether it is dumpable"} {
 		if errs[i] != nil {
 			return fmt.Errorf("read %s: %w", what, errs[i])
 		}
 	}
 	img.MM.Brk = rets[0]
+	img.NotDumpable = rets[70] == 0
 	if img.Actions, err = parseSigactions(b[actionsAt:], errs[1:65]); err != nil {
 		return err
 	}

@@ -48,13 +48,17 @@ type Image struct {
 	// NoNewPrivs: the process may not gain privileges by exec
 	// (PR_SET_NO_NEW_PRIVS), which it keeps wherever it goes.
 	NoNewPrivs bool
-	MM         MM
-	VMAs       []VMA
-	Pages      []PageRun // memory contents, in address order
-	Threads    []Thread  // the main thread first
-	Actions    []Sigaction
-	Files      []File
-	Timers     [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
+	// NotDumpable: the process made itself not dumpable (PR_SET_DUMPABLE
+	// 0: no core dump, and its user may not trace it or read its memory),
+	// as programs holding secrets do; it stays so.
+	NotDumpable bool
+	MM          MM
+	VMAs        []VMA
+	Pages       []PageRun // memory contents, in address order
+	Threads     []Thread  // the main thread first
+	Actions     []Sigaction
+	Files       []File
+	Timers      [3]ITimer // ITIMER_REAL, _VIRTUAL, _PROF
 	// Lazy are the pages of Lazy mappings the process has, which come
 	// after the image (see lazy.go).
 	Lazy []LazyRun

@@ -613,6 +613,11 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 		// In the main thread before it makes the others, which inherit it.
 		calls = append(calls, named{sc(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "keep no_new_privs"})
 	}
+	if img.NotDumpable {
+		// Its memory is written by now; the rest of the restore is root's
+		// (CAP_SYS_PTRACE), which this does not stop.
+		calls = append(calls, named{sc(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 0, 0, 0, 0), "stay not dumpable"})
+	}
 	if t.RobustList != 0 {
 		calls = append(calls, named{sc(unix.SYS_SET_ROBUST_LIST, t.RobustList, t.RobustLen), "set the robust futex list"})
 	}
