@@ -1269,6 +1269,23 @@ func TestMoveInotify(t *testing.T) {
 		}}.check(t)
 }
 
+// What a process asked of its memory stays asked after a move: locked
+// (mlock, and as touched), not copied to children, wiped in them, left
+// out of core dumps; and the memory is what it was.
+func TestMoveKeepsMemoryAdvice(t *testing.T) {
+	moveCase{prog: "advice", before: 10, args: func(*testing.T) []string { return []string{"30"} },
+		expect: "dontdump: yes, intact\nwipeonfork: yes, intact\ndontfork: yes, intact\nlocked on fault: yes, intact\nlocked: yes, intact\n",
+		image: func(t *testing.T, img *Image) {
+			var all uint32
+			for _, v := range img.VMAs {
+				all |= v.Advice
+			}
+			if want := uint32(AdviceLocked | AdviceLockOnFault | AdviceDontFork | AdviceWipeOnFork | AdviceDontDump); all&want != want {
+				t.Fatalf("the image's memory advice: %b, want %b", all, want)
+			}
+		}}.check(t)
+}
+
 // An ordinary Go program moves: its runtime's threads and signals, and
 // the epoll set and eventfd of its poller.
 func TestMoveGoProgram(t *testing.T) {

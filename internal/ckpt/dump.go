@@ -272,6 +272,9 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if img.VMAs, err = imageVMAs(maps); err != nil {
 		return nil, nil, err
 	}
+	if err := readAdvice(pid, img.VMAs); err != nil {
+		return nil, nil, err
+	}
 	if err := dumpInside(tids, img, f); err != nil {
 		return nil, nil, err
 	}

@@ -126,7 +126,21 @@ type VMA struct {
 	FileMtime int64
 	// Lazy: its pages are not in the image but come after it (post-copy).
 	Lazy bool
+	// Advice is what the process asked of this memory (Advice* bits:
+	// mlock, madvise), from its VmFlags.
+	Advice uint32
 }
+
+// VMA.Advice bits.
+const (
+	AdviceLocked      = 1 << iota // mlock: "lo"
+	AdviceLockOnFault             // mlock2 MLOCK_ONFAULT: "lf"
+	AdviceDontFork                // MADV_DONTFORK: "dc"
+	AdviceWipeOnFork              // MADV_WIPEONFORK: "wf"
+	AdviceDontDump                // MADV_DONTDUMP: "dd"
+	AdviceHugePage                // MADV_HUGEPAGE: "hg"
+	AdviceNoHugePage              // MADV_NOHUGEPAGE: "nh"
+)
 
 // PageRun is the contents of consecutive pages.
 type PageRun struct {

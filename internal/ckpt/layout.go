@@ -141,6 +141,7 @@ func sameLayout(premade, image []VMA) bool {
 	for i := range premade {
 		a, b := premade[i], image[i]
 		a.Lazy, b.Lazy = false, false
+		a.Advice, b.Advice = 0, 0 // given after the memory is in
 		if a != b {
 			return false
 		}

@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -408,3 +409,62 @@ func openFlags(v VMA) int {
 
 // atFDCWD is AT_FDCWD (-100) as a system call argument.
 const atFDCWD = ^uint64(99)
+
+// adviceFlags are the VmFlags of /proc/PID/smaps that say what a process
+// asked of its memory, by the Advice bit each is.
+var adviceFlags = map[string]uint32{
+	"lo": AdviceLocked, "lf": AdviceLockOnFault, "dc": AdviceDontFork, "wf": AdviceWipeOnFork,
+	"dd": AdviceDontDump, "hg": AdviceHugePage, "nh": AdviceNoHugePage,
+}
+
+// readAdvice sets each of vs's Advice from /proc/PID/smaps (its VmFlags:
+// cheap to read, 0.07 ms for a process of 1 GiB here). Only the
+// process's own memory: the kernel sets some of these on [vdso] and kin.
+func readAdvice(pid int, vs []VMA) error {
+	b, err := procRead(fmt.Sprintf("/proc/%d/smaps", pid), make([]byte, 64<<10))
+	if err != nil {
+		return fmt.Errorf("read the memory flags of %d: %w", pid, err)
+	}
+	byStart := map[uint64]*VMA{}
+	for i := range vs {
+		if vs[i].Kind == VMAAnon || vs[i].Kind == VMAFile {
+			byStart[vs[i].Start] = &vs[i]
+		}
+	}
+	var cur *VMA
+	for line := range strings.Lines(string(b)) {
+		if flags, ok := strings.CutPrefix(line, "VmFlags:"); ok {
+			if cur != nil {
+				for _, f := range strings.Fields(flags) {
+					cur.Advice |= adviceFlags[f]
+				}
+			}
+			continue
+		}
+		// A mapping's first line: "7f12a000-7f12b000 rw-p ...".
+		if dash := strings.IndexByte(line, '-'); dash > 0 && !strings.Contains(line[:dash], ":") {
+			if start, err := strconv.ParseUint(line[:dash], 16, 64); err == nil {
+				cur = byStart[start]
+			}
+		}
+	}
+	return nil
+}
+
+// adviseCalls are the madvise calls that give the memory of vs what the
+// process had asked of it (not mlock: see Restored.LockMemory).
+func adviseCalls(vs []VMA) []sysCall {
+	var calls []sysCall
+	for _, v := range vs {
+		for _, a := range []struct {
+			bit    uint32
+			advice uint64
+		}{{AdviceDontFork, unix.MADV_DONTFORK}, {AdviceWipeOnFork, unix.MADV_WIPEONFORK}, {AdviceDontDump, unix.MADV_DONTDUMP},
+			{AdviceHugePage, unix.MADV_HUGEPAGE}, {AdviceNoHugePage, unix.MADV_NOHUGEPAGE}} {
+			if v.Advice&a.bit != 0 {
+				calls = append(calls, sc(unix.SYS_MADVISE, v.Start, v.End-v.Start, a.advice))
+			}
+		}
+	}
+	return calls
+}

@@ -477,6 +477,20 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if err := setMM(r, img.MM); err != nil {
 		return nil, err
 	}
+	if calls := adviseCalls(img.VMAs); len(calls) > 0 {
+		errs, _, err := r.batch(calls)
+		if err != nil {
+			return nil, err
+		}
+		for i, e := range errs {
+			if e != nil {
+				return nil, fmt.Errorf("give its memory the advice it had (madvise %d at %#x): %w", calls[i].args[2], calls[i].args[0], e)
+			}
+		}
+	}
+	if err := lockMemory(r, img.VMAs); err != nil {
+		return nil, err
+	}
 	if err := restoreFiles(r, img.Files, img.Channels); err != nil {
 		return nil, err
 	}
@@ -742,6 +756,27 @@ func restoreThread(main *remote, tid, seen int, t Thread) error {
 // policies for root's processes only:
 // an image from a file is its user's to write. (A user's process that root
 // gave either loses it on a move.)
+// lockMemory locks the memory the process had locked (mlock, mlock2
+// MLOCK_ONFAULT), from inside it: as its user, under its limit on locked
+// memory, which the caller sets on the stub before the restore
+// (RLIMIT_MEMLOCK). Memory still to come (post-copy) is locked as it
+// comes in.
+func lockMemory(r *remote, vs []VMA) error {
+	for _, v := range vs {
+		if v.Advice&AdviceLocked == 0 {
+			continue
+		}
+		var flags uint64
+		if v.Advice&AdviceLockOnFault != 0 || v.Lazy {
+			flags = unix.MLOCK_ONFAULT
+		}
+		if _, err := r.call(unix.SYS_MLOCK2, v.Start, v.End-v.Start, flags); err != nil {
+			return fmt.Errorf("lock its %d KiB of memory at %#x as it had (mlock; the limit on locked memory, ulimit -l, may be lower on this node): %w", (v.End-v.Start)>>10, v.Start, err)
+		}
+	}
+	return nil
+}
+
 // threadName is the name a thread is given back: its own, else (an image
 // of before) the process's; at most 15 bytes, as the kernel keeps.
 func threadName(t Thread, process string) string {

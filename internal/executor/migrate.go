@@ -738,6 +738,15 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		g.ns = spec.Namespace
 		opt.Init = spec.Namespace.Init.Pid // threads get their ids back through it
 		opt.Step = func(name string) { steps.mark("restore." + name) }
+		// Its limits first: the restore locks the memory it had locked
+		// under its own limit on locked memory.
+		var limits []spawn.Rlimit
+		for _, l := range img.Rlimits {
+			limits = append(limits, spawn.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max})
+		}
+		if err := spawn.SetLimits(p.Pid, st.Uid, st.Gid, limits); err != nil {
+			e.log.Warn("restore resource limits", "id", st.Id, "err", err)
+		}
 		r, err := ckpt.RestoreInto(stub, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
@@ -754,13 +763,6 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 			// Its memory comes in while it waits for the home's word,
 			// and after.
 			go e.fillLazy(lazyCtx, st.Id, p.Pid, lazy, dec, ic.out)
-		}
-		var limits []spawn.Rlimit
-		for _, l := range img.Rlimits {
-			limits = append(limits, spawn.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max})
-		}
-		if err := spawn.SetLimits(p.Pid, st.Uid, st.Gid, limits); err != nil {
-			e.log.Warn("restore resource limits", "id", st.Id, "err", err)
 		}
 		ready := &peerpb.ExecOut{Msg: &peerpb.ExecOut_Restored{Restored: int32(p.Pid)}}
 		ic.out.send(ready)
