@@ -53,6 +53,7 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "C: temporary, deleted and memory files, dups", argv: []string{progs["ghosts"], "200", "@dir"}},
 		{name: "C: eventfd, signalfd, timerfd and an epoll set", argv: []string{progs["events"], "200"}},
 		{name: "C: inotify watches", argv: []string{progs["watcher"], "200", "@dir"}},
+		{name: "C: memory locked and advised (mlock, madvise)", argv: []string{progs["advice"], "200"}},
 		{name: "Go: goroutines, a ticker, the runtime's poller", argv: []string{progs["goprog"], "300"}},
 		{name: "C: blocked in read, fed between moves", argv: []string{progs["reader"]}, feed: []string{"one\n", "two two\n", "three three three\n", "four\n"}},
 		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
