@@ -481,6 +481,26 @@ for i in range(20):
 	}
 }
 
+// A program started under `setarch -R` (no address randomization) keeps
+// that personality, its threads too.
+func TestMoveKeepsPersonality(t *testing.T) {
+	needRoot(t)
+	script := `import ctypes, threading, time
+libc = ctypes.CDLL(None)
+for i in range(20):
+    time.sleep(0.02)
+    seen = []
+    th = threading.Thread(target=lambda: seen.append(libc.personality(0xffffffff)))
+    th.start(); th.join()
+    print(i, hex(libc.personality(0xffffffff)), hex(seen[0]), flush=True)
+`
+	got, ws, img := move{argv: []string{"/usr/bin/setarch", "-R", "/usr/bin/python3", "-S", "-c", script}, before: 5}.run(t)
+	const addrNoRandomize = 0x0040000
+	if img.Personality != addrNoRandomize || !ws.Exited() || ws.ExitStatus() != 0 || !strings.HasSuffix(got, "19 0x40000 0x40000\n") {
+		t.Fatalf("image personality %#x; restored process ended with %v, output %q", img.Personality, ws, got)
+	}
+}
+
 func TestMoveKeepsNoNewPrivs(t *testing.T) {
 	needRoot(t)
 	python, err := exec.LookPath("python3")

@@ -329,6 +329,10 @@ func dumpProcess(pid int, status procStatus, img *Image) error {
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
 		img.Comm = strings.TrimSpace(string(b))
 	}
+	if b, err := procRead(fmt.Sprintf("/proc/%d/personality", pid), make([]byte, 16)); err == nil {
+		p, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+		img.Personality = uint32(p)
+	}
 	if img.Cwd, err = os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil {
 		return fmt.Errorf("read the working directory of %d: %w", pid, err)
 	}

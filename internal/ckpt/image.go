@@ -52,6 +52,10 @@ type Image struct {
 	// 0: no core dump, and its user may not trace it or read its memory),
 	// as programs holding secrets do; it stays so.
 	NotDumpable bool
+	// Personality is its execution domain and flags (personality(2),
+	// e.g. ADDR_NO_RANDOMIZE from `setarch -R`), which shape its later
+	// mappings and what it executes.
+	Personality uint32
 	MM          MM
 	VMAs        []VMA
 	Pages       []PageRun // memory contents, in address order

@@ -627,6 +627,10 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 		// In the main thread before it makes the others, which inherit it.
 		calls = append(calls, named{sc(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "keep no_new_privs"})
 	}
+	if img.Personality != 0 {
+		// Before it makes the others, which take it from it.
+		calls = append(calls, named{sc(unix.SYS_PERSONALITY, uint64(img.Personality)), "set its personality"})
+	}
 	if img.NotDumpable {
 		// Its memory is written by now; the rest of the restore is root's
 		// (CAP_SYS_PTRACE), which this does not stop.
