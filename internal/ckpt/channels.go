@@ -476,13 +476,21 @@ func makeChannels(r *remote, chans []Channel, hi int) ([][2]int, error) {
 		var err error
 		if ends[k], err = makeChannel(r, c, hi); err != nil {
 			for _, e := range ends[:k] {
-				r.call(unix.SYS_CLOSE, uint64(e[0]))
-				r.call(unix.SYS_CLOSE, uint64(e[1]))
+				closeEnds(r, e)
 			}
 			return nil, fmt.Errorf("make its %s again: %w", describeChannel(c), err)
 		}
 	}
 	return ends, nil
+}
+
+// closeEnds closes a channel's ends in the process (-1: none).
+func closeEnds(r *remote, ends [2]int) {
+	for _, fd := range ends {
+		if fd >= 0 {
+			r.call(unix.SYS_CLOSE, uint64(fd))
+		}
+	}
 }
 
 func describeChannel(c Channel) string {
@@ -493,44 +501,42 @@ func describeChannel(c Channel) string {
 }
 
 func makeChannel(r *remote, c Channel, hi int) ([2]int, error) {
-	var pair [8]byte
-	var err error
+	// Made low (one fd, or the pair in the scratch), then moved above hi.
+	var low []uint64
 	if c.Unconnected {
-		// One socket; its "other end" a second, closed with the rest.
-		for i := range 2 {
-			fd, err := r.call(unix.SYS_SOCKET, unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0)
-			if err != nil {
-				if i == 1 {
-					r.call(unix.SYS_CLOSE, uint64(binary.LittleEndian.Uint32(pair[:])))
-				}
-				return [2]int{}, err
-			}
-			binary.LittleEndian.PutUint32(pair[4*i:], uint32(fd))
-		}
-	} else if c.Kind == FilePipe {
-		_, err = r.callScratch(unix.SYS_PIPE2, nil, 0, pair[:], r.scratch, unix.O_CLOEXEC)
-	} else {
-		_, err = r.callScratch(unix.SYS_SOCKETPAIR, nil, 0, pair[:], unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0, r.scratch)
-	}
-	if err != nil {
-		return [2]int{}, err
-	}
-	var ends [2]int
-	for i := range 2 {
-		low := uint64(binary.LittleEndian.Uint32(pair[4*i:]))
-		moved, err := r.call(unix.SYS_FCNTL, low, unix.F_DUPFD_CLOEXEC, uint64(hi))
-		r.call(unix.SYS_CLOSE, low)
+		fd, err := r.call(unix.SYS_SOCKET, unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0)
 		if err != nil {
-			if i == 1 {
-				r.call(unix.SYS_CLOSE, uint64(ends[0]))
+			return [2]int{}, err
+		}
+		low = []uint64{fd}
+	} else {
+		var pair [8]byte
+		var err error
+		if c.Kind == FilePipe {
+			_, err = r.callScratch(unix.SYS_PIPE2, nil, 0, pair[:], r.scratch, unix.O_CLOEXEC)
+		} else {
+			_, err = r.callScratch(unix.SYS_SOCKETPAIR, nil, 0, pair[:], unix.AF_UNIX, uint64(c.SockType|unix.SOCK_CLOEXEC), 0, r.scratch)
+		}
+		if err != nil {
+			return [2]int{}, err
+		}
+		low = []uint64{uint64(binary.LittleEndian.Uint32(pair[:])), uint64(binary.LittleEndian.Uint32(pair[4:]))}
+	}
+	ends := [2]int{-1, -1} // a lone socket has no end 1
+	for i, fd := range low {
+		moved, err := r.call(unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, uint64(hi))
+		r.call(unix.SYS_CLOSE, fd)
+		if err != nil {
+			for _, rest := range low[i+1:] {
+				r.call(unix.SYS_CLOSE, rest)
 			}
+			closeEnds(r, ends)
 			return [2]int{}, fmt.Errorf("move it above descriptor %d: %w", hi, err)
 		}
 		ends[i] = int(moved)
 	}
 	fail := func(err error) ([2]int, error) {
-		r.call(unix.SYS_CLOSE, uint64(ends[0]))
-		r.call(unix.SYS_CLOSE, uint64(ends[1]))
+		closeEnds(r, ends)
 		return [2]int{}, err
 	}
 	if c.Kind == FilePipe {

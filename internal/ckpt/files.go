@@ -363,8 +363,7 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 	}
 	defer func() {
 		for _, e := range chEnds {
-			r.call(unix.SYS_CLOSE, uint64(e[0]))
-			r.call(unix.SYS_CLOSE, uint64(e[1]))
+			closeEnds(r, e)
 		}
 	}()
 	placed := map[[2]int]bool{}
