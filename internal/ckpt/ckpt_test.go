@@ -566,6 +566,46 @@ func (f *failAfter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// watched is a test program running on its own, its output read.
+type watched struct {
+	cmd *exec.Cmd
+	out *bufio.Reader
+	got strings.Builder
+}
+
+// watch starts argv and reads its first lines.
+func watch(t *testing.T, argv []string, lines int) *watched {
+	t.Helper()
+	w := &watched{cmd: exec.Command(argv[0], argv[1:]...)}
+	out, err := w.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.out = bufio.NewReader(out)
+	for range lines {
+		line, _ := w.out.ReadString('\n')
+		w.got.WriteString(line)
+	}
+	return w
+}
+
+// finish reads the rest of its output and wants it to end cleanly, having
+// written want in all, after what happened to it (for the message).
+func (w *watched) finish(t *testing.T, want, after string) {
+	t.Helper()
+	rest, _ := io.ReadAll(w.out)
+	w.got.Write(rest)
+	if err := w.cmd.Wait(); err != nil {
+		t.Fatalf("the process after %s: %v", after, err)
+	}
+	if w.got.String() != want {
+		t.Fatalf("output differs after %s:\n got %q\nwant %q", after, w.got.String(), want)
+	}
+}
+
 // A checkpoint that fails half-way leaves the process running as if
 // nothing happened.
 func TestFailedCheckpointResumes(t *testing.T) {
@@ -574,31 +614,11 @@ func TestFailedCheckpointResumes(t *testing.T) {
 	want := reference(t, argv...)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(out)
-	var got strings.Builder
-	for range 5 {
-		line, _ := br.ReadString('\n')
-		got.WriteString(line)
-	}
-	if _, _, err := Checkpoint(cmd.Process.Pid, &failAfter{n: 3 << 20}); err == nil {
+	w := watch(t, argv, 5)
+	if _, _, err := Checkpoint(w.cmd.Process.Pid, &failAfter{n: 3 << 20}); err == nil {
 		t.Fatal("Checkpoint into a broken link succeeded")
 	}
-	rest, _ := io.ReadAll(br)
-	got.Write(rest)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("the process after a failed checkpoint: %v", err)
-	}
-	if got.String() != want {
-		t.Fatalf("output differs after a failed checkpoint:\n got %q\nwant %q", got.String(), want)
-	}
+	w.finish(t, want, "a failed checkpoint")
 }
 
 // A restore refuses an image whose mapped files differ here, before the
@@ -1113,21 +1133,8 @@ func TestFailedCheckpointKeepsLocks(t *testing.T) {
 	want := reference(t, argv...)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(out)
-	var got strings.Builder
-	for range 5 {
-		line, _ := br.ReadString('\n')
-		got.WriteString(line)
-	}
-	if _, _, err := Checkpoint(cmd.Process.Pid, &failAfter{n: 64 << 10}); err == nil {
+	w := watch(t, argv, 5)
+	if _, _, err := Checkpoint(w.cmd.Process.Pid, &failAfter{n: 64 << 10}); err == nil {
 		t.Fatal("Checkpoint into a broken link succeeded")
 	}
 	f, err := os.OpenFile(path+".flock", os.O_RDWR, 0)
@@ -1147,7 +1154,7 @@ func TestFailedCheckpointKeepsLocks(t *testing.T) {
 		cmd        int
 		start      int64
 		typ, owner int
-	}{{unix.F_GETLK, 10, unix.F_WRLCK, cmd.Process.Pid}, {unix.F_OFD_GETLK, 125, unix.F_WRLCK, -1}} {
+	}{{unix.F_GETLK, 10, unix.F_WRLCK, w.cmd.Process.Pid}, {unix.F_OFD_GETLK, 125, unix.F_WRLCK, -1}} {
 		fl := unix.Flock_t{Type: unix.F_RDLCK, Start: c.start, Len: 1}
 		if err := unix.FcntlFlock(g.Fd(), c.cmd, &fl); err != nil {
 			t.Fatal(err)
@@ -1156,14 +1163,7 @@ func TestFailedCheckpointKeepsLocks(t *testing.T) {
 			t.Errorf("after a failed checkpoint, byte %d: %+v, want a write lock of %d", c.start, fl, c.owner)
 		}
 	}
-	rest, _ := io.ReadAll(br)
-	got.Write(rest)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("the process after a failed checkpoint: %v", err)
-	}
-	if got.String() != want {
-		t.Fatalf("output differs after a failed checkpoint:\n got %q\nwant %q", got.String(), want)
-	}
+	w.finish(t, want, "a failed checkpoint")
 }
 
 // flock and open-file-description locks move with the open files that
@@ -1394,34 +1394,19 @@ func TestPinnedForAMoment(t *testing.T) {
 	want := reference(t, argv...)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(out)
-	var got strings.Builder
-	line, _ := br.ReadString('\n') // "pending 0": 100 ms of an event not yet read
-	got.WriteString(line)
+	w := watch(t, argv, 1) // "pending 0": 100 ms of an event not yet read
 	var pe *PinnedError
-	if _, _, err := Freeze(cmd.Process.Pid); !errors.As(err, &pe) || !pe.Momentary || !strings.Contains(pe.Reason, "events not yet read") {
+	if _, _, err := Freeze(w.cmd.Process.Pid); !errors.As(err, &pe) || !pe.Momentary || !strings.Contains(pe.Reason, "events not yet read") {
 		t.Fatalf("Freeze with an event not read: %v, want a momentary pin", err)
 	}
-	_, frozen, err := FreezeSoon(cmd.Process.Pid, 20, 20*time.Millisecond)
+	_, frozen, err := FreezeSoon(w.cmd.Process.Pid, 20, 20*time.Millisecond)
 	if err != nil {
 		t.Fatalf("FreezeSoon: %v", err)
 	}
 	if err := frozen.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	rest, _ := io.ReadAll(br)
-	got.Write(rest)
-	if err := cmd.Wait(); err != nil || got.String() != want {
-		t.Fatalf("after a freeze that waited: %v\n got %q\nwant %q", err, got.String(), want)
-	}
+	w.finish(t, want, "a freeze that waited")
 }
 
 // A layout made ahead (Premap, before the freeze) that is the image's
