@@ -40,6 +40,14 @@ func (a RunArgs) sizeHint() int {
 	return n + n/16 // a little room for escapes
 }
 
+// appendIntField appends `,"key":v` (key given so), unless v is 0 (left out).
+func appendIntField(b []byte, key string, v int) []byte {
+	if v == 0 {
+		return b
+	}
+	return strconv.AppendInt(append(b, key...), int64(v), 10)
+}
+
 func (a RunArgs) appendJSON(b []byte) []byte {
 	b = append(b, `{"argv":`...)
 	b = appendJSONStrings(b, a.Argv)
@@ -65,18 +73,9 @@ func (a RunArgs) appendJSON(b []byte) []byte {
 		}
 		b = append(b, ']')
 	}
-	if a.Nice != 0 {
-		b = append(b, `,"nice":`...)
-		b = strconv.AppendInt(b, int64(a.Nice), 10)
-	}
-	if a.IOPrio != 0 {
-		b = append(b, `,"ioprio":`...)
-		b = strconv.AppendInt(b, int64(a.IOPrio), 10)
-	}
-	if a.SchedPolicy != 0 {
-		b = append(b, `,"sched_policy":`...)
-		b = strconv.AppendInt(b, int64(a.SchedPolicy), 10)
-	}
+	b = appendIntField(b, `,"nice":`, a.Nice)
+	b = appendIntField(b, `,"ioprio":`, a.IOPrio)
+	b = appendIntField(b, `,"sched_policy":`, a.SchedPolicy)
 	if len(a.Ignored) > 0 {
 		b = append(b, `,"ignored":[`...)
 		for i, sig := range a.Ignored {
