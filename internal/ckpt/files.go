@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -80,9 +81,17 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 		deleted := strings.HasSuffix(f.Link, " (deleted)")
 		switch {
 		case strings.HasPrefix(f.Link, "/") && !deleted:
-			if st, err := os.Stat(f.Link); err == nil && st.Mode().IsRegular() {
+			st, why := byPath(pid, f.Link, id)
+			if why != "" {
+				// Renamed or deleted between the link's read and now: the
+				// link will say where it went, or that it is deleted.
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s, %s)", f.Fd, describeLink(f.Link), why))
+				nMomentary++
+				continue
+			}
+			if st != nil && st.Mode().IsRegular() {
 				file = &File{Fd: f.Fd, Kind: FileRegular, Path: f.Link, Flags: f.Flags, Pos: f.Pos}
-			} else if err == nil && st.IsDir() {
+			} else if st != nil && st.IsDir() {
 				// Programs hold directories to fsync them (sqlite3 does, at
 				// every commit), to walk them, or for the *at calls. Its
 				// position is the file system's cookie, which the same
@@ -188,6 +197,27 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 		return nil, &PinnedError{Reason: "it holds " + strings.Join(cannot, ", "), Momentary: nMomentary == len(cannot)}
 	}
 	return &dumpedFiles{files: out, locks: locks, channels: chans}, nil
+}
+
+// byPath stats the file a descriptor's link names, as the process sees
+// its file system (through /proc/PID/root: the process has a mount
+// namespace, and /proc, of its own), and says why not if that name no
+// longer leads to the descriptor's file id: it was renamed, replaced or
+// deleted since the link was read (sqlite3 deletes its journal while
+// holding it). A file reopened by that name would be another file, or
+// none. A nil result with no reason: not a file it can be reopened by.
+func byPath(pid int, link string, id fileID) (os.FileInfo, string) {
+	st, err := os.Stat(fmt.Sprintf("/proc/%d/root%s", pid, link))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && id != (fileID{}) {
+			return nil, "deleted or renamed just now"
+		}
+		return nil, ""
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && id != (fileID{}) && (fileID{sys.Dev, sys.Ino}) != id {
+		return nil, "its name taken by another file just now"
+	}
+	return st, ""
 }
 
 // dumpedFiles is what dumpFiles found.
