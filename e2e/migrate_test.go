@@ -269,6 +269,46 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("its output and error output stay apart, wherever it holds them", func(t *testing.T) {
+		// Descriptor 1 on the error output (dup2(2, 1): both share it),
+		// the output held only at 5. Before mosaic knew its streams, the
+		// first pinned it, and a process with only the second moved with
+		// descriptor 1 on the output, which the home had closed: what it
+		// wrote after the move was lost.
+		const prog = `import os, time
+os.dup2(1, 5)
+os.dup2(2, 1)
+for i in range(60):
+    os.write(5, b"out %d\n" % i)
+    os.write(1, b"err %d\n" % i)
+    time.sleep(0.02)
+`
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", prog)
+		b.lines(5)
+		id := b.id()
+		for i, to := range []string{"n3", "home"} {
+			if _, err := migrate(t, sock("n1"), nil, id, to); err != nil {
+				t.Fatalf("migration %d to %s: %v", i+1, to, err)
+			}
+			b.lines(5)
+		}
+		got, code := b.finish()
+		var wantOut, wantErr strings.Builder
+		for i := range 60 {
+			fmt.Fprintf(&wantOut, "out %d\n", i)
+			fmt.Fprintf(&wantErr, "err %d\n", i)
+		}
+		var gotErr strings.Builder
+		for _, l := range strings.SplitAfter(b.stderr.String(), "\n") {
+			if strings.HasPrefix(l, "err ") {
+				gotErr.WriteString(l)
+			}
+		}
+		if code != 0 || got != wantOut.String() || gotErr.String() != wantErr.String() {
+			t.Fatalf("exit %d after two moves; output:\n%s\nerror output:\n%s", code, got, b.stderr)
+		}
+	})
+
 	t.Run("post-copy: a process of 64 MiB runs at the target first, its memory follows; three times", func(t *testing.T) {
 		// It discards, moves and forks memory while pages are missing
 		// (see internal/ckpt/testdata/lazymem.c), as user alice.

@@ -1399,7 +1399,7 @@ func TestPinnedForAMoment(t *testing.T) {
 	if _, _, err := Freeze(w.cmd.Process.Pid); !errors.As(err, &pe) || !pe.Momentary || !strings.Contains(pe.Reason, "events not yet read") {
 		t.Fatalf("Freeze with an event not read: %v, want a momentary pin", err)
 	}
-	_, frozen, err := FreezeSoon(w.cmd.Process.Pid, 20, 20*time.Millisecond)
+	_, frozen, err := FreezeSoon(w.cmd.Process.Pid, FreezeOptions{}, 20, 20*time.Millisecond)
 	if err != nil {
 		t.Fatalf("FreezeSoon: %v", err)
 	}

@@ -134,11 +134,11 @@ func Checkpoint(pid int, w io.Writer) (*Image, *Frozen, error) {
 	return img, f, nil
 }
 
-// FreezeSoon is Freeze, tried again up to tries times, wait apart, while
-// what pins the process passes by itself (PinnedError.Momentary).
-func FreezeSoon(pid, tries int, wait time.Duration) (*Image, *Frozen, error) {
+// FreezeSoon is FreezeWith, tried again up to tries times, wait apart,
+// while what pins the process passes by itself (PinnedError.Momentary).
+func FreezeSoon(pid int, opt FreezeOptions, tries int, wait time.Duration) (*Image, *Frozen, error) {
 	for try := 1; ; try++ {
-		img, f, err := Freeze(pid)
+		img, f, err := FreezeWith(pid, opt)
 		var pe *PinnedError
 		if err == nil || try >= tries || !errors.As(err, &pe) || !pe.Momentary {
 			return img, f, err
@@ -151,9 +151,27 @@ func FreezeSoon(pid, tries int, wait time.Duration) (*Image, *Frozen, error) {
 // contents (see Frozen.ReadMemory). On failure it runs on untouched. The
 // calling goroutine must be locked to its OS thread until it has resumed
 // or killed the process.
-func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
+func Freeze(pid int) (*Image, *Frozen, error) { return FreezeWith(pid, FreezeOptions{}) }
+
+// FreezeOptions says what the node knows of a process it freezes.
+type FreezeOptions struct {
+	// Home are the pipes to its home the node gave it (see Stdio).
+	Home Stdio
+}
+
+// Stdio names a process's pipes to its home by inode: index 0, 1 and 2
+// are the standard input, output and error the node gave it. Zero where
+// there is none (a terminal, which all three are). A descriptor on one of
+// them is carried as that stream, wherever the process holds it: after
+// dup2(2, 1), descriptor 1 is its error output (restored as the new
+// node's descriptor 1, it went to the output, which the home had closed
+// when the process let go of it: what it wrote was lost).
+type Stdio [3]uint64
+
+// FreezeWith is Freeze with what the node knows of the process.
+func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err error) {
 	// Refuse early what cannot move, before stopping anything.
-	if err := Movable(pid); err != nil {
+	if err := MovableWith(pid, opt.Home); err != nil {
 		return nil, nil, err
 	}
 	f := &Frozen{pid: pid, inflight: map[int][]byte{}}
@@ -214,7 +232,7 @@ func Freeze(pid int) (img *Image, frozen *Frozen, err error) {
 	if err := checkChildren(pid); err != nil {
 		return nil, nil, err
 	}
-	files, err := dumpFiles(pid, true)
+	files, err := dumpFiles(pid, true, opt.Home)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -597,7 +615,10 @@ func leU64(b []byte) uint64 {
 // what Freeze would refuse, found without stopping it; all of it but one
 // rare case, a pipe or socket pair of its own that another process holds
 // an end of too (see resolveChannels).
-func Movable(pid int) error {
+func Movable(pid int) error { return MovableWith(pid, Stdio{}) }
+
+// MovableWith is Movable for a process whose pipes to its home are home.
+func MovableWith(pid int, home Stdio) error {
 	if err := checkChildren(pid); err != nil {
 		return err
 	}
@@ -606,6 +627,6 @@ func Movable(pid int) error {
 			return err
 		}
 	}
-	_, err := dumpFiles(pid, false)
+	_, err := dumpFiles(pid, false, home)
 	return err
 }

@@ -42,7 +42,7 @@ type fileID struct{ dev, ino uint64 }
 // holds through them, or why it cannot move with them. With content, a
 // deleted or memory file's data is read into the image; without, only
 // what could pin the process is looked at (Movable).
-func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
+func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
 		return nil, fmt.Errorf("list open descriptors: %w", err)
@@ -100,6 +100,8 @@ func dumpFiles(pid int, content bool) (*dumpedFiles, error) {
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
+		case strings.HasPrefix(f.Link, "pipe:") && homeStream(home, st.Ino) > 0:
+			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, st.Ino)}
 		case strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:"):
 			// Decided below, with the rest of its pipe or pair.
 			ends = append(ends, chanEnd{f: f, ino: st.Ino, at: len(out)})
@@ -218,6 +220,20 @@ func byPath(pid int, link string, id fileID) (os.FileInfo, string) {
 		return nil, "its name taken by another file just now"
 	}
 	return st, ""
+}
+
+// homeStream is 1 + which of its home's streams (Stdio) the pipe ino is,
+// or 0.
+func homeStream(home Stdio, ino uint64) int {
+	if ino == 0 {
+		return 0
+	}
+	for k, h := range home {
+		if h == ino {
+			return k + 1
+		}
+	}
+	return 0
 }
 
 // dumpedFiles is what dumpFiles found.
@@ -378,14 +394,28 @@ func describeLink(l string) string {
 // closes the standard ones the process had closed (the stub was given all
 // three).
 func restoreFiles(r *remote, files []File, chans []Channel) error {
+	hi := 3
+	for _, f := range files {
+		hi = max(hi, f.Fd+1)
+	}
+	// The stub has its home's streams at 0, 1 and 2; a process that held
+	// one elsewhere (dup2(2, 1), or only above 2) gets it there, from a
+	// copy kept out of the way until all are placed.
+	streams, err := keepStreams(r, files, hi)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, fd := range streams {
+			if fd >= 0 {
+				r.call(unix.SYS_CLOSE, uint64(fd))
+			}
+		}
+	}()
 	for fd := range 3 {
 		if !slices.ContainsFunc(files, func(f File) bool { return f.Fd == fd }) {
 			r.call(unix.SYS_CLOSE, uint64(fd))
 		}
-	}
-	hi := 3
-	for _, f := range files {
-		hi = max(hi, f.Fd+1)
 	}
 	chEnds, err := makeChannels(r, chans, hi)
 	if err != nil {
@@ -403,6 +433,12 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 		var err error
 		switch f.Kind {
 		case FileStdio:
+			if f.Stream == 0 || f.Stream-1 == f.Fd {
+				continue // where the stub has it
+			}
+			if _, err := r.call(unix.SYS_DUP3, uint64(streams[f.Stream-1]), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+				return fmt.Errorf("give descriptor %d its home's stream %d: %w", f.Fd, f.Stream-1, err)
+			}
 			continue
 		case FileDup:
 			// Its open file was made at a lower descriptor already.
@@ -494,6 +530,30 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 		}
 	}
 	return nil
+}
+
+// keepStreams copies the stub's descriptors 0, 1 and 2 (its home's
+// streams) above hi, if the image places one of them elsewhere, and
+// returns the copies' numbers (-1: not copied).
+func keepStreams(r *remote, files []File, hi int) ([3]int, error) {
+	streams := [3]int{-1, -1, -1}
+	moved := slices.ContainsFunc(files, func(f File) bool {
+		return f.Kind == FileStdio && f.Stream != 0 && f.Stream-1 != f.Fd
+	})
+	if !moved {
+		return streams, nil
+	}
+	for k := range streams {
+		fd, err := r.call(unix.SYS_FCNTL, uint64(k), unix.F_DUPFD_CLOEXEC, uint64(hi))
+		if err != nil {
+			if errors.Is(err, unix.EBADF) {
+				continue // the stub was not given it
+			}
+			return streams, fmt.Errorf("keep its home's stream %d: %w", k, err)
+		}
+		streams[k] = int(fd)
+	}
+	return streams, nil
 }
 
 // restoreGhost makes a deleted or memory file open at f.Fd anew, in the

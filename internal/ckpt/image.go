@@ -238,6 +238,10 @@ type File struct {
 	// is (dup, dup2, F_DUPFD): one offset, one set of status flags. The
 	// rest of this File then says nothing more.
 	Dup int
+	// Stream, if not 0, is 1 + which of its home's streams (0, 1, 2) a
+	// FileStdio descriptor is; 0 in images from before it was kept (and
+	// on a terminal): the one of its own number.
+	Stream int
 	// Channel, if not 0, is 1 + the index in the image's Channels of the
 	// pipe or socket pair this descriptor is end End of.
 	Channel, End int

@@ -47,7 +47,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 	stopped := false
 	defer func() { g.endTracing(stopped) }()
 	backInQuota := e.outOfQuota(id, pid)
-	img, frozen, err := ckpt.Freeze(pid)
+	img, frozen, err := ckpt.FreezeWith(pid, ckpt.FreezeOptions{Home: g.homeStreams()})
 	if err != nil {
 		backInQuota()
 		failed("%s cannot be checkpointed: %s", id, pinnedReason(err))

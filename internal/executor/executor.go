@@ -493,6 +493,15 @@ func (g *guest) wait(out *sender) *peerpb.Exit {
 	}
 }
 
+// homeStreams names the pipes to its home this node gave the process
+// (none on a terminal). Read once its pid is set, after which they stay.
+func (g *guest) homeStreams() ckpt.Stdio {
+	if g.std == nil {
+		return ckpt.Stdio{}
+	}
+	return g.std.home
+}
+
 func (g *guest) setPID(pid int) {
 	g.mu.Lock()
 	g.pid = pid
@@ -608,7 +617,7 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 		if pid < 0 {
 			pi.State, pi.Pid = "exited", int32(-pid)
 		} else {
-			if err := ckpt.Movable(pid); err != nil {
+			if err := ckpt.MovableWith(pid, g.homeStreams()); err != nil {
 				pi.Pinned = pinnedReason(err)
 			} else if st.Pinned {
 				pi.Pinned = "its user pinned it (mosaic run --pin): policies do not move it"
@@ -664,7 +673,7 @@ func (e *Executor) Running() []Running {
 			continue
 		}
 		r := Running{ID: x.id, Home: x.g.start.Home, Since: x.g.started, CPUSeconds: cpu, RSS: rss}
-		if err := ckpt.Movable(x.pid); err != nil {
+		if err := ckpt.MovableWith(x.pid, x.g.homeStreams()); err != nil {
 			r.Pinned = pinnedReason(err)
 		} else if x.g.start.Pinned {
 			r.Pinned = PinnedByUser

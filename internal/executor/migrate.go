@@ -146,7 +146,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	backInQuota := e.outOfQuota(id, pid)
 	// A momentary pin (events an inotify descriptor has not read yet)
 	// is waited out a little: five tries, 20 ms apart.
-	img, frozen, err := ckpt.FreezeSoon(pid, 5, 20*time.Millisecond)
+	img, frozen, err := ckpt.FreezeSoon(pid, ckpt.FreezeOptions{Home: std.home}, 5, 20*time.Millisecond)
 	if err != nil {
 		backInQuota()
 		std.releaseRelays(out)

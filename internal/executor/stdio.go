@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
+	"github.com/mosaic-cluster/mosaic/internal/ckpt"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
 	"github.com/mosaic-cluster/mosaic/internal/pty"
@@ -34,6 +35,9 @@ type stdio struct {
 	// reporting an end) and lets them go again if the process stays.
 	relays  sync.WaitGroup
 	holding atomic.Bool
+	// home names the three pipes for the engine (ckpt.Stdio): taken when
+	// they are made, as our ends may be closed before a move.
+	home ckpt.Stdio
 	// bufs lends the relays their buffers: a chunk each, which a fresh
 	// allocation would zero and fault in for every process, however
 	// short (a millisecond of a daemon's CPU per `/bin/true` here).
@@ -73,10 +77,14 @@ func newStdio(st *peerpb.ExecStart, bufs *bufpool.Pool) (*stdio, error) {
 	// more at a time. Where the system does not allow it, the default does.
 	s.stdin, s.stdout, s.stderr = pipes[0][1], pipes[1][0], pipes[2][0]
 	s.child = []*os.File{pipes[0][0], pipes[1][1], pipes[2][1]}
-	// (Set through the child's ends: Fd on ours would make them blocking,
-	// and their read deadlines would stop working.)
-	for _, f := range s.child {
+	// (Set and read through the child's ends: Fd on ours would make them
+	// blocking, and their read deadlines would stop working.)
+	for k, f := range s.child {
 		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil {
+			s.home[k] = st.Ino
+		}
 	}
 	return s, nil
 }
