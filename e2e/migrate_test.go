@@ -269,6 +269,31 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("a shell script moves with the programs it runs, as its user", func(t *testing.T) {
+		// sh runs one program after another and waits for each: moved
+		// while one runs, both go (the child with the id it had, which
+		// sh waits for), or while sh is between them, sh alone.
+		script := fmt.Sprintf(`for i in 1 2 3; do %s 25 4000000 || exit 9; echo "step $i"; done; echo "sh: done"`, progs["counter"])
+		want, err := exec.Command("sh", "-c", script).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		user := &userCred{1, 1}
+		b := startBackground(t, sock("n1"), user, "--on", "n2", "--", "sh", "-c", script)
+		b.lines(5)
+		id := b.id()
+		for i, to := range []string{"n3", "home", "n2"} {
+			if _, err := migrate(t, sock("n1"), user, id, to); err != nil {
+				t.Fatalf("migration %d to %s: %v", i+1, to, err)
+			}
+			b.lines(15)
+		}
+		got, code := b.finish()
+		if code != 0 || got != string(want) {
+			t.Fatalf("exit %d; output after three moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
+		}
+	})
+
 	t.Run("its output and error output stay apart, wherever it holds them", func(t *testing.T) {
 		// Descriptor 1 on the error output (dup2(2, 1): both share it),
 		// the output held only at 5. Before mosaic knew its streams, the
@@ -457,16 +482,15 @@ for i in range(60):
 	})
 
 	t.Run("what cannot move stays, and says why", func(t *testing.T) {
-		// A shell waiting for its child: the child would have to move too.
-		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30; echo done")
+		// A shell's pipeline: its programs move with it, but not yet the
+		// pipe between two of them. ("ready" comes from the pipeline's
+		// second half, once the pipe is there.)
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30 | (echo ready; cat)")
+		b.lines(1)
 		id := b.id()
-		eventually(t, 10*time.Second, "the shell has its child", func() (bool, string) {
-			p := psOne(t, sock("n1"), id)
-			return strings.Contains(p.Pinned, "child"), p.Pinned
-		})
 		_, err := migrate(t, sock("n1"), nil, id, "n3")
-		if err == nil || !strings.Contains(err.Error(), "child process") {
-			t.Fatalf("migrating a process with a child: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "a pipe process") {
+			t.Fatalf("migrating a pipeline: %v", err)
 		}
 		p := psOne(t, sock("n1"), id)
 		if p.Node != "n2" || p.State != "running" {
@@ -735,14 +759,11 @@ func TestCheckpointRestore(t *testing.T) {
 	})
 
 	t.Run("what cannot be saved is refused, and goes on", func(t *testing.T) {
-		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30; echo done")
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30 | (echo ready; cat)")
+		b.lines(1)
 		id := b.id()
-		eventually(t, 10*time.Second, "the shell has its child", func() (bool, string) {
-			p := psOne(t, sock("n1"), id)
-			return strings.Contains(p.Pinned, "child"), p.Pinned
-		})
 		r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", id, filepath.Join(dir, "sh.img"))
-		expectFail(t, r, "child process")
+		expectFail(t, r, "a pipe process")
 		if _, err := os.Stat(filepath.Join(dir, "sh.img")); err == nil {
 			t.Fatal("a refused checkpoint left an image")
 		}

@@ -319,6 +319,9 @@ type moveCase struct {
 	expect string                            // what its undisturbed output must contain: it did what the test is about
 	reset  func(t *testing.T, args []string) // between the undisturbed run and the moved one
 	image  func(t *testing.T, img *Image)    // looks at the image
+	// normalize, if set, is applied to both outputs before they are
+	// compared (several processes' lines interleave as they will).
+	normalize func(string) string
 }
 
 func (c moveCase) check(t *testing.T) {
@@ -335,6 +338,9 @@ func (c moveCase) check(t *testing.T) {
 				c.reset(t, args)
 			}
 			got, ws, img := move{argv: argv, before: c.before}.run(t)
+			if c.normalize != nil {
+				got, want = c.normalize(got), c.normalize(want)
+			}
 			if got != want {
 				t.Fatalf("output after a move differs:\n got %q\nwant %q", got, want)
 			}
@@ -678,9 +684,24 @@ func TestMoveKeepsIDs(t *testing.T) {
 	defer s.Close()
 	devnull, _ := os.Open(os.DevNull)
 	defer devnull.Close()
-	for _, prog := range []string{"ids", "ids-static"} {
-		t.Run(prog, func(t *testing.T) {
-			spec := spawn.Spec{Argv: []string{programs[prog], "30"}, Dir: "/", UID: 65534, GID: 65534}
+	same := func(s string) string { return s }
+	for _, c := range []struct {
+		name, expect string
+		argv         []string
+		normalize    func(string) string
+	}{
+		{"ids", "pid 2 tids 2 3 5 ppid 0 /proc/self 2 same", []string{programs["ids"], "30"}, same},
+		{"ids-static", "pid 2 tids 2 3 5 ppid 0 /proc/self 2 same", []string{programs["ids-static"], "30"}, same},
+		// With its children: each keeps its id and its parent's, and
+		// each parent waits for its child by its id.
+		{"tree", "grandchild 0 27136 pid 4 ppid 3", []string{programs["tree"], "40", "ids"}, byProcess},
+		{"tree-static", "grandchild 0 27136 pid 4 ppid 3", []string{programs["tree-static"], "40", "ids"}, byProcess},
+		// A shell with the program it runs and waits for (the shell
+		// finds its job by the child's id).
+		{"sh", "39 4490532\nsh: 0\n", []string{"/bin/sh", "-c", programs["counter"] + ` 40 4000000; echo "sh: $?"`}, same},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			spec := spawn.Spec{Argv: c.argv, Dir: "/", UID: 65534, GID: 65534}
 			// start runs spec in a namespace of its own, its output into
 			// the returned pipe.
 			start := func() (*os.Process, *spawn.Namespace, *os.File) {
@@ -704,7 +725,7 @@ func TestMoveKeepsIDs(t *testing.T) {
 			}
 			p, _, r := start()
 			want, _ := io.ReadAll(r)
-			if ws := waitFor(t, p.Pid); ws.ExitStatus() != 0 || !strings.Contains(string(want), "pid 2 tids 2 3 5 ppid 0 /proc/self 2 same") {
+			if ws := waitFor(t, p.Pid); ws.ExitStatus() != 0 || !strings.Contains(string(want), c.expect) {
 				t.Fatalf("undisturbed run: %v\n%s", ws, want)
 			}
 
@@ -785,7 +806,7 @@ func TestMoveKeepsIDs(t *testing.T) {
 			waitFor(t, orig.Pid)
 			rest, _ := io.ReadAll(br)
 			out.Write(rest)
-			if ws := waitFor(t, pid); ws.ExitStatus() != 0 || out.String() != string(want) {
+			if ws := waitFor(t, pid); ws.ExitStatus() != 0 || c.normalize(out.String()) != c.normalize(string(want)) {
 				t.Fatalf("after a move: %v\n got %s\nwant %s", ws, out.String(), want)
 			}
 		})
@@ -1340,8 +1361,8 @@ func TestPinned(t *testing.T) {
 		freezeOnly         bool // Movable does not look for it
 	}{
 		{"socket", "import socket; s = socket.socket()", "a network or local socket", false},
-		{"pipe to another process", "import os, subprocess; r, w = os.pipe(); p = subprocess.Popen(['sleep', '60'], stdin=r); os.close(r)", "child", false},
-		{"child of a thread", "import os, threading, time\ndef f():\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    time.sleep(60)\nthreading.Thread(target=f, daemon=True).start()\ntime.sleep(0.2)", "child processes", false},
+		// (Its child moves with it, but not yet a pipe between them.)
+		{"pipe to another process", "import os, subprocess; r, w = os.pipe(); p = subprocess.Popen(['sleep', '60'], stdin=r); os.close(r)", "a pipe process", true},
 		{"pipe half another process's", "import os; r, w = os.pipe(); os.set_inheritable(r, True); os.system('sleep 60 <&%d &' % r); os.close(r)", "a pipe process", true},
 		{"socket pair half another process's", "import os, socket; a, b = socket.socketpair(); os.set_inheritable(b.fileno(), True); os.system('sleep 60 <&%d &' % b.fileno())", "another process holds", true},
 		{"lease", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)", "lease", false},
@@ -1382,6 +1403,38 @@ func TestPinned(t *testing.T) {
 				t.Fatalf("after a refused freeze the process is %q, traced by %s", st, tracer)
 			}
 		})
+	}
+}
+
+// A child forked by a thread other than the main one is found (each
+// thread has children of its own), and moves with the process.
+func TestChildOfAThread(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command("/usr/bin/python3", "-c", "import os, threading, time\ndef f():\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    time.sleep(60)\nthreading.Thread(target=f, daemon=True).start()\ntime.sleep(0.2)\nprint('ready', flush=True)\ntime.sleep(60)")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := Movable(cmd.Process.Pid); err != nil {
+		t.Fatalf("Movable: %v", err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	img, frozen, err := Freeze(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frozen.Resume()
+	if len(img.Children) != 1 || img.Children[0].Parent != img.Pid {
+		t.Fatalf("the image has %d children, want the one a thread forked", len(img.Children))
 	}
 }
 
@@ -1584,4 +1637,25 @@ func TestExecSetup(t *testing.T) {
 	if v := status("NoNewPrivs", nil); v != "0" {
 		t.Fatalf("without: NoNewPrivs %q", v)
 	}
+}
+
+// A process with a child and a grandchild moves whole: each comes back with
+// its memory, as the child of its parent, which waits for it by its id.
+func TestMoveTree(t *testing.T) {
+	moveCase{prog: "tree", before: 6, args: func(*testing.T) []string { return []string{"40"} },
+		expect: "parent: child exited 7", normalize: byProcess,
+		image: func(t *testing.T, img *Image) {
+			if len(img.Children) != 2 || img.Version != treeVersion {
+				t.Fatalf("image of version %d with %d children, want 2 in version %d", img.Version, len(img.Children), treeVersion)
+			}
+		}}.check(t)
+}
+
+// byProcess orders the lines of an output by their first word (the
+// process that wrote them), each process's in the order it wrote them.
+func byProcess(out string) string {
+	lines := strings.SplitAfter(out, "\n")
+	first := func(l string) string { w, _, _ := strings.Cut(l, " "); return w }
+	slices.SortStableFunc(lines, func(a, b string) int { return strings.Compare(first(a), first(b)) })
+	return strings.Join(lines, "")
 }

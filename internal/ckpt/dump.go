@@ -34,6 +34,8 @@ type Frozen struct {
 	// buffers are where ReadMemory reads into (see UseBuffers).
 	buffers *bufpool.Pool
 	stopped time.Time
+	// children are its descendants, frozen with it (see tree.go).
+	children []*Frozen
 }
 
 // Stopped is when the process stopped: Freeze checks first, while it
@@ -42,7 +44,12 @@ func (f *Frozen) Stopped() time.Time { return f.stopped }
 
 // UseBuffers makes ReadMemory take its buffers from p and give them back
 // to it, warm for the next process.
-func (f *Frozen) UseBuffers(p *bufpool.Pool) { f.buffers = p }
+func (f *Frozen) UseBuffers(p *bufpool.Pool) {
+	f.buffers = p
+	for _, c := range f.children {
+		c.buffers = p
+	}
+}
 
 // Pid is the frozen process.
 func (f *Frozen) Pid() int { return f.pid }
@@ -50,6 +57,9 @@ func (f *Frozen) Pid() int { return f.pid }
 // Resume lets the process go on as if nothing happened.
 func (f *Frozen) Resume() error {
 	var errs []error
+	for _, c := range f.children {
+		errs = append(errs, c.Resume())
+	}
 	if err := f.relock(); err != nil {
 		errs = append(errs, err)
 	}
@@ -67,6 +77,14 @@ func (f *Frozen) Resume() error {
 
 // Kill ends the process (its copy lives elsewhere now).
 func (f *Frozen) Kill() error {
+	for _, c := range f.children {
+		c.Kill()
+		// Its parent is not this process: a traced child's end is ours
+		// to collect first, or it stays a zombie that neither its
+		// parent nor its namespace's init can reap.
+		var ws syscall.WaitStatus
+		syscall.Wait4(c.pid, &ws, unix.WALL, nil)
+	}
 	err := syscall.Kill(f.pid, syscall.SIGKILL)
 	for _, tid := range f.tids {
 		ptrace(unix.PTRACE_DETACH, tid, 0, 0)
@@ -92,12 +110,11 @@ func Dump(pid int) (*Image, *Frozen, error) {
 		return nil, nil, err
 	}
 	err = f.ReadMemory(func(p PageRun) error {
-		// Runs are read in pieces: join the contiguous ones.
-		if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == p.Addr {
-			img.Pages[k].Data = append(img.Pages[k].Data, p.Data...)
-		} else {
-			img.Pages = append(img.Pages, PageRun{Addr: p.Addr, Data: append([]byte(nil), p.Data...)})
+		of := img
+		if p.Proc > 0 {
+			of = img.Children[p.Proc-1]
 		}
+		of.addPages(p)
 		return nil
 	})
 	if err != nil {
@@ -159,14 +176,23 @@ type FreezeOptions struct {
 	Home Stdio
 }
 
-// Stdio names a process's pipes to its home by inode: index 0, 1 and 2
-// are the standard input, output and error the node gave it. Zero where
-// there is none (a terminal, which all three are). A descriptor on one of
+// Stdio names a process's streams to its home, the standard input,
+// output and error the node gave it (index 0, 1, 2: pipes, or one
+// terminal for all three), by device and inode. A descriptor on one of
 // them is carried as that stream, wherever the process holds it: after
 // dup2(2, 1), descriptor 1 is its error output (restored as the new
 // node's descriptor 1, it went to the output, which the home had closed
-// when the process let go of it: what it wrote was lost).
-type Stdio [3]uint64
+// when the process let go of it: what it wrote was lost). And a pipe or
+// terminal at 0, 1 or 2 that is none of them is not taken for one (a
+// pipe between two programs of a shell's). The zero Stdio says nothing:
+// descriptors 0, 1 and 2 are then taken for the home's, whatever they
+// are (as the engine's tests run programs).
+type Stdio [3]StreamID
+
+// StreamID is a stream's device and inode (stat's st_dev, st_ino).
+type StreamID struct{ Dev, Ino uint64 }
+
+func (s Stdio) known() bool { return s != Stdio{} }
 
 // FreezeWith is Freeze with what the node knows of the process.
 func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err error) {
@@ -180,12 +206,64 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 			f.Resume()
 		}
 	}()
+	if err := f.stop(); err != nil {
+		return nil, nil, err
+	}
+	// Its descendants, each stopped likewise; then none can fork. One
+	// that forked between the listing and its stop has a child not
+	// listed: the listing, done again, says so.
+	tree, err := descendants(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, m := range tree {
+		c := &Frozen{pid: m.pid, inflight: map[int][]byte{}}
+		f.children = append(f.children, c)
+		if err := c.stop(); err != nil {
+			return nil, nil, fmt.Errorf("its child %d: %w", m.pid, err)
+		}
+	}
+	if again, err := descendants(pid); err != nil {
+		return nil, nil, err
+	} else if !slices.Equal(again, tree) {
+		return nil, nil, &PinnedError{Reason: "its child processes came and went while it was being frozen", Momentary: true}
+	}
+	if img, err = f.capture(opt); err != nil {
+		return nil, nil, err
+	}
+	seen := map[int]int{pid: img.Pid} // node's pid to the one it sees
+	for i, c := range f.children {
+		ci, err := c.capture(opt)
+		if err != nil {
+			var pe *PinnedError
+			if errors.As(err, &pe) {
+				return nil, nil, &PinnedError{Reason: childReason(c.pid, pe.Reason), Momentary: pe.Momentary}
+			}
+			return nil, nil, fmt.Errorf("its child %d: %w", c.pid, err)
+		}
+		seen[c.pid] = ci.Pid
+		ci.Parent = seen[tree[i].parent]
+		img.Children = append(img.Children, ci)
+	}
+	if len(tree) > 0 {
+		if err := checkTree(img, f); err != nil {
+			return nil, nil, err
+		}
+		img.Version = treeVersion
+	}
+	return img, f, nil
+}
+
+// stop stops every thread of the process (PTRACE_SEIZE and
+// PTRACE_INTERRUPT), remembering a signal being delivered to one.
+func (f *Frozen) stop() error {
+	pid := f.pid
 	// Stop every thread; list them again until no new one appears (one
 	// not stopped yet may start another meanwhile).
 	for {
 		tids, err := threads(pid)
 		if err != nil {
-			return nil, nil, fmt.Errorf("list the threads of %d: %w", pid, err)
+			return fmt.Errorf("list the threads of %d: %w", pid, err)
 		}
 		added := 0
 		for _, tid := range tids {
@@ -196,7 +274,7 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 				if errors.Is(err, syscall.ESRCH) && tid != pid {
 					continue // it ended meanwhile
 				}
-				return nil, nil, fmt.Errorf("attach to thread %d: %w", tid, err)
+				return fmt.Errorf("attach to thread %d: %w", tid, err)
 			}
 			f.tids = append(f.tids, tid)
 			added++
@@ -204,18 +282,18 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 				f.stopped = time.Now()
 			}
 			if err := unix.PtraceInterrupt(tid); err != nil {
-				return nil, nil, fmt.Errorf("stop thread %d: %w", tid, err)
+				return fmt.Errorf("stop thread %d: %w", tid, err)
 			}
 			ws, err := waitStop(tid)
 			if err != nil {
-				return nil, nil, err
+				return err
 			}
 			// A stop for a signal being delivered, rather than our
 			// interrupt: it is delivered when the process goes on.
 			if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_STOP {
 				if s := ws.StopSignal(); s != syscall.SIGSTOP && s != syscall.SIGTRAP {
 					if f.inflight[tid], err = getSiginfo(tid); err != nil {
-						return nil, nil, err
+						return err
 					}
 				}
 			}
@@ -225,38 +303,40 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 		}
 	}
 	if len(f.tids) == 0 || f.tids[0] != pid {
-		return nil, nil, fmt.Errorf("process %d has no main thread to stop", pid)
+		return fmt.Errorf("process %d has no main thread to stop", pid)
 	}
+	return nil
+}
+
+// capture reads all of the stopped process but its memory.
+func (f *Frozen) capture(opt FreezeOptions) (*Image, error) {
+	pid := f.pid
 	tids := f.tids
-	// Check again, frozen: it may have changed since.
-	if err := checkChildren(pid); err != nil {
-		return nil, nil, err
-	}
 	files, err := dumpFiles(pid, true, opt.Home)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	status, err := readStatus(pid)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read the status of %d: %w", pid, err)
+		return nil, fmt.Errorf("read the status of %d: %w", pid, err)
 	}
 	seen, err := status.seenID()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	img = &Image{Version: ImageVersion, Pid: seen, Files: files.files, Locks: files.locks, Channels: files.channels}
+	img := &Image{Version: ImageVersion, Pid: seen, Files: files.files, Locks: files.locks, Channels: files.channels}
 	if err := dumpProcess(pid, status, img); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, tid := range tids {
 		ts := status // the main thread's is the process's
 		if tid != pid {
 			if ts, err = readStatus(tid); err != nil {
-				return nil, nil, fmt.Errorf("read the status of thread %d: %w", tid, err)
+				return nil, fmt.Errorf("read the status of thread %d: %w", tid, err)
 			}
 		}
 		if err := checkSandbox(ts); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if v, _ := ts.field("NoNewPrivs"); v == "1" {
 			// Per thread in the kernel, for the whole process here: the
@@ -265,39 +345,39 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 		}
 		t, err := dumpThread(tid, ts)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if info := f.inflight[tid]; info != nil {
 			t.Pending = append(t.Pending, info)
 		}
 		queued, err := pendingSignals(tid, false)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		t.Pending = append(t.Pending, queued...)
 		img.Threads = append(img.Threads, t)
 	}
 	if img.SharedPending, err = pendingSignals(pid, true); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if img.PosixTimers, err = readPosixTimers(pid, tids, img.Threads); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	maps, err := readMaps(pid)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read the mappings of %d: %w", pid, err)
+		return nil, fmt.Errorf("read the mappings of %d: %w", pid, err)
 	}
 	if img.VMAs, err = imageVMAs(maps); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := readAdvice(pid, img.VMAs); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := dumpInside(tids, img, f); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	f.vmas = img.VMAs
-	return img, f, nil
+	return img, nil
 }
 
 // checkSandbox refuses a thread under a seccomp filter (a sandbox the
@@ -310,25 +390,67 @@ func checkSandbox(status procStatus) error {
 	return nil
 }
 
-// checkChildren refuses a process that has children: they would have to
-// move with it.
-func checkChildren(pid int) error {
-	// Each thread has children of its own: those it forked.
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		return fmt.Errorf("list the threads of %d: %w", pid, err)
-	}
-	var kids []string
+// member is a descendant of a process: its id and its parent's, as this
+// node sees them.
+type member struct{ pid, parent int }
+
+// descendants lists the process's descendants, parents before their
+// children: each thread's children file names those it forked.
+func descendants(pid int) ([]member, error) {
+	var out []member
 	buf := make([]byte, 4096)
-	for _, t := range tasks {
-		b, err := procRead(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()), buf)
+	for next := []int{pid}; len(next) > 0; {
+		p := next[0]
+		next = next[1:]
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		if err != nil {
-			continue // gone meanwhile; or no such file without CONFIG_PROC_CHILDREN: nothing to check
+			if p != pid {
+				continue // it ended meanwhile
+			}
+			return nil, fmt.Errorf("list the threads of %d: %w", pid, err)
 		}
-		kids = append(kids, strings.Fields(string(b))...)
+		for _, t := range tasks {
+			b, err := procRead(fmt.Sprintf("/proc/%d/task/%s/children", p, t.Name()), buf)
+			if err != nil {
+				continue // gone meanwhile; or no such file without CONFIG_PROC_CHILDREN
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					out = append(out, member{pid: c, parent: p})
+					next = append(next, c)
+				}
+			}
+		}
 	}
-	if len(kids) > 0 {
-		return &PinnedError{Reason: fmt.Sprintf("it has child processes (%s), and this version moves single processes only", strings.Join(kids, ", "))}
+	return out, nil
+}
+
+// childReason says of a child what reason says of a process ("it holds
+// ...").
+func childReason(pid int, reason string) string {
+	name := ""
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
+		name = " (" + strings.TrimSpace(string(b)) + ")"
+	}
+	if rest, ok := strings.CutPrefix(reason, "it "); ok {
+		return fmt.Sprintf("its child process %d%s %s", pid, name, rest)
+	}
+	return fmt.Sprintf("its child process %d%s: %s", pid, name, reason)
+}
+
+// checkMember refuses a descendant the engine cannot make again as it is:
+// one that has ended and is not yet waited for (a zombie), one stopped
+// (job control) or traced (a debugger's).
+func checkMember(status procStatus) error {
+	state, _ := status.field("State")
+	switch {
+	case strings.HasPrefix(state, "Z"):
+		return &PinnedError{Reason: childReason(status.pid, "it has ended and its parent has not waited for it yet"), Momentary: true}
+	case strings.HasPrefix(state, "T"), strings.HasPrefix(state, "t"):
+		return &PinnedError{Reason: childReason(status.pid, "it is stopped")}
+	}
+	if v, _ := status.field("TracerPid"); v != "" && v != "0" {
+		return &PinnedError{Reason: childReason(status.pid, "it is traced by process "+v)}
 	}
 	return nil
 }
@@ -619,14 +741,37 @@ func Movable(pid int) error { return MovableWith(pid, Stdio{}) }
 
 // MovableWith is Movable for a process whose pipes to its home are home.
 func MovableWith(pid int, home Stdio) error {
-	if err := checkChildren(pid); err != nil {
-		return err
-	}
 	if status, err := readStatus(pid); err == nil {
 		if err := checkSandbox(status); err != nil {
 			return err
 		}
 	}
-	_, err := dumpFiles(pid, false, home)
-	return err
+	if _, err := dumpFiles(pid, false, home); err != nil {
+		return err
+	}
+	tree, err := descendants(pid)
+	if err != nil {
+		return err
+	}
+	for _, m := range tree {
+		status, err := readStatus(m.pid)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		if err := checkMember(status); err != nil {
+			return err
+		}
+		err = checkSandbox(status)
+		if err == nil {
+			_, err = dumpFiles(m.pid, false, home)
+		}
+		var pe *PinnedError
+		if errors.As(err, &pe) {
+			return &PinnedError{Reason: childReason(m.pid, pe.Reason), Momentary: pe.Momentary}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

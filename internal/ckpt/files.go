@@ -100,12 +100,12 @@ func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
-		case strings.HasPrefix(f.Link, "pipe:") && homeStream(home, st.Ino) > 0:
-			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, st.Ino)}
+		case homeStream(home, f.Fd, id) > 0:
+			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, f.Fd, id)}
 		case strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:"):
 			// Decided below, with the rest of its pipe or pair.
 			ends = append(ends, chanEnd{f: f, ino: st.Ino, at: len(out)})
-			if f.Fd > 2 {
+			if f.Fd > 2 || home.known() {
 				channels = true
 			}
 			file = &File{Fd: f.Fd}
@@ -150,7 +150,7 @@ func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 			}
 			file = g
 		}
-		if file == nil && f.Fd <= 2 {
+		if file == nil && f.Fd <= 2 && !home.known() {
 			// Its pipe or terminal to its home (or whatever the node that
 			// restores it gives in their place).
 			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags}
@@ -171,7 +171,7 @@ func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 			return nil, err
 		}
 		for _, e := range ends {
-			if r, ok := why[e.f.Fd]; ok && e.f.Fd > 2 {
+			if r, ok := why[e.f.Fd]; ok && (e.f.Fd > 2 || home.known()) {
 				cannot = append(cannot, fmt.Sprintf("descriptor %d (%s)", e.f.Fd, r))
 			}
 		}
@@ -190,8 +190,9 @@ func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 	}
 	for _, e := range ends {
 		// Any other end not of a channel (fd > 2) has its reason above;
-		// one of the first three is its pipe or terminal to its home.
-		if out[e.at].Kind == "" && e.f.Fd <= 2 {
+		// one of the first three is its pipe or terminal to its home
+		// (when the home's are not known).
+		if out[e.at].Kind == "" && e.f.Fd <= 2 && !home.known() {
 			out[e.at] = File{Fd: e.f.Fd, Kind: FileStdio, Path: e.f.Link, Flags: e.f.Flags}
 		}
 	}
@@ -222,14 +223,19 @@ func byPath(pid int, link string, id fileID) (os.FileInfo, string) {
 	return st, ""
 }
 
-// homeStream is 1 + which of its home's streams (Stdio) the pipe ino is,
-// or 0.
-func homeStream(home Stdio, ino uint64) int {
-	if ino == 0 {
+// homeStream is 1 + which of its home's streams (Stdio) descriptor fd's
+// file id is, or 0: its own number's if that one is it (a terminal is all
+// three).
+func homeStream(home Stdio, fd int, id fileID) int {
+	if id == (fileID{}) {
 		return 0
 	}
-	for k, h := range home {
-		if h == ino {
+	is := func(k int) bool { return home[k] == StreamID{id.dev, id.ino} }
+	if fd <= 2 && is(fd) {
+		return fd + 1
+	}
+	for k := range home {
+		if is(k) {
 			return k + 1
 		}
 	}

@@ -18,6 +18,9 @@ import (
 //	         length and payload (uint32)
 //	  header: the Image without its pages, gob-encoded
 //	  pages:  address (uint64) and the bytes of a run of pages
+//	  process (version 4): whose the page records after it are, 1 + the
+//	          index in the header's Children (uint32), increasing; before
+//	          the first, the process's own
 //	  end:    number of page records and of page bytes (uint64 each), and
 //	          the CRC-32C of the magic, the version and every earlier
 //	          record's checksum, in order (uint32)
@@ -36,6 +39,7 @@ const (
 	recHeader byte = 1
 	recPages  byte = 2
 	recEnd    byte = 3
+	recProc   byte = 4
 )
 
 // maxRecord bounds a record: a page run is written in pieces of at most
@@ -72,6 +76,7 @@ type Encoder struct {
 	chain uint32 // the running checksum of the stream's checksums
 	pages uint64
 	bytes uint64
+	proc  int // whose pages the stream carries now (PageRun.Proc)
 }
 
 // NewEncoder starts an image stream on w with img's header (its Pages are
@@ -89,8 +94,7 @@ func NewEncoder(w io.Writer, img *Image) (*Encoder, error) {
 	if _, err := e.w.Write(head[:]); err != nil {
 		return nil, err
 	}
-	hdr := *img
-	hdr.Pages = nil
+	hdr := withoutPages(img)
 	var buf bytes.Buffer
 	if err := gob.NewEncoder(&buf).Encode(&hdr); err != nil {
 		return nil, fmt.Errorf("encode the image header: %w", err)
@@ -168,8 +172,30 @@ func (e *Encoder) writeRecord(hdr [9]byte, crc uint32, parts ...[]byte) error {
 // its data follows.
 const runHead = 8
 
-// Pages writes a run of memory.
+// withoutPages is img, its children's too, without their pages.
+func withoutPages(img *Image) Image {
+	hdr := *img
+	hdr.Pages = nil
+	hdr.Children = make([]*Image, len(img.Children))
+	for i, c := range img.Children {
+		h := withoutPages(c)
+		hdr.Children[i] = &h
+	}
+	return hdr
+}
+
+// Pages writes a run of memory. The runs of a process with children come
+// its own first, then each child's in the order of Children.
 func (e *Encoder) Pages(p PageRun) error {
+	if p.Proc != e.proc {
+		if p.Proc < e.proc {
+			return fmt.Errorf("memory of process %d of the image after that of %d", p.Proc, e.proc)
+		}
+		if err := e.record(recProc, binary.LittleEndian.AppendUint32(nil, uint32(p.Proc))); err != nil {
+			return err
+		}
+		e.proc = p.Proc
+	}
 	for off := 0; off < len(p.Data); off += maxRecord - runHead {
 		end := min(off+maxRecord-runHead, len(p.Data))
 		addr := binary.LittleEndian.AppendUint64(nil, p.Addr+uint64(off))
@@ -207,9 +233,12 @@ func Encode(w io.Writer, img *Image) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range img.Pages {
-		if err := e.Pages(p); err != nil {
-			return err
+	for i, c := range append([]*Image{img}, img.Children...) {
+		for _, p := range c.Pages {
+			p.Proc = i
+			if err := e.Pages(p); err != nil {
+				return err
+			}
 		}
 	}
 	return e.Close()
@@ -225,6 +254,7 @@ type Decoder struct {
 	bytes uint64
 	buf   []byte
 	done  bool
+	proc  int // whose pages come now (PageRun.Proc)
 }
 
 // NewDecoder reads the stream's header.
@@ -256,6 +286,9 @@ func NewDecoder(r io.Reader) (*Decoder, error) {
 	}
 	if uint32(d.img.Version) != v {
 		return nil, fmt.Errorf("%w: the header says version %d", ErrCorrupt, d.img.Version)
+	}
+	if len(d.img.Children) > 0 && v < treeVersion {
+		return nil, fmt.Errorf("%w: a process with children in an image of version %d", ErrCorrupt, v)
 	}
 	return d, nil
 }
@@ -329,6 +362,19 @@ func (d *Decoder) NextInto(buf *[]byte) (PageRun, error) {
 	if err != nil {
 		return PageRun{}, err
 	}
+	for kind == recProc {
+		if len(payload) != 4 {
+			return PageRun{}, fmt.Errorf("%w: a bad process record", ErrCorrupt)
+		}
+		p := int(binary.LittleEndian.Uint32(payload))
+		if p <= d.proc || p > len(d.img.Children) {
+			return PageRun{}, fmt.Errorf("%w: memory of process %d of %d after that of %d", ErrCorrupt, p, len(d.img.Children), d.proc)
+		}
+		d.proc = p
+		if kind, payload, err = d.recordInto(buf); err != nil {
+			return PageRun{}, err
+		}
+	}
 	switch kind {
 	case recPages:
 		if len(payload) < runHead {
@@ -336,7 +382,7 @@ func (d *Decoder) NextInto(buf *[]byte) (PageRun, error) {
 		}
 		d.pages++
 		d.bytes += uint64(len(payload) - runHead)
-		return PageRun{Addr: binary.LittleEndian.Uint64(payload), Data: payload[runHead:]}, nil
+		return PageRun{Addr: binary.LittleEndian.Uint64(payload), Data: payload[runHead:], Proc: d.proc}, nil
 	case recEnd:
 		if len(payload) != endSize {
 			return PageRun{}, fmt.Errorf("%w: a bad end record", ErrCorrupt)
@@ -369,12 +415,21 @@ func Decode(r io.Reader) (*Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		// Join with the previous run when contiguous (records split runs).
-		if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == p.Addr {
-			img.Pages[k].Data = append(img.Pages[k].Data, p.Data...)
-		} else {
-			img.Pages = append(img.Pages, PageRun{Addr: p.Addr, Data: append([]byte(nil), p.Data...)})
+		of := img
+		if p.Proc > 0 {
+			of = img.Children[p.Proc-1]
 		}
+		of.addPages(p)
+	}
+}
+
+// addPages appends a copy of p to the image's pages, joined with the last
+// run when contiguous (records and reads split runs).
+func (img *Image) addPages(p PageRun) {
+	if k := len(img.Pages) - 1; k >= 0 && img.Pages[k].Addr+uint64(len(img.Pages[k].Data)) == p.Addr {
+		img.Pages[k].Data = append(img.Pages[k].Data, p.Data...)
+	} else {
+		img.Pages = append(img.Pages, PageRun{Addr: p.Addr, Data: append([]byte(nil), p.Data...)})
 	}
 }
 

@@ -144,7 +144,7 @@ func TestFormatVersions(t *testing.T) {
 	for _, c := range []struct {
 		version int
 		ok      bool
-	}{{2, true}, {ImageVersion, true}, {ImageVersion + 1, false}, {1, false}} {
+	}{{2, true}, {ImageVersion, true}, {treeVersion, true}, {treeVersion + 1, false}, {1, false}} {
 		var buf bytes.Buffer
 		if err := Encode(&buf, &Image{Version: c.version, Pid: 1, Threads: []Thread{{Tid: 1}}}); err != nil {
 			t.Fatal(err)
@@ -156,5 +156,66 @@ func TestFormatVersions(t *testing.T) {
 		case !c.ok && (err == nil || !strings.Contains(err.Error(), "reads versions 2 to")):
 			t.Errorf("version %d: %v, want refused", c.version, err)
 		}
+	}
+}
+
+// A process with descendants: each one's memory comes back to it, and a
+// stream that gives memory to a process the image does not have, or goes
+// back to an earlier one, is refused.
+func TestFormatTree(t *testing.T) {
+	img := sampleImage()
+	img.Version = treeVersion
+	for i := range 2 {
+		c := sampleImage()
+		c.Pid, c.Parent = 43+i, 42+i
+		c.Pages = []PageRun{{Addr: 0x20000, Data: bytes.Repeat([]byte{byte(i + 1)}, 3*pageSize)}}
+		img.Children = append(img.Children, c)
+	}
+	var buf bytes.Buffer
+	if err := Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, img) {
+		t.Fatal("the decoded tree differs from the encoded one")
+	}
+
+	stream := func(procs ...int) []byte {
+		var b bytes.Buffer
+		e, err := NewEncoder(&b, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range procs {
+			if err := e.Pages(PageRun{Addr: 0x20000, Data: make([]byte, pageSize), Proc: p}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	if _, err := Decode(bytes.NewReader(stream(0, 2, 3))); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("memory of a third child of two: %v, want it refused as damaged", err)
+	}
+	var b bytes.Buffer
+	e, _ := NewEncoder(&b, img)
+	e.Pages(PageRun{Addr: 0x20000, Data: make([]byte, pageSize), Proc: 2})
+	if err := e.Pages(PageRun{Addr: 0x20000, Data: make([]byte, pageSize), Proc: 1}); err == nil {
+		t.Fatal("the encoder wrote a child's memory after a later one's")
+	}
+	// An image of version 3 has no children.
+	single := *img
+	single.Version = ImageVersion
+	b.Reset()
+	if err := Encode(&b, &single); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Decode(bytes.NewReader(b.Bytes())); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("children in a version 3 image: %v, want it refused", err)
 	}
 }

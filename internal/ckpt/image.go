@@ -13,12 +13,18 @@ package ckpt
 
 import "fmt"
 
-// ImageVersion is the version of the image format this mosaic writes. 3
+// ImageVersion is the version of the image format this mosaic writes for
+// a single process (treeVersion for one with children). 3
 // added descriptors of new kinds (deleted and memory files, dups, event
 // descriptors, inotify, pipes and socket pairs of its own) and flock and
 // OFD locks, which a reader of version 2 would refuse or, for a lock,
 // take wrongly (as a POSIX lock): it refuses version 3 whole.
 const ImageVersion = 3
+
+// treeVersion is the version of an image of a process with children (see
+// Image.Children): it adds a record that says whose the memory after it
+// is, which an older reader would take for damage.
+const treeVersion = 4
 
 // minImageVersion is the oldest version this mosaic reads: a version 2
 // image holds nothing that version 3 reads differently.
@@ -26,8 +32,8 @@ const minImageVersion = 2
 
 // checkVersion says whether this mosaic reads images of version v.
 func checkVersion(v uint32) error {
-	if v < minImageVersion || v > ImageVersion {
-		return fmt.Errorf("image format version %d; this mosaic reads versions %d to %d", v, minImageVersion, ImageVersion)
+	if v < minImageVersion || v > treeVersion {
+		return fmt.Errorf("image format version %d; this mosaic reads versions %d to %d", v, minImageVersion, treeVersion)
 	}
 	return nil
 }
@@ -76,6 +82,14 @@ type Image struct {
 	// SharedPending are the signals queued for the process as a whole,
 	// as raw siginfo (128 bytes each), oldest first.
 	SharedPending [][]byte
+	// Children are the process's descendants, which move with it (its
+	// PID namespace keeps them its own): each a whole image, parents
+	// before their children, its memory after the process's in the
+	// stream (PageRun.Proc).
+	Children []*Image
+	// Parent is, for one of Children, its parent's id as the processes
+	// see it.
+	Parent int
 }
 
 // PosixTimer is a timer made by timer_create, as /proc/PID/timers and
@@ -150,6 +164,8 @@ const (
 type PageRun struct {
 	Addr uint64
 	Data []byte
+	// Proc is whose memory it is: 0 the process's, i its Children[i-1]'s.
+	Proc int
 	// sum is the checksum of its page record, when summed is set (by
 	// ReadMemory, which sums a run while it is in its cache).
 	sum    uint32
@@ -306,6 +322,9 @@ func (img *Image) MemoryBytes() int64 {
 	var n int64
 	for _, p := range img.Pages {
 		n += int64(len(p.Data))
+	}
+	for _, c := range img.Children {
+		n += c.MemoryBytes()
 	}
 	return n
 }

@@ -87,6 +87,24 @@ func checkFiles(vs []VMA) error {
 // reading and fn overlap: a goroutine reads ahead into free buffers while
 // fn consumes.
 func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
+	if err := f.readMemory(fn); err != nil {
+		return err
+	}
+	// Then its descendants', each run marked whose.
+	for i, c := range f.children {
+		proc := i + 1
+		if err := c.readMemory(func(p PageRun) error {
+			p.Proc = proc
+			return fn(p)
+		}); err != nil {
+			return fmt.Errorf("its child %d: %w", c.pid, err)
+		}
+	}
+	return nil
+}
+
+// readMemory reads the process's own memory, as ReadMemory does.
+func (f *Frozen) readMemory(fn func(PageRun) error) error {
 	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
 	if err != nil {
 		return fmt.Errorf("open the page map: %w", err)

@@ -124,6 +124,14 @@ func (r *remote) enter(nr uintptr, args ...uint64) (func() (uint64, error), erro
 // first instruction, its registers for the caller to set.
 func (r *remote) cloneThread() (int, error) {
 	const flags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+	return r.clone(flags, unix.PTRACE_EVENT_CLONE)
+}
+
+// clone runs clone(flags) in the tracee, which must trace the kind of
+// child it makes (event: PTRACE_EVENT_CLONE for a thread, _FORK for a
+// process, with the matching option), and returns the child stopped
+// before its first instruction.
+func (r *remote) clone(flags uint64, event int) (int, error) {
 	rg := r.saved
 	rg.Rax, rg.Orig_rax = unix.SYS_CLONE, ^uint64(0)
 	rg.Rdi, rg.Rsi, rg.Rdx, rg.R10, rg.R8 = flags, 0, 0, 0, 0
@@ -141,7 +149,7 @@ func (r *remote) cloneThread() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != unix.PTRACE_EVENT_CLONE {
+	if ws.StopSignal() != syscall.SIGTRAP || ws.TrapCause() != event {
 		return 0, fmt.Errorf("thread %d stopped by %v instead of at its clone", r.tid, ws)
 	}
 	msg, err := unix.PtraceGetEventMsg(r.tid)

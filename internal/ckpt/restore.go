@@ -164,6 +164,8 @@ type Restored struct {
 	lazy *LazyMemory // its memory still to come, if any
 	tids []int       // the other threads
 	done bool
+	// children are its descendants, restored with it (restoreTree).
+	children []*Restored
 }
 
 // Pid is the restored process.
@@ -175,6 +177,15 @@ func (r *Restored) Go() error {
 		return errors.New("the restored process was already let go or aborted")
 	}
 	r.done = true
+	for i, c := range r.children {
+		if err := c.Go(); err != nil {
+			for _, o := range r.children[i+1:] {
+				o.Abort()
+			}
+			r.kill()
+			return err
+		}
+	}
 	for _, tid := range append(slices.Clone(r.tids), r.pid) {
 		if err := ptrace(unix.PTRACE_DETACH, tid, 0, 0); err != nil {
 			r.kill()
@@ -193,6 +204,13 @@ func (r *Restored) Abort() {
 }
 
 func (r *Restored) kill() {
+	if r.pid <= 0 {
+		return // (kill(0) would signal our own process group)
+	}
+	for _, c := range r.children {
+		c.done = true
+		c.kill() // let go already or not: the tree goes as one
+	}
 	syscall.Kill(r.pid, syscall.SIGKILL)
 	if r.lazy != nil {
 		r.lazy.close()
@@ -382,20 +400,65 @@ func restore(pid int, img *Image, opt RestoreOptions, pages func(write func(Page
 // restoreInto does the work of Restore, RestoreFrom and RestoreInto;
 // pages writes the image's memory with the function it is given.
 func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(PageRun) error) error) (_ *Restored, err error) {
+	if len(img.Children) > 0 {
+		return restoreTree(s, img, opt, pages)
+	}
+	step := opt.Step
+	if step == nil {
+		step = func(string) {}
+	}
+	rs, err := beginRestore(s, img, opt)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			rs.fail()
+		}
+	}()
+	step("layout")
+	if err := pages(func(p PageRun) error {
+		if p.Proc != 0 {
+			return fmt.Errorf("%w: memory of a process the image does not have", ErrCorrupt)
+		}
+		return rs.write(p)
+	}); err != nil {
+		return nil, err
+	}
+	step("memory")
+	restored, err := rs.finish()
+	if err != nil {
+		return nil, err
+	}
+	step("state")
+	return restored, nil
+}
+
+// restoring is a restore under way: the stub laid out as the image's
+// process, its memory being written.
+type restoring struct {
+	s        *Stub
+	img      *Image
+	opt      RestoreOptions
+	restored *Restored
+	uffd     int // the process's userfaultfd, for lazy memory; -1
+	mem      *procMem
+}
+
+// beginRestore checks the image and makes the stub's address space the
+// image's process's, ready for its memory (restoring.write) and the rest
+// (restoring.finish). On failure the stub is killed.
+func beginRestore(s *Stub, img *Image, opt RestoreOptions) (_ *restoring, err error) {
 	if s.used {
 		return nil, errors.New("the stub was used already")
 	}
 	s.used = true
 	pid, r := s.pid, s.r
-	init := opt.Init
-	restored := &Restored{pid: pid}
+	rs := &restoring{s: s, img: img, opt: opt, restored: &Restored{pid: pid}, uffd: -1}
 	limitPriorities(img)
 	defer func() {
-		if r.mem != nil {
-			r.mem.Close()
-		}
 		if err != nil {
-			restored.kill()
+			rs.fail()
 		}
 	}()
 	if err := checkVersion(uint32(img.Version)); err != nil {
@@ -422,58 +485,79 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 			return nil, err
 		}
 	}
-	tramp := s.tramp
-
 	// Lazy memory needs a userfaultfd of the process's own.
-	uffd := -1
 	if len(img.Lazy) > 0 && opt.Userfaultfd == 0 {
 		return nil, errors.New("the image's memory comes after it (post-copy), and this restore has no userfaultfd")
 	}
 	if opt.Userfaultfd != 0 {
 		if len(img.Lazy) > 0 {
-			if uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
+			if rs.uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
 				return nil, err
 			}
-			defer func() {
-				if err != nil && uffd >= 0 {
-					unix.Close(uffd)
-				}
-			}()
 		}
 		// Closed before the image's descriptors come back: one of them
-		// may have the device's number.
-		if _, err := r.call(unix.SYS_CLOSE, uint64(opt.Userfaultfd)); err != nil {
+		// may have the device's number. (A descendant's stub has it from
+		// its parent's.)
+		if _, err := r.call(unix.SYS_CLOSE, uint64(opt.Userfaultfd)); err != nil && !errors.Is(err, unix.EBADF) {
 			return nil, fmt.Errorf("close the restore's userfaultfd device: %w", err)
 		}
 	}
 	if !premade {
-		if err := moveVDSO(r, s.maps, img.VMAs, tramp); err != nil {
+		if err := moveVDSO(r, s.maps, img.VMAs, s.tramp); err != nil {
 			return nil, err
 		}
 		if err := mapVMAs(r, img.VMAs); err != nil {
 			return nil, err
 		}
 	}
-	step := opt.Step
-	if step == nil {
-		step = func(string) {}
-	}
-	step("layout")
-	mem, err := openProcMem(pid)
-	if err != nil {
+	if rs.mem, err = openProcMem(pid); err != nil {
 		return nil, err
 	}
-	defer mem.Close()
-	err = pages(func(p PageRun) error {
-		if _, err := mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
-			return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
+	return rs, nil
+}
+
+// write writes a run of the image's memory into the process.
+func (rs *restoring) write(p PageRun) error {
+	if _, err := rs.mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
+		return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
+	}
+	return nil
+}
+
+// fail kills the process being restored and lets go of what the restore
+// held.
+func (rs *restoring) fail() {
+	rs.close()
+	if rs.uffd >= 0 {
+		unix.Close(rs.uffd)
+		rs.uffd = -1
+	}
+	rs.restored.kill()
+}
+
+func (rs *restoring) close() {
+	if rs.mem != nil {
+		rs.mem.Close()
+		rs.mem = nil
+	}
+	if rs.s.r.mem != nil {
+		rs.s.r.mem.Close()
+		rs.s.r.mem = nil
+	}
+}
+
+// finish gives the process, its memory written, the rest of its state,
+// and leaves it stopped (Restored). On failure the process is killed.
+func (rs *restoring) finish() (_ *Restored, err error) {
+	s, img, r, restored := rs.s, rs.img, rs.s.r, rs.restored
+	pid, init, tramp := s.pid, rs.opt.Init, s.tramp
+	defer func() {
+		if err != nil {
+			rs.fail()
+		} else {
+			rs.close()
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	step("memory")
+	}()
 	if err := setMM(r, img.MM); err != nil {
 		return nil, err
 	}
@@ -562,15 +646,14 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		return nil, err
 	}
 	// Last, as nothing of ours may touch lazy memory from here on.
-	if uffd >= 0 {
-		f, err := registerLazy(uffd, img.VMAs)
+	if rs.uffd >= 0 {
+		f, err := registerLazy(rs.uffd, img.VMAs)
 		if err != nil {
 			return nil, err
 		}
-		uffd = -1 // the file's now
+		rs.uffd = -1 // the file's now
 		restored.lazy = &LazyMemory{set: newLazySet(img.Lazy), spaces: []*space{{uffd: f}}}
 	}
-	step("state")
 	return restored, nil
 }
 

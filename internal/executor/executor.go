@@ -623,7 +623,7 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 				pi.Pinned = "its user pinned it (mosaic run --pin): policies do not move it"
 			}
 			var nice int
-			pi.CpuSeconds, pi.Rss, pi.ProcState, nice = procStat(pid)
+			pi.CpuSeconds, pi.Rss, pi.ProcState, nice = treeStat(pid)
 			pi.Nice = int32(nice)
 			if pi.ProcState == "T" {
 				pi.State = "stopped"
@@ -668,7 +668,7 @@ func (e *Executor) Running() []Running {
 	e.mu.Unlock()
 	var out []Running
 	for _, x := range gs {
-		cpu, rss, state, _ := procStat(x.pid)
+		cpu, rss, state, _ := treeStat(x.pid)
 		if state == "T" || state == "Z" || state == "?" {
 			continue
 		}
@@ -686,6 +686,22 @@ func (e *Executor) Running() []Running {
 
 // procStat reads a process's CPU time, resident memory, state and (its
 // main thread's) nice value from /proc.
+// treeStat is procStat of the process with its descendants (which move
+// with it): CPU time and resident memory summed over them, each one's
+// CPU time with that of the children it has waited for (so the sum goes
+// on as they end), the state and nice value the process's.
+func treeStat(pid int) (cpu float64, rss uint64, state string, nice int) {
+	cpu, rss, state, nice = procStat(pid)
+	for _, d := range ckpt.Descendants(pid) {
+		c, r, _, _ := procStat(d)
+		cpu += c
+		rss += r
+	}
+	return cpu, rss, state, nice
+}
+
+// procStat reads the process's CPU time (its own and that of the children
+// it has waited for), resident memory, state and nice value.
 func procStat(pid int) (cpu float64, rss uint64, state string, nice int) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
@@ -700,11 +716,14 @@ func procStat(pid int) (cpu float64, rss uint64, state string, nice int) {
 	if len(f) < 22 {
 		return 0, 0, "?", 0
 	}
-	utime, _ := strconv.ParseUint(f[11], 10, 64)
-	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	var ticks uint64
+	for _, k := range []int{11, 12, 13, 14} { // utime, stime, cutime, cstime
+		v, _ := strconv.ParseUint(f[k], 10, 64)
+		ticks += v
+	}
 	nice, _ = strconv.Atoi(f[16])
 	pages, _ := strconv.ParseUint(f[21], 10, 64)
-	return float64(utime+stime) / 100, pages * uint64(os.Getpagesize()), f[0], nice
+	return float64(ticks) / 100, pages * uint64(os.Getpagesize()), f[0], nice
 }
 
 // sender serializes sends on a stream (gRPC streams allow one sender at a

@@ -53,6 +53,8 @@ func newStdio(st *peerpb.ExecStart, bufs *bufpool.Pool) (*stdio, error) {
 		}
 		s.master = m
 		s.child = []*os.File{sl, sl, sl}
+		id := streamID(sl)
+		s.home = ckpt.Stdio{id, id, id}
 		if err := s.setTerminal(t); err != nil {
 			m.Close()
 			sl.Close()
@@ -81,12 +83,18 @@ func newStdio(st *peerpb.ExecStart, bufs *bufpool.Pool) (*stdio, error) {
 	// blocking, and their read deadlines would stop working.)
 	for k, f := range s.child {
 		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
-		var st unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &st); err == nil {
-			s.home[k] = st.Ino
-		}
+		s.home[k] = streamID(f)
 	}
 	return s, nil
+}
+
+// streamID is f's device and inode, which name it to the engine.
+func streamID(f *os.File) ckpt.StreamID {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return ckpt.StreamID{}
+	}
+	return ckpt.StreamID{Dev: st.Dev, Ino: st.Ino}
 }
 
 func ttyModes(t *peerpb.Tty) pty.Modes {
