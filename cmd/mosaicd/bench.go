@@ -147,12 +147,15 @@ func newBenchCmd() *cobra.Command {
 	var m bench.MigrateConfig
 	var migSizes string
 	mig := &cobra.Command{
-		Use:   "migrate [--sizes 1,64,256,1024] [--runs 5] [--lazy]",
+		Use:   "migrate [--sizes 1,64,256,1024] [--runs 5] [--lazy] [--children N]",
 		Short: "Live migration between two nodes: freeze and total time by memory size, vs a raw TCP copy (root, gcc)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := rootAndSelf(); err != nil {
 				return err
+			}
+			if m.Children < 0 || m.Children > 64 {
+				return fmt.Errorf("--children: %d; give 0 to 64", m.Children)
 			}
 			for _, f := range strings.Split(migSizes, ",") {
 				n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -167,6 +170,7 @@ func newBenchCmd() *cobra.Command {
 	mig.Flags().StringVar(&migSizes, "sizes", "1,64,256,1024", "touched memory of the workload, MiB, comma-separated")
 	mig.Flags().BoolVar(&m.Lazy, "lazy", false, "post-copy moves (mosaic migrate --lazy)")
 	mig.Flags().IntVar(&m.Runs, "runs", 5, "migrations per size")
+	mig.Flags().IntVar(&m.Children, "children", 0, "idle child processes the workload starts first, which move with it")
 
 	var bal bench.BalanceConfig
 	var balCaps, balPolicies string

@@ -36,6 +36,9 @@ type MigrateConfig struct {
 	// Lazy: post-copy moves (mosaic migrate --lazy); the table then also
 	// gives the longest stall the process saw after it ran at the target.
 	Lazy bool
+	// Children: the workload first starts that many idle child
+	// processes, which move with it (a process tree).
+	Children int
 }
 
 // Migrate measures live migration between two nodes of a local cluster,
@@ -81,6 +84,9 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 
 	fmt.Fprintf(w, "%d runs each; medians. frozen: from the freeze at the source to the go at the target, as the daemons count;\n", cfg.Runs)
 	fmt.Fprintf(w, "gap: how long the process itself saw its clock jump; rate: bytes moved over the total time.\n")
+	if cfg.Children > 0 {
+		fmt.Fprintf(w, "The workload has %d idle child processes, which move with it.\n", cfg.Children)
+	}
 	if cfg.Lazy {
 		fmt.Fprintf(w, "Post-copy (--lazy): image is what moved before the process ran, total lasts until the last page arrived,\n")
 		fmt.Fprintf(w, "stall is the longest jump of the process's clock after it ran at the target (the worst, over the runs).\n")
@@ -88,7 +94,7 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %10s %12s %12s %8s\n", "touched", "image", "frozen", "gap", "stall", "total", "rate", "TCP copy", "TLS copy", "vs TCP")
 	for _, size := range cfg.SizesMiB {
-		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs, cfg.Lazy)
+		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs, cfg.Lazy, cfg.Children)
 		if err != nil {
 			return fmt.Errorf("%d MiB: %w", size, err)
 		}
@@ -118,10 +124,10 @@ type migrateFigures struct {
 
 // migrateSize runs the workload with size MiB on n1 and moves it between
 // n1 and n2 runs times.
-func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, lazy bool) (migrateFigures, error) {
+func migrateSize(ctx context.Context, cli, sock, prog string, size, runs int, lazy bool, children int) (migrateFigures, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--on", "n1", "--", prog, strconv.Itoa(size))
+	cmd := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--on", "n1", "--", prog, strconv.Itoa(size), strconv.Itoa(children))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return migrateFigures{}, err
