@@ -151,6 +151,10 @@ func migrateFrozen(t *testing.T, sock, id string, pid int, node string) <-chan e
 	return done
 }
 
+// listener is Python that listens on a TCP port (something no move
+// carries), says "ready" and waits.
+const listener = "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint('ready', flush=True)\ntime.sleep(30)"
+
 func migrate(t *testing.T, sock string, cred *userCred, id, node string, flags ...string) (api.MigrateResult, error) {
 	t.Helper()
 	cmd := exec.Command(bin, append(append([]string{"--socket", sock, "migrate", "--json"}, flags...), id, node)...)
@@ -270,10 +274,11 @@ func TestMigrate(t *testing.T) {
 	})
 
 	t.Run("a shell script moves with the programs it runs, as its user", func(t *testing.T) {
-		// sh runs one program after another and waits for each: moved
-		// while one runs, both go (the child with the id it had, which
-		// sh waits for), or while sh is between them, sh alone.
-		script := fmt.Sprintf(`for i in 1 2 3; do %s 25 4000000 || exit 9; echo "step $i"; done; echo "sh: done"`, progs["counter"])
+		// sh runs one pipeline after another and waits for each: moved
+		// while one runs, its programs and the pipe between them go too
+		// (each with the id it had, which sh waits for), or while sh is
+		// between them, sh alone.
+		script := fmt.Sprintf(`for i in 1 2 3; do %s 25 4000000 | cat || exit 9; echo "step $i"; done; echo "sh: done"`, progs["counter"])
 		want, err := exec.Command("sh", "-c", script).Output()
 		if err != nil {
 			t.Fatal(err)
@@ -482,15 +487,13 @@ for i in range(60):
 	})
 
 	t.Run("what cannot move stays, and says why", func(t *testing.T) {
-		// A shell's pipeline: its programs move with it, but not yet the
-		// pipe between two of them. ("ready" comes from the pipeline's
-		// second half, once the pipe is there.)
-		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30 | (echo ready; cat)")
+		// A listening network socket.
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", listener)
 		b.lines(1)
 		id := b.id()
 		_, err := migrate(t, sock("n1"), nil, id, "n3")
-		if err == nil || !strings.Contains(err.Error(), "a pipe process") {
-			t.Fatalf("migrating a pipeline: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "a network or local socket") {
+			t.Fatalf("migrating a process with a network socket: %v", err)
 		}
 		p := psOne(t, sock("n1"), id)
 		if p.Node != "n2" || p.State != "running" {
@@ -759,11 +762,11 @@ func TestCheckpointRestore(t *testing.T) {
 	})
 
 	t.Run("what cannot be saved is refused, and goes on", func(t *testing.T) {
-		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", "sleep 30 | (echo ready; cat)")
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", listener)
 		b.lines(1)
 		id := b.id()
 		r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", id, filepath.Join(dir, "sh.img"))
-		expectFail(t, r, "a pipe process")
+		expectFail(t, r, "a network or local socket")
 		if _, err := os.Stat(filepath.Join(dir, "sh.img")); err == nil {
 			t.Fatal("a refused checkpoint left an image")
 		}

@@ -72,9 +72,9 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "bc computing pi", argv: []string{"bc", "-l"}, stdin: "@scale=2500; 4*a(1)\n", hash: true},
 		{name: "awk", argv: []string{"awk", "BEGIN{s=0; for(i=0;i<30000000;i++){s=(s*31+i)%1000003; if(i%1000000==0) print i, s}}"}},
 		{name: "sqlite3 writing a database", argv: []string{"sqlite3", "@db"}, stdin: sql, sqlite: true},
-		// Moved with whichever program it waits for at that moment.
-		{name: "sh running a script (the programs it waits for move with it)", argv: []string{"/bin/sh", "-c",
-			"for n in 1 2 3 4 5 6; do " + progs["counter"] + " 15 2000000 || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done"}},
+		// Moved with whichever pipeline it waits for at that moment.
+		{name: "sh running a script (the pipelines it waits for move with it)", argv: []string{"/bin/sh", "-c",
+			"for n in 1 2 3 4 5 6; do " + progs["counter"] + " 15 2000000 | cat || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done"}},
 	}
 	// sort reads three copies of the input.
 	catInto(t, input+"3", input, input, input)

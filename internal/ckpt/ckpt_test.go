@@ -699,6 +699,11 @@ func TestMoveKeepsIDs(t *testing.T) {
 		// A shell with the program it runs and waits for (the shell
 		// finds its job by the child's id).
 		{"sh", "39 4490532\nsh: 0\n", []string{"/bin/sh", "-c", programs["counter"] + ` 40 4000000; echo "sh: $?"`}, same},
+		// A pipeline: the pipe between its two programs moves with
+		// them, with what it held.
+		{"sh pipeline", "39 4490532\nsh: 0\n", []string{"/bin/sh", "-c", programs["counter"] + ` 40 4000000 | cat; echo "sh: $?"`}, same},
+		// A child's output its parent reads through a pipe.
+		{"python subprocess", "39 4490532\nrc 0\n", []string{"/usr/bin/python3", "-c", "import subprocess, sys\np = subprocess.Popen(['" + programs["counter"] + "', '40', '4000000'], stdout=subprocess.PIPE)\nfor l in p.stdout:\n    sys.stdout.write(l.decode()); sys.stdout.flush()\nprint('rc', p.wait())"}, same},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			spec := spawn.Spec{Argv: c.argv, Dir: "/", UID: 65534, GID: 65534}
@@ -1361,8 +1366,6 @@ func TestPinned(t *testing.T) {
 		freezeOnly         bool // Movable does not look for it
 	}{
 		{"socket", "import socket; s = socket.socket()", "a network or local socket", false},
-		// (Its child moves with it, but not yet a pipe between them.)
-		{"pipe to another process", "import os, subprocess; r, w = os.pipe(); p = subprocess.Popen(['sleep', '60'], stdin=r); os.close(r)", "a pipe process", true},
 		{"pipe half another process's", "import os; r, w = os.pipe(); os.set_inheritable(r, True); os.system('sleep 60 <&%d &' % r); os.close(r)", "a pipe process", true},
 		{"socket pair half another process's", "import os, socket; a, b = socket.socketpair(); os.set_inheritable(b.fileno(), True); os.system('sleep 60 <&%d &' % b.fileno())", "another process holds", true},
 		{"lease", "import fcntl; f = open('" + lockFile + "', 'w'); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)", "lease", false},

@@ -34,8 +34,10 @@ type Frozen struct {
 	// buffers are where ReadMemory reads into (see UseBuffers).
 	buffers *bufpool.Pool
 	stopped time.Time
-	// children are its descendants, frozen with it (see tree.go).
+	// children are its descendants, frozen with it (see tree.go), and
+	// shared the pipes between them ("pipe:[N]").
 	children []*Frozen
+	shared   map[string]bool
 }
 
 // Stopped is when the process stopped: Freeze checks first, while it
@@ -228,6 +230,19 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 	} else if !slices.Equal(again, tree) {
 		return nil, nil, &PinnedError{Reason: "its child processes came and went while it was being frozen", Momentary: true}
 	}
+	if len(tree) > 0 {
+		pids := []int{pid}
+		for _, c := range f.children {
+			pids = append(pids, c.pid)
+		}
+		shared, err := sharedPipes(pids)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range append([]*Frozen{f}, f.children...) {
+			p.shared = shared
+		}
+	}
 	if img, err = f.capture(opt); err != nil {
 		return nil, nil, err
 	}
@@ -247,6 +262,9 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 	}
 	if len(tree) > 0 {
 		if err := checkTree(img, f); err != nil {
+			return nil, nil, err
+		}
+		if err := gatherShared(img, f); err != nil {
 			return nil, nil, err
 		}
 		img.Version = treeVersion
@@ -312,7 +330,7 @@ func (f *Frozen) stop() error {
 func (f *Frozen) capture(opt FreezeOptions) (*Image, error) {
 	pid := f.pid
 	tids := f.tids
-	files, err := dumpFiles(pid, true, opt.Home)
+	files, err := dumpFiles(pid, true, opt.Home, f.shared)
 	if err != nil {
 		return nil, err
 	}
@@ -746,7 +764,7 @@ func MovableWith(pid int, home Stdio) error {
 			return err
 		}
 	}
-	if _, err := dumpFiles(pid, false, home); err != nil {
+	if _, err := dumpFiles(pid, false, home, nil); err != nil {
 		return err
 	}
 	tree, err := descendants(pid)
@@ -763,7 +781,7 @@ func MovableWith(pid int, home Stdio) error {
 		}
 		err = checkSandbox(status)
 		if err == nil {
-			_, err = dumpFiles(m.pid, false, home)
+			_, err = dumpFiles(m.pid, false, home, nil)
 		}
 		var pe *PinnedError
 		if errors.As(err, &pe) {

@@ -42,7 +42,7 @@ type fileID struct{ dev, ino uint64 }
 // holds through them, or why it cannot move with them. With content, a
 // deleted or memory file's data is read into the image; without, only
 // what could pin the process is looked at (Movable).
-func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
+func dumpFiles(pid int, content bool, home Stdio, shared map[string]bool) (*dumpedFiles, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
 		return nil, fmt.Errorf("list open descriptors: %w", err)
@@ -100,6 +100,17 @@ func dumpFiles(pid int, content bool, home Stdio) (*dumpedFiles, error) {
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
+		case shared[f.Link]:
+			// A pipe between it and others of its tree (see sharedPipes).
+			end := 0
+			switch f.Flags & unix.O_ACCMODE {
+			case unix.O_WRONLY:
+				end = 1
+			case unix.O_RDWR:
+				cannot = append(cannot, fmt.Sprintf("descriptor %d (a pipe opened for reading and writing)", f.Fd))
+				continue
+			}
+			file = &File{Fd: f.Fd, Kind: FilePipe, Path: f.Link, Flags: f.Flags, End: end}
 		case homeStream(home, f.Fd, id) > 0:
 			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, f.Fd, id)}
 		case strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:"):
@@ -399,7 +410,7 @@ func describeLink(l string) string {
 // content, shares open files between descriptors that shared them, and
 // closes the standard ones the process had closed (the stub was given all
 // three).
-func restoreFiles(r *remote, files []File, chans []Channel) error {
+func restoreFiles(r *remote, files []File, chans []Channel, tree treePipes) error {
 	hi := 3
 	for _, f := range files {
 		hi = max(hi, f.Fd+1)
@@ -432,7 +443,12 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 			closeEnds(r, e)
 		}
 	}()
-	placed := map[[2]int]bool{}
+	defer func() {
+		for _, e := range tree.ends {
+			closeEnds(r, e) // this process's copies; those it holds are placed
+		}
+	}()
+	placed := map[[3]int]bool{}
 	var ghosts, epolls []File
 	for _, f := range files {
 		var fd uint64
@@ -465,11 +481,15 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 				ghosts = append(ghosts, f)
 			}
 		case FilePipe, FileSocket:
-			k := f.Channel - 1
-			if k < 0 || k >= len(chEnds) || f.End < 0 || f.End > 1 || chans[k].Kind != f.Kind {
+			// Its own channel, or a pipe of its tree's.
+			ends, cs, k, table := chEnds, chans, f.Channel-1, 0
+			if f.Shared != 0 {
+				ends, cs, k, table = tree.ends, tree.chans, f.Shared-1, 1
+			}
+			if k < 0 || k >= len(ends) || f.End < 0 || f.End > 1 || cs[k].Kind != f.Kind || ends[k][f.End] < 0 {
 				return fmt.Errorf("descriptor %d names a %s the image does not have", f.Fd, f.Kind)
 			}
-			src, key := uint64(chEnds[k][f.End]), [2]int{k, f.End}
+			src, key := uint64(ends[k][f.End]), [3]int{table, k, f.End}
 			if placed[key] {
 				if f.Kind != FilePipe {
 					return fmt.Errorf("descriptor %d is a second open file of one socket", f.Fd)
@@ -484,7 +504,7 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 			}
 			placed[key] = true
 			if _, err := r.call(unix.SYS_DUP3, src, uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
-				return fmt.Errorf("put its %s at descriptor %d: %w", describeChannel(chans[k]), f.Fd, err)
+				return fmt.Errorf("put its %s at descriptor %d: %w", describeChannel(cs[k]), f.Fd, err)
 			}
 			if _, err := r.call(unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, uint64(f.Flags&(unix.O_NONBLOCK|unix.O_APPEND))); err != nil {
 				return fmt.Errorf("set the flags of descriptor %d: %w", f.Fd, err)
@@ -536,6 +556,14 @@ func restoreFiles(r *remote, files []File, chans []Channel) error {
 		}
 	}
 	return nil
+}
+
+// treePipes are the pipes of a process's tree (Image.Shared), made in
+// the first process's stub before the others were forked from it: each
+// process has them at ends.
+type treePipes struct {
+	chans []Channel
+	ends  [][2]int
 }
 
 // keepStreams copies the stub's descriptors 0, 1 and 2 (its home's

@@ -90,6 +90,11 @@ type Image struct {
 	// Parent is, for one of Children, its parent's id as the processes
 	// see it.
 	Parent int
+	// Shared are the pipes between the processes of a tree (a shell's
+	// pipeline, a child's output its parent reads), each end of which
+	// one or more of them hold (File.Shared): made once, before the
+	// children, which inherit them.
+	Shared []Channel
 }
 
 // PosixTimer is a timer made by timer_create, as /proc/PID/timers and
@@ -258,6 +263,9 @@ type File struct {
 	// FileStdio descriptor is; 0 in images from before it was kept (and
 	// on a terminal): the one of its own number.
 	Stream int
+	// Shared, if not 0, is 1 + the index in the tree's Shared (the first
+	// image's) of the pipe this descriptor is end End of.
+	Shared int
 	// Channel, if not 0, is 1 + the index in the image's Channels of the
 	// pipe or socket pair this descriptor is end End of.
 	Channel, End int

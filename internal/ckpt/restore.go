@@ -443,6 +443,7 @@ type restoring struct {
 	restored *Restored
 	uffd     int // the process's userfaultfd, for lazy memory; -1
 	mem      *procMem
+	tree     treePipes // the pipes of its tree, which it has
 }
 
 // beginRestore checks the image and makes the stub's address space the
@@ -575,7 +576,7 @@ func (rs *restoring) finish() (_ *Restored, err error) {
 	if err := lockMemory(r, img.VMAs); err != nil {
 		return nil, err
 	}
-	if err := restoreFiles(r, img.Files, img.Channels); err != nil {
+	if err := restoreFiles(r, img.Files, img.Channels, rs.tree); err != nil {
 		return nil, err
 	}
 	if err := setLocks(r, img.Locks, false); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -62,9 +63,11 @@ func checkTree(img *Image, f *Frozen) error {
 	byID := map[fileID][]held{}
 	for i, im := range imgs {
 		for _, file := range im.Files {
-			switch file.Kind {
-			case FileStdio, FileDup, FileDevice:
+			switch {
+			case file.Kind == FileStdio, file.Kind == FileDup, file.Kind == FileDevice:
 				continue // the node's; the lower descriptor's; stateless
+			case file.Kind == FilePipe && file.Path != "":
+				continue // a pipe of the tree's (gatherShared)
 			}
 			var st unix.Stat_t
 			if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", procs[i].pid, file.Fd), &st); err != nil {
@@ -89,6 +92,88 @@ func checkTree(img *Image, f *Frozen) error {
 				}
 			}
 			byID[id] = append(byID[id], held{i, file.Fd})
+		}
+	}
+	return nil
+}
+
+// sharedPipes returns the pipes ("pipe:[N]") two or more of the
+// processes pids hold ends of, and nobody else: those the tree carries
+// (gatherShared). One that another process holds too pins, as before
+// (resolveChannels).
+func sharedPipes(pids []int) (map[string]bool, error) {
+	holders := map[string]map[int]bool{}
+	for _, p := range pids {
+		fds, err := readFDs(p)
+		if err != nil {
+			return nil, fmt.Errorf("list the descriptors of %d: %w", p, err)
+		}
+		for _, f := range fds {
+			if strings.HasPrefix(f.Link, "pipe:") {
+				if holders[f.Link] == nil {
+					holders[f.Link] = map[int]bool{}
+				}
+				holders[f.Link][p] = true
+			}
+		}
+	}
+	shared := map[string]bool{}
+	for l, h := range holders {
+		if len(h) > 1 {
+			shared[l] = true
+		}
+	}
+	if len(shared) == 0 {
+		return shared, nil
+	}
+	// Read every process's descriptors: only for a tree with such pipes.
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range procs {
+		other, err := strconv.Atoi(e.Name())
+		if err != nil || slices.Contains(pids, other) {
+			continue
+		}
+		dir := "/proc/" + e.Name() + "/fd/"
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			continue // gone, or a kernel thread
+		}
+		for _, fd := range fds {
+			if l, err := os.Readlink(dir + fd.Name()); err == nil && shared[l] {
+				delete(shared, l)
+			}
+		}
+	}
+	return shared, nil
+}
+
+// gatherShared makes the tree's pipes (Image.Shared) of its processes'
+// descriptors on them (dumpFiles left each a FilePipe with its link in
+// Path): which ends are held, and what the pipe holds.
+func gatherShared(img *Image, f *Frozen) error {
+	procs := append([]*Frozen{f}, f.children...)
+	index := map[string]int{}
+	for i, im := range append([]*Image{img}, img.Children...) {
+		for j := range im.Files {
+			file := &im.Files[j]
+			if file.Kind != FilePipe || file.Path == "" {
+				continue
+			}
+			k, ok := index[file.Path]
+			if !ok {
+				c := Channel{Kind: FilePipe}
+				if err := readPipe(procs[i].pid, file.Fd, &c); err != nil {
+					return fmt.Errorf("read what a pipe of its processes holds: %w", err)
+				}
+				img.Shared = append(img.Shared, c)
+				k = len(img.Shared) - 1
+				index[file.Path] = k
+			}
+			img.Shared[k].Held[file.End] = true
+			file.Shared = k + 1
 		}
 	}
 	return nil
@@ -135,6 +220,11 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		step = func(string) {}
 	}
 	procs := append([]*Image{img}, img.Children...)
+	tree, err := makeTreePipes(s, procs)
+	if err != nil {
+		s.Kill()
+		return nil, err
+	}
 	stubs, err := forkStubs(s, procs, opt.Init)
 	if err != nil {
 		return nil, err
@@ -165,6 +255,7 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 			dead[i] = true // beginRestore killed it
 			return nil, err
 		}
+		rss[i].tree = tree
 	}
 	step("layout")
 	if err := pages(func(p PageRun) error {
@@ -188,6 +279,37 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	root.children = done[1:]
 	step("state")
 	return root, nil
+}
+
+// makeTreePipes makes the tree's pipes (Image.Shared) in the first
+// process's stub, with what they held, above every descriptor of every
+// image and kept across exec, so that each stub forked from it has them.
+func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
+	tree := treePipes{chans: procs[0].Shared}
+	if len(tree.chans) == 0 {
+		return tree, nil
+	}
+	hi := 3
+	for _, im := range procs {
+		for _, f := range im.Files {
+			hi = max(hi, f.Fd+1)
+		}
+	}
+	var err error
+	if tree.ends, err = makeChannels(s.r, tree.chans, hi); err != nil {
+		return tree, err
+	}
+	for _, e := range tree.ends {
+		for _, fd := range e {
+			if fd < 0 {
+				continue
+			}
+			if _, err := s.r.call(unix.SYS_FCNTL, uint64(fd), unix.F_SETFD, 0); err != nil {
+				return tree, fmt.Errorf("keep a pipe of its processes for their exec: %w", err)
+			}
+		}
+	}
+	return tree, nil
 }
 
 // forkStubs makes the stubs of an image's descendants (procs[1:], parents
