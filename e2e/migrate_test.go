@@ -287,6 +287,10 @@ func TestMigrate(t *testing.T) {
 		b := startBackground(t, sock("n1"), user, "--on", "n2", "--", "sh", "-c", script)
 		b.lines(5)
 		id := b.id()
+		// mosaic ps says what moves with it.
+		if p := psOne(t, sock("n1"), id); len(p.Children) != 2 || !strings.HasSuffix(p.Children[1], " cat") {
+			t.Fatalf("ps of a shell running a pipeline: children %q, want its two programs", p.Children)
+		}
 		for i, to := range []string{"n3", "home", "n2"} {
 			if _, err := migrate(t, sock("n1"), user, id, to); err != nil {
 				t.Fatalf("migration %d to %s: %v", i+1, to, err)

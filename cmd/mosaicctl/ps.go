@@ -88,6 +88,10 @@ func printProc(out io.Writer, p api.ProcInfo) {
 		fmt.Fprintf(out, "can move   yes\n")
 	}
 	fmt.Fprintf(out, "command    %s\n", command(p.Argv, 0))
+	if len(p.Children) > 0 {
+		// They move with it (its PID namespace's).
+		fmt.Fprintf(out, "children   %s\n", strings.Join(p.Children, ", "))
+	}
 }
 
 func elapsed(d time.Duration) string {

@@ -176,6 +176,9 @@ type ProcInfo struct {
 	Pinned     string    `json:"pinned,omitempty"` // why it cannot move, if it cannot
 	Migrations int       `json:"migrations,omitempty"`
 	Nice       int       `json:"nice"` // its (main thread's) nice value
+	// Children are its descendants, which move with it ("pid command",
+	// the pid on the node it runs on).
+	Children []string `json:"children,omitempty"`
 }
 
 // KillArgs signals a process.

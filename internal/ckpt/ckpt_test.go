@@ -1662,3 +1662,49 @@ func byProcess(out string) string {
 	slices.SortStableFunc(lines, func(a, b string) int { return strings.Compare(first(a), first(b)) })
 	return strings.Join(lines, "")
 }
+
+// A tree frozen, its memory read, and let go again (a move that failed)
+// goes on as if nothing happened, every process of it.
+func TestTreeResumes(t *testing.T) {
+	needRoot(t)
+	argv := []string{programs["tree"], "40"}
+	want := reference(t, argv...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	var got strings.Builder
+	for range 6 {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.WriteString(line)
+	}
+	runtime.LockOSThread()
+	img, frozen, err := Freeze(cmd.Process.Pid)
+	if err == nil {
+		err = frozen.ReadMemory(func(PageRun) error { return nil })
+		if rerr := frozen.Resume(); err == nil {
+			err = rerr
+		}
+	}
+	runtime.UnlockOSThread()
+	if err != nil {
+		cmd.Process.Kill()
+		t.Fatal(err)
+	}
+	if len(img.Children) != 2 {
+		t.Fatalf("%d children frozen, want 2", len(img.Children))
+	}
+	rest, _ := io.ReadAll(br)
+	got.Write(rest)
+	if err := cmd.Wait(); err != nil || byProcess(got.String()) != byProcess(want) {
+		t.Fatalf("after a freeze let go (%v):\n got %q\nwant %q", err, got.String(), want)
+	}
+}

@@ -353,7 +353,7 @@ func mergeProcs(entries []*peerpb.ProcInfo, now time.Time) []api.ProcInfo {
 		}
 		// The running node's view: measured, authoritative for where and how.
 		p.Node, p.PID, p.CPUSeconds, p.RSS, p.ProcState, p.Nice = e.Node, int(e.Pid), e.CpuSeconds, e.Rss, e.ProcState, int(e.Nice)
-		p.Pinned = e.Pinned
+		p.Pinned, p.Children = e.Pinned, e.Children
 		if p.User == "" { // the home did not answer (yet)
 			p.UID, p.User, p.Argv, p.Cwd, p.Tty, p.Home = e.Uid, e.User, e.Argv, e.Cwd, e.Tty, e.Home
 			p.Started, p.State = time.UnixMilli(e.StartedUnixMs), e.State

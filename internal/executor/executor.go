@@ -625,6 +625,11 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 			var nice int
 			pi.CpuSeconds, pi.Rss, pi.ProcState, nice = treeStat(pid)
 			pi.Nice = int32(nice)
+			for _, d := range ckpt.Descendants(pid) {
+				if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); err == nil {
+					pi.Children = append(pi.Children, fmt.Sprintf("%d %s", d, strings.TrimSpace(string(comm))))
+				}
+			}
 			if pi.ProcState == "T" {
 				pi.State = "stopped"
 			}

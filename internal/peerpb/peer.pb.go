@@ -2346,6 +2346,7 @@ type ProcInfo struct {
 	Pinned        string                 `protobuf:"bytes,16,opt,name=pinned,proto3" json:"pinned,omitempty"`                        // why it cannot move, if it cannot
 	Migrations    uint32                 `protobuf:"varint,17,opt,name=migrations,proto3" json:"migrations,omitempty"`               // how often it moved
 	Nice          int32                  `protobuf:"zigzag32,18,opt,name=nice,proto3" json:"nice,omitempty"`                         // its (main thread's) nice value
+	Children      []string               `protobuf:"bytes,19,rep,name=children,proto3" json:"children,omitempty"`                    // its descendants, which move with it: "pid command" each
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2504,6 +2505,13 @@ func (x *ProcInfo) GetNice() int32 {
 		return x.Nice
 	}
 	return 0
+}
+
+func (x *ProcInfo) GetChildren() []string {
+	if x != nil {
+		return x.Children
+	}
+	return nil
 }
 
 type ListProcsRequest struct {
@@ -3384,7 +3392,7 @@ const file_peer_proto_rawDesc = "" +
 	"\x03msg\"0\n" +
 	"\bLazyDone\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x04R\x05bytes\x12\x0e\n" +
-	"\x02us\x18\x02 \x01(\x03R\x02us\"\xab\x03\n" +
+	"\x02us\x18\x02 \x01(\x03R\x02us\"\xc7\x03\n" +
 	"\bProcInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x12\n" +
@@ -3408,7 +3416,8 @@ const file_peer_proto_rawDesc = "" +
 	"\n" +
 	"migrations\x18\x11 \x01(\rR\n" +
 	"migrations\x12\x12\n" +
-	"\x04nice\x18\x12 \x01(\x11R\x04nice\"6\n" +
+	"\x04nice\x18\x12 \x01(\x11R\x04nice\x12\x1a\n" +
+	"\bchildren\x18\x13 \x03(\tR\bchildren\"6\n" +
 	"\x10ListProcsRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\"C\n" +
