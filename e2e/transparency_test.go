@@ -41,6 +41,7 @@ func TestTransparencyCorpus(t *testing.T) {
 	writeCorpusInput(t, input, 1_500_000)
 	sql := filepath.Join(dir, "load.sql")
 	writeSQL(t, sql, 800)
+	project := writeProject(t, dir)
 	python := "/usr/bin/python3"
 
 	cases := []corpusCase{
@@ -72,6 +73,9 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "bc computing pi", argv: []string{"bc", "-l"}, stdin: "@scale=2500; 4*a(1)\n", hash: true},
 		{name: "awk", argv: []string{"awk", "BEGIN{s=0; for(i=0;i<30000000;i++){s=(s*31+i)%1000003; if(i%1000000==0) print i, s}}"}},
 		{name: "sqlite3 writing a database", argv: []string{"sqlite3", "@db"}, stdin: sql, sqlite: true},
+		// make, the shells it starts for each rule, gcc and what gcc
+		// runs (cc1, as), whichever are there at each move.
+		{name: "make building a small C project", argv: []string{"/bin/sh", "-c", `cp "$0"/* "$1" && cd "$1" && make`, project, "@dir"}},
 		// Moved with whichever pipeline it waits for at that moment.
 		{name: "sh running a script (the pipelines it waits for move with it)", argv: []string{"/bin/sh", "-c",
 			"for n in 1 2 3 4 5 6; do " + progs["counter"] + " 15 2000000 | cat || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done"}},
@@ -483,3 +487,27 @@ for my $i (0 .. 25_000_000) {
 }
 print join(",", map { $h{$_} } sort { $a <=> $b } keys %h), "\n";
 `
+
+// writeProject writes a small C project with a Makefile (eight files,
+// each rule taking a few tenths of a second) into a directory of dir, and
+// returns it.
+func writeProject(t *testing.T, dir string) string {
+	t.Helper()
+	src := filepath.Join(dir, "project")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var objs []string
+	for i := 1; i <= 8; i++ {
+		c := fmt.Sprintf("int f%d(void) { volatile double s = 0; for (int i = 0; i < 1000; i++) s += i * %d; return (int)s; }\n", i, i)
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d.c", i)), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, fmt.Sprintf("f%d.o", i))
+	}
+	mk := "all: " + strings.Join(objs, " ") + "\n\t@ld -r -o all.o $^ && echo linked\n%.o: %.c\n\t@sleep 0.2; gcc -O2 -c $< -o $@ && echo built $@\n"
+	if err := os.WriteFile(filepath.Join(src, "Makefile"), []byte(mk), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
