@@ -1663,6 +1663,39 @@ func byProcess(out string) string {
 	return strings.Join(lines, "")
 }
 
+// A child made by vfork that has not executed a program yet shares its
+// parent's memory: the tree cannot move until it has (a momentary pin).
+func TestVforkPins(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command(programs["vforker"])
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Process.Kill(); cmd.Wait() }()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	var pe *PinnedError
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := Movable(cmd.Process.Pid)
+		if errors.As(err, &pe) && pe.Momentary && strings.Contains(pe.Reason, "vfork") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Movable of a process whose child shares its memory: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, d := range Descendants(cmd.Process.Pid) {
+		syscall.Kill(d, syscall.SIGKILL)
+	}
+}
+
 // A tree frozen, its memory read, and let go again (a move that failed)
 // goes on as if nothing happened, every process of it.
 func TestTreeResumes(t *testing.T) {

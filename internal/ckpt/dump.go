@@ -37,6 +37,7 @@ type Frozen struct {
 	// children are its descendants, frozen with it (see tree.go), and
 	// shared the pipes between them ("pipe:[N]").
 	children []*Frozen
+	parents  []int // each child's parent
 	shared   map[string]bool
 }
 
@@ -221,6 +222,7 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 	for _, m := range tree {
 		c := &Frozen{pid: m.pid, inflight: map[int][]byte{}}
 		f.children = append(f.children, c)
+		f.parents = append(f.parents, m.parent)
 		if err := c.stop(); err != nil {
 			return nil, nil, fmt.Errorf("its child %d: %w", m.pid, err)
 		}
@@ -777,6 +779,9 @@ func MovableWith(pid int, home Stdio) error {
 			continue // ended meanwhile
 		}
 		if err := checkMember(status); err != nil {
+			return err
+		}
+		if err := checkVfork(m.parent, m.pid); err != nil {
 			return err
 		}
 		err = checkSandbox(status)

@@ -46,6 +46,9 @@ func checkTree(img *Image, f *Frozen) error {
 	imgs := append([]*Image{img}, img.Children...)
 	for i, c := range img.Children {
 		pid := f.children[i].pid
+		if err := checkVfork(f.parents[i], pid); err != nil {
+			return err
+		}
 		if c.UID != img.UID || c.GID != img.GID || !slices.Equal(c.Groups, img.Groups) {
 			return &PinnedError{Reason: childReason(pid, "it runs with other credentials than the process")}
 		}
@@ -175,6 +178,22 @@ func gatherShared(img *Image, f *Frozen) error {
 			img.Shared[k].Held[file.End] = true
 			file.Shared = k + 1
 		}
+	}
+	return nil
+}
+
+// kcmpVM is KCMP_VM: do two processes share one address space?
+const kcmpVM = 1
+
+// checkVfork refuses a child that shares its parent's memory: one made
+// by vfork (or posix_spawn) that has not yet executed its program, whose
+// parent waits for it in the kernel. Made again as two processes, each
+// with a copy, the parent would wait forever. It lasts until the exec:
+// a moment.
+func checkVfork(parent, child int) error {
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(parent), uintptr(child), kcmpVM, 0, 0, 0)
+	if errno == 0 && r == 0 {
+		return &PinnedError{Reason: childReason(child, "it shares its parent's memory (vfork), until it starts its program"), Momentary: true}
 	}
 	return nil
 }
