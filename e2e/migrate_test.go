@@ -292,14 +292,41 @@ func TestMigrate(t *testing.T) {
 			t.Fatalf("ps of a shell running a pipeline: children %q, want its two programs", p.Children)
 		}
 		for i, to := range []string{"n3", "home", "n2"} {
-			if _, err := migrate(t, sock("n1"), user, id, to); err != nil {
+			res, err := migrate(t, sock("n1"), user, id, to)
+			if err != nil {
 				t.Fatalf("migration %d to %s: %v", i+1, to, err)
+			}
+			// Its children under the new node's CPU quota, as it is.
+			group := fmt.Sprintf("/mosaic/%s/%s", clusterID, res.Node)
+			for _, c := range psOne(t, sock("n1"), id).Children {
+				var pid int
+				fmt.Sscan(c, &pid)
+				if got, err := cgroup.Of(pid, "cpu"); err == nil && got != group {
+					t.Fatalf("after migration %d: its child %s in cpu group %s, want %s", i+1, c, got, group)
+				}
 			}
 			b.lines(15)
 		}
 		got, code := b.finish()
 		if code != 0 || got != string(want) {
 			t.Fatalf("exit %d; output after three moves differs:\n got %q\nwant %q\nstderr %s", code, got, want, b.stderr)
+		}
+	})
+
+	t.Run("its children keep their own resource limits", func(t *testing.T) {
+		// The subshell lowers its limit and executes python: the child
+		// has 77 open files at most, its parent the limit it was given.
+		prog := "import resource, time\nfor i in range(40):\n    print(i, resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True)\n    time.sleep(0.03)"
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", `(ulimit -Sn 77; exec python3 -c "$0"); ulimit -Sn`, prog)
+		b.lines(3)
+		id := b.id()
+		if _, err := migrate(t, sock("n1"), nil, id, "n3"); err != nil {
+			t.Fatal(err)
+		}
+		got, code := b.finish()
+		lines := strings.Split(strings.TrimSpace(got), "\n")
+		if code != 0 || len(lines) != 41 || lines[39] != "39 77" || lines[40] == "77" {
+			t.Fatalf("exit %d; output:\n%s", code, got)
 		}
 	})
 

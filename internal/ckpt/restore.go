@@ -171,6 +171,15 @@ type Restored struct {
 // Pid is the restored process.
 func (r *Restored) Pid() int { return r.pid }
 
+// Pids are the restored process and its descendants restored with it.
+func (r *Restored) Pids() []int {
+	pids := []int{r.pid}
+	for _, c := range r.children {
+		pids = append(pids, c.pid)
+	}
+	return pids
+}
+
 // Go lets the process run.
 func (r *Restored) Go() error {
 	if r.done {
@@ -235,6 +244,11 @@ type RestoreOptions struct {
 	// Buffers, if set, is where the image's memory is decoded into, and
 	// where those buffers go back afterwards.
 	Buffers *bufpool.Pool
+	// Prepare, if set, is called with each descendant's stub (a process
+	// with children, see tree.go) before it is restored into, and its
+	// image: where the node sets its resource limits, as it did the
+	// first one's. On the thread that restores.
+	Prepare func(pid int, img *Image) error
 	// Step, if set, is told as each part of the restore ends ("layout":
 	// the mappings made; "memory": written; "state": the rest), so that
 	// the caller can say where a restore's time went.

@@ -244,7 +244,7 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		s.Kill()
 		return nil, err
 	}
-	stubs, err := forkStubs(s, procs, opt.Init)
+	stubs, err := forkStubs(s, procs, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +336,8 @@ func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
 // the namespace's init), then made to execute its program, so that it is
 // its own (its /proc/PID/exe), and prepared as PrepareStub does. On
 // failure they are killed (not s, whose caller kills it).
-func forkStubs(s *Stub, procs []*Image, init int) (stubs []*Stub, err error) {
+func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) (stubs []*Stub, err error) {
+	init := opt.Init
 	stubs = []*Stub{s}
 	byPid := map[int]*Stub{procs[0].Pid: s}
 	defer func() {
@@ -380,6 +381,11 @@ func forkStubs(s *Stub, procs []*Image, init int) (stubs []*Stub, err error) {
 				return nil, err
 			} else if seen != c.Pid {
 				return nil, fmt.Errorf("its child process %d came back as %d: the id is taken in its PID namespace", c.Pid, seen)
+			}
+		}
+		if opt.Prepare != nil {
+			if err := opt.Prepare(child.pid, c); err != nil {
+				return nil, err
 			}
 		}
 	}

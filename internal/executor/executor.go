@@ -92,14 +92,19 @@ func (e *Executor) outOfQuota(id string, pid int) (back func()) {
 	if q == nil {
 		return func() {}
 	}
-	if err := q.UncapCPU(pid); err != nil {
-		// Slower, not wrong: the freeze waits for the quota.
-		e.log.Warn("take a process out of the node's CPU quota for its freeze", "id", id, "err", err)
-		return func() {}
+	// With its children, which move with it.
+	for _, p := range append([]int{pid}, ckpt.Descendants(pid)...) {
+		if err := q.UncapCPU(p); err != nil {
+			// Slower, not wrong: the freeze waits for the quota.
+			e.log.Warn("take a process out of the node's CPU quota for its freeze", "id", id, "pid", p, "err", err)
+		}
 	}
 	return func() {
-		if err := q.CapCPU(pid); err != nil {
-			e.log.Error("put a process back under the node's CPU quota", "id", id, "err", err)
+		// Those there now: a child made meanwhile is out with its parent.
+		for _, p := range append([]int{pid}, ckpt.Descendants(pid)...) {
+			if err := q.CapCPU(p); err != nil && p == pid {
+				e.log.Error("put a process back under the node's CPU quota", "id", id, "err", err)
+			}
 		}
 	}
 }

@@ -739,24 +739,32 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		opt.Init = spec.Namespace.Init.Pid // threads get their ids back through it
 		opt.Step = func(name string) { steps.mark("restore." + name) }
 		// Its limits first: the restore locks the memory it had locked
-		// under its own limit on locked memory.
-		var limits []spawn.Rlimit
-		for _, l := range img.Rlimits {
-			limits = append(limits, spawn.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max})
+		// under its own limit on locked memory. (Its children's, each
+		// as it is made.)
+		setLimits := func(pid int, img *ckpt.Image) error {
+			var limits []spawn.Rlimit
+			for _, l := range img.Rlimits {
+				limits = append(limits, spawn.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max})
+			}
+			if err := spawn.SetLimits(pid, st.Uid, st.Gid, limits); err != nil {
+				e.log.Warn("restore resource limits", "id", st.Id, "pid", pid, "err", err)
+			}
+			return nil
 		}
-		if err := spawn.SetLimits(p.Pid, st.Uid, st.Gid, limits); err != nil {
-			e.log.Warn("restore resource limits", "id", st.Id, "err", err)
-		}
+		setLimits(p.Pid, img)
+		opt.Prepare = setLimits
 		r, err := ckpt.RestoreInto(stub, dec, opt)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", st.Id, err)
 		}
 		// Restored outside the node's CPU quota (see Quota), it runs
-		// under it.
+		// under it, with its children.
 		if q := e.cfg.Quota; q != nil {
-			if err := q.CapCPU(p.Pid); err != nil {
-				r.Abort()
-				return fmt.Errorf("put %s under the node's CPU quota: %w", st.Id, err)
+			for _, pid := range r.Pids() {
+				if err := q.CapCPU(pid); err != nil {
+					r.Abort()
+					return fmt.Errorf("put %s under the node's CPU quota: %w", st.Id, err)
+				}
 			}
 		}
 		if lazy := r.Lazy(); lazy != nil {
