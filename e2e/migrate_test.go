@@ -683,6 +683,26 @@ func TestCheckpointRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("a shell pipeline is saved and brought back whole", func(t *testing.T) {
+		script := `for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "$i"; sleep 0.1; done | cat; echo end`
+		want, err := exec.Command("sh", "-c", script).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "sh", "-c", script)
+		b.lines(3)
+		id := b.id()
+		tree := filepath.Join(dir, "pipeline.img")
+		if r := mosaic(t, "--socket", sock("n1"), "checkpoint", "--stop", id, tree); r.code != 0 {
+			t.Fatal(r)
+		}
+		before, _ := b.finish()
+		r := runOn(t, sock("n3"), nil, nil, "restore", "--on", "n3", tree)
+		if r.code != 0 || before+r.stdout != string(want) {
+			t.Fatalf("restore of a pipeline: %s\nbefore it %q", r, before)
+		}
+	})
+
 	t.Run("damaged, foreign or missing images are refused before anything runs", func(t *testing.T) {
 		good, err := os.ReadFile(img)
 		if err != nil {
