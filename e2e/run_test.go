@@ -434,6 +434,27 @@ func TestRunTerminal(t *testing.T) {
 		}
 	})
 
+	t.Run("on a terminal, it moves and keeps its terminal", func(t *testing.T) {
+		// (This hung until 2026-12-07: the terminal's master side was
+		// made blocking, and the move waited to drain it.)
+		prog := "import os, time\nfor i in range(30):\n    print('line', i, os.get_terminal_size().lines, flush=True)\n    time.sleep(0.05)\nx = input('name? ')\nprint('got', x)"
+		term := newTerm(t, 24, 80, bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "python3", "-c", prog)
+		term.expect("line 3 24")
+		id := regexp.MustCompile(`n1\.[0-9]+`).FindString(term.output())
+		for _, to := range []string{"home", "n2"} {
+			if _, err := migrate(t, n1, nil, id, to); err != nil {
+				t.Fatalf("moving a process on a terminal to %s: %v", to, err)
+			}
+		}
+		term.expect("line 29 24")
+		term.expect("name? ")
+		term.send("mosaic\r")
+		term.expect("got mosaic")
+		if code := term.wait(); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+	})
+
 	t.Run("interactive python, line editing and Ctrl-C", func(t *testing.T) {
 		if _, err := exec.LookPath("python3"); err != nil {
 			t.Skip("needs python3")

@@ -74,8 +74,9 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "awk", argv: []string{"awk", "BEGIN{s=0; for(i=0;i<30000000;i++){s=(s*31+i)%1000003; if(i%1000000==0) print i, s}}"}},
 		{name: "sqlite3 writing a database", argv: []string{"sqlite3", "@db"}, stdin: sql, sqlite: true},
 		// make, the shells it starts for each rule, gcc and what gcc
-		// runs (cc1, as), whichever are there at each move.
-		{name: "make building a small C project", argv: []string{"/bin/sh", "-c", `cp "$0"/* "$1" && cd "$1" && make`, project, "@dir"}},
+		// runs (cc1, as), whichever are there at each move. (Not the
+		// make of a `make test` around it, which would pass its flags.)
+		{name: "make building a small C project", argv: []string{"/bin/sh", "-c", `cp "$0"/* "$1" && cd "$1" && MAKEFLAGS= MAKELEVEL= exec make --no-print-directory`, project, "@dir"}},
 		// Moved with whichever pipeline it waits for at that moment.
 		{name: "sh running a script (the pipelines it waits for move with it)", argv: []string{"/bin/sh", "-c",
 			"for n in 1 2 3 4 5 6; do " + progs["counter"] + " 15 2000000 | cat || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done"}},

@@ -224,6 +224,10 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 		f.children = append(f.children, c)
 		f.parents = append(f.parents, m.parent)
 		if err := c.stop(); err != nil {
+			if st, serr := readStatus(m.pid); serr != nil || checkMember(st) != nil {
+				// It ended (or stopped) since it was listed.
+				return nil, nil, &PinnedError{Reason: childReason(m.pid, "it ended just now"), Momentary: true}
+			}
 			return nil, nil, fmt.Errorf("its child %d: %w", m.pid, err)
 		}
 	}

@@ -80,6 +80,9 @@ func dumpFiles(pid int, content bool, home Stdio, shared map[string]bool) (*dump
 		var file *File
 		deleted := strings.HasSuffix(f.Link, " (deleted)")
 		switch {
+		case homeStream(home, f.Fd, id) > 0:
+			// (First: a terminal has a path too.)
+			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, f.Fd, id)}
 		case strings.HasPrefix(f.Link, "/") && !deleted:
 			st, why := byPath(pid, f.Link, id)
 			if why != "" {
@@ -111,8 +114,6 @@ func dumpFiles(pid int, content bool, home Stdio, shared map[string]bool) (*dump
 				continue
 			}
 			file = &File{Fd: f.Fd, Kind: FilePipe, Path: f.Link, Flags: f.Flags, End: end}
-		case homeStream(home, f.Fd, id) > 0:
-			file = &File{Fd: f.Fd, Kind: FileStdio, Path: f.Link, Flags: f.Flags, Stream: homeStream(home, f.Fd, id)}
 		case strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:"):
 			// Decided below, with the rest of its pipe or pair.
 			ends = append(ends, chanEnd{f: f, ino: st.Ino, at: len(out)})
@@ -269,13 +270,9 @@ const kcmpFile = 0
 // opened on its own, as before mosaic knew of shared ones.
 func sharedOpenFile(pid, fd int, earlier []int) (int, error) {
 	for _, e := range earlier {
-		r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kcmpFile, uintptr(e), uintptr(fd), 0)
-		switch {
-		case errno == unix.ENOSYS || errno == unix.EBADF: // no kcmp; or closed meanwhile (Movable looks at a running process)
-			return -1, nil
-		case errno != 0:
-			return -1, fmt.Errorf("compare descriptors %d and %d of process %d (kcmp): %w", e, fd, pid, errno)
-		case r == 0:
+		if same, err := sameOpenFile(pid, e, pid, fd); err != nil {
+			return -1, err
+		} else if same {
 			return e, nil
 		}
 	}

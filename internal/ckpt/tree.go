@@ -17,12 +17,15 @@ import (
 // the restore makes each again as a child of its parent's stub, with the
 // id it had, before any of them is restored into (restoreTree).
 //
-// What this version refuses (pinned, with the reason): a descendant that
-// shares an open file with another of the tree (fork's inheritance of a
-// regular file, an event descriptor or a pipe between them: each would
-// come back with its own), one of another user or in another process
-// group or session, one running a set-user-ID program, and one ended and
-// not yet waited for, stopped or traced (checkMember).
+// Pipes between them (a shell's pipeline) are the tree's: made once, in
+// the first stub, before the others are forked from it (sharedPipes,
+// gatherShared, makeTreePipes). What this version refuses (pinned, with
+// the reason): a descendant that shares another open file with another of
+// the tree (fork's inheritance of a regular file, an event descriptor, a
+// socket pair: each would come back with its own), one of another user
+// or in another process group or session, one running a set-user-ID
+// program, one that shares its parent's memory (vfork), and one ended
+// and not yet waited for, stopped or traced (checkMember).
 
 // Descendants lists the process's descendants (as this node sees their
 // ids), parents before their children: what moves with it.
@@ -86,9 +89,9 @@ func checkTree(img *Image, f *Frozen) error {
 					return err
 				}
 				if same {
-					what := describeLink(strings.TrimPrefix(file.Path, ""))
-					if what == "" {
-						what = file.Kind
+					what := file.Kind
+					if file.Path != "" {
+						what = describeLink(file.Path)
 					}
 					return &PinnedError{Reason: fmt.Sprintf("its processes %d and %d share an open file (%s, descriptors %d and %d), which this version cannot make again shared",
 						procs[h.proc].pid, procs[i].pid, what, h.fd, file.Fd)}
@@ -216,11 +219,13 @@ func groupOf(pid int) ([2]int, error) {
 }
 
 // sameOpenFile says whether descriptor fa of process a and fb of b are one
-// open file (kcmp(KCMP_FILE)); without kcmp, it cannot tell, and says no.
+// open file (kcmp(KCMP_FILE)). Without kcmp (CONFIG_KCMP) it cannot tell,
+// and says no; nor for a descriptor closed meanwhile (Movable looks at a
+// running process).
 func sameOpenFile(a, fa, b, fb int) (bool, error) {
 	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), kcmpFile, uintptr(fa), uintptr(fb), 0)
 	switch {
-	case errno == unix.ENOSYS:
+	case errno == unix.ENOSYS || errno == unix.EBADF:
 		return false, nil
 	case errno != 0:
 		return false, fmt.Errorf("compare descriptor %d of %d and %d of %d (kcmp): %w", fa, a, fb, b, errno)

@@ -23,13 +23,29 @@ func Open(uid, gid int) (master, slave *os.File, err error) {
 		m.Close()
 		return nil, nil, fmt.Errorf("%s of a pseudo-terminal: %w", what, err)
 	}
-	// unlockpt
-	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+	// unlockpt, ptsname. (Through SyscallConn, not m.Fd(), which would
+	// make the master blocking: its reads could then no longer be cut
+	// short by a deadline, and a migration that drains it waited forever
+	// for output that did not come.)
+	var n uint32
+	rc, err := m.SyscallConn()
+	if err != nil {
 		return fail("unlock", err)
 	}
-	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
-	if err != nil {
-		return fail("name", err)
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		if ierr = unix.IoctlSetPointerInt(int(fd), unix.TIOCSPTLCK, 0); ierr != nil {
+			ierr = fmt.Errorf("unlock: %w", ierr)
+			return
+		}
+		if n, ierr = unix.IoctlGetUint32(int(fd), unix.TIOCGPTN); ierr != nil {
+			ierr = fmt.Errorf("name: %w", ierr)
+		}
+	}); err != nil {
+		return fail("unlock", err)
+	}
+	if ierr != nil {
+		return fail("set up", ierr)
 	}
 	name := "/dev/pts/" + strconv.Itoa(int(n))
 	s, err := os.OpenFile(name, os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
