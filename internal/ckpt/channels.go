@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -118,7 +119,7 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 	// which `mosaic ps` and the policies ask about every process often.
 	others := map[string]int{}
 	if content {
-		if others, err = heldElsewhere(pid, links); err != nil {
+		if others, err = heldElsewhere([]int{pid}, links); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -211,10 +212,10 @@ func readLoneSocket(pid, fd int, c *Channel, content bool) (string, error) {
 }
 
 // heldElsewhere returns, for each of the links ("pipe:[N]"), a process
-// other than pid that holds it, if any. It reads every process's
-// descriptors, which is why it is asked only about a process that holds
-// channels of its own.
-func heldElsewhere(pid int, links map[string]bool) (map[string]int, error) {
+// other than those of pids that holds it, if any. It reads every
+// process's descriptors, which is why it is asked only about a process
+// that holds channels of its own, or a tree with pipes between them.
+func heldElsewhere(pids []int, links map[string]bool) (map[string]int, error) {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -222,7 +223,7 @@ func heldElsewhere(pid int, links map[string]bool) (map[string]int, error) {
 	out := map[string]int{}
 	for _, p := range procs {
 		other, err := strconv.Atoi(p.Name())
-		if err != nil || other == pid {
+		if err != nil || slices.Contains(pids, other) {
 			continue
 		}
 		dir := "/proc/" + p.Name() + "/fd/"

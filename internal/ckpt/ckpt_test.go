@@ -1375,20 +1375,7 @@ func TestPinned(t *testing.T) {
 		{"deleted files too large", "import tempfile; f = tempfile.TemporaryFile(); f.write(b'x' * (65 << 20)); f.flush()", "more than the 64 MiB", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			// With whatever it started (its own process group).
-			defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
-			if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-				t.Fatal(err)
-			}
+			cmd := startReady(t, c.code)
 			var pe *PinnedError
 			if err := Movable(cmd.Process.Pid); c.freezeOnly && err != nil {
 				t.Fatalf("Movable: %v, want nil (the freeze looks for it)", err)
@@ -1396,7 +1383,7 @@ func TestPinned(t *testing.T) {
 				t.Fatalf("Movable: %v, want pinned for %q", err, c.reason)
 			}
 			runtime.LockOSThread()
-			_, _, err = Freeze(cmd.Process.Pid)
+			_, _, err := Freeze(cmd.Process.Pid)
 			runtime.UnlockOSThread()
 			if !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
 				t.Fatalf("Freeze: %v, want pinned for %q", err, c.reason)
@@ -1409,11 +1396,12 @@ func TestPinned(t *testing.T) {
 	}
 }
 
-// A child forked by a thread other than the main one is found (each
-// thread has children of its own), and moves with the process.
-func TestChildOfAThread(t *testing.T) {
-	needRoot(t)
-	cmd := exec.Command("/usr/bin/python3", "-c", "import os, threading, time\ndef f():\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    time.sleep(60)\nthreading.Thread(target=f, daemon=True).start()\ntime.sleep(0.2)\nprint('ready', flush=True)\ntime.sleep(60)")
+// startReady starts python3 running code, then printing "ready" and
+// waiting a minute, in a process group of its own (killed with whatever
+// it started at the test's end), and returns once it is ready.
+func startReady(t *testing.T, code string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/python3", "-c", code+"\nimport time\nprint('ready', flush=True)\ntime.sleep(60)")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -1422,10 +1410,18 @@ func TestChildOfAThread(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
 	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
+	return cmd
+}
+
+// A child forked by a thread other than the main one is found (each
+// thread has children of its own), and moves with the process.
+func TestChildOfAThread(t *testing.T) {
+	needRoot(t)
+	cmd := startReady(t, "import os, threading, time\ndef f():\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    time.sleep(60)\nthreading.Thread(target=f, daemon=True).start()\ntime.sleep(0.2)")
 	if err := Movable(cmd.Process.Pid); err != nil {
 		t.Fatalf("Movable: %v", err)
 	}
@@ -1739,5 +1735,49 @@ func TestTreeResumes(t *testing.T) {
 	got.Write(rest)
 	if err := cmd.Wait(); err != nil || byProcess(got.String()) != byProcess(want) {
 		t.Fatalf("after a freeze let go (%v):\n got %q\nwant %q", err, got.String(), want)
+	}
+}
+
+// A tree whose child cannot be made again (its program is gone) is not
+// restored, and nothing of it is left: neither the stub nor the children
+// made before.
+func TestTreeRestoreFailsWhole(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command(programs["tree"], "200")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	br := bufio.NewReader(out)
+	for range 6 {
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	img, frozen, err := Dump(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen.Kill()
+	img.Children[1].Exe = "/nonexistent/tree" // the grandchild's
+	stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Restore(stub.Pid, img)
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/tree") {
+		t.Fatalf("Restore of a tree whose grandchild's program is gone: %v", err)
+	}
+	if syscall.Kill(stub.Pid, 0) == nil {
+		t.Fatal("the stub of a refused restore is still there")
+	}
+	if kids := Descendants(stub.Pid); len(kids) > 0 {
+		t.Fatalf("children of a refused restore left: %v", kids)
 	}
 }

@@ -29,8 +29,11 @@ func sampleImage() *Image {
 	}
 }
 
-func TestFormatRoundTrip(t *testing.T) {
-	img := sampleImage()
+func TestFormatRoundTrip(t *testing.T) { roundTrip(t, sampleImage()) }
+
+// roundTrip encodes img, decodes it, and wants it back as it was.
+func roundTrip(t *testing.T, img *Image) {
+	t.Helper()
 	var buf bytes.Buffer
 	if err := Encode(&buf, img); err != nil {
 		t.Fatal(err)
@@ -171,17 +174,7 @@ func TestFormatTree(t *testing.T) {
 		c.Pages = []PageRun{{Addr: 0x20000, Data: bytes.Repeat([]byte{byte(i + 1)}, 3*pageSize)}}
 		img.Children = append(img.Children, c)
 	}
-	var buf bytes.Buffer
-	if err := Encode(&buf, img); err != nil {
-		t.Fatal(err)
-	}
-	got, err := Decode(bytes.NewReader(buf.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, img) {
-		t.Fatal("the decoded tree differs from the encoded one")
-	}
+	roundTrip(t, img)
 
 	stream := func(procs ...int) []byte {
 		var b bytes.Buffer

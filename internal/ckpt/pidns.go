@@ -80,3 +80,21 @@ func (p *pidSetter) detach() error {
 	}
 	return errors.Join(errs...)
 }
+
+// withPidSetter runs fn with a pidSetter on the namespace's init, detached
+// after; nil when init is 0 (a restore outside a namespace: ids are not
+// chosen).
+func withPidSetter(init int, fn func(ids *pidSetter) error) (err error) {
+	var ids *pidSetter
+	if init != 0 {
+		if ids, err = attachInit(init); err != nil {
+			return err
+		}
+		defer func() {
+			if e := ids.detach(); e != nil && err == nil {
+				err = e
+			}
+		}()
+	}
+	return fn(ids)
+}

@@ -760,17 +760,15 @@ func restoreMainThread(r *remote, img *Image, t Thread) error {
 // restoreThreads starts the threads other than the main one, with their
 // ids when init (of their PID namespace) is given.
 func restoreThreads(r *remote, threads []Thread, init int, restored *Restored) (seenTids []int, err error) {
-	var ids *pidSetter
-	if init != 0 {
-		if ids, err = attachInit(init); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if e := ids.detach(); e != nil && err == nil {
-				err = e
-			}
-		}()
-	}
+	err = withPidSetter(init, func(ids *pidSetter) error {
+		seenTids, err = cloneThreads(r, threads, ids, restored)
+		return err
+	})
+	return seenTids, err
+}
+
+// cloneThreads is restoreThreads with the namespace's ids in hand (or nil).
+func cloneThreads(r *remote, threads []Thread, ids *pidSetter, restored *Restored) (seenTids []int, err error) {
 	for _, t := range threads {
 		if ids != nil {
 			if err := ids.next(t.Tid); err != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -133,25 +132,12 @@ func sharedPipes(pids []int) (map[string]bool, error) {
 		return shared, nil
 	}
 	// Read every process's descriptors: only for a tree with such pipes.
-	procs, err := os.ReadDir("/proc")
+	others, err := heldElsewhere(pids, shared)
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range procs {
-		other, err := strconv.Atoi(e.Name())
-		if err != nil || slices.Contains(pids, other) {
-			continue
-		}
-		dir := "/proc/" + e.Name() + "/fd/"
-		fds, err := os.ReadDir(dir)
-		if err != nil {
-			continue // gone, or a kernel thread
-		}
-		for _, fd := range fds {
-			if l, err := os.Readlink(dir + fd.Name()); err == nil && shared[l] {
-				delete(shared, l)
-			}
-		}
+	for l := range others {
+		delete(shared, l)
 	}
 	return shared, nil
 }
@@ -341,58 +327,47 @@ func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
 // the namespace's init), then made to execute its program, so that it is
 // its own (its /proc/PID/exe), and prepared as PrepareStub does. On
 // failure they are killed (not s, whose caller kills it).
-func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) (stubs []*Stub, err error) {
+func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) ([]*Stub, error) {
 	init := opt.Init
-	stubs = []*Stub{s}
+	stubs := []*Stub{s}
 	byPid := map[int]*Stub{procs[0].Pid: s}
-	defer func() {
-		if err != nil {
-			for _, st := range stubs[1:] {
-				st.Kill()
+	err := withPidSetter(opt.Init, func(ids *pidSetter) error {
+		for _, c := range procs[1:] {
+			parent := byPid[c.Parent]
+			if parent == nil {
+				return fmt.Errorf("%w: its process %d has no parent %d in the image", ErrCorrupt, c.Pid, c.Parent)
 			}
-			stubs = nil
-			s.Kill()
-		}
-	}()
-	var ids *pidSetter
-	if init != 0 {
-		if ids, err = attachInit(init); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if e := ids.detach(); e != nil && err == nil {
-				err = e
+			if ids != nil {
+				if err := ids.next(c.Pid); err != nil {
+					return err
+				}
 			}
-		}()
-	}
-	for _, c := range procs[1:] {
-		parent := byPid[c.Parent]
-		if parent == nil {
-			return nil, fmt.Errorf("%w: its process %d has no parent %d in the image", ErrCorrupt, c.Pid, c.Parent)
-		}
-		if ids != nil {
-			if err := ids.next(c.Pid); err != nil {
-				return nil, err
+			child, err := parent.fork(c.Exe)
+			if err != nil {
+				return err
 			}
-		}
-		child, err := parent.fork(c.Exe)
-		if err != nil {
-			return nil, err
-		}
-		stubs = append(stubs, child)
-		byPid[c.Pid] = child
-		if init != 0 {
-			if seen, err := seenID(child.pid); err != nil {
-				return nil, err
-			} else if seen != c.Pid {
-				return nil, fmt.Errorf("its child process %d came back as %d: the id is taken in its PID namespace", c.Pid, seen)
+			stubs = append(stubs, child)
+			byPid[c.Pid] = child
+			if init != 0 {
+				if seen, err := seenID(child.pid); err != nil {
+					return err
+				} else if seen != c.Pid {
+					return fmt.Errorf("its child process %d came back as %d: the id is taken in its PID namespace", c.Pid, seen)
+				}
+			}
+			if opt.Prepare != nil {
+				if err := opt.Prepare(child.pid, c); err != nil {
+					return err
+				}
 			}
 		}
-		if opt.Prepare != nil {
-			if err := opt.Prepare(child.pid, c); err != nil {
-				return nil, err
-			}
+		return nil
+	})
+	if err != nil {
+		for _, st := range stubs {
+			st.Kill()
 		}
+		return nil, err
 	}
 	return stubs, nil
 }
