@@ -320,6 +320,11 @@ func leftovers(prefix string) ([]string, error) {
 	return left, nil
 }
 
+// CheckFree says whether subnet is free for a new network: it must not
+// overlap a route of the root namespace (the default route aside), such
+// as another network's bridge.
+func CheckFree(subnet netip.Prefix) error { return checkOverlap(subnet.Masked()) }
+
 // checkOverlap refuses a subnet that overlaps a route of the root
 // namespace (the default route aside): the bridge's route would shadow it
 // or be shadowed.

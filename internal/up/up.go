@@ -352,7 +352,10 @@ func (c *Cluster) loadLayout() error {
 	}
 	lay := layout{Nodes: c.cfg.Nodes, NetNS: c.cfg.NetNS, Created: time.Now().UTC().Format(time.RFC3339)}
 	if c.cfg.NetNS {
-		lay.Prefix, lay.Subnet = c.netnsNames()
+		var err error
+		if lay.Prefix, lay.Subnet, err = c.netnsNames(); err != nil {
+			return err
+		}
 		subnet := netip.MustParsePrefix(lay.Subnet)
 		a := subnet.Addr()
 		for range c.cfg.Nodes {
@@ -372,11 +375,24 @@ func (c *Cluster) loadLayout() error {
 }
 
 // netnsNames derives the namespace prefix and subnet from the directory,
-// so that two clusters in two directories do not collide.
-func (c *Cluster) netnsNames() (prefix, subnet string) {
+// so that two clusters in two directories do not collide. The subnet is
+// the first free one from the directory's own: a bridge left over by a
+// killed run, or another live cluster, may already hold that one.
+func (c *Cluster) netnsNames() (prefix, subnet string, err error) {
 	sum := sha256.Sum256([]byte(c.cfg.Dir))
-	h := hex.EncodeToString(sum[:])
-	return "mo" + h[:5], fmt.Sprintf("10.77.%d.0/24", sum[3])
+	prefix = "mo" + hex.EncodeToString(sum[:])[:5]
+	var first error
+	for i := range 256 {
+		s := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, sum[3] + byte(i), 0}), 24)
+		err := netns.CheckFree(s)
+		if err == nil {
+			return prefix, s.String(), nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return "", "", fmt.Errorf("no free subnet in 10.77.0.0/16 for the cluster's network (the first tried: %w): stop other clusters or sweep their leftovers (ip link show | grep -- -br)", first)
 }
 
 // freeLoopback picks N consecutive loopback addresses whose ports are free.

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"net/netip"
+
+	"github.com/mosaic-cluster/mosaic/internal/netns"
 	"github.com/mosaic-cluster/mosaic/internal/pidlock"
 )
 
@@ -75,5 +78,43 @@ func TestPathLockDependsOnThePath(t *testing.T) {
 	}
 	if pathLock("/a/b") != pathLock("/a/b") {
 		t.Fatal("one directory has two locks")
+	}
+}
+
+// A bridge left over by a killed run on the subnet a directory hashes to
+// must not stop a new cluster there: its layout takes the next free one.
+func TestLayoutAvoidsATakenSubnet(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a bridge in the root network namespace")
+	}
+	c := &Cluster{cfg: Config{Dir: t.TempDir(), Nodes: 2, NetNS: true, Port: 7700}}
+	_, want, err := c.netnsNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "mt" + strconv.Itoa(os.Getpid()%100000)
+	if err := netns.Sweep(prefix); err != nil {
+		t.Fatal(err)
+	}
+	nw, err := netns.Create(prefix, netip.MustParsePrefix(want))
+	if err != nil {
+		t.Fatalf("take the subnet %s: %v", want, err)
+	}
+	t.Cleanup(func() { nw.Destroy() })
+
+	if err := c.loadLayout(); err != nil {
+		t.Fatalf("layout with %s taken: %v", want, err)
+	}
+	if c.lay.Subnet == want {
+		t.Fatalf("the layout took %s, which the bridge %s-br already holds", want, prefix)
+	}
+	got := netip.MustParsePrefix(c.lay.Subnet)
+	for _, a := range c.lay.Addrs {
+		if ap := netip.MustParseAddrPort(a); !got.Contains(ap.Addr()) {
+			t.Errorf("node address %s is outside the cluster's subnet %s", a, got)
+		}
+	}
+	if err := netns.CheckFree(got); err != nil {
+		t.Errorf("the subnet chosen is not free: %v", err)
 	}
 }
