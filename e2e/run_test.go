@@ -455,6 +455,39 @@ func TestRunTerminal(t *testing.T) {
 		}
 	})
 
+	t.Run("an interactive shell moves with its jobs, Ctrl-C still stops the one in front", func(t *testing.T) {
+		// bash with job control runs each job in a process group of its
+		// own and gives the terminal to the one in the foreground: both
+		// move with it.
+		term := newTerm(t, 24, 80, bin, "--socket", n1, "run", "-v", "--on", "n2", "--", "bash", "--norc", "--noprofile", "-i")
+		term.expect("runs on n2")
+		id := regexp.MustCompile(`n1\.[0-9]+`).FindString(term.output())
+		term.send("PS1='$ '\r")
+		term.send("sleep 200 &\r")
+		term.send("sleep 100\r")
+		eventually(t, 5*time.Second, "bash with its two jobs", func() (bool, string) {
+			p := psOne(t, n1, id)
+			return len(p.Children) == 2, jsonString(p)
+		})
+		for _, to := range []string{"home", "n2"} {
+			if _, err := migrate(t, n1, nil, id, to); err != nil {
+				t.Fatalf("moving an interactive shell with its jobs to %s: %v", to, err)
+			}
+		}
+		if p := psOne(t, n1, id); p.Node != "n2" || len(p.Children) != 2 {
+			t.Fatalf("after the moves: %s", jsonString(p))
+		}
+		term.send("\x03") // Ctrl-C: to the job in the foreground, which bash ignores
+		term.send("echo fg=$?\r")
+		term.expect("fg=130")
+		term.send("kill %1; wait %1; echo bg=$?\r")
+		term.expect("bg=143")
+		term.send("exit 3\r")
+		if code := term.wait(); code != 3 {
+			t.Fatalf("bash exited %d, want 3", code)
+		}
+	})
+
 	t.Run("interactive python, line editing and Ctrl-C", func(t *testing.T) {
 		if _, err := exec.LookPath("python3"); err != nil {
 			t.Skip("needs python3")

@@ -694,8 +694,8 @@ func TestMoveKeepsIDs(t *testing.T) {
 		{"ids-static", "pid 2 tids 2 3 5 ppid 0 /proc/self 2 same", []string{programs["ids-static"], "30"}, same},
 		// With its children: each keeps its id and its parent's, and
 		// each parent waits for its child by its id.
-		{"tree", "grandchild 0 27136 pid 4 ppid 3", []string{programs["tree"], "40", "ids"}, byProcess},
-		{"tree-static", "grandchild 0 27136 pid 4 ppid 3", []string{programs["tree-static"], "40", "ids"}, byProcess},
+		{"tree", "grandchild 0 27136 pid 4 ppid 3 pgid 3", []string{programs["tree"], "40", "ids"}, byProcess},
+		{"tree-static", "grandchild 0 27136 pid 4 ppid 3 pgid 3", []string{programs["tree-static"], "40", "ids"}, byProcess},
 		// A shell with the program it runs and waits for (the shell
 		// finds its job by the child's id).
 		{"sh", "39 4490532\nsh: 0\n", []string{"/bin/sh", "-c", programs["counter"] + ` 40 4000000; echo "sh: $?"`}, same},
@@ -1692,6 +1692,48 @@ func TestVforkPins(t *testing.T) {
 	}
 }
 
+// A child in a session of its own (setsid) pins the tree, which goes on
+// as it was.
+func TestSessionPins(t *testing.T) {
+	needRoot(t)
+	cmd := exec.Command("/bin/sh", "-c", "setsid sleep 100; echo done")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if kids := Descendants(cmd.Process.Pid); len(kids) == 1 {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", kids[0])); strings.HasSuffix(exe, "/sleep") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sh never ran setsid sleep")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_, _, err = Dump(cmd.Process.Pid)
+	var pe *PinnedError
+	if !errors.As(err, &pe) || !strings.Contains(pe.Reason, "session of its own") {
+		t.Fatalf("Dump of a shell whose child has a session of its own: %v", err)
+	}
+	kids := Descendants(cmd.Process.Pid)
+	if len(kids) != 1 {
+		t.Fatalf("after the refused freeze, children %v", kids)
+	}
+	syscall.Kill(kids[0], syscall.SIGTERM)
+	if b, _ := io.ReadAll(out); string(b) != "done\n" {
+		t.Fatalf("the shell, let go, wrote %q", b)
+	}
+}
+
 // A tree frozen, its memory read, and let go again (a move that failed)
 // goes on as if nothing happened, every process of it.
 func TestTreeResumes(t *testing.T) {
@@ -1738,9 +1780,9 @@ func TestTreeResumes(t *testing.T) {
 	}
 }
 
-// A tree whose child cannot be made again (its program is gone) is not
-// restored, and nothing of it is left: neither the stub nor the children
-// made before.
+// A tree whose child cannot be made again (its program is gone, its image
+// names a process group none of the tree leads) is not restored, and
+// nothing of it is left: neither the stub nor the children made before.
 func TestTreeRestoreFailsWhole(t *testing.T) {
 	needRoot(t)
 	cmd := exec.Command(programs["tree"], "200")
@@ -1765,19 +1807,45 @@ func TestTreeRestoreFailsWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	frozen.Kill()
-	img.Children[1].Exe = "/nonexistent/tree" // the grandchild's
-	stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
-	if err != nil {
-		t.Fatal(err)
+	// The child leads a process group, which the grandchild is in.
+	child, grandchild := img.Children[0], img.Children[1]
+	if child.Group != child.Pid || grandchild.Group != child.Pid || img.Foreground != 0 {
+		t.Fatalf("groups recorded: child %d in %d, grandchild in %d, foreground %d", child.Pid, child.Group, grandchild.Group, img.Foreground)
 	}
-	err = Restore(stub.Pid, img)
-	if err == nil || !strings.Contains(err.Error(), "/nonexistent/tree") {
-		t.Fatalf("Restore of a tree whose grandchild's program is gone: %v", err)
-	}
-	if syscall.Kill(stub.Pid, 0) == nil {
-		t.Fatal("the stub of a refused restore is still there")
-	}
-	if kids := Descendants(stub.Pid); len(kids) > 0 {
-		t.Fatalf("children of a refused restore left: %v", kids)
+	for _, c := range []struct {
+		name, want string
+		damage     func() (undo func())
+	}{
+		{"the grandchild's program is gone", "/nonexistent/tree", func() func() {
+			exe := grandchild.Exe
+			grandchild.Exe = "/nonexistent/tree"
+			return func() { grandchild.Exe = exe }
+		}},
+		{"the grandchild is in a group nobody leads", "a process group 999999 that none of its child processes leads", func() func() {
+			grandchild.Group = 999999
+			return func() { grandchild.Group = child.Pid }
+		}},
+		{"the terminal is given to a group that is not", "a terminal's foreground group 999999", func() func() {
+			img.Foreground = 999999
+			return func() { img.Foreground = 0 }
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer c.damage()()
+			stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = Restore(stub.Pid, img)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Restore of a tree where %s: %v", c.name, err)
+			}
+			if syscall.Kill(stub.Pid, 0) == nil {
+				t.Fatal("the stub of a refused restore is still there")
+			}
+			if kids := Descendants(stub.Pid); len(kids) > 0 {
+				t.Fatalf("children of a refused restore left: %v", kids)
+			}
+		})
 	}
 }

@@ -95,6 +95,16 @@ type Image struct {
 	// one or more of them hold (File.Shared): made once, before the
 	// children, which inherit them.
 	Shared []Channel
+	// Group is, for one of Children, the process group it is in (its
+	// leader's id, as the processes see it), where that is not the
+	// process's own group; 0 where it is. A shell with job control runs
+	// each job in a group of its own.
+	Group int
+	// Foreground is, for a process on a terminal, the process group
+	// (one of its descendants', as in Group) its terminal lets read and
+	// signals with Ctrl-C: the job a shell runs in the foreground. 0 is
+	// the process's own group.
+	Foreground int
 }
 
 // PosixTimer is a timer made by timer_create, as /proc/PID/timers and

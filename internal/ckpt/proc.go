@@ -198,6 +198,28 @@ func (s procStatus) seenID() (int, error) {
 	return strconv.Atoi(f[len(f)-1])
 }
 
+// nsGroup is the process's group and session, as the processes of its
+// PID namespace see them (the last of NSpgid and NSsid): 0 for one whose
+// leader is outside it.
+func (s procStatus) nsGroup() (pgid, sid int, err error) {
+	last := func(name string) (int, error) {
+		v, err := s.field(name)
+		if err != nil {
+			return 0, err
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			return 0, fmt.Errorf("empty %s for process %d", name, s.pid)
+		}
+		return strconv.Atoi(f[len(f)-1])
+	}
+	if pgid, err = last("NSpgid"); err != nil {
+		return 0, 0, err
+	}
+	sid, err = last("NSsid")
+	return pgid, sid, err
+}
+
 // threads lists a process's thread ids, the main thread first.
 func threads(pid int) ([]int, error) {
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))

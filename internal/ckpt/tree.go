@@ -1,9 +1,12 @@
 package ckpt
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -22,7 +25,9 @@ import (
 // the reason): a descendant that shares another open file with another of
 // the tree (fork's inheritance of a regular file, an event descriptor, a
 // socket pair: each would come back with its own), one of another user
-// or in another process group or session, one running a set-user-ID
+// or in a session of its own, or in a process group none of the tree leads
+// (process groups within the session, a shell's jobs, move: setGroups),
+// one running a set-user-ID
 // program, one that shares its parent's memory (vfork), and one ended
 // and not yet waited for, stopped or traced (checkMember).
 
@@ -40,10 +45,6 @@ func Descendants(pid int) []int {
 // checkTree refuses a tree of frozen processes (img and its Children,
 // frozen as f and f.children) the restore could not make again as it is.
 func checkTree(img *Image, f *Frozen) error {
-	root, err := groupOf(f.pid)
-	if err != nil {
-		return err
-	}
 	procs := append([]*Frozen{f}, f.children...)
 	imgs := append([]*Image{img}, img.Children...)
 	for i, c := range img.Children {
@@ -54,14 +55,12 @@ func checkTree(img *Image, f *Frozen) error {
 		if c.UID != img.UID || c.GID != img.GID || !slices.Equal(c.Groups, img.Groups) {
 			return &PinnedError{Reason: childReason(pid, "it runs with other credentials than the process")}
 		}
-		if g, err := groupOf(pid); err != nil {
-			return err
-		} else if g != root {
-			return &PinnedError{Reason: childReason(pid, "it is in another process group or session")}
-		}
 		if st, err := os.Stat(c.Exe); err == nil && st.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 {
 			return &PinnedError{Reason: childReason(pid, fmt.Sprintf("it runs %s, a set-user-ID or set-group-ID program", c.Exe))}
 		}
+	}
+	if err := checkGroups(imgs, procs); err != nil {
+		return err
 	}
 	// Open files shared between two of them.
 	type held struct{ proc, fd int }
@@ -187,21 +186,176 @@ func checkVfork(parent, child int) error {
 	return nil
 }
 
-// groupOf is the process's group and session ids.
-func groupOf(pid int) ([2]int, error) {
+// checkGroups records the process groups of a tree's processes (Group,
+// Foreground), which the restore makes again (setGroups), and refuses
+// what it could not: a process in another session (one that called
+// setsid), or in a group whose leader is not one of the tree's children.
+func checkGroups(imgs []*Image, procs []*Frozen) error {
+	type group struct{ pgid, sid, host int }
+	groups := make([]group, len(procs))
+	leads := map[int]bool{} // the children's ids
+	var tty int             // the terminal's foreground group, as this node sees it
+	for i, p := range procs {
+		st, err := readStatus(p.pid)
+		if err != nil {
+			return fmt.Errorf("read the status of %d: %w", p.pid, err)
+		}
+		g := &groups[i]
+		if g.pgid, g.sid, err = st.nsGroup(); err != nil {
+			return err
+		}
+		fg := 0
+		if g.host, fg, err = hostGroup(p.pid); err != nil {
+			return err
+		}
+		if i == 0 {
+			tty = fg
+		} else {
+			leads[imgs[i].Pid] = true
+		}
+	}
+	root := groups[0]
+	for i := 1; i < len(procs); i++ {
+		g, c := groups[i], imgs[i]
+		c.Group = 0
+		switch {
+		case g.sid != root.sid:
+			return &PinnedError{Reason: childReason(procs[i].pid, "it is in a session of its own (setsid)")}
+		case g.pgid == root.pgid:
+		case !leads[g.pgid]:
+			return &PinnedError{Reason: childReason(procs[i].pid, fmt.Sprintf("it is in process group %d, whose first process is not one of those that move", g.pgid))}
+		default:
+			c.Group = g.pgid
+		}
+	}
+	// The terminal's foreground group, from this node's id of it to the
+	// processes' (0 for the process's own group, or no terminal).
+	imgs[0].Foreground = 0
+	if tty > 0 && tty != root.host {
+		for i, g := range groups {
+			if g.host == tty && imgs[i].Group != 0 {
+				imgs[0].Foreground = imgs[i].Group
+			}
+		}
+	}
+	return nil
+}
+
+// hostGroup is the process's group and its terminal's foreground group
+// (0 or -1 without one), as this node sees their ids.
+func hostGroup(pid int) (pgid, tty int, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return [2]int{}, fmt.Errorf("read the status of %d: %w", pid, err)
+		return 0, 0, fmt.Errorf("read the status of %d: %w", pid, err)
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 4 {
-		return [2]int{}, fmt.Errorf("read the status of %d: %q", pid, s)
+	// state ppid pgrp session tty_nr tpgid
+	if len(f) < 6 {
+		return 0, 0, fmt.Errorf("read the status of %d: %q", pid, s)
 	}
-	var g [2]int
-	fmt.Sscan(f[2], &g[0])
-	fmt.Sscan(f[3], &g[1])
-	return g, nil
+	if pgid, err = strconv.Atoi(f[2]); err == nil {
+		tty, err = strconv.Atoi(f[5])
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the status of %d: %q: %w", pid, s, err)
+	}
+	return pgid, tty, nil
+}
+
+// setGroups puts each of a tree's new processes (stubs, of procs) into
+// the process group it was in (Image.Group): the leaders make theirs,
+// then the others go into theirs, a leader that was itself in another
+// group last (a group lasts while it has a process). Then, where the
+// process has a terminal, it gives the terminal's foreground to the
+// group that had it.
+func setGroups(stubs []*Stub, procs []*Image) error {
+	id := map[int]int{} // a process's id in the image to the new one's
+	lead := map[int]bool{}
+	for i, p := range procs {
+		if i > 0 && p.Group != 0 {
+			lead[p.Group] = true
+		}
+		seen, err := seenID(stubs[i].pid)
+		if err != nil {
+			return err
+		}
+		id[p.Pid] = seen
+	}
+	if len(lead) == 0 {
+		return nil
+	}
+	for g := range lead {
+		if k := slices.IndexFunc(procs, func(p *Image) bool { return p.Pid == g }); k < 1 {
+			return fmt.Errorf("%w: a process group %d that none of its child processes leads", ErrCorrupt, g)
+		}
+	}
+	if fg := procs[0].Foreground; fg != 0 && !lead[fg] {
+		return fmt.Errorf("%w: a terminal's foreground group %d that none of its processes is in", ErrCorrupt, fg)
+	}
+	st, err := readStatus(stubs[0].pid)
+	if err != nil {
+		return err
+	}
+	rootGroup, _, err := st.nsGroup()
+	if err != nil {
+		return err
+	}
+	into := func(i int) error {
+		g := rootGroup
+		if procs[i].Group != 0 {
+			g = id[procs[i].Group]
+		}
+		if _, err := stubs[i].r.call(unix.SYS_SETPGID, 0, uint64(g)); err != nil {
+			return fmt.Errorf("put process %d into its process group: %w", procs[i].Pid, err)
+		}
+		return nil
+	}
+	for i := 1; i < len(procs); i++ {
+		if lead[procs[i].Pid] {
+			if _, err := stubs[i].r.call(unix.SYS_SETPGID, 0, 0); err != nil {
+				return fmt.Errorf("make the process group of %d: %w", procs[i].Pid, err)
+			}
+		}
+	}
+	for _, leaders := range []bool{false, true} {
+		for i := 1; i < len(procs); i++ {
+			p := procs[i]
+			if lead[p.Pid] == leaders && (p.Group != 0 || leaders) && p.Group != p.Pid {
+				if err := into(i); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if fg := procs[0].Foreground; fg != 0 {
+		return setForeground(stubs[0], id[fg])
+	}
+	return nil
+}
+
+// setForeground gives the stub's terminal's foreground to group pgid
+// (tcsetpgrp, which only a process of the terminal's session may do); a
+// stub without a terminal (an image restored without one) has none to
+// give.
+func setForeground(s *Stub, pgid int) error {
+	fd, err := s.r.callScratch(unix.SYS_OPENAT, cString("/dev/tty"), 0, nil, atFDCWD, s.r.scratch, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+	if errors.Is(err, unix.ENXIO) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open its terminal: %w", err)
+	}
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], uint32(pgid))
+	_, err = s.r.callScratch(unix.SYS_IOCTL, b[:], 0, nil, fd, unix.TIOCSPGRP, s.r.scratch)
+	if _, cerr := s.r.call(unix.SYS_CLOSE, fd); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("give its terminal to process group %d: %w", pgid, err)
+	}
+	return nil
 }
 
 // sameOpenFile says whether descriptor fa of process a and fb of b are one
@@ -325,8 +479,9 @@ func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
 // forkStubs makes the stubs of an image's descendants (procs[1:], parents
 // first), each forked by its parent's stub with the id it had (through
 // the namespace's init), then made to execute its program, so that it is
-// its own (its /proc/PID/exe), and prepared as PrepareStub does. On
-// failure they are killed (not s, whose caller kills it).
+// its own (its /proc/PID/exe), and prepared as PrepareStub does; then put
+// into their process groups (setGroups). On failure they are killed (not
+// s, whose caller kills it).
 func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) ([]*Stub, error) {
 	init := opt.Init
 	stubs := []*Stub{s}
@@ -363,6 +518,9 @@ func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) ([]*Stub, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = setGroups(stubs, procs)
+	}
 	if err != nil {
 		for _, st := range stubs {
 			st.Kill()

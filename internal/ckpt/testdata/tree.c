@@ -1,8 +1,9 @@
 // tree: a process with a child and a grandchild, each printing lines with
 // a checksum of its own memory (the child's differs from its parent's
 // after the fork), the parent waiting for its child by its id, which
-// waits for its own. With "ids" it prints the ids each sees, which a move
-// within PID namespaces keeps.
+// waits for its own. The child leads a process group of its own, which the
+// grandchild is in. With "ids" it prints the ids each sees, which a move
+// within PID namespaces keeps; without, whether the groups are still so.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,12 @@ static void work(const char *who, int n, unsigned char *heap, size_t size, int i
 		struct timespec ts = {0, 15 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 		if (ids)
-			printf("%s %d %lu pid %d ppid %d\n", who, i, sum, (int)getpid(), (int)getppid());
+			printf("%s %d %lu pid %d ppid %d pgid %d\n", who, i, sum, (int)getpid(), (int)getppid(), (int)getpgid(0));
 		else
-			printf("%s %d %lu\n", who, i, sum);
+			printf("%s %d %lu%s\n", who, i, sum,
+			       who[0] == 'c' && getpgid(0) == getpid()    ? " leads its group"
+			       : who[0] == 'g' && getpgid(0) == getppid() ? " in its parent's group"
+			                                                  : "");
 	}
 }
 
@@ -50,6 +54,7 @@ int main(int argc, char **argv) {
 	pid_t child = fork();
 	if (child < 0) return 2;
 	if (child == 0) {
+		if (setpgid(0, 0) < 0) return 3;
 		pid_t grandchild = fork();
 		if (grandchild < 0) return 2;
 		if (grandchild == 0) {
