@@ -685,6 +685,16 @@ func TestMoveKeepsIDs(t *testing.T) {
 	devnull, _ := os.Open(os.DevNull)
 	defer devnull.Close()
 	same := func(s string) string { return s }
+	// A directory the user may write in, for a file its processes share.
+	shared, err := os.MkdirTemp("", "mosaic-ckpt-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(shared)
+	if err := os.Chmod(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(shared, "out")
 	for _, c := range []struct {
 		name, expect string
 		argv         []string
@@ -702,6 +712,9 @@ func TestMoveKeepsIDs(t *testing.T) {
 		// A pipeline: the pipe between its two programs moves with
 		// them, with what it held.
 		{"sh pipeline", "39 4490532\nsh: 0\n", []string{"/bin/sh", "-c", programs["counter"] + ` 40 4000000 | cat; echo "sh: $?"`}, same},
+		// A file the shell opened and its program writes through: one
+		// open file, one offset, which the shell writes on after it.
+		{"sh redirection", "4\n0 3914\n", []string{"/bin/sh", "-c", "{ " + programs["counter"] + " 40 4000000 >&3 & sleep 0.2; for i in 0 1 2 3 4; do echo $i; done; wait $!; echo \"sh: $?\" >&3; } 3>" + out + "; cat " + out}, same},
 		// A child's output its parent reads through a pipe.
 		{"python subprocess", "39 4490532\nrc 0\n", []string{"/usr/bin/python3", "-c", "import subprocess, sys\np = subprocess.Popen(['" + programs["counter"] + "', '40', '4000000'], stdout=subprocess.PIPE)\nfor l in p.stdout:\n    sys.stdout.write(l.decode()); sys.stdout.flush()\nprint('rc', p.wait())"}, same},
 	} {
@@ -1692,45 +1705,63 @@ func TestVforkPins(t *testing.T) {
 	}
 }
 
-// A child in a session of its own (setsid) pins the tree, which goes on
-// as it was.
-func TestSessionPins(t *testing.T) {
+// What a tree cannot carry pins it, with the reason, and it goes on as
+// it was: a child in a session of its own (setsid), an open file other
+// than a regular file or directory shared between two processes, a
+// shared file with a lock taken through it.
+func TestTreePins(t *testing.T) {
 	needRoot(t)
-	cmd := exec.Command("/bin/sh", "-c", "setsid sleep 100; echo done")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if kids := Descendants(cmd.Process.Pid); len(kids) == 1 {
-			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", kids[0])); strings.HasSuffix(exe, "/sleep") {
-				break
+	dir := t.TempDir()
+	for _, c := range []struct{ name, prog, reason string }{
+		{"a session of its own", `pid = os.fork()
+if pid == 0:
+    os.setsid(); time.sleep(100)
+while os.getsid(pid) == os.getsid(0): time.sleep(0.01)`, "session of its own"},
+		{"a shared event descriptor", `fd = os.eventfd(0)
+if os.fork() == 0: time.sleep(100)`, "share an open file (eventfd"},
+		{"a shared file with a lock", `f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)
+if os.fork() == 0: time.sleep(100)`, "with locks taken through it"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			prog := "import fcntl, os, sys, time\n" + c.prog + "\nprint('ready', flush=True); sys.stdin.read(); print('done')"
+			cmd := exec.Command("/usr/bin/python3", "-c", prog, filepath.Join(dir, "locked"))
+			in, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sh never ran setsid sleep")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	_, _, err = Dump(cmd.Process.Pid)
-	var pe *PinnedError
-	if !errors.As(err, &pe) || !strings.Contains(pe.Reason, "session of its own") {
-		t.Fatalf("Dump of a shell whose child has a session of its own: %v", err)
-	}
-	kids := Descendants(cmd.Process.Pid)
-	if len(kids) != 1 {
-		t.Fatalf("after the refused freeze, children %v", kids)
-	}
-	syscall.Kill(kids[0], syscall.SIGTERM)
-	if b, _ := io.ReadAll(out); string(b) != "done\n" {
-		t.Fatalf("the shell, let go, wrote %q", b)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			br := bufio.NewReader(out)
+			if l, err := br.ReadString('\n'); l != "ready\n" {
+				t.Fatalf("the program said %q (%v)", l, err)
+			}
+			kids := Descendants(cmd.Process.Pid)
+			defer func() {
+				for _, k := range kids {
+					syscall.Kill(k, syscall.SIGKILL)
+				}
+			}()
+			runtime.LockOSThread()
+			_, _, err = Dump(cmd.Process.Pid)
+			runtime.UnlockOSThread()
+			var pe *PinnedError
+			if !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
+				t.Fatalf("Dump: %v, want pinned: %s", err, c.reason)
+			}
+			if again := Descendants(cmd.Process.Pid); !slices.Equal(again, kids) || len(kids) != 1 {
+				t.Fatalf("children %v before the refused freeze, %v after", kids, again)
+			}
+			in.Close()
+			if l, _ := br.ReadString('\n'); l != "done\n" {
+				t.Fatalf("the program, let go, wrote %q", l)
+			}
+		})
 	}
 }
 
@@ -1831,6 +1862,8 @@ func TestTreeRestoreFailsWhole(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			runtime.LockOSThread() // the stub's tracer
+			defer runtime.UnlockOSThread()
 			defer c.damage()()
 			stub, err := os.StartProcess(img.Exe, []string{img.Exe}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Ptrace: true}})
 			if err != nil {

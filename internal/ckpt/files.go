@@ -407,7 +407,7 @@ func describeLink(l string) string {
 // content, shares open files between descriptors that shared them, and
 // closes the standard ones the process had closed (the stub was given all
 // three).
-func restoreFiles(r *remote, files []File, chans []Channel, tree treePipes) error {
+func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) error {
 	hi := 3
 	for _, f := range files {
 		hi = max(hi, f.Fd+1)
@@ -444,6 +444,9 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treePipes) erro
 		for _, e := range tree.ends {
 			closeEnds(r, e) // this process's copies; those it holds are placed
 		}
+		for _, fd := range tree.fds {
+			r.call(unix.SYS_CLOSE, uint64(fd))
+		}
 	}()
 	placed := map[[3]int]bool{}
 	var ghosts, epolls []File
@@ -466,9 +469,19 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treePipes) erro
 			}
 			continue
 		case FileRegular, FileDevice, FileDirectory:
-			flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
-			if fd, err = r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0); err != nil {
-				return fmt.Errorf("reopen %s as descriptor %d: %w", f.Path, f.Fd, err)
+			if f.SharedFile != 0 {
+				// One open file of the tree's: offset and flags set.
+				k := f.SharedFile - 1
+				if k < 0 || k >= len(tree.fds) || tree.files[k].Kind != f.Kind {
+					return fmt.Errorf("descriptor %d names an open file of its processes the image does not have", f.Fd)
+				}
+				if _, err := r.call(unix.SYS_DUP3, uint64(tree.fds[k]), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+					return fmt.Errorf("put %s, open in its other processes too, at descriptor %d: %w", f.Path, f.Fd, err)
+				}
+				continue
+			}
+			if fd, err = openFile(r, f); err != nil {
+				return err
 			}
 		case FileDeleted, FileMemfd:
 			if fd, err = restoreGhost(r, f); err != nil {
@@ -555,12 +568,26 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treePipes) erro
 	return nil
 }
 
-// treePipes are the pipes of a process's tree (Image.Shared), made in
-// the first process's stub before the others were forked from it: each
-// process has them at ends.
-type treePipes struct {
+// openFile opens a file, directory or device again as the descriptor f
+// says (not at its number yet).
+func openFile(r *remote, f File) (uint64, error) {
+	flags := f.Flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NOCTTY)
+	fd, err := r.callScratch(unix.SYS_OPENAT, cString(f.Path), 0, nil, atFDCWD, r.scratch, uint64(flags), 0)
+	if err != nil {
+		return 0, fmt.Errorf("reopen %s as descriptor %d: %w", f.Path, f.Fd, err)
+	}
+	return fd, nil
+}
+
+// treeShared are the pipes and open files of a process's tree
+// (Image.Shared, Image.SharedFiles), made in the first process's stub
+// before the others were forked from it: each process has them at ends
+// and fds.
+type treeShared struct {
 	chans []Channel
 	ends  [][2]int
+	files []File
+	fds   []int
 }
 
 // keepStreams copies the stub's descriptors 0, 1 and 2 (its home's

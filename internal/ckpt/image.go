@@ -95,6 +95,12 @@ type Image struct {
 	// one or more of them hold (File.Shared): made once, before the
 	// children, which inherit them.
 	Shared []Channel
+	// SharedFiles are the regular files and directories open in two or
+	// more of a tree's processes as one open file (one offset, one set
+	// of flags: a shell's redirection its programs inherit), each as
+	// its first holder's descriptor says (File.SharedFile): opened once,
+	// before the children, which inherit it.
+	SharedFiles []File
 	// Group is, for one of Children, the process group it is in (its
 	// leader's id, as the processes see it), where that is not the
 	// process's own group; 0 where it is. A shell with job control runs
@@ -276,6 +282,9 @@ type File struct {
 	// Shared, if not 0, is 1 + the index in the tree's Shared (the first
 	// image's) of the pipe this descriptor is end End of.
 	Shared int
+	// SharedFile, if not 0, is 1 + the index in the tree's SharedFiles
+	// (the first image's) of the open file this descriptor is.
+	SharedFile int
 	// Channel, if not 0, is 1 + the index in the image's Channels of the
 	// pipe or socket pair this descriptor is end End of.
 	Channel, End int

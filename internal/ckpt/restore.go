@@ -457,7 +457,7 @@ type restoring struct {
 	restored *Restored
 	uffd     int // the process's userfaultfd, for lazy memory; -1
 	mem      *procMem
-	tree     treePipes // the pipes of its tree, which it has
+	tree     treeShared // the pipes and files of its tree, which it has
 }
 
 // beginRestore checks the image and makes the stub's address space the

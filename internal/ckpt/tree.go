@@ -19,17 +19,18 @@ import (
 // the restore makes each again as a child of its parent's stub, with the
 // id it had, before any of them is restored into (restoreTree).
 //
-// Pipes between them (a shell's pipeline) are the tree's: made once, in
+// Pipes between them (a shell's pipeline), and regular files they share
+// as one open file (a shell's redirection), are the tree's: made once, in
 // the first stub, before the others are forked from it (sharedPipes,
-// gatherShared, makeTreePipes). What this version refuses (pinned, with
-// the reason): a descendant that shares another open file with another of
-// the tree (fork's inheritance of a regular file, an event descriptor, a
-// socket pair: each would come back with its own), one of another user
-// or in a session of its own, or in a process group none of the tree leads
-// (process groups within the session, a shell's jobs, move: setGroups),
-// one running a set-user-ID
-// program, one that shares its parent's memory (vfork), and one ended
-// and not yet waited for, stopped or traced (checkMember).
+// gatherShared, shareFiles, makeTreeShared). Process groups within the
+// session (a shell's jobs) are made again too (checkGroups, setGroups).
+// What this version refuses (pinned, with the reason): a descendant that
+// shares another open file with another of the tree (an event
+// descriptor, a socket pair: each would come back with its own), one of
+// another user, in a session of its own or in a process group none of the
+// tree leads, one running a set-user-ID program, one that shares its
+// parent's memory (vfork), and one ended and not yet waited for, stopped
+// or traced (checkMember).
 
 // Descendants lists the process's descendants (as this node sees their
 // ids), parents before their children: what moves with it.
@@ -62,11 +63,22 @@ func checkTree(img *Image, f *Frozen) error {
 	if err := checkGroups(imgs, procs); err != nil {
 		return err
 	}
-	// Open files shared between two of them.
-	type held struct{ proc, fd int }
+	return shareFiles(imgs, procs)
+}
+
+// shareFiles finds the open files two or more of a tree's processes hold
+// (kcmp across processes): a regular file or directory becomes the
+// tree's (Image.SharedFiles, File.SharedFile); any other kind pins, as
+// does one with locks taken through it.
+func shareFiles(imgs []*Image, procs []*Frozen) error {
+	type held struct{ proc, file int }
 	byID := map[fileID][]held{}
+	root := imgs[0]
+	root.SharedFiles = nil
 	for i, im := range imgs {
-		for _, file := range im.Files {
+		for j := range im.Files {
+			file := &im.Files[j]
+			file.SharedFile = 0
 			switch {
 			case file.Kind == FileStdio, file.Kind == FileDup, file.Kind == FileDevice:
 				continue // the node's; the lower descriptor's; stateless
@@ -82,23 +94,43 @@ func checkTree(img *Image, f *Frozen) error {
 				if h.proc == i {
 					continue
 				}
-				same, err := sameOpenFile(procs[h.proc].pid, h.fd, procs[i].pid, file.Fd)
+				first := &imgs[h.proc].Files[h.file]
+				same, err := sameOpenFile(procs[h.proc].pid, first.Fd, procs[i].pid, file.Fd)
 				if err != nil {
 					return err
 				}
-				if same {
-					what := file.Kind
-					if file.Path != "" {
-						what = describeLink(file.Path)
-					}
-					return &PinnedError{Reason: fmt.Sprintf("its processes %d and %d share an open file (%s, descriptors %d and %d), which this version cannot make again shared",
-						procs[h.proc].pid, procs[i].pid, what, h.fd, file.Fd)}
+				if !same {
+					continue
 				}
+				what := file.Kind
+				if file.Path != "" {
+					what = describeLink(file.Path)
+				}
+				canShare := file.Kind == FileRegular || file.Kind == FileDirectory
+				if !canShare || lockedThrough(im, file.Fd) || lockedThrough(imgs[h.proc], first.Fd) {
+					why := "which this version cannot make again shared"
+					if canShare {
+						why = "with locks taken through it, which this version cannot make again shared"
+					}
+					return &PinnedError{Reason: fmt.Sprintf("its processes %d and %d share an open file (%s, descriptors %d and %d), %s",
+						procs[h.proc].pid, procs[i].pid, what, first.Fd, file.Fd, why)}
+				}
+				if first.SharedFile == 0 {
+					root.SharedFiles = append(root.SharedFiles, *first)
+					first.SharedFile = len(root.SharedFiles)
+				}
+				file.SharedFile = first.SharedFile
+				break
 			}
-			byID[id] = append(byID[id], held{i, file.Fd})
+			byID[id] = append(byID[id], held{i, j})
 		}
 	}
 	return nil
+}
+
+// lockedThrough says whether the image holds a lock through descriptor fd.
+func lockedThrough(img *Image, fd int) bool {
+	return slices.ContainsFunc(img.Locks, func(l Lock) bool { return l.Fd == fd })
 }
 
 // sharedPipes returns the pipes ("pipe:[N]") two or more of the
@@ -384,7 +416,7 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		step = func(string) {}
 	}
 	procs := append([]*Image{img}, img.Children...)
-	tree, err := makeTreePipes(s, procs)
+	tree, err := makeTreeShared(s, procs)
 	if err != nil {
 		s.Kill()
 		return nil, err
@@ -445,12 +477,13 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	return root, nil
 }
 
-// makeTreePipes makes the tree's pipes (Image.Shared) in the first
-// process's stub, with what they held, above every descriptor of every
-// image and kept across exec, so that each stub forked from it has them.
-func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
-	tree := treePipes{chans: procs[0].Shared}
-	if len(tree.chans) == 0 {
+// makeTreeShared makes the tree's pipes (Image.Shared), with what they
+// held, and opens its shared files (Image.SharedFiles) at their offsets,
+// in the first process's stub, above every descriptor of every image and
+// kept across exec, so that each stub forked from it has them.
+func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
+	tree := treeShared{chans: procs[0].Shared, files: procs[0].SharedFiles}
+	if len(tree.chans) == 0 && len(tree.files) == 0 {
 		return tree, nil
 	}
 	hi := 3
@@ -463,14 +496,35 @@ func makeTreePipes(s *Stub, procs []*Image) (treePipes, error) {
 	if tree.ends, err = makeChannels(s.r, tree.chans, hi); err != nil {
 		return tree, err
 	}
+	var keep []int
 	for _, e := range tree.ends {
 		for _, fd := range e {
-			if fd < 0 {
-				continue
+			if fd >= 0 {
+				keep = append(keep, fd)
 			}
-			if _, err := s.r.call(unix.SYS_FCNTL, uint64(fd), unix.F_SETFD, 0); err != nil {
-				return tree, fmt.Errorf("keep a pipe of its processes for their exec: %w", err)
-			}
+		}
+	}
+	for _, f := range tree.files {
+		if f.Kind != FileRegular && f.Kind != FileDirectory {
+			return tree, fmt.Errorf("%w: an open file of its processes of kind %q", ErrCorrupt, f.Kind)
+		}
+		low, err := openFile(s.r, f)
+		if err != nil {
+			return tree, err
+		}
+		fd, err := s.r.call(unix.SYS_FCNTL, low, unix.F_DUPFD, uint64(hi))
+		s.r.call(unix.SYS_CLOSE, low)
+		if err != nil {
+			return tree, fmt.Errorf("move %s above descriptor %d: %w", f.Path, hi, err)
+		}
+		tree.fds = append(tree.fds, int(fd))
+		if _, err := s.r.call(unix.SYS_LSEEK, fd, uint64(f.Pos), 0); err != nil {
+			return tree, fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
+		}
+	}
+	for _, fd := range keep {
+		if _, err := s.r.call(unix.SYS_FCNTL, uint64(fd), unix.F_SETFD, 0); err != nil {
+			return tree, fmt.Errorf("keep a pipe of its processes for their exec: %w", err)
 		}
 	}
 	return tree, nil
