@@ -78,8 +78,8 @@ func TestTransparencyCorpus(t *testing.T) {
 		// make of a `make test` around it, which would pass its flags.)
 		{name: "make building a small C project", argv: []string{"/bin/sh", "-c", `cp "$0"/* "$1" && cd "$1" && MAKEFLAGS= MAKELEVEL= exec make --no-print-directory`, project, "@dir"}},
 		// Moved with whichever pipeline it waits for at that moment.
-		{name: "sh running a script (the pipelines it waits for move with it)", argv: []string{"/bin/sh", "-c",
-			"for n in 1 2 3 4 5 6; do " + progs["counter"] + " 15 2000000 | cat || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done"}},
+		{name: "sh running a script (the pipelines it waits for, and the file they write to, move with it)", argv: []string{"/bin/sh", "-c",
+			`cd "$1" && { for n in 1 2 3 4 5 6; do ` + progs["counter"] + " 15 2000000 | cat || exit 9; awk 'BEGIN{for(i=0;i<300000;i++)s+=i; print s}'; done; echo done; } >log && cat log", "sh", "@dir"}},
 	}
 	// sort reads three copies of the input.
 	catInto(t, input+"3", input, input, input)
