@@ -1706,21 +1706,32 @@ func TestVforkPins(t *testing.T) {
 }
 
 // What a tree cannot carry pins it, with the reason, and it goes on as
-// it was: a child in a session of its own (setsid), an open file other
-// than a regular file or directory shared between two processes, a
-// shared file with a lock taken through it.
+// it was: a child in a session of its own (setsid) or in a group whose
+// leader has ended, an open file other than a regular file or directory
+// shared between two processes, a shared file with a lock taken through
+// it. Movable finds the first two without stopping anything.
 func TestTreePins(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
-	for _, c := range []struct{ name, prog, reason string }{
+	for _, c := range []struct {
+		name, prog, reason string
+		movable            bool // Movable says so too
+	}{
 		{"a session of its own", `pid = os.fork()
 if pid == 0:
     os.setsid(); time.sleep(100)
-while os.getsid(pid) == os.getsid(0): time.sleep(0.01)`, "session of its own"},
+while os.getsid(pid) == os.getsid(0): time.sleep(0.01)`, "session of its own", true},
+		{"a group whose leader does not move", `a = os.fork()
+if a == 0:
+    os.setpgid(0, 0); time.sleep(0.5); os._exit(0)
+b = os.fork()
+if b == 0: time.sleep(100)
+while os.getpgid(a) != a: time.sleep(0.01)
+os.setpgid(b, a); os.waitpid(a, 0)`, "whose first process is not one of those that move", true},
 		{"a shared event descriptor", `fd = os.eventfd(0)
-if os.fork() == 0: time.sleep(100)`, "share an open file (eventfd"},
+if os.fork() == 0: time.sleep(100)`, "share an open file (eventfd", false},
 		{"a shared file with a lock", `f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX)
-if os.fork() == 0: time.sleep(100)`, "with locks taken through it"},
+if os.fork() == 0: time.sleep(100)`, "with locks taken through it", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			prog := "import fcntl, os, sys, time\n" + c.prog + "\nprint('ready', flush=True); sys.stdin.read(); print('done')"
@@ -1747,10 +1758,16 @@ if os.fork() == 0: time.sleep(100)`, "with locks taken through it"},
 					syscall.Kill(k, syscall.SIGKILL)
 				}
 			}()
+			var pe *PinnedError
+			if c.movable {
+				// Found without stopping it, as `mosaic ps` shows it.
+				if err := Movable(cmd.Process.Pid); !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
+					t.Fatalf("Movable: %v, want pinned: %s", err, c.reason)
+				}
+			}
 			runtime.LockOSThread()
 			_, _, err = Dump(cmd.Process.Pid)
 			runtime.UnlockOSThread()
-			var pe *PinnedError
 			if !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
 				t.Fatalf("Dump: %v, want pinned: %s", err, c.reason)
 			}

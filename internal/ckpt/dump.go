@@ -758,17 +758,20 @@ func leU64(b []byte) uint64 {
 }
 
 // Movable says why the process pid cannot move (a *PinnedError), or nil:
-// what Freeze would refuse, found without stopping it; all of it but one
-// rare case, a pipe or socket pair of its own that another process holds
-// an end of too (see resolveChannels).
+// what Freeze would refuse, found without stopping it; all of it but two
+// rarer cases: a pipe or socket pair of its own that another process
+// holds an end of too (see resolveChannels), and an open file two of its
+// processes share that cannot move (see shareFiles).
 func Movable(pid int) error { return MovableWith(pid, Stdio{}) }
 
 // MovableWith is Movable for a process whose pipes to its home are home.
 func MovableWith(pid int, home Stdio) error {
+	rootPgid, rootSid := -1, -1
 	if status, err := readStatus(pid); err == nil {
 		if err := checkSandbox(status); err != nil {
 			return err
 		}
+		rootPgid, rootSid, _ = status.nsGroup()
 	}
 	if _, err := dumpFiles(pid, false, home, nil); err != nil {
 		return err
@@ -777,24 +780,39 @@ func MovableWith(pid int, home Stdio) error {
 	if err != nil {
 		return err
 	}
+	statuses := make([]procStatus, 0, len(tree))
+	leads := map[int]bool{} // the descendants' ids, as they see them
+	parents := map[int]int{}
 	for _, m := range tree {
+		parents[m.pid] = m.parent
 		status, err := readStatus(m.pid)
 		if err != nil {
 			continue // ended meanwhile
 		}
+		statuses = append(statuses, status)
+		if id, err := status.seenID(); err == nil {
+			leads[id] = true
+		}
+	}
+	for _, status := range statuses {
 		if err := checkMember(status); err != nil {
 			return err
 		}
-		if err := checkVfork(m.parent, m.pid); err != nil {
+		if pgid, sid, err := status.nsGroup(); err == nil && rootSid >= 0 {
+			if err := checkGroup(status.pid, pgid, sid, rootPgid, rootSid, leads); err != nil {
+				return err
+			}
+		}
+		if err := checkVfork(parents[status.pid], status.pid); err != nil {
 			return err
 		}
-		err = checkSandbox(status)
+		err := checkSandbox(status)
 		if err == nil {
-			_, err = dumpFiles(m.pid, false, home, nil)
+			_, err = dumpFiles(status.pid, false, home, nil)
 		}
 		var pe *PinnedError
 		if errors.As(err, &pe) {
-			return &PinnedError{Reason: childReason(m.pid, pe.Reason), Momentary: pe.Momentary}
+			return &PinnedError{Reason: childReason(status.pid, pe.Reason), Momentary: pe.Momentary}
 		}
 		if err != nil {
 			return err

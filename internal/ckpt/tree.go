@@ -249,14 +249,11 @@ func checkGroups(imgs []*Image, procs []*Frozen) error {
 	root := groups[0]
 	for i := 1; i < len(procs); i++ {
 		g, c := groups[i], imgs[i]
+		if err := checkGroup(procs[i].pid, g.pgid, g.sid, root.pgid, root.sid, leads); err != nil {
+			return err
+		}
 		c.Group = 0
-		switch {
-		case g.sid != root.sid:
-			return &PinnedError{Reason: childReason(procs[i].pid, "it is in a session of its own (setsid)")}
-		case g.pgid == root.pgid:
-		case !leads[g.pgid]:
-			return &PinnedError{Reason: childReason(procs[i].pid, fmt.Sprintf("it is in process group %d, whose first process is not one of those that move", g.pgid))}
-		default:
+		if g.pgid != root.pgid {
 			c.Group = g.pgid
 		}
 	}
@@ -269,6 +266,20 @@ func checkGroups(imgs []*Image, procs []*Frozen) error {
 				imgs[0].Foreground = imgs[i].Group
 			}
 		}
+	}
+	return nil
+}
+
+// checkGroup refuses a descendant pid whose group and session (pgid,
+// sid) the restore could not make again, beside the process's: another
+// session, or a group that none of the descendants (leads, their ids as
+// they see them) leads.
+func checkGroup(pid, pgid, sid, rootPgid, rootSid int, leads map[int]bool) error {
+	switch {
+	case sid != rootSid:
+		return &PinnedError{Reason: childReason(pid, "it is in a session of its own (setsid)")}
+	case pgid != rootPgid && !leads[pgid]:
+		return &PinnedError{Reason: childReason(pid, fmt.Sprintf("it is in process group %d, whose first process is not one of those that move", pgid))}
 	}
 	return nil
 }
