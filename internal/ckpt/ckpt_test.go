@@ -715,6 +715,20 @@ func TestMoveKeepsIDs(t *testing.T) {
 		// A file the shell opened and its program writes through: one
 		// open file, one offset, which the shell writes on after it.
 		{"sh redirection", "4\n0 3914\n", []string{"/bin/sh", "-c", "{ " + programs["counter"] + " 40 4000000 >&3 & sleep 0.2; for i in 0 1 2 3 4; do echo $i; done; wait $!; echo \"sh: $?\" >&3; } 3>" + out + "; cat " + out}, same},
+		// Memory a parent and its child share, which each takes turns
+		// through, and a note in shared memory neither has touched.
+		{"shared memory", "child 39\nchild: written before the fork\nparent: child exited 0\n", []string{programs["shared"], "40"}, same},
+		{"shared memory-static", "child 39\nchild: written before the fork\nparent: child exited 0\n", []string{programs["shared-static"], "40"}, same},
+		// A multiprocessing pool: pipes between the processes, and the
+		// locks on them in memory they all map (a POSIX semaphore).
+		{"python multiprocessing", "11 ", []string{"/usr/bin/python3", "-c", `import multiprocessing as mp, hashlib
+def work(i):
+    h = hashlib.sha256()
+    for k in range(40000): h.update(b'%d' % (i * k))
+    return i, h.hexdigest()[:16]
+if __name__ == '__main__':
+    with mp.Pool(2) as p:
+        for i, d in p.imap(work, range(30)): print(i, d, flush=True)`}, same},
 		// A child's output its parent reads through a pipe.
 		{"python subprocess", "39 4490532\nrc 0\n", []string{"/usr/bin/python3", "-c", "import subprocess, sys\np = subprocess.Popen(['" + programs["counter"] + "', '40', '4000000'], stdout=subprocess.PIPE)\nfor l in p.stdout:\n    sys.stdout.write(l.decode()); sys.stdout.flush()\nprint('rc', p.wait())"}, same},
 	} {

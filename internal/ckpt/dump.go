@@ -273,6 +273,9 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 		if err := gatherShared(img, f); err != nil {
 			return nil, nil, err
 		}
+		if err := shareMemory(img, f); err != nil {
+			return nil, nil, err
+		}
 		img.Version = treeVersion
 	}
 	return img, f, nil

@@ -444,7 +444,7 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) err
 		for _, e := range tree.ends {
 			closeEnds(r, e) // this process's copies; those it holds are placed
 		}
-		for _, fd := range tree.fds {
+		for _, fd := range slices.Concat(tree.fds, tree.mems) {
 			r.call(unix.SYS_CLOSE, uint64(fd))
 		}
 	}()
@@ -579,15 +579,16 @@ func openFile(r *remote, f File) (uint64, error) {
 	return fd, nil
 }
 
-// treeShared are the pipes and open files of a process's tree
-// (Image.Shared, Image.SharedFiles), made in the first process's stub
-// before the others were forked from it: each process has them at ends
-// and fds.
+// treeShared are the pipes, open files and shared memory of a process's
+// tree (Image.Shared, Image.SharedFiles, Image.SharedMem), made in the
+// first process's stub before the others were forked from it: each
+// process has them at ends, fds and mems.
 type treeShared struct {
 	chans []Channel
 	ends  [][2]int
 	files []File
 	fds   []int
+	mems  []int // a memory file per Image.SharedMem
 }
 
 // keepStreams copies the stub's descriptors 0, 1 and 2 (its home's

@@ -101,6 +101,12 @@ type Image struct {
 	// its first holder's descriptor says (File.SharedFile): opened once,
 	// before the children, which inherit it.
 	SharedFiles []File
+	// SharedMem are the sizes of the shared memory objects two or more of
+	// a tree's processes map (MAP_SHARED|MAP_ANONYMOUS inherited by fork,
+	// a POSIX semaphore or shm_open'd file since unlinked: what
+	// multiprocessing locks live in), each made once, before the
+	// children, which inherit it (VMA.SharedMem).
+	SharedMem []uint64
 	// Group is, for one of Children, the process group it is in (its
 	// leader's id, as the processes see it), where that is not the
 	// process's own group; 0 where it is. A shell with job control runs
@@ -168,6 +174,9 @@ type VMA struct {
 	// Advice is what the process asked of this memory (Advice* bits:
 	// mlock, madvise), from its VmFlags.
 	Advice uint32
+	// SharedMem, if not 0, is 1 + the index in the tree's SharedMem (the
+	// first image's) of the shared memory this mapping is of, at Offset.
+	SharedMem int
 }
 
 // VMA.Advice bits.

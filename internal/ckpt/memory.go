@@ -2,8 +2,10 @@ package ckpt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"os"
 	"slices"
 	"strconv"
@@ -116,7 +118,7 @@ func (f *Frozen) readMemory(fn func(PageRun) error) error {
 	}
 	defer mem.Close()
 
-	scan := &spanScan{vmas: f.vmas, pm: pm}
+	scan := &spanScan{pid: f.pid, vmas: f.vmas, pm: pm}
 	read := func(s span, buf []byte) (PageRun, error) {
 		data := buf[:s.pages*pageSize]
 		if _, err := mem.ReadAt(data, int64(s.addr)); err != nil {
@@ -247,6 +249,7 @@ type span struct {
 // spanScan finds the spans of a frozen process's memory, one at a time
 // (from any goroutine, one at a time): each at most runBytes.
 type spanScan struct {
+	pid     int
 	vmas    []VMA
 	pm      *os.File
 	v       int    // the mapping being scanned
@@ -277,6 +280,11 @@ func (s *spanScan) next() (span, bool, error) {
 			if _, err := s.pm.ReadAt(s.entries, int64(v.Start/pageSize*8)); err != nil {
 				return span{}, false, fmt.Errorf("read the page map of %#x-%#x: %w", v.Start, v.End, err)
 			}
+			if v.Shared && v.Kind == VMAAnon {
+				if err := s.markObjectData(v); err != nil {
+					return span{}, false, err
+				}
+			}
 		}
 		v := s.vmas[s.v]
 		for s.i < s.n && !s.wanted(v, s.i) {
@@ -293,6 +301,45 @@ func (s *spanScan) next() (span, bool, error) {
 		s.i = j
 		return sp, true, nil
 	}
+}
+
+// markObjectData marks as wanted every page of shared memory v that
+// holds data in its object, whether or not this process has touched it
+// since: the page map shows only the pages the process has mapped, and a
+// POSIX semaphore's page, written with write(2) when it was made, or
+// memory a child filled after a fork, may be mapped by none, but is in
+// the object, and must move. (Reading the object's pages through the
+// process, as ReadMemory does, maps them; holes stay holes.)
+func (s *spanScan) markObjectData(v VMA) error {
+	obj, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", s.pid, v.Start, v.End))
+	if errors.Is(err, fs.ErrPermission) {
+		return nil // not root: what the page map shows
+	}
+	if err != nil {
+		return fmt.Errorf("open the shared memory at %#x: %w", v.Start, err)
+	}
+	defer obj.Close()
+	lo, hi := int64(v.Offset), int64(v.Offset+v.End-v.Start)
+	for off := lo; off < hi; {
+		data, err := unix.Seek(int(obj.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) || err == nil && data >= hi {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("find the data of the shared memory at %#x: %w", v.Start, err)
+		}
+		hole, err := unix.Seek(int(obj.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("find the data of the shared memory at %#x: %w", v.Start, err)
+		}
+		for p := max(data, lo) &^ (pageSize - 1); p < min(hole, hi); p += pageSize {
+			i := (p - lo) / pageSize
+			e := binary.LittleEndian.Uint64(s.entries[8*i:])
+			binary.LittleEndian.PutUint64(s.entries[8*i:], e|pmPresent)
+		}
+		off = hole
+	}
+	return nil
 }
 
 // carried says whether ReadMemory reads v's pages at all.

@@ -421,7 +421,7 @@ func restoreInto(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 	if step == nil {
 		step = func(string) {}
 	}
-	rs, err := beginRestore(s, img, opt)
+	rs, err := beginRestore(s, img, opt, treeShared{})
 	if err != nil {
 		return nil, err
 	}
@@ -457,19 +457,24 @@ type restoring struct {
 	restored *Restored
 	uffd     int // the process's userfaultfd, for lazy memory; -1
 	mem      *procMem
-	tree     treeShared // the pipes and files of its tree, which it has
+	tree     treeShared // the pipes, files and memory of its tree, which it has
+	// readOnly are its shared mappings it may not write to, each written
+	// through its object (its file in /proc/PID/map_files), opened as
+	// needed: the kernel writes through a mapping it cannot write to
+	// only for a private one.
+	readOnly map[int]*os.File // by index in img.VMAs
 }
 
 // beginRestore checks the image and makes the stub's address space the
 // image's process's, ready for its memory (restoring.write) and the rest
 // (restoring.finish). On failure the stub is killed.
-func beginRestore(s *Stub, img *Image, opt RestoreOptions) (_ *restoring, err error) {
+func beginRestore(s *Stub, img *Image, opt RestoreOptions, tree treeShared) (_ *restoring, err error) {
 	if s.used {
 		return nil, errors.New("the stub was used already")
 	}
 	s.used = true
 	pid, r := s.pid, s.r
-	rs := &restoring{s: s, img: img, opt: opt, restored: &Restored{pid: pid}, uffd: -1}
+	rs := &restoring{s: s, img: img, opt: opt, tree: tree, restored: &Restored{pid: pid}, uffd: -1}
 	limitPriorities(img)
 	defer func() {
 		if err != nil {
@@ -525,6 +530,9 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions) (_ *restoring, err er
 			return nil, err
 		}
 	}
+	if err := mapTreeMemory(r, img.VMAs, tree.mems); err != nil {
+		return nil, err
+	}
 	if rs.mem, err = openProcMem(pid); err != nil {
 		return nil, err
 	}
@@ -533,10 +541,56 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions) (_ *restoring, err er
 
 // write writes a run of the image's memory into the process.
 func (rs *restoring) write(p PageRun) error {
+	if obj, at, err := rs.object(p); err != nil {
+		return err
+	} else if obj != nil {
+		if _, err := obj.WriteAt(p.Data, at); err != nil {
+			return fmt.Errorf("write %d bytes of shared memory at %#x: %w", len(p.Data), p.Addr, err)
+		}
+		return nil
+	}
 	if _, err := rs.mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
 		return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
 	}
 	return nil
+}
+
+// object returns, for a run of memory in a shared mapping the process
+// may not write to, the mapping's object and where in it the run goes;
+// nil for any other.
+func (rs *restoring) object(p PageRun) (*os.File, int64, error) {
+	vs := rs.img.VMAs
+	k, _ := slices.BinarySearchFunc(vs, p.Addr, func(v VMA, a uint64) int {
+		switch {
+		case v.End <= a:
+			return -1
+		case v.Start > a:
+			return 1
+		}
+		return 0
+	})
+	if k == len(vs) || vs[k].Start > p.Addr {
+		return nil, 0, nil // not mapped: the write says so
+	}
+	v := vs[k]
+	if !v.Shared || v.Prot&unix.PROT_WRITE != 0 {
+		return nil, 0, nil
+	}
+	if p.Addr+uint64(len(p.Data)) > v.End {
+		return nil, 0, fmt.Errorf("%w: memory at %#x runs past its mapping's end %#x", ErrCorrupt, p.Addr, v.End)
+	}
+	obj := rs.readOnly[k]
+	if obj == nil {
+		var err error
+		if obj, err = os.OpenFile(fmt.Sprintf("/proc/%d/map_files/%x-%x", rs.restored.pid, v.Start, v.End), os.O_RDWR, 0); err != nil {
+			return nil, 0, fmt.Errorf("open the read-only shared memory at %#x to fill it: %w", v.Start, err)
+		}
+		if rs.readOnly == nil {
+			rs.readOnly = map[int]*os.File{}
+		}
+		rs.readOnly[k] = obj
+	}
+	return obj, int64(v.Offset + p.Addr - v.Start), nil
 }
 
 // fail kills the process being restored and lets go of what the restore
@@ -554,6 +608,10 @@ func (rs *restoring) close() {
 	if rs.mem != nil {
 		rs.mem.Close()
 		rs.mem = nil
+	}
+	for k, obj := range rs.readOnly {
+		obj.Close()
+		delete(rs.readOnly, k)
 	}
 	if rs.s.r.mem != nil {
 		rs.s.r.mem.Close()

@@ -202,6 +202,89 @@ func gatherShared(img *Image, f *Frozen) error {
 	return nil
 }
 
+// shareMemory finds the shared memory objects (a shared mapping of no
+// file, or of one deleted) that two or more of a tree's processes map,
+// and records them as the tree's (Image.SharedMem, VMA.SharedMem): made
+// again once, or each process would come back with a copy of its own,
+// and a lock in it (a multiprocessing pool's) would hold nobody back.
+func shareMemory(img *Image, f *Frozen) error {
+	procs := append([]*Frozen{f}, f.children...)
+	imgs := append([]*Image{img}, img.Children...)
+	type use struct{ proc, vma int }
+	uses := map[fileID][]use{}
+	var order []fileID
+	for i, p := range procs {
+		vs, err := readMaps(p.pid)
+		if err != nil {
+			return fmt.Errorf("read the mappings of %d: %w", p.pid, err)
+		}
+		for _, v := range vs {
+			var major, minor uint32
+			if !v.Shared || v.Inode == 0 || vmaKind(v) != VMAAnon {
+				continue
+			}
+			if _, err := fmt.Sscanf(v.Dev, "%x:%x", &major, &minor); err != nil {
+				return fmt.Errorf("read the mappings of %d: device %q", p.pid, v.Dev)
+			}
+			k := slices.IndexFunc(imgs[i].VMAs, func(iv VMA) bool { return iv.Start == v.Start && iv.End == v.End })
+			if k < 0 {
+				return fmt.Errorf("the mapping at %#x of %d changed while it was frozen", v.Start, p.pid)
+			}
+			id := fileID{unix.Mkdev(major, minor), v.Inode}
+			if uses[id] == nil {
+				order = append(order, id)
+			}
+			uses[id] = append(uses[id], use{i, k})
+		}
+	}
+	img.SharedMem = nil
+	for _, id := range order {
+		us := uses[id]
+		if !slices.ContainsFunc(us, func(u use) bool { return u.proc != us[0].proc }) {
+			continue // one process's own
+		}
+		var size uint64
+		for _, u := range us {
+			v := &imgs[u.proc].VMAs[u.vma]
+			size = max(size, v.Offset+v.End-v.Start)
+			v.SharedMem = len(img.SharedMem) + 1
+		}
+		img.SharedMem = append(img.SharedMem, size)
+	}
+	return nil
+}
+
+// mapTreeMemory maps a process's share of its tree's shared memory
+// (VMA.SharedMem) from the memory files made for it (mems), over what
+// the layout put there.
+func mapTreeMemory(r *remote, vmas []VMA, mems []int) error {
+	var calls []sysCall
+	var mapped []VMA
+	for _, v := range vmas {
+		if v.SharedMem == 0 {
+			continue
+		}
+		if v.SharedMem < 0 || v.SharedMem > len(mems) || !v.Shared {
+			return fmt.Errorf("%w: a mapping at %#x of shared memory the image does not have", ErrCorrupt, v.Start)
+		}
+		calls = append(calls, sc(unix.SYS_MMAP, v.Start, v.End-v.Start, uint64(v.Prot), unix.MAP_SHARED|unix.MAP_FIXED, uint64(mems[v.SharedMem-1]), v.Offset))
+		mapped = append(mapped, v)
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	errs, _, err := r.batch(calls)
+	if err != nil {
+		return err
+	}
+	for i, v := range mapped {
+		if errs[i] != nil {
+			return fmt.Errorf("map the memory shared with its other processes at %#x: %w", v.Start, errs[i])
+		}
+	}
+	return nil
+}
+
 // kcmpVM is KCMP_VM: do two processes share one address space?
 const kcmpVM = 1
 
@@ -458,11 +541,10 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 		}
 	}()
 	for i, st := range stubs {
-		if rss[i], err = beginRestore(st, procs[i], opt); err != nil {
+		if rss[i], err = beginRestore(st, procs[i], opt, tree); err != nil {
 			dead[i] = true // beginRestore killed it
 			return nil, err
 		}
-		rss[i].tree = tree
 	}
 	step("layout")
 	if err := pages(func(p PageRun) error {
@@ -489,12 +571,13 @@ func restoreTree(s *Stub, img *Image, opt RestoreOptions, pages func(write func(
 }
 
 // makeTreeShared makes the tree's pipes (Image.Shared), with what they
-// held, and opens its shared files (Image.SharedFiles) at their offsets,
-// in the first process's stub, above every descriptor of every image and
+// held, its shared memory (Image.SharedMem) as memory files, and opens
+// its shared files (Image.SharedFiles) at their offsets, in the first
+// process's stub, above every descriptor of every image and
 // kept across exec, so that each stub forked from it has them.
 func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 	tree := treeShared{chans: procs[0].Shared, files: procs[0].SharedFiles}
-	if len(tree.chans) == 0 && len(tree.files) == 0 {
+	if len(tree.chans) == 0 && len(tree.files) == 0 && len(procs[0].SharedMem) == 0 {
 		return tree, nil
 	}
 	hi := 3
@@ -513,6 +596,22 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 			if fd >= 0 {
 				keep = append(keep, fd)
 			}
+		}
+	}
+	for _, size := range procs[0].SharedMem {
+		// memfd_create("mosaic-shared", 0): kept across the exec.
+		low, err := s.r.callScratch(unix.SYS_MEMFD_CREATE, cString("mosaic-shared"), 0, nil, s.r.scratch, 0)
+		if err != nil {
+			return tree, fmt.Errorf("make the memory its processes share: %w", err)
+		}
+		fd, err := s.r.call(unix.SYS_FCNTL, low, unix.F_DUPFD, uint64(hi))
+		s.r.call(unix.SYS_CLOSE, low)
+		if err != nil {
+			return tree, fmt.Errorf("move the memory its processes share above descriptor %d: %w", hi, err)
+		}
+		tree.mems = append(tree.mems, int(fd))
+		if _, err := s.r.call(unix.SYS_FTRUNCATE, fd, size); err != nil {
+			return tree, fmt.Errorf("make the memory its processes share %d bytes large: %w", size, err)
 		}
 	}
 	for _, f := range tree.files {
