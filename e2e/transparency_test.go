@@ -60,6 +60,7 @@ func TestTransparencyCorpus(t *testing.T) {
 		{name: "python3", argv: []string{python, "-c", pythonPrimes}},
 		{name: "python3 with threads", argv: []string{python, "-c", pythonThreads}},
 		{name: "python3 with a temporary file, a memory file and a copy of its output", argv: []string{python, "-c", pythonGhosts}},
+		{name: "python3 multiprocessing pool (its workers, the pipes between them, their locks in shared memory)", argv: []string{python, "-c", pythonPool}},
 		{name: "python3 asyncio (an epoll set, a socket pair it wakes itself with, a thread)", argv: []string{python, "-c", pythonAsyncio}},
 		{name: "python3 blocked reading its input", argv: []string{python, "-u", "-c", "import sys\nfor l in sys.stdin:\n    print(l.strip().upper(), len(l))"},
 			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
@@ -443,6 +444,21 @@ async def main():
     t.join()
     print(len(out), hashlib.sha256(repr(sorted(out)).encode()).hexdigest())
 asyncio.run(main())
+`
+
+// pythonPool hands work to a pool of two worker processes, through
+// pipes guarded by locks (POSIX semaphores) all three map.
+const pythonPool = `
+import hashlib, multiprocessing as mp
+def work(i):
+    h = hashlib.sha256()
+    for k in range(2000000):
+        h.update(b'%d' % (i * k))
+    return i, h.hexdigest()[:16]
+if __name__ == '__main__':
+    with mp.Pool(2) as p:
+        for i, d in p.imap(work, range(12)):
+            print(i, d, flush=True)
 `
 
 const pythonThreads = `
