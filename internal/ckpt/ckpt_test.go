@@ -729,6 +729,22 @@ def work(i):
 if __name__ == '__main__':
     with mp.Pool(2) as p:
         for i, d in p.imap(work, range(30)): print(i, d, flush=True)`}, same},
+		// A socket pair between a process and its child (a duplex
+		// multiprocessing.Pipe), messages in flight both ways.
+		{"python socket pair", "39 1521 1079521\nexit 0\n", []string{"/usr/bin/python3", "-c", `import multiprocessing as mp, time
+def child(conn):
+    while True:
+        x = conn.recv()
+        if x is None: break
+        conn.send(x * x)
+if __name__ == '__main__':
+    a, b = mp.Pipe()
+    p = mp.Process(target=child, args=(b,)); p.start()
+    for i in range(40):
+        a.send(i); a.send(i + 1000)
+        time.sleep(0.01)
+        print(i, a.recv(), a.recv(), flush=True)
+    a.send(None); p.join(); print('exit', p.exitcode)`}, same},
 		// A child's output its parent reads through a pipe.
 		{"python subprocess", "39 4490532\nrc 0\n", []string{"/usr/bin/python3", "-c", "import subprocess, sys\np = subprocess.Popen(['" + programs["counter"] + "', '40', '4000000'], stdout=subprocess.PIPE)\nfor l in p.stdout:\n    sys.stdout.write(l.decode()); sys.stdout.flush()\nprint('rc', p.wait())"}, same},
 	} {

@@ -35,10 +35,11 @@ type Frozen struct {
 	buffers *bufpool.Pool
 	stopped time.Time
 	// children are its descendants, frozen with it (see tree.go), and
-	// shared the pipes between them ("pipe:[N]").
+	// shared the pipes and socket pairs between them, by each end's link
+	// (sharedChannels).
 	children []*Frozen
 	parents  []int // each child's parent
-	shared   map[string]bool
+	shared   map[string]treeEnd
 }
 
 // Stopped is when the process stopped: Freeze checks first, while it
@@ -241,7 +242,7 @@ func FreezeWith(pid int, opt FreezeOptions) (img *Image, frozen *Frozen, err err
 		for _, c := range f.children {
 			pids = append(pids, c.pid)
 		}
-		shared, err := sharedPipes(pids)
+		shared, err := sharedChannels(pids, true)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -776,11 +777,21 @@ func MovableWith(pid int, home Stdio) error {
 		}
 		rootPgid, rootSid, _ = status.nsGroup()
 	}
-	if _, err := dumpFiles(pid, false, home, nil); err != nil {
-		return err
-	}
 	tree, err := descendants(pid)
 	if err != nil {
+		return err
+	}
+	var shared map[string]treeEnd // the tree's channels (not asked whether others hold them)
+	if len(tree) > 0 {
+		pids := []int{pid}
+		for _, m := range tree {
+			pids = append(pids, m.pid)
+		}
+		if shared, err = sharedChannels(pids, false); err != nil {
+			return err
+		}
+	}
+	if _, err := dumpFiles(pid, false, home, shared); err != nil {
 		return err
 	}
 	statuses := make([]procStatus, 0, len(tree))
@@ -811,7 +822,7 @@ func MovableWith(pid int, home Stdio) error {
 		}
 		err := checkSandbox(status)
 		if err == nil {
-			_, err = dumpFiles(status.pid, false, home, nil)
+			_, err = dumpFiles(status.pid, false, home, shared)
 		}
 		var pe *PinnedError
 		if errors.As(err, &pe) {

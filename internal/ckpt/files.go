@@ -42,7 +42,7 @@ type fileID struct{ dev, ino uint64 }
 // holds through them, or why it cannot move with them. With content, a
 // deleted or memory file's data is read into the image; without, only
 // what could pin the process is looked at (Movable).
-func dumpFiles(pid int, content bool, home Stdio, shared map[string]bool) (*dumpedFiles, error) {
+func dumpFiles(pid int, content bool, home Stdio, shared map[string]treeEnd) (*dumpedFiles, error) {
 	fds, err := readFDs(pid)
 	if err != nil {
 		return nil, fmt.Errorf("list open descriptors: %w", err)
@@ -103,8 +103,13 @@ func dumpFiles(pid int, content bool, home Stdio, shared map[string]bool) (*dump
 			} else if statelessDevices[f.Link] {
 				file = &File{Fd: f.Fd, Kind: FileDevice, Path: f.Link, Flags: f.Flags}
 			}
-		case shared[f.Link]:
-			// A pipe between it and others of its tree (see sharedPipes).
+		case shared[f.Link].pair != "" && strings.HasPrefix(f.Link, "socket:"):
+			// A socket pair between it and others of its tree (see
+			// sharedChannels), named by its first end.
+			te := shared[f.Link]
+			file = &File{Fd: f.Fd, Kind: FileSocket, Path: te.pair, Flags: f.Flags, End: te.end}
+		case shared[f.Link].pair != "":
+			// A pipe between it and others of its tree.
 			end := 0
 			switch f.Flags & unix.O_ACCMODE {
 			case unix.O_WRONLY:

@@ -90,10 +90,11 @@ type Image struct {
 	// Parent is, for one of Children, its parent's id as the processes
 	// see it.
 	Parent int
-	// Shared are the pipes between the processes of a tree (a shell's
-	// pipeline, a child's output its parent reads), each end of which
-	// one or more of them hold (File.Shared): made once, before the
-	// children, which inherit them.
+	// Shared are the pipes and socket pairs between the processes of a
+	// tree (a shell's pipeline, a child's output its parent reads, a
+	// duplex multiprocessing.Pipe), each end of which one or more of
+	// them hold (File.Shared): made once, before the children, which
+	// inherit them.
 	Shared []Channel
 	// SharedFiles are the regular files and directories open in two or
 	// more of a tree's processes as one open file (one offset, one set
@@ -289,7 +290,7 @@ type File struct {
 	// on a terminal): the one of its own number.
 	Stream int
 	// Shared, if not 0, is 1 + the index in the tree's Shared (the first
-	// image's) of the pipe this descriptor is end End of.
+	// image's) of the pipe or socket pair this descriptor is end End of.
 	Shared int
 	// SharedFile, if not 0, is 1 + the index in the tree's SharedFiles
 	// (the first image's) of the open file this descriptor is.

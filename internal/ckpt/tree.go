@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -19,14 +20,16 @@ import (
 // the restore makes each again as a child of its parent's stub, with the
 // id it had, before any of them is restored into (restoreTree).
 //
-// Pipes between them (a shell's pipeline), and regular files they share
-// as one open file (a shell's redirection), are the tree's: made once, in
-// the first stub, before the others are forked from it (sharedPipes,
-// gatherShared, shareFiles, makeTreeShared). Process groups within the
+// Pipes and socket pairs between them (a shell's pipeline, a duplex
+// multiprocessing.Pipe), regular files they share as one open file (a
+// shell's redirection) and memory they share (a semaphore) are the
+// tree's: made once, in the first stub, before the others are forked
+// from it (sharedChannels, gatherShared, shareFiles, shareMemory,
+// makeTreeShared). Process groups within the
 // session (a shell's jobs) are made again too (checkGroups, setGroups).
 // What this version refuses (pinned, with the reason): a descendant that
 // shares another open file with another of the tree (an event
-// descriptor, a socket pair: each would come back with its own), one of
+// descriptor: each would come back with its own), one of
 // another user, in a session of its own or in a process group none of the
 // tree leads, one running a set-user-ID program, one that shares its
 // parent's memory (vfork), and one ended and not yet waited for, stopped
@@ -82,8 +85,8 @@ func shareFiles(imgs []*Image, procs []*Frozen) error {
 			switch {
 			case file.Kind == FileStdio, file.Kind == FileDup, file.Kind == FileDevice:
 				continue // the node's; the lower descriptor's; stateless
-			case file.Kind == FilePipe && file.Path != "":
-				continue // a pipe of the tree's (gatherShared)
+			case (file.Kind == FilePipe || file.Kind == FileSocket) && file.Path != "":
+				continue // a channel of the tree's (gatherShared)
 			}
 			var st unix.Stat_t
 			if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", procs[i].pid, file.Fd), &st); err != nil {
@@ -133,11 +136,23 @@ func lockedThrough(img *Image, fd int) bool {
 	return slices.ContainsFunc(img.Locks, func(l Lock) bool { return l.Fd == fd })
 }
 
-// sharedPipes returns the pipes ("pipe:[N]") two or more of the
-// processes pids hold ends of, and nobody else: those the tree carries
-// (gatherShared). One that another process holds too pins, as before
-// (resolveChannels).
-func sharedPipes(pids []int) (map[string]bool, error) {
+// treeEnd is a descriptor's link ("pipe:[N]", "socket:[N]") that is an
+// end of one of a tree's channels: pair names the channel (a pipe's own
+// link; a socket pair's lower-numbered end's), end which end of it a
+// socket is (a pipe's end follows from its flags: -1).
+type treeEnd struct {
+	pair string
+	end  int
+}
+
+// sharedChannels returns the pipes and socket pairs whose ends two or
+// more of the processes pids hold, and nobody else: those the tree
+// carries (gatherShared), by the link of each end. One that another
+// process holds too pins, as before (resolveChannels), as does a socket
+// whose peer no process of the tree holds. Whether another process holds
+// one is asked only if elsewhere: it reads every process's descriptors,
+// too much for Movable.
+func sharedChannels(pids []int, elsewhere bool) (map[string]treeEnd, error) {
 	holders := map[string]map[int]bool{}
 	for _, p := range pids {
 		fds, err := readFDs(p)
@@ -145,7 +160,7 @@ func sharedPipes(pids []int) (map[string]bool, error) {
 			return nil, fmt.Errorf("list the descriptors of %d: %w", p, err)
 		}
 		for _, f := range fds {
-			if strings.HasPrefix(f.Link, "pipe:") {
+			if strings.HasPrefix(f.Link, "pipe:") || strings.HasPrefix(f.Link, "socket:") {
 				if holders[f.Link] == nil {
 					holders[f.Link] = map[int]bool{}
 				}
@@ -153,53 +168,118 @@ func sharedPipes(pids []int) (map[string]bool, error) {
 			}
 		}
 	}
-	shared := map[string]bool{}
+	shared := map[string]treeEnd{}
 	for l, h := range holders {
-		if len(h) > 1 {
-			shared[l] = true
+		if strings.HasPrefix(l, "pipe:") {
+			if len(h) > 1 {
+				shared[l] = treeEnd{l, -1}
+			}
+			continue
 		}
+		var ino uint32
+		if _, err := fmt.Sscanf(l, "socket:[%d]", &ino); err != nil {
+			continue
+		}
+		d, err := unixDiag(ino)
+		if err != nil || d.named || d.peer == 0 {
+			continue // not a local socket pair: resolveChannels says why
+		}
+		peer := fmt.Sprintf("socket:[%d]", d.peer)
+		if holders[peer] == nil || len(h) == 1 && maps.Equal(h, holders[peer]) {
+			continue // its peer is outside, or both ends are one process's own
+		}
+		te := treeEnd{fmt.Sprintf("socket:[%d]", min(ino, d.peer)), 0}
+		if ino > d.peer {
+			te.end = 1
+		}
+		shared[l] = te
 	}
-	if len(shared) == 0 {
+	if len(shared) == 0 || !elsewhere {
 		return shared, nil
 	}
-	// Read every process's descriptors: only for a tree with such pipes.
-	others, err := heldElsewhere(pids, shared)
+	// Read every process's descriptors: only for a tree with such
+	// channels.
+	links := map[string]bool{}
+	for l := range shared {
+		links[l] = true
+	}
+	others, err := heldElsewhere(pids, links)
 	if err != nil {
 		return nil, err
 	}
 	for l := range others {
-		delete(shared, l)
+		pair := shared[l].pair
+		for m, te := range shared {
+			if te.pair == pair {
+				delete(shared, m)
+			}
+		}
 	}
 	return shared, nil
 }
 
-// gatherShared makes the tree's pipes (Image.Shared) of its processes'
-// descriptors on them (dumpFiles left each a FilePipe with its link in
-// Path): which ends are held, and what the pipe holds.
+// gatherShared makes the tree's channels (Image.Shared) of its
+// processes' descriptors on them (dumpFiles left each a FilePipe or
+// FileSocket with its channel's name in Path): which ends are held, and
+// what each holds.
 func gatherShared(img *Image, f *Frozen) error {
 	procs := append([]*Frozen{f}, f.children...)
 	index := map[string]int{}
 	for i, im := range append([]*Image{img}, img.Children...) {
 		for j := range im.Files {
 			file := &im.Files[j]
-			if file.Kind != FilePipe || file.Path == "" {
+			if file.Kind != FilePipe && file.Kind != FileSocket || file.Path == "" {
 				continue
 			}
 			k, ok := index[file.Path]
 			if !ok {
-				c := Channel{Kind: FilePipe}
-				if err := readPipe(procs[i].pid, file.Fd, &c); err != nil {
-					return fmt.Errorf("read what a pipe of its processes holds: %w", err)
+				c := Channel{Kind: file.Kind}
+				if file.Kind == FilePipe {
+					if err := readPipe(procs[i].pid, file.Fd, &c); err != nil {
+						return fmt.Errorf("read what a pipe of its processes holds: %w", err)
+					}
 				}
 				img.Shared = append(img.Shared, c)
 				k = len(img.Shared) - 1
 				index[file.Path] = k
 			}
-			img.Shared[k].Held[file.End] = true
+			c := &img.Shared[k]
+			if c.Kind == FileSocket && !c.Held[file.End] {
+				if err := readTreeSocket(procs[i].pid, file.Fd, file.End, c); err != nil {
+					return fmt.Errorf("read a socket pair of its processes (descriptor %d of %d): %w", file.Fd, procs[i].pid, err)
+				}
+			}
+			c.Held[file.End] = true
 			file.Shared = k + 1
 		}
 	}
+	for _, c := range img.Shared {
+		if c.Kind == FileSocket && !(c.Held[0] && c.Held[1]) {
+			return fmt.Errorf("a socket pair of its processes has an end none of them holds")
+		}
+	}
 	return nil
+}
+
+// readTreeSocket reads end end of a socket pair, descriptor fd of
+// process pid, into c (what it would read next, its buffers, its shut
+// down directions).
+func readTreeSocket(pid, fd, end int, c *Channel) error {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pidfd)
+	s, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	bad, err := readSocketEnd(s, end, c, true)
+	if err == nil && bad != "" {
+		err = &PinnedError{Reason: fmt.Sprintf("descriptor %d of %d is %s", fd, pid, bad)}
+	}
+	return err
 }
 
 // shareMemory finds the shared memory objects (a shared mapping of no
