@@ -42,6 +42,10 @@ func TestTransparencyCorpus(t *testing.T) {
 	sql := filepath.Join(dir, "load.sql")
 	writeSQL(t, sql, 800)
 	project := writeProject(t, dir)
+	nodeScript := filepath.Join(dir, "fork.js")
+	if err := os.WriteFile(nodeScript, []byte(nodeFork), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	python := "/usr/bin/python3"
 
 	cases := []corpusCase{
@@ -66,6 +70,7 @@ func TestTransparencyCorpus(t *testing.T) {
 			feed: []string{"alpha\n", "beta beta\n", "gamma\n", "delta delta delta\n"}},
 		{name: "perl", argv: []string{"perl", "-e", perlLoop}},
 		{name: "node (libuv: an epoll set, eventfds, pipes, worker threads)", argv: []string{"node", "-e", nodeTimers}},
+		{name: "node with a child process (child_process.fork and its IPC socket pair)", argv: []string{"node", nodeScript}},
 		// -n: no time stamp in the output (gzip takes it from its input
 		// when that is a file, and the moved run reads a pipe).
 		{name: "gzip of a large input", argv: []string{"gzip", "-n", "-c", "-9"}, stdin: input, hash: true},
@@ -480,6 +485,30 @@ for i, r in enumerate(results): print(i, r[0], r[1])
 
 // nodeTimers computes on a timer, one step after another, and hashes with
 // crypto, whose work goes to libuv's thread pool.
+// nodeFork hands numbers to a child node process over the IPC channel
+// child_process.fork makes (a socket pair), one at a time. (A file: a
+// forked child runs its parent's module.)
+const nodeFork = `
+const { fork } = require('child_process');
+if (process.argv[2] === 'child') {
+  process.on('message', (m) => {
+    if (m === null) process.exit(0);
+    let h = 0;
+    for (let k = 0; k < 1e7; k++) h = (h * 31 + m + k) % 1000003;
+    process.send([m, h]);
+  });
+} else {
+  const c = fork(__filename, ['child']);
+  let i = 0;
+  c.on('message', ([m, h]) => {
+    console.log(m, h);
+    if (++i < 40) c.send(i); else c.send(null);
+  });
+  c.on('exit', (code) => console.log('exit', code));
+  c.send(0);
+}
+`
+
 const nodeTimers = `
 const crypto = require("crypto");
 let h = 0;
