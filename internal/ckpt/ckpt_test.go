@@ -1929,3 +1929,68 @@ func TestTreeRestoreFailsWhole(t *testing.T) {
 		})
 	}
 }
+
+// Memory a process and its child share goes once in the image, however
+// many of them map it.
+func TestSharedMemoryCarriedOnce(t *testing.T) {
+	needRoot(t)
+	const size = 8 << 20
+	cmd := exec.Command("/usr/bin/python3", "-c", `import mmap, os, sys, time
+m = mmap.mmap(-1, 8 << 20)  # MAP_SHARED, of no file
+m.write(bytes(range(256)) * (32 << 10))
+if os.fork() == 0:
+    time.sleep(100)
+print('ready', flush=True); sys.stdin.read()`)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, k := range Descendants(cmd.Process.Pid) {
+			syscall.Kill(k, syscall.SIGKILL)
+		}
+		in.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	if l, err := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
+		t.Fatalf("the program said %q (%v)", l, err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	img, frozen, err := Freeze(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frozen.Resume()
+	if len(img.SharedMem) != 1 || img.SharedMem[0] != size {
+		t.Fatalf("shared memory recorded: %v, want one object of %d bytes", img.SharedMem, size)
+	}
+	var region [2]VMA // the parent's and the child's mapping of it
+	for i, im := range []*Image{img, img.Children[0]} {
+		for _, v := range im.VMAs {
+			if v.SharedMem == 1 {
+				region[i] = v
+			}
+		}
+	}
+	carried := [2]int{}
+	if err := frozen.ReadMemory(func(p PageRun) error {
+		if v := region[p.Proc]; p.Addr >= v.Start && p.Addr < v.End {
+			carried[p.Proc] += len(p.Data)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if carried[0]+carried[1] != size {
+		t.Fatalf("shared memory carried: %d bytes with the parent, %d with the child, want %d in all", carried[0], carried[1], size)
+	}
+}

@@ -89,7 +89,12 @@ func checkFiles(vs []VMA) error {
 // reading and fn overlap: a goroutine reads ahead into free buffers while
 // fn consumes.
 func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
-	if err := f.readMemory(fn); err != nil {
+	// Memory its processes share goes once, with the first that maps it.
+	var seen sharedPages
+	if len(f.children) > 0 {
+		seen = sharedPages{}
+	}
+	if err := f.readMemory(fn, seen); err != nil {
 		return err
 	}
 	// Then its descendants', each run marked whose.
@@ -98,15 +103,36 @@ func (f *Frozen) ReadMemory(fn func(PageRun) error) error {
 		if err := c.readMemory(func(p PageRun) error {
 			p.Proc = proc
 			return fn(p)
-		}); err != nil {
+		}, seen); err != nil {
 			return fmt.Errorf("its child %d: %w", c.pid, err)
 		}
 	}
 	return nil
 }
 
-// readMemory reads the process's own memory, as ReadMemory does.
-func (f *Frozen) readMemory(fn func(PageRun) error) error {
+// sharedPages are the pages of a tree's shared memory (VMA.SharedMem) a
+// checkpoint has carried, by object and page in it: each goes once,
+// written at the restore through whichever process maps it.
+type sharedPages map[int][]uint64 // bit sets
+
+// first says whether page of shared memory object k is not carried yet,
+// and marks it carried.
+func (s sharedPages) first(k int, page uint64) bool {
+	bits := s[k]
+	if w := page/64 + 1; uint64(len(bits)) < w {
+		bits = append(bits, make([]uint64, w-uint64(len(bits)))...)
+		s[k] = bits
+	}
+	if bits[page/64]&(1<<(page%64)) != 0 {
+		return false
+	}
+	bits[page/64] |= 1 << (page % 64)
+	return true
+}
+
+// readMemory reads the process's own memory, as ReadMemory does, but
+// for the shared pages seen (if not nil) says were carried already.
+func (f *Frozen) readMemory(fn func(PageRun) error, seen sharedPages) error {
 	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", f.pid))
 	if err != nil {
 		return fmt.Errorf("open the page map: %w", err)
@@ -118,7 +144,7 @@ func (f *Frozen) readMemory(fn func(PageRun) error) error {
 	}
 	defer mem.Close()
 
-	scan := &spanScan{pid: f.pid, vmas: f.vmas, pm: pm}
+	scan := &spanScan{pid: f.pid, vmas: f.vmas, pm: pm, seen: seen}
 	read := func(s span, buf []byte) (PageRun, error) {
 		data := buf[:s.pages*pageSize]
 		if _, err := mem.ReadAt(data, int64(s.addr)); err != nil {
@@ -251,6 +277,7 @@ type span struct {
 type spanScan struct {
 	pid     int
 	vmas    []VMA
+	seen    sharedPages // a tree's shared pages carried already, or nil
 	pm      *os.File
 	v       int    // the mapping being scanned
 	i, n    uint64 // its next page, its pages
@@ -356,6 +383,11 @@ func (s *spanScan) wanted(v VMA, i uint64) bool {
 	}
 	if v.Kind == VMAFile {
 		return e&pmFile == 0 // a private copy of a file page
+	}
+	if v.SharedMem != 0 && s.seen != nil {
+		// (Asked once of each page that is wanted: next asks again only
+		// of one that was not.)
+		return s.seen.first(v.SharedMem, v.Offset/pageSize+i)
 	}
 	return true
 }
