@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -159,6 +160,55 @@ func BenchmarkMovable(b *testing.B) {
 			}
 			procs, _ := filepath.Glob("/proc/[0-9]*")
 			b.ReportMetric(float64(len(procs)), "processes")
+		})
+	}
+}
+
+// BenchmarkFreezeTree is the engine's freeze of a process with children
+// (`sh` waiting for K `sleep`s; a lone `sleep` for none), let go again:
+// what each child adds, and how much of it is the tracer's CPU (its
+// thread's).
+func BenchmarkFreezeTree(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root: traces other processes")
+	}
+	for _, k := range []int{0, 4} {
+		b.Run(fmt.Sprintf("%dchildren", k), func(b *testing.B) {
+			script := "exec sleep 600"
+			if k > 0 {
+				script = strings.Repeat("sleep 600 & ", k) + "wait"
+			}
+			cmd := exec.Command("/bin/sh", "-c", script)
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				for _, d := range Descendants(cmd.Process.Pid) {
+					syscall.Kill(d, syscall.SIGKILL)
+				}
+				cmd.Process.Kill()
+				cmd.Wait()
+			}()
+			for len(Descendants(cmd.Process.Pid)) < k {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond) // each has executed sleep
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_THREAD, &before)
+			for b.Loop() {
+				_, f, err := Freeze(cmd.Process.Pid)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := f.Resume(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			syscall.Getrusage(syscall.RUSAGE_THREAD, &after)
+			cpu := after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano()
+			b.ReportMetric(float64(cpu)/float64(b.N)/1e6, "ms-cpu/op")
 		})
 	}
 }
