@@ -84,6 +84,18 @@ show "$MOSAIC" migrate "$ID" home
 show "$MOSAIC" ps "$ID"
 wait "$TICKER"
 
+say "A shell pipeline moves whole: the shell, the programs it runs and the pipe between them"
+printf '\033[2m$ mosaic run -v --on n2 -- sh -c "for i in 1 2 ... 8; do echo line \$i; sleep 0.4; done | sed -u s/line/LINE/" &\033[0m\n'
+"$MOSAIC" run -v --on n2 -- sh -c 'for i in 1 2 3 4 5 6 7 8; do echo "line $i"; sleep 0.4; done | sed -u s/line/LINE/' &
+PIPELINE=$!
+sleep 1.3
+ID=$("$MOSAIC" ps --json | sed -n 's/.*"id": "\(n1\.[0-9]*\)".*/\1/p' | tail -1)
+show "$MOSAIC" ps "$ID"
+show "$MOSAIC" migrate "$ID" n3
+sleep 0.8
+show "$MOSAIC" migrate "$ID" home
+wait "$PIPELINE"
+
 say "Without --on, each program goes where it adds the least load: n1 and n2 have a core each, n3 half, n4 a quarter"
 for i in 1 2 3 4; do
 	"$MOSAIC" run -- sh -c 'while :; do :; done' &
