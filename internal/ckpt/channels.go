@@ -198,17 +198,24 @@ func resolveChannels(pid int, ends []chanEnd, files []File, content bool) (chans
 // readLoneSocket reads a local socket whose peer closed (what is left to
 // read in it), or that was never connected.
 func readLoneSocket(pid, fd int, c *Channel, content bool) (string, error) {
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return "", err
-	}
-	defer unix.Close(pidfd)
-	s, err := unix.PidfdGetfd(pidfd, fd, 0)
+	s, err := copyFD(pid, fd)
 	if err != nil {
 		return "", err
 	}
 	defer unix.Close(s)
 	return readSocketEnd(s, 0, c, content && !c.Unconnected)
+}
+
+// copyFD returns a descriptor of this process on the open file of
+// descriptor fd of process pid (pidfd_getfd), to look at; the caller
+// closes it.
+func copyFD(pid, fd int) (int, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(pidfd)
+	return unix.PidfdGetfd(pidfd, fd, 0)
 }
 
 // heldElsewhere returns, for each of the links ("pipe:[N]"), a process

@@ -1764,30 +1764,8 @@ if os.fork() == 0: time.sleep(100)`, "share an open file (eventfd", false},
 if os.fork() == 0: time.sleep(100)`, "with locks taken through it", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			prog := "import fcntl, os, sys, time\n" + c.prog + "\nprint('ready', flush=True); sys.stdin.read(); print('done')"
-			cmd := exec.Command("/usr/bin/python3", "-c", prog, filepath.Join(dir, "locked"))
-			in, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			br := bufio.NewReader(out)
-			if l, err := br.ReadString('\n'); l != "ready\n" {
-				t.Fatalf("the program said %q (%v)", l, err)
-			}
+			cmd, in, br := startPython(t, "import fcntl, os, sys, time\n"+c.prog+"\nprint('ready', flush=True); sys.stdin.read(); print('done')", filepath.Join(dir, "locked"))
 			kids := Descendants(cmd.Process.Pid)
-			defer func() {
-				for _, k := range kids {
-					syscall.Kill(k, syscall.SIGKILL)
-				}
-			}()
 			var pe *PinnedError
 			if c.movable {
 				// Found without stopping it, as `mosaic ps` shows it.
@@ -1796,7 +1774,7 @@ if os.fork() == 0: time.sleep(100)`, "with locks taken through it", false},
 				}
 			}
 			runtime.LockOSThread()
-			_, _, err = Dump(cmd.Process.Pid)
+			_, _, err := Dump(cmd.Process.Pid)
 			runtime.UnlockOSThread()
 			if !errors.As(err, &pe) || !strings.Contains(pe.Reason, c.reason) {
 				t.Fatalf("Dump: %v, want pinned: %s", err, c.reason)
@@ -1935,34 +1913,12 @@ func TestTreeRestoreFailsWhole(t *testing.T) {
 func TestSharedMemoryCarriedOnce(t *testing.T) {
 	needRoot(t)
 	const size = 8 << 20
-	cmd := exec.Command("/usr/bin/python3", "-c", `import mmap, os, sys, time
+	cmd, _, _ := startPython(t, `import mmap, os, sys, time
 m = mmap.mmap(-1, 8 << 20)  # MAP_SHARED, of no file
 m.write(bytes(range(256)) * (32 << 10))
 if os.fork() == 0:
     time.sleep(100)
 print('ready', flush=True); sys.stdin.read()`)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		for _, k := range Descendants(cmd.Process.Pid) {
-			syscall.Kill(k, syscall.SIGKILL)
-		}
-		in.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	if l, err := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
-		t.Fatalf("the program said %q (%v)", l, err)
-	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	img, frozen, err := Freeze(cmd.Process.Pid)
@@ -1993,4 +1949,36 @@ print('ready', flush=True); sys.stdin.read()`)
 	if carried[0]+carried[1] != size {
 		t.Fatalf("shared memory carried: %d bytes with the parent, %d with the child, want %d in all", carried[0], carried[1], size)
 	}
+}
+
+// startPython runs a python program that says "ready" once it has made
+// what a test looks at, with pipes to its input and from its output;
+// when the test ends, it and its descendants are killed.
+func startPython(t *testing.T, prog string, args ...string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/python3", append([]string{"-c", prog}, args...)...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, k := range Descendants(cmd.Process.Pid) {
+			syscall.Kill(k, syscall.SIGKILL)
+		}
+		in.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	br := bufio.NewReader(out)
+	if l, err := br.ReadString('\n'); l != "ready\n" {
+		t.Fatalf("the program said %q (%v)", l, err)
+	}
+	return cmd, in, br
 }

@@ -133,12 +133,7 @@ func eventFile(pid int, f fdEntry) (*File, string) {
 // them would take them from the process. A descriptor that cannot be
 // looked at is taken for one that holds some.
 func pendingEvents(pid, fd int) bool {
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return true
-	}
-	defer unix.Close(pidfd)
-	c, err := unix.PidfdGetfd(pidfd, fd, 0)
+	c, err := copyFD(pid, fd)
 	if err != nil {
 		return true
 	}

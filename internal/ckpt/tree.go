@@ -265,12 +265,7 @@ func gatherShared(img *Image, f *Frozen) error {
 // process pid, into c (what it would read next, its buffers, its shut
 // down directions).
 func readTreeSocket(pid, fd, end int, c *Channel) error {
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(pidfd)
-	s, err := unix.PidfdGetfd(pidfd, fd, 0)
+	s, err := copyFD(pid, fd)
 	if err != nil {
 		return err
 	}
