@@ -795,7 +795,8 @@ func MovableWith(pid int, home Stdio) error {
 		return err
 	}
 	statuses := make([]procStatus, 0, len(tree))
-	leads := map[int]bool{} // the descendants' ids, as they see them
+	leads := map[int]bool{}    // the descendants' ids, as they see them
+	sessions := map[int]bool{} // those that lead a session of their own
 	parents := map[int]int{}
 	for _, m := range tree {
 		parents[m.pid] = m.parent
@@ -806,6 +807,9 @@ func MovableWith(pid int, home Stdio) error {
 		statuses = append(statuses, status)
 		if id, err := status.seenID(); err == nil {
 			leads[id] = true
+			if _, sid, err := status.nsGroup(); err == nil && sid == id {
+				sessions[id] = true
+			}
 		}
 	}
 	for _, status := range statuses {
@@ -813,7 +817,7 @@ func MovableWith(pid int, home Stdio) error {
 			return err
 		}
 		if pgid, sid, err := status.nsGroup(); err == nil && rootSid >= 0 {
-			if err := checkGroup(status.pid, pgid, sid, rootPgid, rootSid, leads); err != nil {
+			if err := checkGroup(status.pid, pgid, sid, rootPgid, rootSid, leads, sessions); err != nil {
 				return err
 			}
 		}

@@ -113,6 +113,9 @@ type Image struct {
 	// process's own group; 0 where it is. A shell with job control runs
 	// each job in a group of its own.
 	Group int
+	// Session is, for one of Children, whether it leads a session of its
+	// own (setsid): made so before its children are.
+	Session bool
 	// Foreground is, for a process on a terminal, the process group
 	// (one of its descendants', as in Group) its terminal lets read and
 	// signals with Ctrl-C: the job a shell runs in the foreground. 0 is

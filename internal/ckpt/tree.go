@@ -25,13 +25,13 @@ import (
 // shell's redirection) and memory they share (a semaphore) are the
 // tree's: made once, in the first stub, before the others are forked
 // from it (sharedChannels, gatherShared, shareFiles, shareMemory,
-// makeTreeShared). Process groups within the
-// session (a shell's jobs) are made again too (checkGroups, setGroups).
+// makeTreeShared). Process groups (a shell's jobs) and sessions without a
+// terminal are made again too (checkGroups, setGroups, forkStubs).
 // What this version refuses (pinned, with the reason): a descendant that
 // shares another open file with another of the tree (an event
 // descriptor: each would come back with its own), one of
-// another user, in a session of its own or in a process group none of the
-// tree leads, one running a set-user-ID program, one that shares its
+// another user, in a session or process group none of the tree leads, or
+// leading a session with a terminal, one running a set-user-ID program, one that shares its
 // parent's memory (vfork), and one ended and not yet waited for, stopped
 // or traced (checkMember).
 
@@ -63,7 +63,7 @@ func checkTree(img *Image, f *Frozen) error {
 			return &PinnedError{Reason: childReason(pid, fmt.Sprintf("it runs %s, a set-user-ID or set-group-ID program", c.Exe))}
 		}
 	}
-	if err := checkGroups(imgs, procs); err != nil {
+	if err := checkGroups(imgs, procs, f.parents); err != nil {
 		return err
 	}
 	return shareFiles(imgs, procs)
@@ -380,11 +380,13 @@ func checkVfork(parent, child int) error {
 // Foreground), which the restore makes again (setGroups), and refuses
 // what it could not: a process in another session (one that called
 // setsid), or in a group whose leader is not one of the tree's children.
-func checkGroups(imgs []*Image, procs []*Frozen) error {
-	type group struct{ pgid, sid, host int }
+func checkGroups(imgs []*Image, procs []*Frozen, parents []int) error {
+	type group struct{ pgid, sid, host, ttyNr int }
 	groups := make([]group, len(procs))
-	leads := map[int]bool{} // the children's ids
-	var tty int             // the terminal's foreground group, as this node sees it
+	leads := map[int]bool{}    // the children's ids
+	sessions := map[int]bool{} // the children that lead a session of their own
+	sidOf := map[int]int{}     // this node's id of each to its session
+	var tty int                // the terminal's foreground group, as this node sees it
 	for i, p := range procs {
 		st, err := readStatus(p.pid)
 		if err != nil {
@@ -395,20 +397,35 @@ func checkGroups(imgs []*Image, procs []*Frozen) error {
 			return err
 		}
 		fg := 0
-		if g.host, fg, err = hostGroup(p.pid); err != nil {
+		if g.host, fg, g.ttyNr, err = hostGroup(p.pid); err != nil {
 			return err
 		}
+		sidOf[p.pid] = g.sid
 		if i == 0 {
 			tty = fg
-		} else {
-			leads[imgs[i].Pid] = true
+			continue
+		}
+		leads[imgs[i].Pid] = true
+		if g.sid == imgs[i].Pid {
+			sessions[g.sid] = true
 		}
 	}
 	root := groups[0]
 	for i := 1; i < len(procs); i++ {
 		g, c := groups[i], imgs[i]
-		if err := checkGroup(procs[i].pid, g.pgid, g.sid, root.pgid, root.sid, leads); err != nil {
+		if err := checkGroup(procs[i].pid, g.pgid, g.sid, root.pgid, root.sid, leads, sessions); err != nil {
 			return err
+		}
+		// A session of its own is made by the child's stub before its
+		// children are forked from it: each must be in its parent's
+		// session, or lead one, and such a session must have no
+		// terminal (the node gives the process's only).
+		c.Session = g.sid == c.Pid
+		switch {
+		case c.Session && g.ttyNr != 0:
+			return &PinnedError{Reason: childReason(procs[i].pid, "it leads a session with a terminal of its own")}
+		case !c.Session && g.sid != sidOf[parents[i-1]]:
+			return &PinnedError{Reason: childReason(procs[i].pid, "it is in another session than its parent")}
 		}
 		c.Group = 0
 		if g.pgid != root.pgid {
@@ -429,13 +446,13 @@ func checkGroups(imgs []*Image, procs []*Frozen) error {
 }
 
 // checkGroup refuses a descendant pid whose group and session (pgid,
-// sid) the restore could not make again, beside the process's: another
-// session, or a group that none of the descendants (leads, their ids as
-// they see them) leads.
-func checkGroup(pid, pgid, sid, rootPgid, rootSid int, leads map[int]bool) error {
+// sid) the restore could not make again, beside the process's: a session
+// none of the descendants (sessions, their ids as they see them) leads,
+// or a group none of them (leads) leads.
+func checkGroup(pid, pgid, sid, rootPgid, rootSid int, leads, sessions map[int]bool) error {
 	switch {
-	case sid != rootSid:
-		return &PinnedError{Reason: childReason(pid, "it is in a session of its own (setsid)")}
+	case sid != rootSid && !sessions[sid]:
+		return &PinnedError{Reason: childReason(pid, fmt.Sprintf("it is in session %d, whose first process is not one of those that move", sid))}
 	case pgid != rootPgid && !leads[pgid]:
 		return &PinnedError{Reason: childReason(pid, fmt.Sprintf("it is in process group %d, whose first process is not one of those that move", pgid))}
 	}
@@ -443,25 +460,26 @@ func checkGroup(pid, pgid, sid, rootPgid, rootSid int, leads map[int]bool) error
 }
 
 // hostGroup is the process's group and its terminal's foreground group
-// (0 or -1 without one), as this node sees their ids.
-func hostGroup(pid int) (pgid, tty int, err error) {
+// (0 or -1 without one), as this node sees their ids, and its terminal's
+// device number (0: none).
+func hostGroup(pid int) (pgid, tty, ttyNr int, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, fmt.Errorf("read the status of %d: %w", pid, err)
+		return 0, 0, 0, fmt.Errorf("read the status of %d: %w", pid, err)
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	// state ppid pgrp session tty_nr tpgid
 	if len(f) < 6 {
-		return 0, 0, fmt.Errorf("read the status of %d: %q", pid, s)
+		return 0, 0, 0, fmt.Errorf("read the status of %d: %q", pid, s)
 	}
-	if pgid, err = strconv.Atoi(f[2]); err == nil {
-		tty, err = strconv.Atoi(f[5])
+	var n [3]int // pgrp, tty_nr, tpgid
+	for i, k := range []int{2, 4, 5} {
+		if n[i], err = strconv.Atoi(f[k]); err != nil {
+			return 0, 0, 0, fmt.Errorf("read the status of %d: %q: %w", pid, s, err)
+		}
 	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("read the status of %d: %q: %w", pid, s, err)
-	}
-	return pgid, tty, nil
+	return n[0], n[2], n[1], nil
 }
 
 // setGroups puts each of a tree's new processes (stubs, of procs) into
@@ -513,7 +531,8 @@ func setGroups(stubs []*Stub, procs []*Image) error {
 		return nil
 	}
 	for i := 1; i < len(procs); i++ {
-		if lead[procs[i].Pid] {
+		// (A session's leader leads its group already.)
+		if lead[procs[i].Pid] && !procs[i].Session {
 			if _, err := stubs[i].r.call(unix.SYS_SETPGID, 0, 0); err != nil {
 				return fmt.Errorf("make the process group of %d: %w", procs[i].Pid, err)
 			}
@@ -752,6 +771,12 @@ func forkStubs(s *Stub, procs []*Image, opt RestoreOptions) ([]*Stub, error) {
 			if opt.Prepare != nil {
 				if err := opt.Prepare(child.pid, c); err != nil {
 					return err
+				}
+			}
+			if c.Session {
+				// Before its children are forked, which are in it.
+				if _, err := child.r.call(unix.SYS_SETSID); err != nil {
+					return fmt.Errorf("make the session of its process %d: %w", c.Pid, err)
 				}
 			}
 		}
