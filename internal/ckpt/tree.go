@@ -29,11 +29,11 @@ import (
 // terminal are made again too (checkGroups, setGroups, forkStubs).
 // What this version refuses (pinned, with the reason): a descendant that
 // shares another open file with another of the tree (an event
-// descriptor: each would come back with its own), one of
-// another user, in a session or process group none of the tree leads, or
-// leading a session with a terminal, one running a set-user-ID program, one that shares its
-// parent's memory (vfork), and one ended and not yet waited for, stopped
-// or traced (checkMember).
+// descriptor: each would come back with its own), one of another user,
+// in a session or process group none of the tree leads, or leading a
+// session with a terminal, one running a set-user-ID program, one that
+// shares its parent's memory (vfork), and one ended and not yet waited
+// for, stopped or traced (checkMember).
 
 // Descendants lists the process's descendants (as this node sees their
 // ids), parents before their children: what moves with it.
