@@ -40,6 +40,9 @@ type Frozen struct {
 	children []*Frozen
 	parents  []int // each child's parent
 	shared   map[string]treeEnd
+	// objects are the objects of its shared memory of no file (or of a
+	// deleted one), by index in its image's VMAs.
+	objects map[int]fileID
 }
 
 // Stopped is when the process stopped: Freeze checks first, while it
@@ -397,6 +400,14 @@ func (f *Frozen) capture(opt FreezeOptions) (*Image, error) {
 	}
 	if img.VMAs, err = imageVMAs(maps); err != nil {
 		return nil, err
+	}
+	// Its shared memory's objects, which a tree's processes may share
+	// (shareMemory); img.VMAs are maps, one for one.
+	f.objects = map[int]fileID{}
+	for k, v := range maps {
+		if id, ok := v.fileID(); ok && v.Shared && vmaKind(v) == VMAAnon {
+			f.objects[k] = id
+		}
 	}
 	if err := readAdvice(pid, img.VMAs); err != nil {
 		return nil, err
@@ -794,34 +805,42 @@ func MovableWith(pid int, home Stdio) error {
 	if _, err := dumpFiles(pid, false, home, shared); err != nil {
 		return err
 	}
-	statuses := make([]procStatus, 0, len(tree))
+	type member struct {
+		status        procStatus
+		parent        int
+		pgid, sid     int
+		groupsUnknown bool
+	}
+	members := make([]member, 0, len(tree))
 	leads := map[int]bool{}    // the descendants' ids, as they see them
 	sessions := map[int]bool{} // those that lead a session of their own
-	parents := map[int]int{}
 	for _, m := range tree {
-		parents[m.pid] = m.parent
 		status, err := readStatus(m.pid)
 		if err != nil {
 			continue // ended meanwhile
 		}
-		statuses = append(statuses, status)
+		mb := member{status: status, parent: m.parent}
+		mb.pgid, mb.sid, err = status.nsGroup()
+		mb.groupsUnknown = err != nil
+		members = append(members, mb)
 		if id, err := status.seenID(); err == nil {
 			leads[id] = true
-			if _, sid, err := status.nsGroup(); err == nil && sid == id {
+			if !mb.groupsUnknown && mb.sid == id {
 				sessions[id] = true
 			}
 		}
 	}
-	for _, status := range statuses {
+	for _, mb := range members {
+		status := mb.status
 		if err := checkMember(status); err != nil {
 			return err
 		}
-		if pgid, sid, err := status.nsGroup(); err == nil && rootSid >= 0 {
-			if err := checkGroup(status.pid, pgid, sid, rootPgid, rootSid, leads, sessions); err != nil {
+		if !mb.groupsUnknown && rootSid >= 0 {
+			if err := checkGroup(status.pid, mb.pgid, mb.sid, rootPgid, rootSid, leads, sessions); err != nil {
 				return err
 			}
 		}
-		if err := checkVfork(parents[status.pid], status.pid); err != nil {
+		if err := checkVfork(mb.parent, status.pid); err != nil {
 			return err
 		}
 		err := checkSandbox(status)

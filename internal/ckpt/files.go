@@ -334,14 +334,9 @@ func sharedMappedFiles(pid int) (map[fileID]bool, error) {
 	}
 	out := map[fileID]bool{}
 	for _, v := range vs {
-		var major, minor uint32
-		if !v.Shared || v.Inode == 0 {
-			continue
+		if id, ok := v.fileID(); ok && v.Shared {
+			out[id] = true
 		}
-		if _, err := fmt.Sscanf(v.Dev, "%x:%x", &major, &minor); err != nil {
-			continue
-		}
-		out[fileID{unix.Mkdev(major, minor), v.Inode}] = true
 	}
 	return out, nil
 }

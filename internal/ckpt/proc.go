@@ -31,6 +31,19 @@ type vma struct {
 
 func (v vma) size() uint64 { return v.End - v.Start }
 
+// fileID is the file the mapping is of (for one of no file, the kernel's
+// object behind shared anonymous memory), or false for none.
+func (v vma) fileID() (fileID, bool) {
+	var major, minor uint32
+	if v.Inode == 0 {
+		return fileID{}, false
+	}
+	if _, err := fmt.Sscanf(v.Dev, "%x:%x", &major, &minor); err != nil {
+		return fileID{}, false
+	}
+	return fileID{unix.Mkdev(major, minor), v.Inode}, true
+}
+
 func (v vma) prot() int {
 	p := 0
 	if v.Read {
@@ -186,38 +199,31 @@ func (s procStatus) field(name string) (string, error) {
 }
 
 // seenID is the id the thread sees as its own: the last of NSpid.
-func (s procStatus) seenID() (int, error) {
-	v, err := s.field("NSpid")
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(v)
-	if len(f) == 0 {
-		return 0, fmt.Errorf("empty NSpid for thread %d", s.pid)
-	}
-	return strconv.Atoi(f[len(f)-1])
-}
+func (s procStatus) seenID() (int, error) { return s.innermost("NSpid") }
 
 // nsGroup is the process's group and session, as the processes of its
 // PID namespace see them (the last of NSpgid and NSsid): 0 for one whose
 // leader is outside it.
 func (s procStatus) nsGroup() (pgid, sid int, err error) {
-	last := func(name string) (int, error) {
-		v, err := s.field(name)
-		if err != nil {
-			return 0, err
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			return 0, fmt.Errorf("empty %s for process %d", name, s.pid)
-		}
-		return strconv.Atoi(f[len(f)-1])
-	}
-	if pgid, err = last("NSpgid"); err != nil {
+	if pgid, err = s.innermost("NSpgid"); err != nil {
 		return 0, 0, err
 	}
-	sid, err = last("NSsid")
+	sid, err = s.innermost("NSsid")
 	return pgid, sid, err
+}
+
+// innermost is the last id of an NS* field: the one of the innermost PID
+// namespace.
+func (s procStatus) innermost(name string) (int, error) {
+	v, err := s.field(name)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(v)
+	if len(f) == 0 {
+		return 0, fmt.Errorf("empty %s for thread %d", name, s.pid)
+	}
+	return strconv.Atoi(f[len(f)-1])
 }
 
 // threads lists a process's thread ids, the main thread first.

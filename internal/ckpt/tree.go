@@ -289,23 +289,11 @@ func shareMemory(img *Image, f *Frozen) error {
 	uses := map[fileID][]use{}
 	var order []fileID
 	for i, p := range procs {
-		vs, err := readMaps(p.pid)
-		if err != nil {
-			return fmt.Errorf("read the mappings of %d: %w", p.pid, err)
-		}
-		for _, v := range vs {
-			var major, minor uint32
-			if !v.Shared || v.Inode == 0 || vmaKind(v) != VMAAnon {
+		for k := range imgs[i].VMAs {
+			id, ok := p.objects[k]
+			if !ok {
 				continue
 			}
-			if _, err := fmt.Sscanf(v.Dev, "%x:%x", &major, &minor); err != nil {
-				return fmt.Errorf("read the mappings of %d: device %q", p.pid, v.Dev)
-			}
-			k := slices.IndexFunc(imgs[i].VMAs, func(iv VMA) bool { return iv.Start == v.Start && iv.End == v.End })
-			if k < 0 {
-				return fmt.Errorf("the mapping at %#x of %d changed while it was frozen", v.Start, p.pid)
-			}
-			id := fileID{unix.Mkdev(major, minor), v.Inode}
 			if uses[id] == nil {
 				order = append(order, id)
 			}
@@ -463,21 +451,19 @@ func checkGroup(pid, pgid, sid, rootPgid, rootSid int, leads, sessions map[int]b
 // (0 or -1 without one), as this node sees their ids, and its terminal's
 // device number (0: none).
 func hostGroup(pid int) (pgid, tty, ttyNr int, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("read the status of %d: %w", pid, err)
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	f, err := statFields(pid)
 	// state ppid pgrp session tty_nr tpgid
-	if len(f) < 6 {
-		return 0, 0, 0, fmt.Errorf("read the status of %d: %q", pid, s)
+	if err == nil && len(f) < 6 {
+		err = fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	var n [3]int // pgrp, tty_nr, tpgid
 	for i, k := range []int{2, 4, 5} {
-		if n[i], err = strconv.Atoi(f[k]); err != nil {
-			return 0, 0, 0, fmt.Errorf("read the status of %d: %q: %w", pid, s, err)
+		if err == nil {
+			n[i], err = strconv.Atoi(f[k])
 		}
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("read the status of %d: %w", pid, err)
 	}
 	return n[0], n[2], n[1], nil
 }
