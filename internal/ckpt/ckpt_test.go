@@ -746,19 +746,24 @@ if __name__ == '__main__':
         print(i, a.recv(), a.recv(), flush=True)
     a.send(None); p.join(); print('exit', p.exitcode)`}, same},
 		// A child that leads a session of its own (setsid).
+		// (Each line one write: the two share the pipe. The parent waits
+		// for the child's setsid.)
 		{"python setsid", "child 39 True True\n", []string{"/usr/bin/python3", "-c", `import os, time
+def say(*a): os.write(1, (' '.join(map(str, a)) + '\n').encode())
+r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    os.setsid()
+    os.setsid(); os.close(r); os.write(w, b'x'); os.close(w)
     for i in range(40):
-        print('child', i, os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), flush=True)
+        say('child', i, os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid())
         time.sleep(0.02)
     os._exit(0)
+os.close(w); os.read(r, 1); os.close(r)
 for i in range(20):
-    print('parent', i, os.getsid(pid) == pid, flush=True)
+    say('parent', i, os.getsid(pid) == pid)
     time.sleep(0.02)
 os.waitpid(pid, 0)
-print('parent: done')`}, byProcess},
+say('parent: done')`}, byProcess},
 		// A child's output its parent reads through a pipe.
 		{"python subprocess", "39 4490532\nrc 0\n", []string{"/usr/bin/python3", "-c", "import subprocess, sys\np = subprocess.Popen(['" + programs["counter"] + "', '40', '4000000'], stdout=subprocess.PIPE)\nfor l in p.stdout:\n    sys.stdout.write(l.decode()); sys.stdout.flush()\nprint('rc', p.wait())"}, same},
 	} {

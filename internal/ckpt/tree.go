@@ -475,20 +475,11 @@ func hostGroup(pid int) (pgid, tty, ttyNr int, err error) {
 // process has a terminal, it gives the terminal's foreground to the
 // group that had it.
 func setGroups(stubs []*Stub, procs []*Image) error {
-	id := map[int]int{} // a process's id in the image to the new one's
 	lead := map[int]bool{}
-	for i, p := range procs {
-		if i > 0 && p.Group != 0 {
+	for _, p := range procs[1:] {
+		if p.Group != 0 {
 			lead[p.Group] = true
 		}
-		seen, err := seenID(stubs[i].pid)
-		if err != nil {
-			return err
-		}
-		id[p.Pid] = seen
-	}
-	if len(lead) == 0 {
-		return nil
 	}
 	for g := range lead {
 		if k := slices.IndexFunc(procs, func(p *Image) bool { return p.Pid == g }); k < 1 {
@@ -497,6 +488,17 @@ func setGroups(stubs []*Stub, procs []*Image) error {
 	}
 	if fg := procs[0].Foreground; fg != 0 && !lead[fg] {
 		return fmt.Errorf("%w: a terminal's foreground group %d that none of its processes is in", ErrCorrupt, fg)
+	}
+	if len(lead) == 0 {
+		return nil // all in the process's group, as they were forked
+	}
+	id := map[int]int{} // a process's id in the image to the new one's
+	for i, p := range procs {
+		seen, err := seenID(stubs[i].pid)
+		if err != nil {
+			return err
+		}
+		id[p.Pid] = seen
 	}
 	st, err := readStatus(stubs[0].pid)
 	if err != nil {
