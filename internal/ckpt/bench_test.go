@@ -134,7 +134,9 @@ func BenchmarkRestore(b *testing.B) {
 // BenchmarkMovable is what `mosaic ps` and the policies pay to learn
 // whether a process can move: for a plain program, and for one with a
 // socket pair of its own (asyncio's), whose check reads every process's
-// descriptors to make sure nobody else holds an end.
+// descriptors to make sure nobody else holds an end, and for one with
+// shared memory, whose check reads every process's mappings to make sure
+// nobody else maps it.
 func BenchmarkMovable(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root: reads other processes' descriptors")
@@ -142,6 +144,7 @@ func BenchmarkMovable(b *testing.B) {
 	for _, c := range []struct{ name, code string }{
 		{"plain", "import time"},
 		{"socketpair", "import socket, time; a, b = socket.socketpair(); a.send(b'x')"},
+		{"shared memory", "import mmap, time; m = mmap.mmap(-1, 4096)"},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			cmd := exec.Command("/usr/bin/python3", "-c", c.code+"\nprint('ready', flush=True)\ntime.sleep(600)")

@@ -1435,6 +1435,12 @@ func TestPinned(t *testing.T) {
 		{"deleted file with another name", "import os; f = open('" + lockFile + ".1', 'w'); os.link(f.name, f.name + '.2'); os.unlink(f.name)", "lives on under another", false},
 		{"deleted file mapped shared", "import os, mmap; f = open('" + lockFile + ".3', 'w+b'); f.write(b'x' * 4096); f.flush(); m = mmap.mmap(f.fileno(), 4096); os.unlink(f.name)", "maps shared", false},
 		{"deleted files too large", "import tempfile; f = tempfile.TemporaryFile(); f.write(b'x' * (65 << 20)); f.flush()", "more than the 64 MiB", false},
+		// A grandchild whose parent ended is no descendant of the process:
+		// what they share would come back as the moved copy's own.
+		{"memory another process maps", "import mmap, os\nm = mmap.mmap(-1, 4096)\n" + orphan, "shares memory (anonymous shared memory) with process", false},
+		{"memory file another process maps", "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\nfd = os.memfd_create('pool')\nos.ftruncate(fd, 4096)\nlibc.mmap(None, 4096, 3, 1, fd, 0)\nos.close(fd)\n" + orphan, "(the memory file pool) with process", false},
+		{"file another process maps shared", "import mmap, os\nf = open('" + lockFile + ".4', 'w+b')\nf.write(b'x' * 4096)\nf.flush()\nm = mmap.mmap(f.fileno(), 4096)\n" + orphan, ".4, mapped shared) with process", false},
+		{"System V shared memory", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\nid = libc.shmget(0, 4096, 0o1600)\nassert libc.shmat(id, None, 0) != ctypes.c_void_p(-1).value\nlibc.shmctl(id, 0, None)", "System V shared memory", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := startReady(t, c.code)
@@ -1455,6 +1461,33 @@ func TestPinned(t *testing.T) {
 				t.Fatalf("after a refused freeze the process is %q, traced by %s", st, tracer)
 			}
 		})
+	}
+}
+
+// orphan is python code that leaves a grandchild running, its parent
+// ended: a process that is not a descendant of the one that made it.
+const orphan = "if os.fork() == 0:\n    if os.fork() == 0:\n        import time\n        time.sleep(60)\n    os._exit(0)\nos.wait()"
+
+// A file mapped shared by a process and by one that does not move with
+// it, neither writable, does not pin: nothing to keep in step.
+func TestSharedReadOnlyFileMoves(t *testing.T) {
+	needRoot(t)
+	name := filepath.Join(t.TempDir(), "ro")
+	if err := os.WriteFile(name, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := startReady(t, "import mmap, os\nf = open('"+name+"', 'rb')\nm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)\n"+orphan)
+	if err := Movable(cmd.Process.Pid); err != nil {
+		t.Fatalf("Movable: %v, want nil", err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_, frozen, err := Freeze(cmd.Process.Pid)
+	if err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	if err := frozen.Resume(); err != nil {
+		t.Fatal(err)
 	}
 }
 

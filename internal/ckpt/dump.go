@@ -855,5 +855,10 @@ func MovableWith(pid int, home Stdio) error {
 			return err
 		}
 	}
-	return nil
+	// Last, as it may read every process's mappings.
+	pids := []int{pid}
+	for _, m := range tree {
+		pids = append(pids, m.pid)
+	}
+	return checkSharers(pids)
 }
