@@ -745,17 +745,25 @@ func gone(err error) bool {
 
 // copyPages copies b to at; it returns how many bytes it copied before an
 // error (EEXIST: at the first page that was there already).
-func copyPages(uffd *os.File, at uint64, b []byte) (uint64, error) {
+func copyPages(uffd *os.File, at uint64, b []byte) (n uint64, err error) {
+	if werr := withFd(uffd, func(fd uintptr) { n, err = uffdCopy(fd, at, b) }); werr != nil {
+		return 0, werr
+	}
+	return n, err
+}
+
+// uffdCopy is copyPages on the userfaultfd's descriptor.
+func uffdCopy(fd uintptr, at uint64, b []byte) (uint64, error) {
 	c := [5]uint64{at, uint64(uintptr(unsafe.Pointer(&b[0]))), uint64(len(b)), 0, 0}
-	err := uffdIoctl(uffd, uffdioCopy, unsafe.Pointer(&c))
+	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, uffdioCopy, uintptr(unsafe.Pointer(&c)))
 	runtime.KeepAlive(b)
-	if err == nil {
+	if errno == 0 {
 		return uint64(len(b)), nil
 	}
 	if n := int64(c[4]); n > 0 {
-		return uint64(n), err
+		return uint64(n), errno
 	}
-	return 0, err
+	return 0, errno
 }
 
 func zeroPage(uffd *os.File, at uint64) error {

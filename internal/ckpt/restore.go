@@ -162,6 +162,9 @@ func decodedPages(d *Decoder, pool *bufpool.Pool) func(write func(PageRun) error
 type Restored struct {
 	pid  int
 	lazy *LazyMemory // its memory still to come, if any
+	// filled is how much of its memory was written through a
+	// userfaultfd (fill.go).
+	filled uint64
 	tids []int       // the other threads
 	done bool
 	// children are its descendants, restored with it (restoreTree).
@@ -170,6 +173,17 @@ type Restored struct {
 
 // Pid is the restored process.
 func (r *Restored) Pid() int { return r.pid }
+
+// Filled is how many bytes of the memory of the process and its
+// descendants were written through a userfaultfd (UFFDIO_COPY) rather
+// than into pages faulted in and zeroed first.
+func (r *Restored) Filled() uint64 {
+	n := r.filled
+	for _, c := range r.children {
+		n += c.filled
+	}
+	return n
+}
 
 // Pids are the restored process and its descendants restored with it.
 func (r *Restored) Pids() []int {
@@ -456,8 +470,13 @@ type restoring struct {
 	opt      RestoreOptions
 	restored *Restored
 	uffd     int // the process's userfaultfd, for lazy memory; -1
-	mem      *procMem
-	tree     treeShared // the pipes, files and memory of its tree, which it has
+	// fillFD is a userfaultfd its private anonymous memory is written
+	// through (fill.go), or -1; filling says which mappings (by index in
+	// img.VMAs) are registered with it.
+	fillFD  int
+	filling []bool
+	mem     *procMem
+	tree    treeShared // the pipes, files and memory of its tree, which it has
 	// readOnly are its shared mappings it may not write to, each written
 	// through its object (its file in /proc/PID/map_files), opened as
 	// needed: the kernel writes through a mapping it cannot write to
@@ -474,7 +493,7 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions, tree treeShared) (_ *
 	}
 	s.used = true
 	pid, r := s.pid, s.r
-	rs := &restoring{s: s, img: img, opt: opt, tree: tree, restored: &Restored{pid: pid}, uffd: -1}
+	rs := &restoring{s: s, img: img, opt: opt, tree: tree, restored: &Restored{pid: pid}, uffd: -1, fillFD: -1}
 	limitPriorities(img)
 	defer func() {
 		if err != nil {
@@ -514,6 +533,10 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions, tree treeShared) (_ *
 			if rs.uffd, err = makeUserfaultfd(r, pid, opt.Userfaultfd); err != nil {
 				return nil, err
 			}
+		} else if fillSize(img.VMAs) >= fillMin {
+			if fd, err := makeUserfaultfd(r, pid, opt.Userfaultfd); err == nil {
+				rs.fillFD = fd
+			} // else its memory is written as without one
 		}
 		// Closed before the image's descriptors come back: one of them
 		// may have the device's number. (A descendant's stub has it from
@@ -536,6 +559,11 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions, tree treeShared) (_ *
 	if rs.mem, err = openProcMem(pid); err != nil {
 		return nil, err
 	}
+	if rs.fillFD >= 0 {
+		if rs.filling, err = registerFill(rs.fillFD, img.VMAs); err != nil {
+			rs.endFill() // written as without one
+		}
+	}
 	return rs, nil
 }
 
@@ -549,18 +577,21 @@ func (rs *restoring) write(p PageRun) error {
 		}
 		return nil
 	}
+	if rs.filling != nil {
+		if k := rs.vmaAt(p.Addr); k >= 0 && rs.filling[k] && p.Addr+uint64(len(p.Data)) <= rs.img.VMAs[k].End {
+			return rs.fill(p)
+		}
+	}
 	if _, err := rs.mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
 		return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
 	}
 	return nil
 }
 
-// object returns, for a run of memory in a shared mapping the process
-// may not write to, the mapping's object and where in it the run goes;
-// nil for any other.
-func (rs *restoring) object(p PageRun) (*os.File, int64, error) {
+// vmaAt returns the index in img.VMAs of the mapping at addr, or -1.
+func (rs *restoring) vmaAt(addr uint64) int {
 	vs := rs.img.VMAs
-	k, _ := slices.BinarySearchFunc(vs, p.Addr, func(v VMA, a uint64) int {
+	k, _ := slices.BinarySearchFunc(vs, addr, func(v VMA, a uint64) int {
 		switch {
 		case v.End <= a:
 			return -1
@@ -569,10 +600,21 @@ func (rs *restoring) object(p PageRun) (*os.File, int64, error) {
 		}
 		return 0
 	})
-	if k == len(vs) || vs[k].Start > p.Addr {
+	if k == len(vs) || vs[k].Start > addr {
+		return -1
+	}
+	return k
+}
+
+// object returns, for a run of memory in a shared mapping the process
+// may not write to, the mapping's object and where in it the run goes;
+// nil for any other.
+func (rs *restoring) object(p PageRun) (*os.File, int64, error) {
+	k := rs.vmaAt(p.Addr)
+	if k < 0 {
 		return nil, 0, nil // not mapped: the write says so
 	}
-	v := vs[k]
+	v := rs.img.VMAs[k]
 	if !v.Shared || v.Prot&unix.PROT_WRITE != 0 {
 		return nil, 0, nil
 	}
@@ -605,6 +647,7 @@ func (rs *restoring) fail() {
 }
 
 func (rs *restoring) close() {
+	rs.endFill()
 	if rs.mem != nil {
 		rs.mem.Close()
 		rs.mem = nil
@@ -631,6 +674,9 @@ func (rs *restoring) finish() (_ *Restored, err error) {
 			rs.close()
 		}
 	}()
+	// The memory is in: first of all, its pages not written go back to
+	// being zero at their first touch.
+	rs.endFill()
 	if err := setMM(r, img.MM); err != nil {
 		return nil, err
 	}

@@ -731,6 +731,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		spec.Files = append(spec.Files, uffdDev)
 	}
 	var pid int
+	var filled uint64 // bytes of its memory written through a userfaultfd
 	// restore makes the stub p, prepared, the process, once the header
 	// is read.
 	restore := func(p *os.Process, stub *ckpt.Stub) error {
@@ -767,6 +768,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 				}
 			}
 		}
+		filled = r.Filled()
 		if lazy := r.Lazy(); lazy != nil {
 			// Its memory comes in while it waits for the home's word,
 			// and after.
@@ -862,7 +864,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 	}
 	g.setPID(pid)
 	steps.mark("go")
-	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps, "layout_ahead", premapped.Round(10*time.Microsecond))
+	e.log.Info("adopted", "id", st.Id, "from", a.Source, "pid", pid, "steps", steps, "layout_ahead", premapped.Round(10*time.Microsecond), "filled", filled)
 	e.supervise(s, g)
 	return nil
 }
