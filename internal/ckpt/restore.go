@@ -165,8 +165,8 @@ type Restored struct {
 	// filled is how much of its memory was written through a
 	// userfaultfd (fill.go).
 	filled uint64
-	tids []int       // the other threads
-	done bool
+	tids   []int // the other threads
+	done   bool
 	// children are its descendants, restored with it (restoreTree).
 	children []*Restored
 }
