@@ -1473,6 +1473,7 @@ func TestPinned(t *testing.T) {
 		// what they share would come back as the moved copy's own.
 		{"memory another process maps", "import mmap, os\nm = mmap.mmap(-1, 4096)\n" + orphan, "shares memory (anonymous shared memory) with process", false},
 		{"memory file another process maps", "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\nfd = os.memfd_create('pool')\nos.ftruncate(fd, 4096)\nlibc.mmap(None, 4096, 3, 1, fd, 0)\nos.close(fd)\n" + orphan, "(the memory file pool) with process", false},
+		{"memory file another process holds", "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\nfd = os.memfd_create('pool')\nos.ftruncate(fd, 4096)\na = libc.mmap(None, 4096, 3, 1, fd, 0)\nr, w = os.pipe()\nif os.fork() == 0:\n    if os.fork() == 0:\n        libc.munmap(ctypes.c_void_p(a), 4096)\n        os.write(w, b'x')\n        import time\n        time.sleep(60)\n    os._exit(0)\nos.wait()\nos.read(r, 1)\nos.close(fd)", "(the memory file pool) that process", false},
 		{"file another process maps shared", "import mmap, os\nf = open('" + lockFile + ".4', 'w+b')\nf.write(b'x' * 4096)\nf.flush()\nm = mmap.mmap(f.fileno(), 4096)\n" + orphan, ".4, mapped shared) with process", false},
 		{"System V shared memory", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\nid = libc.shmget(0, 4096, 0o1600)\nassert libc.shmat(id, None, 0) != ctypes.c_void_p(-1).value\nlibc.shmctl(id, 0, None)", "System V shared memory", false},
 	} {

@@ -26,13 +26,17 @@ import (
 // reads the mappings of every process on the node; it does so only for a
 // process that maps something shared that could be someone else's (most
 // map nothing shared at all), and it looks at a line of another process's
-// mappings only as far as its permissions unless they say shared.
+// mappings only as far as its permissions unless they say shared. A
+// memory file or a deleted file may also be held open by another process
+// that does not map it (and writes it with write(2), or maps it later):
+// for those, every process's descriptors are read too.
 
 // sharedObject is a shared mapping the tree holds, as the check looks
 // for it in others' mappings.
 type sharedObject struct {
 	path string // as /proc says it; "" for memory of no file
 	file bool   // a file that is still there (mapped again from it), writable
+	id   fileID // of a memory file or a deleted file (one a descriptor names)
 }
 
 // checkSharers returns a *PinnedError if a process of the tree (pids,
@@ -40,7 +44,8 @@ type sharedObject struct {
 // outside it maps too, or a System V shared memory segment; nil
 // otherwise.
 func checkSharers(pids []int) error {
-	want := map[string]*sharedObject{} // by "dev inode" as /proc/PID/maps writes them
+	want := map[string]*sharedObject{}  // by "dev inode" as /proc/PID/maps writes them
+	var byLink map[string]*sharedObject // those a descriptor may name, by its link
 	buf := make([]byte, 64<<10)
 	for i, pid := range pids {
 		b, err := procRead("/proc/"+strconv.Itoa(pid)+"/maps", buf)
@@ -80,6 +85,15 @@ func checkSharers(pids []int) error {
 				if o.file || strings.HasSuffix(v.Path, " (deleted)") {
 					o.path = strings.TrimSuffix(v.Path, " (deleted)")
 				}
+				if !o.file && o.path != "" && o.path != "/dev/zero" {
+					// A memory file or a deleted file: another process
+					// may hold it open without mapping it.
+					o.id, _ = v.fileID()
+					if byLink == nil {
+						byLink = map[string]*sharedObject{}
+					}
+					byLink[v.Path] = o
+				}
 				want[key] = o
 			}
 			return true
@@ -109,12 +123,43 @@ func checkSharers(pids []int) error {
 			continue // ended, or a kernel thread's
 		}
 		buf = b[:cap(b)]
-		if o := findShared(b, want); o != nil {
-			name := ""
-			if c, err := procRead("/proc/"+e.Name()+"/comm", make([]byte, 32)); err == nil {
-				name = " (" + strings.TrimSpace(string(c)) + ")"
-			}
-			return &PinnedError{Reason: fmt.Sprintf("it shares memory (%s) with process %d%s, which does not move with it", o.describe(), pid, name)}
+		o, holds := findShared(b, want), false
+		if o == nil && byLink != nil {
+			o = heldOpen(pid, byLink)
+			holds = o != nil
+		}
+		if o == nil {
+			continue
+		}
+		name := ""
+		if c, err := procRead("/proc/"+e.Name()+"/comm", make([]byte, 32)); err == nil {
+			name = " (" + strings.TrimSpace(string(c)) + ")"
+		}
+		if holds {
+			return &PinnedError{Reason: fmt.Sprintf("it maps memory (%s) that process %d%s holds open, and that process does not move with it", o.describe(), pid, name)}
+		}
+		return &PinnedError{Reason: fmt.Sprintf("it shares memory (%s) with process %d%s, which does not move with it", o.describe(), pid, name)}
+	}
+	return nil
+}
+
+// heldOpen returns the object of byLink process pid holds a descriptor
+// of, or nil: a memory file it may write with write(2), or map later.
+func heldOpen(pid int, byLink map[string]*sharedObject) *sharedObject {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // ended, or a kernel thread
+	}
+	for _, fd := range fds {
+		l, err := os.Readlink(dir + fd.Name())
+		o := byLink[l]
+		if err != nil || o == nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(dir+fd.Name(), &st) == nil && (fileID{st.Dev, st.Ino}) == o.id {
+			return o
 		}
 	}
 	return nil
