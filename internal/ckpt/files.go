@@ -471,12 +471,8 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) err
 		case FileRegular, FileDevice, FileDirectory:
 			if f.SharedFile != 0 {
 				// One open file of the tree's: offset and flags set.
-				k := f.SharedFile - 1
-				if k < 0 || k >= len(tree.fds) || tree.files[k].Kind != f.Kind {
-					return fmt.Errorf("descriptor %d names an open file of its processes the image does not have", f.Fd)
-				}
-				if _, err := r.call(unix.SYS_DUP3, uint64(tree.fds[k]), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
-					return fmt.Errorf("put %s, open in its other processes too, at descriptor %d: %w", f.Path, f.Fd, err)
+				if err := placeShared(r, f, tree); err != nil {
+					return err
 				}
 				continue
 			}
@@ -521,6 +517,13 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) err
 			}
 			continue
 		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll, FileInotify:
+			if f.SharedFile != 0 {
+				// The tree's (an eventfd), its count set.
+				if err := placeShared(r, f, tree); err != nil {
+					return err
+				}
+				continue
+			}
 			if fd, err = makeEvent(r, f); err != nil {
 				return err
 			}
@@ -564,6 +567,23 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) err
 				return fmt.Errorf("seal %s: %w", describeGhost(g), err)
 			}
 		}
+	}
+	return nil
+}
+
+// placeShared puts one of the tree's open files (File.SharedFile, made
+// by makeTreeShared with its offset, flags or count) at f's descriptor.
+func placeShared(r *remote, f File, tree treeShared) error {
+	k := f.SharedFile - 1
+	if k < 0 || k >= len(tree.fds) || tree.files[k].Kind != f.Kind {
+		return fmt.Errorf("descriptor %d names an open file of its processes the image does not have", f.Fd)
+	}
+	what := f.Path
+	if what == "" {
+		what = "its " + f.Kind
+	}
+	if _, err := r.call(unix.SYS_DUP3, uint64(tree.fds[k]), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
+		return fmt.Errorf("put %s, open in its other processes too, at descriptor %d: %w", what, f.Fd, err)
 	}
 	return nil
 }

@@ -21,15 +21,15 @@ import (
 // id it had, before any of them is restored into (restoreTree).
 //
 // Pipes and socket pairs between them (a shell's pipeline, a duplex
-// multiprocessing.Pipe), regular files they share as one open file (a
-// shell's redirection) and memory they share (a semaphore) are the
+// multiprocessing.Pipe), regular files and eventfds they share as one
+// open file (a shell's redirection) and memory they share (a semaphore) are the
 // tree's: made once, in the first stub, before the others are forked
 // from it (sharedChannels, gatherShared, shareFiles, shareMemory,
 // makeTreeShared). Process groups (a shell's jobs) and sessions without a
 // terminal are made again too (checkGroups, setGroups, forkStubs).
 // What this version refuses (pinned, with the reason): a descendant that
-// shares another open file with another of the tree (an event
-// descriptor: each would come back with its own), one of another user,
+// shares another open file with another of the tree (an epoll set: each
+// would come back with its own), one of another user,
 // in a session or process group none of the tree leads, or leading a
 // session with a terminal, one running a set-user-ID program, one that
 // shares its parent's memory (vfork), and one ended and not yet waited
@@ -70,9 +70,10 @@ func checkTree(img *Image, f *Frozen) error {
 }
 
 // shareFiles finds the open files two or more of a tree's processes hold
-// (kcmp across processes): a regular file or directory becomes the
-// tree's (Image.SharedFiles, File.SharedFile); any other kind pins, as
-// does one with locks taken through it.
+// (kcmp across processes): a regular file, a directory or an eventfd
+// (a parent's and its children's wake-ups) becomes the tree's
+// (Image.SharedFiles, File.SharedFile); any other kind pins, as does one
+// with locks taken through it.
 func shareFiles(imgs []*Image, procs []*Frozen) error {
 	type held struct{ proc, file int }
 	byID := map[fileID][]held{}
@@ -109,7 +110,7 @@ func shareFiles(imgs []*Image, procs []*Frozen) error {
 				if file.Path != "" {
 					what = describeLink(file.Path)
 				}
-				canShare := file.Kind == FileRegular || file.Kind == FileDirectory
+				canShare := file.Kind == FileRegular || file.Kind == FileDirectory || file.Kind == FileEventfd
 				if !canShare || lockedThrough(im, file.Fd) || lockedThrough(imgs[h.proc], first.Fd) {
 					why := "which this version cannot make again shared"
 					if canShare {
@@ -697,10 +698,15 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 		}
 	}
 	for _, f := range tree.files {
-		if f.Kind != FileRegular && f.Kind != FileDirectory {
+		var low uint64
+		switch f.Kind {
+		case FileRegular, FileDirectory:
+			low, err = openFile(s.r, f)
+		case FileEventfd:
+			low, err = makeEvent(s.r, f)
+		default:
 			return tree, fmt.Errorf("%w: an open file of its processes of kind %q", ErrCorrupt, f.Kind)
 		}
-		low, err := openFile(s.r, f)
 		if err != nil {
 			return tree, err
 		}
@@ -710,6 +716,9 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 			return tree, fmt.Errorf("move %s above descriptor %d: %w", f.Path, hi, err)
 		}
 		tree.fds = append(tree.fds, int(fd))
+		if f.Kind == FileEventfd {
+			continue // no position
+		}
 		if _, err := s.r.call(unix.SYS_LSEEK, fd, uint64(f.Pos), 0); err != nil {
 			return tree, fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
 		}
