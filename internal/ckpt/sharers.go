@@ -105,7 +105,9 @@ func checkSharers(pids []int) error {
 	if len(want) == 0 {
 		return nil
 	}
-	inTree := map[int]bool{}
+	// Not this process either: it holds a process's memory files open
+	// itself while it checkpoints one (markObjectData).
+	inTree := map[int]bool{os.Getpid(): true}
 	for _, pid := range pids {
 		inTree[pid] = true
 	}
