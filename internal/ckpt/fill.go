@@ -65,9 +65,10 @@ func registerFill(fd int, vs []VMA) ([]bool, error) {
 	return filling, nil
 }
 
-// fill writes a run of memory into mapping k through the userfaultfd; a
-// page that is there already (EEXIST: one of a layout made ahead that
-// was touched) is written through the process's memory instead.
+// fill writes a run of memory, all of it in one registered mapping,
+// through the userfaultfd; a page that is there already (EEXIST: one of
+// a layout made ahead that was touched) is written through the process's
+// memory instead.
 func (rs *restoring) fill(p PageRun) error {
 	at, data := p.Addr, p.Data
 	for len(data) > 0 {

@@ -18,9 +18,10 @@ import (
 // one no longer reads; a file the tree maps shared and writable, and
 // another process maps shared, is mapped again from the target node's
 // copy of the file, whose changes the other does not see (two processes
-// of one sqlite database in WAL mode share its -shm file so). Either pins, as a System V segment does always: the
-// restore cannot make one again under its id (shmdt, shmctl and a later
-// shmat of its key would fail).
+// of one sqlite database in WAL mode share its -shm file so). Either
+// pins, as a System V segment does always: the restore cannot make one
+// again under its id (shmdt, shmctl and a later shmat of its key would
+// fail).
 //
 // No interface of the kernel says who else maps an object, so the check
 // reads the mappings of every process on the node; it does so only for a
