@@ -535,6 +535,39 @@ for i in range(60):
 		}
 		mosaic(t, "--socket", sock("n1"), "kill", id)
 		b.finish()
+
+		// Two programs that meet in a POSIX shared memory object
+		// (/dev/shm): the one asked to move would come back mapping
+		// the target's file, and the other would not see its writes.
+		shm := fmt.Sprintf("/dev/shm/mosaic-e2e-%d", os.Getpid())
+		t.Cleanup(func() { os.Remove(shm) })
+		mapper := func(create string) string {
+			return "import mmap, os, time\nfd = os.open('" + shm + "', os.O_RDWR" + create + ", 0o600)\nos.ftruncate(fd, 4096)\nm = mmap.mmap(fd, 4096)\nm[0] = 1\nprint('ready', flush=True)\ntime.sleep(30)"
+		}
+		owner := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", mapper(" | os.O_CREAT"))
+		owner.lines(1)
+		other := startBackground(t, sock("n1"), nil, "--on", "n2", "--", "python3", "-c", mapper(""))
+		other.lines(1)
+		ownerID, otherPID := owner.id(), psOne(t, sock("n1"), other.id()).PID
+		why := fmt.Sprintf("shares memory (the file %s, mapped shared) with process %d", shm, otherPID)
+		if _, err := migrate(t, sock("n1"), nil, ownerID, "n3"); err == nil || !strings.Contains(err.Error(), why) {
+			t.Fatalf("migrating a process that shares memory with another: %v, want %q", err, why)
+		}
+		if p := psOne(t, sock("n1"), ownerID); p.Node != "n2" || p.State != "running" || !strings.Contains(p.Pinned, why) {
+			t.Fatalf("after a refused move: %+v, want it running on n2, pinned for %q", p, why)
+		}
+		mosaic(t, "--socket", sock("n1"), "kill", other.id())
+		other.finish()
+		// Alone with it, it moves.
+		eventually(t, 10*time.Second, "it is no longer pinned", func() (bool, string) {
+			p := psOne(t, sock("n1"), ownerID)
+			return p.Pinned == "", p.Pinned
+		})
+		if _, err := migrate(t, sock("n1"), nil, ownerID, "n3"); err != nil {
+			t.Fatalf("migrating it once the other has gone: %v", err)
+		}
+		mosaic(t, "--socket", sock("n1"), "kill", ownerID)
+		owner.finish()
 	})
 
 	t.Run("bad requests get clear errors", func(t *testing.T) {

@@ -1519,6 +1519,30 @@ func TestPinned(t *testing.T) {
 // ended: a process that is not a descendant of the one that made it.
 const orphan = "if os.fork() == 0:\n    if os.fork() == 0:\n        import time\n        time.sleep(60)\n    os._exit(0)\nos.wait()"
 
+// A process that maps a file shared and writable gets no layout ahead
+// (its stub would map the file, and on one machine be taken for another
+// process sharing it); one that maps it read-only does.
+func TestLayoutLeavesWritableSharedFiles(t *testing.T) {
+	needRoot(t)
+	name := filepath.Join(t.TempDir(), "shared")
+	if err := os.WriteFile(name, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		mode, prot string
+		ahead      bool
+	}{{"r+b", "mmap.PROT_READ | mmap.PROT_WRITE", false}, {"rb", "mmap.PROT_READ", true}} {
+		cmd := startReady(t, "import mmap\nf = open('"+name+"', '"+c.mode+"')\nm = mmap.mmap(f.fileno(), 4096, prot="+c.prot+")")
+		layout, err := Layout(cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (layout != nil) != c.ahead {
+			t.Errorf("a file mapped shared with %s: a layout of %d bytes, want one: %v", c.prot, len(layout), c.ahead)
+		}
+	}
+}
+
 // A file mapped shared by a process and by one that does not move with
 // it, neither writable, does not pin: nothing to keep in step.
 func TestSharedReadOnlyFileMoves(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,11 @@ import (
 const maxLayout = 4 << 20
 
 // Layout returns the mappings of running process pid as a restore makes
-// them, encoded for Stub.Premap.
+// them, encoded for Stub.Premap; nil for a process that maps a file
+// shared and writable: its stub would map that file before the freeze,
+// and where source and target are one machine (mosaic up) the freeze
+// would take the stub for another process sharing its memory
+// (checkSharers).
 func Layout(pid int) ([]byte, error) {
 	maps, err := readMaps(pid)
 	if err != nil {
@@ -35,6 +40,9 @@ func Layout(pid int) ([]byte, error) {
 	vs, err := imageVMAs(maps)
 	if err != nil {
 		return nil, err
+	}
+	if slices.ContainsFunc(vs, func(v VMA) bool { return v.Kind == VMAFile && v.Shared && v.Prot&unix.PROT_WRITE != 0 }) {
+		return nil, nil
 	}
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(vs); err != nil {
