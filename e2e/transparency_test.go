@@ -466,7 +466,7 @@ def work(i):
     return i, h.hexdigest()[:16]
 if __name__ == '__main__':
     with mp.Pool(2) as p:
-        for i, d in p.imap(work, range(12)):
+        for i, d in p.imap(work, range(24)):
             print(i, d, flush=True)
 `
 
