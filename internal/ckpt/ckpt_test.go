@@ -1820,6 +1820,25 @@ func TestMoveTree(t *testing.T) {
 		}}.check(t)
 }
 
+// A timerfd and a signalfd a process and its child share (made before
+// the fork) come back as one open file each: the timer goes on ticking
+// for the child, the parent takes the child's queued signals from the
+// signalfd.
+func TestMoveTreeSharedEvents(t *testing.T) {
+	moveCase{prog: "treeevents", before: 8, args: func(*testing.T) []string { return []string{"30"} },
+		expect: "parent: child exited 0", normalize: byProcess,
+		image: func(t *testing.T, img *Image) {
+			var kinds []string
+			for _, f := range img.SharedFiles {
+				kinds = append(kinds, f.Kind)
+			}
+			slices.Sort(kinds)
+			if !slices.Equal(kinds, []string{FileSignalfd, FileTimerfd}) {
+				t.Fatalf("the tree's shared open files are %v, want its signalfd and timerfd", kinds)
+			}
+		}}.check(t)
+}
+
 // byProcess orders the lines of an output by their first word (the
 // process that wrote them), each process's in the order it wrote them.
 func byProcess(out string) string {

@@ -518,7 +518,8 @@ func restoreFiles(r *remote, files []File, chans []Channel, tree treeShared) err
 			continue
 		case FileEventfd, FileSignalfd, FileTimerfd, FileEpoll, FileInotify:
 			if f.SharedFile != 0 {
-				// The tree's (an eventfd), its count set.
+				// The tree's (an eventfd, timerfd or signalfd), made
+				// with its state.
 				if err := placeShared(r, f, tree); err != nil {
 					return err
 				}

@@ -21,8 +21,9 @@ import (
 // id it had, before any of them is restored into (restoreTree).
 //
 // Pipes and socket pairs between them (a shell's pipeline, a duplex
-// multiprocessing.Pipe), regular files and eventfds they share as one
-// open file (a shell's redirection) and memory they share (a semaphore) are the
+// multiprocessing.Pipe), regular files and event descriptors (but epoll
+// sets) they share as one open file (a shell's redirection) and memory
+// they share (a semaphore) are the
 // tree's: made once, in the first stub, before the others are forked
 // from it (sharedChannels, gatherShared, shareFiles, shareMemory,
 // makeTreeShared). Process groups (a shell's jobs) and sessions without a
@@ -70,8 +71,8 @@ func checkTree(img *Image, f *Frozen) error {
 }
 
 // shareFiles finds the open files two or more of a tree's processes hold
-// (kcmp across processes): a regular file, a directory or an eventfd
-// (a parent's and its children's wake-ups) becomes the tree's
+// (kcmp across processes): a regular file, a directory, an eventfd, a
+// timerfd or a signalfd (made before a fork) becomes the tree's
 // (Image.SharedFiles, File.SharedFile); any other kind pins, as does one
 // with locks taken through it.
 func shareFiles(imgs []*Image, procs []*Frozen) error {
@@ -110,7 +111,8 @@ func shareFiles(imgs []*Image, procs []*Frozen) error {
 				if file.Path != "" {
 					what = describeLink(file.Path)
 				}
-				canShare := file.Kind == FileRegular || file.Kind == FileDirectory || file.Kind == FileEventfd
+				canShare := file.Kind == FileRegular || file.Kind == FileDirectory ||
+					file.Kind == FileEventfd || file.Kind == FileTimerfd || file.Kind == FileSignalfd
 				if !canShare || lockedThrough(im, file.Fd) || lockedThrough(imgs[h.proc], first.Fd) {
 					why := "which this version cannot make again shared"
 					if canShare {
@@ -702,7 +704,7 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 		switch f.Kind {
 		case FileRegular, FileDirectory:
 			low, err = openFile(s.r, f)
-		case FileEventfd:
+		case FileEventfd, FileTimerfd, FileSignalfd:
 			low, err = makeEvent(s.r, f)
 		default:
 			return tree, fmt.Errorf("%w: an open file of its processes of kind %q", ErrCorrupt, f.Kind)
@@ -716,7 +718,7 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 			return tree, fmt.Errorf("move %s above descriptor %d: %w", f.Path, hi, err)
 		}
 		tree.fds = append(tree.fds, int(fd))
-		if f.Kind == FileEventfd {
+		if f.Kind != FileRegular && f.Kind != FileDirectory {
 			continue // no position
 		}
 		if _, err := s.r.call(unix.SYS_LSEEK, fd, uint64(f.Pos), 0); err != nil {
