@@ -3,8 +3,6 @@ package ckpt
 import (
 	"errors"
 	"fmt"
-	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,23 +42,12 @@ func fillSize(vs []VMA) uint64 {
 // with the userfaultfd fd, and says which it could (by index in vs): one
 // the kernel refuses is written as any other.
 func registerFill(fd int, vs []VMA) ([]bool, error) {
-	ioctl := func(req uintptr, arg unsafe.Pointer) error {
-		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(arg)); e != 0 {
-			return e
-		}
-		return nil
-	}
-	api := [3]uint64{uffdAPI, 0, 0}
-	if err := ioctl(uffdioAPI, unsafe.Pointer(&api)); err != nil {
-		return nil, fmt.Errorf("set up the userfaultfd: %w", err)
+	if err := uffdEnable(fd, 0); err != nil {
+		return nil, err
 	}
 	filling := make([]bool, len(vs))
 	for k, v := range vs {
-		if !fillable(v) {
-			continue
-		}
-		reg := [4]uint64{v.Start, v.End - v.Start, uffdRegMissing, 0}
-		filling[k] = ioctl(uffdioRegister, unsafe.Pointer(&reg)) == nil
+		filling[k] = fillable(v) && uffdRegister(fd, v) == nil
 	}
 	return filling, nil
 }

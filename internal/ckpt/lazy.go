@@ -297,26 +297,42 @@ func makeUserfaultfd(r *remote, pid, dev int) (int, error) {
 // returns it as a file (pollable only once set up: before, it polls as an
 // error, which Go's poller would keep).
 func registerLazy(fd int, vmas []VMA) (*os.File, error) {
-	ioctl := func(req uintptr, arg unsafe.Pointer) error {
-		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(arg)); e != 0 {
-			return e
-		}
-		return nil
-	}
-	api := [3]uint64{uffdAPI, uffdFeatures, 0}
-	if err := ioctl(uffdioAPI, unsafe.Pointer(&api)); err != nil {
-		return nil, fmt.Errorf("set up the userfaultfd: %w", err)
+	if err := uffdEnable(fd, uffdFeatures); err != nil {
+		return nil, err
 	}
 	for _, v := range vmas {
 		if !v.Lazy {
 			continue
 		}
-		reg := [4]uint64{v.Start, v.End - v.Start, uffdRegMissing, 0}
-		if err := ioctl(uffdioRegister, unsafe.Pointer(&reg)); err != nil {
+		if err := uffdRegister(fd, v); err != nil {
 			return nil, fmt.Errorf("register %#x-%#x for lazy pages: %w", v.Start, v.End, err)
 		}
 	}
 	return os.NewFile(uintptr(fd), "userfaultfd"), nil
+}
+
+// uffdEnable sets up the userfaultfd fd (UFFDIO_API) with features.
+func uffdEnable(fd int, features uint64) error {
+	api := [3]uint64{uffdAPI, features, 0}
+	if err := rawIoctl(fd, uffdioAPI, unsafe.Pointer(&api)); err != nil {
+		return fmt.Errorf("set up the userfaultfd: %w", err)
+	}
+	return nil
+}
+
+// uffdRegister registers mapping v with the userfaultfd fd for its
+// missing pages.
+func uffdRegister(fd int, v VMA) error {
+	reg := [4]uint64{v.Start, v.End - v.Start, uffdRegMissing, 0}
+	return rawIoctl(fd, uffdioRegister, unsafe.Pointer(&reg))
+}
+
+// rawIoctl is ioctl(2) on a descriptor that is not an *os.File.
+func rawIoctl(fd int, req uintptr, arg unsafe.Pointer) error {
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(arg)); e != 0 {
+		return e
+	}
+	return nil
 }
 
 func uffdIoctl(f *os.File, req uintptr, arg unsafe.Pointer) error {
