@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,20 +56,25 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 	defer c.Stop()
 	sock := c.Nodes[0].Socket
 
-	work := make([]float64, cfg.Jobs) // seconds on a whole core
+	// A job's work is a number of iterations, fixed from the first
+	// calibration; what it costs in seconds is measured again around each
+	// batch (see batchRate).
+	iters := make([]int64, cfg.Jobs)
 	var total, capacity float64
-	for i := range work {
-		work[i] = cfg.Unit.Seconds() * (1 + float64(i%6)/2)
-		total += work[i]
+	for i := range iters {
+		secs := cfg.Unit.Seconds() * (1 + float64(i%6)/2)
+		iters[i] = int64(secs * rate)
+		total += secs
 	}
 	for _, cp := range cfg.Capacities {
 		capacity += cp
 	}
 	usable := min(capacity, float64(runtime.NumCPU()))
 	fmt.Fprintf(w, "%d jobs of %.1f to %.1f s of CPU (%.0f s in all), started from n1 at once; nodes of %v cores (%.2g in all, %d CPUs here)\n",
-		cfg.Jobs, work[0], work[5%len(work)], total, cfg.Capacities, capacity, runtime.NumCPU())
-	fmt.Fprintf(w, "ideal makespan: %.1f s (total work / min(capacity, CPUs))\n\n", total/usable)
-	fmt.Fprintf(w, "%-11s %9s %9s %9s %7s  %s\n", "policy", "makespan", "/ ideal", "slowdown", "moves", "where they started")
+		cfg.Jobs, float64(iters[0])/rate, float64(iters[5%len(iters)])/rate, total, cfg.Capacities, capacity, runtime.NumCPU())
+	fmt.Fprintf(w, "ideal makespan: total work / min(capacity, CPUs), the work timed on a whole core before and after each batch\n")
+	fmt.Fprintf(w, "(speed: how that timing changed from before the batch to after it; the machine's own drift)\n\n")
+	fmt.Fprintf(w, "%-11s %9s %9s %9s %9s %7s %7s  %s\n", "policy", "makespan", "ideal", "/ ideal", "slowdown", "moves", "speed", "where they started")
 	for _, pol := range cfg.Policies {
 		for _, n := range c.Nodes {
 			if err := api.Call(ctx, n.Socket, api.OpPolicy, api.PolicyArgs{Policy: pol}, nil); err != nil {
@@ -78,35 +84,62 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 		if err := sleep(ctx, 4*time.Second); err != nil { // loads back to idle
 			return err
 		}
-		r, err := balanceRun(ctx, cli, sock, work, rate)
+		before, err := calibrate(ctx)
+		if err != nil {
+			return err
+		}
+		r, err := balanceRun(ctx, cli, sock, iters)
 		if err != nil {
 			return fmt.Errorf("policy %s: %w", pol, err)
 		}
-		fmt.Fprintf(w, "%-11s %8.1fs %9.2f %9.2f %7d  %s\n", pol, r.makespan.Seconds(), r.makespan.Seconds()/(total/usable), r.slowdown, r.moves, r.started)
+		after, err := calibrate(ctx)
+		if err != nil {
+			return err
+		}
+		br := batchRate(before, after)
+		var work float64 // seconds on a whole core, at this batch's speed
+		for i, e := range r.ends {
+			secs := float64(iters[i]) / br
+			work += secs
+			r.slowdown += e.Seconds() / secs
+		}
+		r.slowdown /= float64(len(iters))
+		ideal := work / usable
+		fmt.Fprintf(w, "%-11s %8.1fs %8.1fs %9.2f %9.2f %7d %+6.0f%%  %s\n", pol, r.makespan.Seconds(), ideal, r.makespan.Seconds()/ideal, r.slowdown, r.moves, 100*(after/before-1), r.started)
 	}
 	return nil
 }
 
+// batchRate is the job program's speed (iterations a second on a whole
+// core) for a batch timed between two calibrations: their mean. The
+// virtual machines mosaic is measured on change speed by up to half
+// within minutes (a job of 20 million iterations took 1.5 s, then 2.7 s
+// a minute later, on 12-07), so one calibration at the start made the
+// later batches' ideal wrong by as much; the batch's own "off" figure,
+// about work / capacity, checks this one.
+func batchRate(before, after float64) float64 { return (before + after) / 2 }
+
 type balanceResult struct {
 	makespan time.Duration
+	ends     []time.Duration // each job's, from the batch's start
 	slowdown float64
 	moves    int
 	started  string
 }
 
-func balanceRun(ctx context.Context, cli, sock string, work []float64, rate float64) (balanceResult, error) {
+func balanceRun(ctx context.Context, cli, sock string, iters []int64) (balanceResult, error) {
 	var res balanceResult
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
 	where := map[string]int{}
-	ends := make([]time.Duration, len(work))
+	ends := make([]time.Duration, len(iters))
 	start := time.Now()
-	for i, secs := range work {
+	for i, it := range iters {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n := strconv.FormatInt(int64(secs*rate), 10)
+			n := strconv.FormatInt(it, 10)
 			out, err := exec.CommandContext(ctx, cli, "--socket", sock, "run", "-v", "--", "python3", "-c", jobProgram, n).CombinedOutput()
 			mu.Lock()
 			defer mu.Unlock()
@@ -144,11 +177,10 @@ func balanceRun(ctx context.Context, cli, sock string, work []float64, rate floa
 	if firstErr != nil {
 		return res, firstErr
 	}
-	for i, e := range ends {
+	for _, e := range ends {
 		res.makespan = max(res.makespan, e)
-		res.slowdown += e.Seconds() / work[i]
 	}
-	res.slowdown /= float64(len(work))
+	res.ends = ends
 	for _, m := range moves {
 		res.moves += m
 	}
@@ -174,12 +206,17 @@ func finished(mu *sync.Mutex, ends []time.Duration) bool {
 }
 
 // calibrate measures the job program's iterations per second on a whole
-// core here.
+// core here: the median of three runs of about a second.
 func calibrate(ctx context.Context) (float64, error) {
-	const n = 20_000_000
-	start := time.Now()
-	if out, err := exec.CommandContext(ctx, "python3", "-c", jobProgram, strconv.Itoa(n)).CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("calibrate the job (python3): %v: %s", err, out)
+	const n = 10_000_000
+	var rates [3]float64
+	for i := range rates {
+		start := time.Now()
+		if out, err := exec.CommandContext(ctx, "python3", "-c", jobProgram, strconv.Itoa(n)).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("calibrate the job (python3): %v: %s", err, out)
+		}
+		rates[i] = n / time.Since(start).Seconds()
 	}
-	return n / time.Since(start).Seconds(), nil
+	slices.Sort(rates[:])
+	return rates[1], nil
 }
