@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func sampleImage() *Image {
@@ -30,6 +32,41 @@ func sampleImage() *Image {
 }
 
 func TestFormatRoundTrip(t *testing.T) { roundTrip(t, sampleImage()) }
+
+// A stream that arrives in pieces, as from TLS (a record, up to 16 KiB, a
+// read) or worse: the decoder takes part of a payload from its buffer and
+// the rest straight from the stream, and must lose and repeat nothing.
+func TestFormatShortReads(t *testing.T) {
+	img := sampleImage()
+	var buf bytes.Buffer
+	if err := Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	for name, wrap := range map[string]func(io.Reader) io.Reader{
+		"16 KiB reads": func(r io.Reader) io.Reader { return &pieceReader{r: r, max: 16 << 10} },
+		"odd reads":    func(r io.Reader) io.Reader { return &pieceReader{r: r, max: 16<<10 + 7} },
+		"half reads":   iotest.HalfReader,
+		"byte reads":   iotest.OneByteReader,
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := Decode(wrap(bytes.NewReader(buf.Bytes())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, img) {
+				t.Fatal("the decoded image differs from the encoded one")
+			}
+		})
+	}
+}
+
+// pieceReader returns at most max bytes a read.
+type pieceReader struct {
+	r   io.Reader
+	max int
+}
+
+func (p *pieceReader) Read(b []byte) (int, error) { return p.r.Read(b[:min(len(b), p.max)]) }
 
 // roundTrip encodes img, decodes it, and wants it back as it was.
 func roundTrip(t *testing.T, img *Image) {
@@ -210,5 +247,41 @@ func TestFormatTree(t *testing.T) {
 	}
 	if _, err := Decode(bytes.NewReader(b.Bytes())); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("children in a version 3 image: %v, want it refused", err)
+	}
+}
+
+// BenchmarkDecodePieces decodes 64 MiB of memory arriving 16 KiB a read,
+// as from a TLS connection: what the decoder costs the target of a move
+// beyond the stream itself. `go test -run X -bench DecodePieces ./internal/ckpt`
+func BenchmarkDecodePieces(b *testing.B) {
+	const size = 64 << 20
+	var buf bytes.Buffer
+	e, err := NewEncoder(&buf, &Image{Version: ImageVersion, Exe: "/bin/x"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	run := make([]byte, runBytes)
+	for addr := uint64(0); addr < size; addr += runBytes {
+		if err := e.Pages(PageRun{Addr: 0x10000000 + addr, Data: run}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := e.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	into := make([]byte, RunBuffer)
+	for b.Loop() {
+		d, err := NewDecoder(&pieceReader{r: bytes.NewReader(buf.Bytes()), max: 16 << 10})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err := d.NextInto(&into); err == io.EOF {
+				break
+			} else if err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 }
