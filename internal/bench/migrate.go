@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
@@ -95,21 +96,23 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %10s %12s %12s %8s %8s\n", "touched", "image", "frozen", "gap", "stall", "total", "rate", "TCP copy", "TLS copy", "vs TCP", "vs TLS")
+	var cpuSize []string
 	for _, size := range cfg.SizesMiB {
 		// After each move, a TCP and a TLS copy of as many bytes: a change
 		// in this shared machine's speed during the runs falls on all three
 		// alike, and each column is a median of as many runs.
-		var tcps, tlss []time.Duration
+		var tcps, tlss, tcpCPU, tlsCPU []time.Duration
 		copies := func(bytes int64) error {
-			tcp, err := copyTime(ctx, hosts, bytes, false)
+			tcp, cpu, err := copyTime(hosts, bytes, false)
 			if err != nil {
 				return fmt.Errorf("TCP copy: %w", err)
 			}
-			tlsT, err := copyTime(ctx, hosts, bytes, true)
+			tcps, tcpCPU = append(tcps, tcp), append(tcpCPU, cpu)
+			tlsT, cpu, err := copyTime(hosts, bytes, true)
 			if err != nil {
 				return fmt.Errorf("TLS copy: %w", err)
 			}
-			tcps, tlss = append(tcps, tcp), append(tlss, tlsT)
+			tlss, tlsCPU = append(tlss, tlsT), append(tlsCPU, cpu)
 			return nil
 		}
 		res, err := migrateSize(ctx, cli, sock, prog, size, cfg.Runs, cfg.Lazy, cfg.Children, copies)
@@ -123,8 +126,18 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 		tlsRate := float64(bytes) / tlsT.Seconds() / 1e6
 		fmt.Fprintf(w, "%7dM %9.1fM %8.1fms %8.1fms %8.1fms %8.1fms %6.0fMB/s %7.0fMB/s %7.0fMB/s %7.0f%% %7.0f%%\n", size, float64(res.image)/(1<<20),
 			ms(res.frozen), ms(res.gap), ms(res.stall), ms(res.total), rate, tcpRate, tlsRate, 100*rate/tcpRate, 100*rate/tlsRate)
+		cpuSize = append(cpuSize, fmt.Sprintf("%dM TCP %.2f, TLS %.2f", size,
+			median(tcpCPU).Seconds()*(1<<30)/float64(bytes), median(tlsCPU).Seconds()*(1<<30)/float64(bytes)))
 	}
+	fmt.Fprintf(w, "\nCPU of the copies, both ends, s per GiB: %s\n", strings.Join(cpuSize, "; "))
 	return nil
+}
+
+// processCPU is the user and system time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -279,22 +292,24 @@ func median(ds []time.Duration) time.Duration {
 // returns how long until the receiver had them all: one copy, as each
 // move is one (the table compares the medians of as many of each, made
 // in turn).
-func copyTime(ctx context.Context, hosts [2]string, n int64, useTLS bool) (time.Duration, error) {
+func copyTime(hosts [2]string, n int64, useTLS bool) (wall, cpu time.Duration, err error) {
 	var tlsCfg *tls.Config
 	if useTLS {
 		cert, err := selfSigned()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
 	}
 	return copyOnce(hosts, n, tlsCfg)
 }
 
-func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, error) {
+// copyOnce returns how long the copy took and the CPU both its ends (this
+// process) used meanwhile.
+func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (wall, cpu time.Duration, err error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(hosts[1], "0"))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer l.Close()
 	// The receiver reads a megabyte at a time, as the daemons do (io.Discard
@@ -326,7 +341,7 @@ func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, erro
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(hosts[0])}}
 	c, err := d.Dial("tcp", l.Addr().String())
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer c.Close()
 	var wr io.Writer = c
@@ -339,7 +354,7 @@ func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, erro
 		bc := procstream.NewBatchConn(c, warm)
 		tc := tls.Client(bc, tlsCfg)
 		if err := tc.Handshake(); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		wr, batch = tc, bc.Batch
 	}
@@ -347,7 +362,7 @@ func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, erro
 	for i := range buf {
 		buf[i] = byte(i)
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	err = batch(func() error {
 		for left := n; left > 0; {
 			k, err := wr.Write(buf[:min(int64(len(buf)), left)])
@@ -359,12 +374,12 @@ func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (time.Duration, erro
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := <-got; err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return time.Since(start), nil
+	return time.Since(start), processCPU() - cpu0, nil
 }
 
 func selfSigned() (tls.Certificate, error) {
