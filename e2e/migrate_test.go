@@ -884,3 +884,29 @@ func cgroupOf(t *testing.T, pid int, controller string) string {
 	}
 	return g
 }
+
+// The migration benchmark itself works end to end (its figures are the
+// issue's): a row of figures for the size asked, with the copies beside
+// the moves, and nothing of its cluster left running.
+func TestBenchMigrate(t *testing.T) {
+	out, err := exec.Command(daemonBin, "bench", "migrate", "--sizes", "1", "--runs", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosaicd bench migrate: %v\n%s", err, out)
+	}
+	var row []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "1M" {
+			row = f
+		}
+	}
+	// touched image frozen gap stall total rate TCP TLS vs-TCP vs-TLS
+	if len(row) != 11 || !strings.HasSuffix(row[7], "MB/s") || !strings.HasSuffix(row[10], "%") {
+		t.Fatalf("no row of figures for 1 MiB:\n%s", out)
+	}
+	if !strings.Contains(string(out), "CPU of the copies") {
+		t.Fatalf("no CPU of the copies:\n%s", out)
+	}
+	if n, _ := exec.Command("pgrep", "-f", "mosaic-bench-migrate-").Output(); len(n) > 0 {
+		t.Fatalf("processes of the benchmark left: %s", n)
+	}
+}
