@@ -115,8 +115,7 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 // virtual machines mosaic is measured on change speed by up to half
 // within minutes (a job of 20 million iterations took 1.5 s, then 2.7 s
 // a minute later, on 12-07), so one calibration at the start made the
-// later batches' ideal wrong by as much; the batch's own "off" figure,
-// about work / capacity, checks this one.
+// later batches' ideal wrong by as much.
 func batchRate(before, after float64) float64 { return (before + after) / 2 }
 
 type balanceResult struct {
