@@ -54,10 +54,11 @@ func Relay(ctx context.Context, w io.Writer, cfg RelayConfig) error {
 		{"mosaic run --on n2", []string{cli, "--socket", c.Nodes[0].Socket, "run", "--on", "n2", "--", "head", "-c", n, "/dev/zero"}},
 	}
 	fmt.Fprintf(w, "%-26s %12s %12s\n", "path", "median MB/s", "best MB/s")
-	var local float64
-	for _, tc := range cases {
-		var rates []float64
-		for range cfg.Runs {
+	// Runs take turns, one of each path a round, so that a change in this
+	// shared machine's speed falls on every path alike.
+	rates := make([][]float64, len(cases))
+	for range cfg.Runs {
+		for i, tc := range cases {
 			cmd := exec.CommandContext(ctx, tc.argv[0], tc.argv[1:]...)
 			devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 			if err != nil {
@@ -71,14 +72,18 @@ func Relay(ctx context.Context, w io.Writer, cfg RelayConfig) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", tc.name, err)
 			}
-			rates = append(rates, float64(cfg.Bytes)/el.Seconds()/1e6)
+			rates[i] = append(rates[i], float64(cfg.Bytes)/el.Seconds()/1e6)
 		}
-		slices.Sort(rates)
-		med := rates[len(rates)/2]
+	}
+	var local float64
+	for i, tc := range cases {
+		r := rates[i]
+		slices.Sort(r)
+		med := r[len(r)/2]
 		if local == 0 {
 			local = med
 		}
-		fmt.Fprintf(w, "%-26s %12.0f %12.0f   %3.0f%% of the local pipe\n", tc.name, med, rates[len(rates)-1], 100*med/local)
+		fmt.Fprintf(w, "%-26s %12.0f %12.0f   %3.0f%% of the local pipe\n", tc.name, med, r[len(r)-1], 100*med/local)
 	}
 	return nil
 }
