@@ -991,3 +991,17 @@ func hexPort(addr string) uint64 {
 	p, _ := strconv.ParseUint(h, 16, 16)
 	return p
 }
+
+// The relay benchmark works end to end (its figures are the issue's): a
+// line of figures for each path, the local pipe first.
+func TestBenchRelay(t *testing.T) {
+	out, err := exec.Command(daemonBin, "bench", "relay", "--bytes", "4MiB", "--runs", "2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosaicd bench relay: %v\n%s", err, out)
+	}
+	for _, path := range []string{"local pipe", "mosaic run --here", "mosaic run --on n2"} {
+		if !regexp.MustCompile(regexp.QuoteMeta(path) + `.* \d+ +\d+ +\d+% of the local pipe`).Match(out) {
+			t.Fatalf("no figures for %s:\n%s", path, out)
+		}
+	}
+}
