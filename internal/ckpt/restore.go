@@ -569,7 +569,8 @@ func beginRestore(s *Stub, img *Image, opt RestoreOptions, tree treeShared) (_ *
 
 // write writes a run of the image's memory into the process.
 func (rs *restoring) write(p PageRun) error {
-	if obj, at, err := rs.object(p); err != nil {
+	k := rs.vmaAt(p.Addr)
+	if obj, at, err := rs.object(k, p); err != nil {
 		return err
 	} else if obj != nil {
 		if _, err := obj.WriteAt(p.Data, at); err != nil {
@@ -577,10 +578,8 @@ func (rs *restoring) write(p PageRun) error {
 		}
 		return nil
 	}
-	if rs.filling != nil {
-		if k := rs.vmaAt(p.Addr); k >= 0 && rs.filling[k] && p.Addr+uint64(len(p.Data)) <= rs.img.VMAs[k].End {
-			return rs.fill(p)
-		}
+	if rs.filling != nil && k >= 0 && rs.filling[k] && p.Addr+uint64(len(p.Data)) <= rs.img.VMAs[k].End {
+		return rs.fill(p)
 	}
 	if _, err := rs.mem.WriteAt(p.Data, int64(p.Addr)); err != nil {
 		return fmt.Errorf("write %d bytes of memory at %#x: %w", len(p.Data), p.Addr, err)
@@ -607,10 +606,9 @@ func (rs *restoring) vmaAt(addr uint64) int {
 }
 
 // object returns, for a run of memory in a shared mapping the process
-// may not write to, the mapping's object and where in it the run goes;
-// nil for any other.
-func (rs *restoring) object(p PageRun) (*os.File, int64, error) {
-	k := rs.vmaAt(p.Addr)
+// may not write to (img.VMAs[k], k from vmaAt), the mapping's object and
+// where in it the run goes; nil for any other.
+func (rs *restoring) object(k int, p PageRun) (*os.File, int64, error) {
 	if k < 0 {
 		return nil, 0, nil // not mapped: the write says so
 	}
