@@ -579,14 +579,19 @@ func placeShared(r *remote, f File, tree treeShared) error {
 	if k < 0 || k >= len(tree.fds) || tree.files[k].Kind != f.Kind {
 		return fmt.Errorf("descriptor %d names an open file of its processes the image does not have", f.Fd)
 	}
-	what := f.Path
-	if what == "" {
-		what = "its " + f.Kind
-	}
 	if _, err := r.call(unix.SYS_DUP3, uint64(tree.fds[k]), uint64(f.Fd), uint64(f.Flags&unix.O_CLOEXEC)); err != nil {
-		return fmt.Errorf("put %s, open in its other processes too, at descriptor %d: %w", what, f.Fd, err)
+		return fmt.Errorf("put %s, open in its other processes too, at descriptor %d: %w", f.name(), f.Fd, err)
 	}
 	return nil
+}
+
+// name says which open file f is, for a message: its path, or (an event
+// descriptor's) its kind.
+func (f File) name() string {
+	if f.Path != "" {
+		return f.Path
+	}
+	return "its " + f.Kind
 }
 
 // openFile opens a file, directory or device again as the descriptor f

@@ -21,11 +21,11 @@ import (
 // id it had, before any of them is restored into (restoreTree).
 //
 // Pipes and socket pairs between them (a shell's pipeline, a duplex
-// multiprocessing.Pipe), regular files and event descriptors (but epoll
-// sets) they share as one open file (a shell's redirection) and memory
-// they share (a semaphore) are the
-// tree's: made once, in the first stub, before the others are forked
-// from it (sharedChannels, gatherShared, shareFiles, shareMemory,
+// multiprocessing.Pipe), regular files and event descriptors other than
+// epoll sets they share as one open file (a shell's redirection; an
+// eventfd made before a fork) and memory they share (a semaphore) are the
+// tree's: made once, in the first stub, before the others are forked from
+// it (sharedChannels, gatherShared, shareFiles, shareMemory,
 // makeTreeShared). Process groups (a shell's jobs) and sessions without a
 // terminal are made again too (checkGroups, setGroups, forkStubs).
 // What this version refuses (pinned, with the reason): a descendant that
@@ -701,9 +701,11 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 	}
 	for _, f := range tree.files {
 		var low uint64
+		seek := false // an event descriptor has no position
 		switch f.Kind {
 		case FileRegular, FileDirectory:
 			low, err = openFile(s.r, f)
+			seek = true
 		case FileEventfd, FileTimerfd, FileSignalfd:
 			low, err = makeEvent(s.r, f)
 		default:
@@ -715,11 +717,11 @@ func makeTreeShared(s *Stub, procs []*Image) (treeShared, error) {
 		fd, err := s.r.call(unix.SYS_FCNTL, low, unix.F_DUPFD, uint64(hi))
 		s.r.call(unix.SYS_CLOSE, low)
 		if err != nil {
-			return tree, fmt.Errorf("move %s above descriptor %d: %w", f.Path, hi, err)
+			return tree, fmt.Errorf("move %s above descriptor %d: %w", f.name(), hi, err)
 		}
 		tree.fds = append(tree.fds, int(fd))
-		if f.Kind != FileRegular && f.Kind != FileDirectory {
-			continue // no position
+		if !seek {
+			continue
 		}
 		if _, err := s.r.call(unix.SYS_LSEEK, fd, uint64(f.Pos), 0); err != nil {
 			return tree, fmt.Errorf("seek %s to %d: %w", f.Path, f.Pos, err)
