@@ -97,15 +97,15 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 			return err
 		}
 		br := batchRate(before, after)
-		var work float64 // seconds on a whole core, at this batch's speed
+		var work, slowdown float64 // work: seconds on a whole core, at this batch's speed
 		for i, e := range r.ends {
 			secs := float64(iters[i]) / br
 			work += secs
-			r.slowdown += e.Seconds() / secs
+			slowdown += e.Seconds() / secs
 		}
-		r.slowdown /= float64(len(iters))
+		slowdown /= float64(len(iters))
 		ideal := work / usable
-		fmt.Fprintf(w, "%-11s %8.1fs %8.1fs %9.2f %9.2f %7d %+6.0f%%  %s\n", pol, r.makespan.Seconds(), ideal, r.makespan.Seconds()/ideal, r.slowdown, r.moves, 100*(after/before-1), r.started)
+		fmt.Fprintf(w, "%-11s %8.1fs %8.1fs %9.2f %9.2f %7d %+6.0f%%  %s\n", pol, r.makespan.Seconds(), ideal, r.makespan.Seconds()/ideal, slowdown, r.moves, 100*(after/before-1), r.started)
 	}
 	return nil
 }
@@ -121,7 +121,6 @@ func batchRate(before, after float64) float64 { return (before + after) / 2 }
 type balanceResult struct {
 	makespan time.Duration
 	ends     []time.Duration // each job's, from the batch's start
-	slowdown float64
 	moves    int
 	started  string
 }

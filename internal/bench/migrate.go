@@ -96,6 +96,11 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%8s %10s %10s %10s %10s %10s %10s %12s %12s %8s %8s\n", "touched", "image", "frozen", "gap", "stall", "total", "rate", "TCP copy", "TLS copy", "vs TCP", "vs TLS")
+	cert, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
 	var cpuSize []string
 	for _, size := range cfg.SizesMiB {
 		// After each move, a TCP and a TLS copy of as many bytes: a change
@@ -103,12 +108,12 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 		// alike, and each column is a median of as many runs.
 		var tcps, tlss, tcpCPU, tlsCPU []time.Duration
 		copies := func(bytes int64) error {
-			tcp, cpu, err := copyTime(hosts, bytes, false)
+			tcp, cpu, err := copyOnce(hosts, bytes, nil)
 			if err != nil {
 				return fmt.Errorf("TCP copy: %w", err)
 			}
 			tcps, tcpCPU = append(tcps, tcp), append(tcpCPU, cpu)
-			tlsT, cpu, err := copyTime(hosts, bytes, true)
+			tlsT, cpu, err := copyOnce(hosts, bytes, tlsCfg)
 			if err != nil {
 				return fmt.Errorf("TLS copy: %w", err)
 			}
@@ -287,25 +292,12 @@ func median(ds []time.Duration) time.Duration {
 	return ds[len(ds)/2]
 }
 
-// copyTime copies n bytes from hosts[0] to hosts[1] over a fresh TCP (or
-// TLS: ECDSA P-256, AES-GCM as the daemons negotiate) connection, and
-// returns how long until the receiver had them all: one copy, as each
-// move is one (the table compares the medians of as many of each, made
-// in turn).
-func copyTime(hosts [2]string, n int64, useTLS bool) (wall, cpu time.Duration, err error) {
-	var tlsCfg *tls.Config
-	if useTLS {
-		cert, err := selfSigned()
-		if err != nil {
-			return 0, 0, err
-		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}
-	}
-	return copyOnce(hosts, n, tlsCfg)
-}
-
-// copyOnce returns how long the copy took and the CPU both its ends (this
-// process) used meanwhile.
+// copyOnce copies n bytes from hosts[0] to hosts[1] over a fresh TCP
+// connection, under TLS if tlsCfg is set (ECDSA P-256, AES-GCM, as the
+// daemons negotiate), and returns how long until the receiver had them
+// all and the CPU both its ends (this process) used meanwhile: one copy,
+// as each move is one (the table compares the medians of as many of
+// each, made in turn).
 func copyOnce(hosts [2]string, n int64, tlsCfg *tls.Config) (wall, cpu time.Duration, err error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(hosts[1], "0"))
 	if err != nil {
