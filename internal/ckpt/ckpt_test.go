@@ -497,11 +497,6 @@ func TestMoveReader(t *testing.T) {
 	}
 }
 
-// An interpreter, with its heap of objects and its shared libraries,
-// moves like any other program.
-// A process that may not gain privileges by exec (no_new_privs: a sandbox
-// of the simplest kind) keeps that after a move: without it, the copy
-// could run set-user-ID programs the original could not.
 // A process that made itself not dumpable (as ssh-agent and gpg-agent do)
 // stays so: its user may not trace it or read its memory after a move
 // either.
@@ -541,6 +536,9 @@ for i in range(20):
 	}
 }
 
+// A process that may not gain privileges by exec (no_new_privs: a sandbox
+// of the simplest kind) keeps that after a move: without it, the copy
+// could run set-user-ID programs the original could not.
 func TestMoveKeepsNoNewPrivs(t *testing.T) {
 	needRoot(t)
 	python, err := exec.LookPath("python3")
@@ -565,6 +563,8 @@ for i in range(20):
 	}
 }
 
+// An interpreter, with its heap of objects and its shared libraries,
+// moves like any other program.
 func TestMovePython(t *testing.T) {
 	needRoot(t)
 	python, err := exec.LookPath("python3")
