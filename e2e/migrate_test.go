@@ -192,6 +192,9 @@ func TestMigrate(t *testing.T) {
 		id := b.id()
 		// From any node: n3 asks n1 (the home), n2 asks too.
 		for i, step := range []struct{ from, to string }{{"n3", "n3"}, {"n2", "home"}, {"n1", "n2"}} {
+			// The CPU time it used before a move still counts after it
+			// (the kernel's count starts again with the restored copy).
+			cpuBefore := psOne(t, sock("n1"), id).CPUSeconds
 			res, err := migrate(t, sock(step.from), nil, id, step.to)
 			if err != nil {
 				t.Fatalf("migration %d to %s: %v", i+1, step.to, err)
@@ -206,6 +209,9 @@ func TestMigrate(t *testing.T) {
 			p := psOne(t, sock("n1"), id)
 			if p.Node != where || p.Migrations != i+1 {
 				t.Fatalf("after migration %d: ps says node %s, %d migrations", i+1, p.Node, p.Migrations)
+			}
+			if p.CPUSeconds < cpuBefore {
+				t.Fatalf("after migration %d: ps says %.2f s of CPU, %.2f s before the move", i+1, p.CPUSeconds, cpuBefore)
 			}
 			// Under its new node's CPU quota, its memory charged there.
 			group := fmt.Sprintf("/mosaic/%s/%s", clusterID, where)

@@ -195,6 +195,16 @@ type guest struct {
 	decide chan decision
 	// moved: the process went on elsewhere; its end here is no exit.
 	moved bool
+	// cpuBefore is the CPU time the process used before it came here (on
+	// the nodes it left), which the kernel's count here does not have.
+	cpuBefore float64
+}
+
+// cpuSeconds is the CPU time the process, running here as pid, has used
+// in all: before it came here and since.
+func (g *guest) cpuSeconds(pid int) float64 {
+	cpu, _, _, _ := treeStat(pid)
+	return g.cpuBefore + cpu
 }
 
 // Serve serves a process stream for the node called from (authenticated
@@ -629,6 +639,7 @@ func (e *Executor) List(uid uint32, all bool) []*peerpb.ProcInfo {
 			}
 			var nice int
 			pi.CpuSeconds, pi.Rss, pi.ProcState, nice = treeStat(pid)
+			pi.CpuSeconds += g.cpuBefore
 			pi.Nice = int32(nice)
 			for _, d := range ckpt.Descendants(pid) {
 				if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d)); err == nil {
@@ -653,7 +664,7 @@ const PinnedByUser = "pinned by its user (mosaic run --pin)"
 type Running struct {
 	ID, Home   string
 	Since      time.Time // it started or arrived here
-	CPUSeconds float64   // user and system time of all its threads
+	CPUSeconds float64   // user and system time of all its threads, here and before it came
 	RSS        uint64
 	// Pinned says why a policy must not move it ("" = it may): its user
 	// pinned it, or it holds what the engine cannot carry.
@@ -682,7 +693,7 @@ func (e *Executor) Running() []Running {
 		if state == "T" || state == "Z" || state == "?" {
 			continue
 		}
-		r := Running{ID: x.id, Home: x.g.start.Home, Since: x.g.started, CPUSeconds: cpu, RSS: rss}
+		r := Running{ID: x.id, Home: x.g.start.Home, Since: x.g.started, CPUSeconds: x.g.cpuBefore + cpu, RSS: rss}
 		if err := ckpt.MovableWith(x.pid, x.g.homeStreams()); err != nil {
 			r.Pinned = pinnedReason(err)
 		} else if x.g.start.Pinned {

@@ -184,7 +184,8 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	steps.mark("drain")
-	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded()}
+	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded(),
+		CpuSeconds: g.cpuSeconds(pid)}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {
@@ -708,7 +709,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if ic.offer.StdinEof {
 			std.closeStdin()
 		}
-		g = &guest{start: st, started: time.Now(), out: out, std: std}
+		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds}
 		if !e.add(st.Id, g) {
 			g = nil
 			return true, fmt.Errorf("node %s is shutting down", e.node)

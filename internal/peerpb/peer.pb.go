@@ -1369,7 +1369,11 @@ type ImageOffer struct {
 	Ahead bool `protobuf:"varint,6,opt,name=ahead,proto3" json:"ahead,omitempty"`
 	// layout, with ahead: the process's mappings as the source read them
 	// just before (ckpt.Layout), for the target to make ahead.
-	Layout        []byte `protobuf:"bytes,7,opt,name=layout,proto3" json:"layout,omitempty"`
+	Layout []byte `protobuf:"bytes,7,opt,name=layout,proto3" json:"layout,omitempty"`
+	// cpu_seconds: the CPU time the process (with what moves with it) has
+	// used so far, on this node and those it left: the kernel's count
+	// starts again at the target, which adds it to its own for listings.
+	CpuSeconds    float64 `protobuf:"fixed64,8,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1451,6 +1455,13 @@ func (x *ImageOffer) GetLayout() []byte {
 		return x.Layout
 	}
 	return nil
+}
+
+func (x *ImageOffer) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
 }
 
 type ExecIn struct {
@@ -3321,7 +3332,7 @@ const file_peer_proto_rawDesc = "" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xc9\x01\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xea\x01\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -3330,7 +3341,9 @@ const file_peer_proto_rawDesc = "" +
 	"\x03tty\x18\x04 \x01(\v2\x13.mosaic.peer.v1.TtyR\x03tty\x12\x1b\n" +
 	"\tstdin_eof\x18\x05 \x01(\bR\bstdinEof\x12\x14\n" +
 	"\x05ahead\x18\x06 \x01(\bR\x05ahead\x12\x16\n" +
-	"\x06layout\x18\a \x01(\fR\x06layout\"\xc6\x04\n" +
+	"\x06layout\x18\a \x01(\fR\x06layout\x12\x1f\n" +
+	"\vcpu_seconds\x18\b \x01(\x01R\n" +
+	"cpuSeconds\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
