@@ -55,7 +55,7 @@ command. With an ID, show that process in detail.`,
 
 func printProcs(out io.Writer, procs []api.ProcInfo) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tUSER\tHOME\tWHERE\tSTATE\tCPU%\tRSS\tTIME\tCOMMAND")
+	fmt.Fprintln(w, "ID\tUSER\tHOME\tWHERE\tSTATE\tCPU%\tRSS\tELAPSED\tCOMMAND")
 	for _, p := range procs {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\n", p.ID, p.User, p.Home, p.Node, p.State,
 			p.CPUPercent, bytesize.Format(p.RSS), elapsed(time.Since(p.Started)), command(p.Argv, 60))
@@ -81,13 +81,20 @@ func printProc(out io.Writer, p api.ProcInfo) {
 	}
 	fmt.Fprintf(out, "cwd        %s\n", p.Cwd)
 	fmt.Fprintf(out, "terminal   %v\n", p.Tty)
-	fmt.Fprintf(out, "moved      %d times\n", p.Migrations)
+	switch p.Migrations {
+	case 0:
+		fmt.Fprintf(out, "moved      never\n")
+	case 1:
+		fmt.Fprintf(out, "moved      once\n")
+	default:
+		fmt.Fprintf(out, "moved      %d times\n", p.Migrations)
+	}
 	if p.Pinned != "" {
 		fmt.Fprintf(out, "can move   no: %s\n", p.Pinned)
 	} else if p.State == "running" || p.State == "stopped" {
 		fmt.Fprintf(out, "can move   yes\n")
 	}
-	fmt.Fprintf(out, "command    %s\n", command(p.Argv, 0))
+	fmt.Fprintf(out, "command    %s\n", shellQuoted(p.Argv))
 	if len(p.Children) > 0 {
 		// They move with it (its PID namespace's).
 		fmt.Fprintf(out, "children   %s\n", strings.Join(p.Children, ", "))
@@ -103,17 +110,58 @@ func elapsed(d time.Duration) string {
 	return fmt.Sprintf("%d:%02d", m, s)
 }
 
+// command is argv on one line of at most max characters (0: no limit),
+// for the table: a script given with -c keeps its lines in one.
 func command(argv []string, max int) string {
-	s := strings.Join(argv, " ")
-	if max > 0 {
-		// One line per process in the table: a script given with -c
-		// keeps its lines in one.
-		s = strings.Join(strings.Fields(s), " ")
-	}
-	if max > 0 && len(s) > max {
-		s = s[:max-3] + "..."
+	s := strings.Join(strings.Fields(strings.Join(argv, " ")), " ")
+	if r := []rune(s); max > 0 && len(r) > max {
+		s = string(r[:max-3]) + "..."
 	}
 	return s
+}
+
+// shellQuoted is argv as a shell would take it back (bash's printf %q,
+// with quotes): what `mosaic ps ID` shows, on one line, to copy.
+func shellQuoted(argv []string) string {
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = shellQuote(a)
+		if i == 0 && quoted[0] == a && strings.Contains(a, "=") {
+			quoted[0] = "'" + a + "'" // bare, a shell would take it for an assignment
+		}
+	}
+	return strings.Join(quoted, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") == "" {
+		return s
+	}
+	if !strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	// Control characters (a script's newlines): ANSI-C quoting, $'...'.
+	var b strings.Builder
+	b.WriteString("$'")
+	for _, c := range []byte(s) {
+		switch c {
+		case '\n':
+			b.WriteString(`\n`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\\', '\'':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			if c < ' ' || c == 0x7f {
+				fmt.Fprintf(&b, `\x%02x`, c)
+			} else {
+				b.WriteByte(c)
+			}
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
 }
 
 func newKillCmd(g *globals) *cobra.Command {
