@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -379,4 +380,31 @@ func TestBalance(t *testing.T) {
 		expectFail(t, mosaic(t, "--socket", n1.Socket, "drain", "n9"), "n9")
 		expectFail(t, mosaic(t, "--socket", n1.Socket, "recommend", "--policy", "best"), "no policy")
 	})
+}
+
+// TestBenchMemory runs the memory ushering benchmark end to end, small:
+// with no policy the jobs outgrow n1 where they started; with mosix one
+// at least leaves it.
+func TestBenchMemory(t *testing.T) {
+	out, err := exec.Command(daemonBin, "bench", "memory", "--memory", "128MiB", "--grow", "48MiB", "--policies", "off,mosix").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosaicd bench memory: %v\n%s", err, out)
+	}
+	rows := map[string][]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && (f[0] == "off" || f[0] == "mosix") {
+			rows[f[0]] = f
+		}
+	}
+	// policy, peak, MiB, / offer, over it, moves, first move..., makespan, ended on...
+	off, mosix := rows["off"], rows["mosix"]
+	if len(off) < 8 || len(mosix) < 8 {
+		t.Fatalf("no row for each policy:\n%s", out)
+	}
+	if off[5] != "0" || off[4] == "0.0s" {
+		t.Errorf("with no policy the jobs should stay and outgrow n1 (moves, time over its memory: %s, %s):\n%s", off[5], off[4], out)
+	}
+	if mosix[5] == "0" {
+		t.Errorf("with mosix no job left n1:\n%s", out)
+	}
 }

@@ -200,7 +200,42 @@ func newBenchCmd() *cobra.Command {
 	balance.Flags().StringVar(&balPolicies, "policies", "off,roundrobin,epvm,mosix,emosix", "policies to compare")
 	balance.Flags().DurationVar(&bal.Unit, "unit", time.Second, "CPU time of the shortest job on a whole core (jobs take 1 to 3.5 units)")
 
-	cmd.AddCommand(diss, live, upc, fail, relay, start, jobs, mig, balance)
+	mem := bench.MemoryConfig{Nodes: 4, Jobs: 3}
+	var memOffer, memGrow, memPolicies string
+	memory := &cobra.Command{
+		Use:   "memory [--memory 400MiB] [--jobs 3] [--grow 160MiB] [--policies off,mosix,emosix]",
+		Short: "Memory ushering: jobs that outgrow the node they run on, by policy: its peak memory and time over what it offers (root)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if mem.Memory, err = bytesize.Parse(memOffer); err != nil || mem.Memory < 64<<20 {
+				return fmt.Errorf("--memory %q: give what n1 offers, 64MiB or more, e.g. 400MiB", memOffer)
+			}
+			if mem.Grow, err = bytesize.Parse(memGrow); err != nil || mem.Grow < 8<<20 {
+				return fmt.Errorf("--grow %q: give each job's final size, 8MiB or more, e.g. 160MiB", memGrow)
+			}
+			if mem.Jobs < 1 || mem.Nodes < 2 {
+				return errors.New("--jobs must be positive and --nodes 2 or more")
+			}
+			if uint64(mem.Jobs)*mem.Grow <= mem.Memory {
+				return fmt.Errorf("%d jobs of %s fit in n1's %s: nothing to usher (raise --jobs or --grow)", mem.Jobs, memGrow, memOffer)
+			}
+			mem.Policies = strings.Split(memPolicies, ",")
+			for _, p := range mem.Policies {
+				if _, err := policy.New(p); err != nil && p != daemon.PolicyOff {
+					return fmt.Errorf("--policies: %w, or off", err)
+				}
+			}
+			return bench.Memory(cmd.Context(), cmd.OutOrStdout(), mem)
+		},
+	}
+	memory.Flags().StringVar(&memOffer, "memory", "400MiB", "memory n1 offers (the others offer the machine's)")
+	memory.Flags().StringVar(&memGrow, "grow", "160MiB", "memory each job grows to")
+	memory.Flags().IntVar(&mem.Jobs, "jobs", 3, "jobs, all started on n1")
+	memory.Flags().IntVar(&mem.Nodes, "nodes", 4, "nodes")
+	memory.Flags().StringVar(&memPolicies, "policies", "off,mosix,emosix", "policies to compare")
+
+	cmd.AddCommand(diss, live, upc, fail, relay, start, jobs, mig, balance, memory)
 	return cmd
 }
 

@@ -248,6 +248,9 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 // Dir is the cluster's directory.
 func (c *Cluster) Dir() string { return c.cfg.Dir }
 
+// ID is the cluster's ID, which names its cgroups (mosaic/ID/NODE).
+func (c *Cluster) ID() string { return c.id }
+
 // Node returns the node with that name, or nil.
 func (c *Cluster) Node(name string) *Node {
 	for _, n := range c.Nodes {
