@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -76,10 +77,8 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 	fmt.Fprintf(w, "(speed: how that timing changed from before the batch to after it; the machine's own drift)\n\n")
 	fmt.Fprintf(w, "%-11s %9s %9s %9s %9s %7s %7s  %s\n", "policy", "makespan", "ideal", "/ ideal", "slowdown", "moves", "speed", "where they started")
 	for _, pol := range cfg.Policies {
-		for _, n := range c.Nodes {
-			if err := api.Call(ctx, n.Socket, api.OpPolicy, api.PolicyArgs{Policy: pol}, nil); err != nil {
-				return fmt.Errorf("set policy %s on %s: %w", pol, n.Name, err)
-			}
+		if err := setPolicy(ctx, c, pol); err != nil {
+			return err
 		}
 		if err := sleep(ctx, 4*time.Second); err != nil { // loads back to idle
 			return err
@@ -182,14 +181,36 @@ func balanceRun(ctx context.Context, cli, sock string, iters []int64) (balanceRe
 	for _, m := range moves {
 		res.moves += m
 	}
-	var parts []string
-	for _, n := range []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"} {
-		if where[n] > 0 {
-			parts = append(parts, fmt.Sprintf("%s %d", n, where[n]))
+	res.started = perNode(where)
+	return res, nil
+}
+
+// perNode says how many each node has, in node order ("n1 3, n2 1"),
+// leaving out those with none.
+func perNode(count map[string]int) string {
+	var names []string
+	for n, k := range count {
+		if k > 0 {
+			names = append(names, n)
 		}
 	}
-	res.started = strings.Join(parts, ", ")
-	return res, nil
+	// n2 before n10.
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(len(a), len(b)), strings.Compare(a, b)) })
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %d", n, count[n])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// setPolicy switches every node of c to a policy.
+func setPolicy(ctx context.Context, c *up.Cluster, pol string) error {
+	for _, n := range c.Nodes {
+		if err := api.Call(ctx, n.Socket, api.OpPolicy, api.PolicyArgs{Policy: pol}, nil); err != nil {
+			return fmt.Errorf("set policy %s on %s: %w", pol, n.Name, err)
+		}
+	}
+	return nil
 }
 
 func finished(mu *sync.Mutex, ends []time.Duration) bool {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os/exec"
 	"regexp"
-	"slices"
 	"sync"
 	"time"
 )
@@ -67,15 +66,7 @@ func Jobs(ctx context.Context, w io.Writer, cfg JobsConfig) error {
 	report := func(name string, d time.Duration, where map[string]int) {
 		fmt.Fprintf(w, "%-22s %4d jobs in %6.2fs  (%5.1f jobs/s)", name, cfg.Jobs, d.Seconds(), float64(cfg.Jobs)/d.Seconds())
 		if len(where) > 0 {
-			var names []string
-			for n := range where {
-				names = append(names, n)
-			}
-			slices.Sort(names)
-			fmt.Fprint(w, "  ran on:")
-			for _, n := range names {
-				fmt.Fprintf(w, " %s %d", n, where[n])
-			}
+			fmt.Fprint(w, "  ran on: ", perNode(where))
 		}
 		fmt.Fprintln(w)
 	}

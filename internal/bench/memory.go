@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -79,10 +78,8 @@ func Memory(ctx context.Context, w io.Writer, cfg MemoryConfig) error {
 	fmt.Fprintf(w, "(moves: all the policy made; for memory: MOSIX's ushering, the first at that time from the start, with n1's use as the policy read it)\n\n")
 	fmt.Fprintf(w, "%-8s %10s %8s %10s %6s %7s %18s %9s  %s\n", "policy", "n1 peak", "/ offer", "over it", "moves", "memory", "first for memory", "makespan", "ended on")
 	for _, pol := range cfg.Policies {
-		for _, n := range c.Nodes {
-			if err := api.Call(ctx, n.Socket, api.OpPolicy, api.PolicyArgs{Policy: pol}, nil); err != nil {
-				return fmt.Errorf("set policy %s on %s: %w", pol, n.Name, err)
-			}
+		if err := setPolicy(ctx, c, pol); err != nil {
+			return err
 		}
 		if err := sleep(ctx, 3*time.Second); err != nil { // what the batch before left is gone
 			return err
@@ -191,13 +188,7 @@ func memoryRun(ctx context.Context, cli, sock string, group *cgroup.Group, cfg M
 	for _, n := range where {
 		count[n]++
 	}
-	var parts []string
-	for _, n := range []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"} {
-		if count[n] > 0 {
-			parts = append(parts, fmt.Sprintf("%s %d", n, count[n]))
-		}
-	}
-	res.endedOn = strings.Join(parts, ", ")
+	res.endedOn = perNode(count)
 	return res, nil
 }
 
