@@ -27,6 +27,7 @@ import (
 
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
+	"github.com/mosaic-cluster/mosaic/internal/cpufeat"
 	"github.com/mosaic-cluster/mosaic/internal/ioprio"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
@@ -71,6 +72,9 @@ type Config struct {
 	// are born outside it and come under it once restored; a process
 	// leaves it for its freeze, and comes back if it goes on here.
 	Quota Quota
+	// CPU is this node's instruction-set extensions (cpufeat.Local, when
+	// nil): a process that may use one it lacks is not taken.
+	CPU []string
 }
 
 // Quota puts processes under the node's CPU quota (its cgroup) and takes
@@ -171,6 +175,9 @@ func New(cfg Config) *Executor {
 	// cluster's first move).
 	buffers := bufpool.New(keptBuffers)
 	buffers.Warm(2, ckpt.RunBuffer)
+	if cfg.CPU == nil {
+		cfg.CPU = cpufeat.Local()
+	}
 	return &Executor{cfg: cfg, node: cfg.Node, log: cfg.Log, procs: map[string]*guest{},
 		adoptions: map[string]*adoption{}, refusals: map[string]refusal{}, receipts: map[string]*Receipt{}, waiting: map[*int]io.Closer{},
 		adopted: make(chan struct{}), buffers: buffers, outputs: bufpool.New(keptOutputs)}
@@ -198,6 +205,25 @@ type guest struct {
 	// cpuBefore is the CPU time the process used before it came here (on
 	// the nodes it left), which the kernel's count here does not have.
 	cpuBefore float64
+	// cpuUsed is the instruction-set extensions of the nodes it ran on
+	// before this one (nil: it started here), any of which its code may
+	// use.
+	cpuUsed []string
+}
+
+// cpuNeeds is what a node must have to take the process: the features of
+// every node it ran on, this one included.
+func (e *Executor) cpuNeeds(g *guest) []string { return cpufeat.Union(g.cpuUsed, e.cfg.CPU) }
+
+// lacks says why this node cannot take a process that may use features,
+// or "" if it can.
+func (e *Executor) lacks(id string, features []string) string {
+	missing := cpufeat.Missing(features, e.cfg.CPU)
+	if len(missing) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the CPU of %s lacks %s, which %s may use (a node it ran on has them): it would die of SIGILL here",
+		e.node, strings.Join(missing, ", "), id)
 }
 
 // cpuSeconds is the CPU time the process, running here as pid, has used

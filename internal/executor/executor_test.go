@@ -163,3 +163,38 @@ func TestImageBeforeItsAdoption(t *testing.T) {
 		t.Fatalf("an image from the wrong node was answered %v", s.out)
 	}
 }
+
+// An image offered by a process that may use instruction-set extensions
+// this node's CPU lacks reaches its adoption refused, with the reason;
+// one that needs only what the node has does not.
+func TestImageNeedsTheCPU(t *testing.T) {
+	e := New(Config{Node: "n3", Log: slog.New(slog.DiscardHandler), CPU: []string{"avx", "sse2"}})
+	for _, c := range []struct {
+		needs []string
+		why   string
+	}{
+		{[]string{"avx", "sse2"}, ""},
+		{[]string{"avx", "avx512f", "sse2", "vaes"}, "the CPU of n3 lacks avx512f, vaes, which n1.7 may use"},
+	} {
+		ad := &adoption{id: "n1.7", source: "n2", image: make(chan *imageConn, 1)}
+		if !e.expectAdoption("tok", ad) {
+			t.Fatal("the adoption was not registered")
+		}
+		offer := &peerpb.ImageOffer{Id: "n1.7", Token: "tok", Ahead: true, CpuFeatures: c.needs}
+		s := &fakeStream{in: []*peerpb.ExecIn{{Msg: &peerpb.ExecIn_Image{Image: offer}}}}
+		served := make(chan error, 1)
+		go func() { served <- e.Serve("n2", s) }()
+		select {
+		case ic := <-ad.image:
+			if c.why == "" && ic.refused != "" || !strings.HasPrefix(ic.refused, c.why) {
+				t.Errorf("needing %v: refused %q, want %q", c.needs, ic.refused, c.why)
+			}
+			close(ic.done)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the image did not reach its adoption")
+		}
+		if err := <-served; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -131,7 +131,8 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	if err != nil {
 		layout = nil // the target makes the mappings once the image comes
 	}
-	if err := awaitTarget(link, id, m.Token, layout); err != nil {
+	needs := e.cpuNeeds(g)
+	if err := awaitTarget(link, id, m.Token, layout, needs); err != nil {
 		failed("%s stays on %s: %s did not take it: %v", id, e.node, m.Target, err)
 		return
 	}
@@ -185,7 +186,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 	}
 	steps.mark("drain")
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded(),
-		CpuSeconds: g.cpuSeconds(pid)}
+		CpuSeconds: g.cpuSeconds(pid), CpuFeatures: needs}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {
@@ -275,8 +276,8 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 // awaitTarget offers a process's image to the target ahead, on link, with
 // its layout, and waits until the target is ready to restore it (see
 // ImageOffer.ahead).
-func awaitTarget(link Conn, id, token string, layout []byte) error {
-	ahead := &peerpb.ImageOffer{Id: id, Token: token, Ahead: true, Layout: layout}
+func awaitTarget(link Conn, id, token string, layout []byte, cpu []string) error {
+	ahead := &peerpb.ImageOffer{Id: id, Token: token, Ahead: true, Layout: layout, CpuFeatures: cpu}
 	if err := link.Send(&peerpb.ExecIn{Msg: &peerpb.ExecIn_Image{Image: ahead}}); err != nil {
 		return fmt.Errorf("offer the image: %w", err)
 	}
@@ -468,6 +469,9 @@ type imageConn struct {
 	out   *sender
 	offer *peerpb.ImageOffer
 	done  chan struct{} // closed when the adoption is done with it
+	// refused says why this node cannot take the process the offer is
+	// of (serveImage found it); the adoption fails with it.
+	refused string
 }
 
 // serveImage hands an image connection to the adoption it is for.
@@ -516,6 +520,11 @@ func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *p
 		}
 	}
 	ic := &imageConn{s: s, out: out, offer: offer, done: make(chan struct{})}
+	if why := e.lacks(offer.Id, offer.CpuFeatures); why != "" {
+		// Before the source freezes it (the offer ahead): it goes on
+		// there. The adoption learns at once and gives up.
+		ic.refused = why
+	}
 	a.image <- ic // buffered, and handed over once
 	select {
 	case <-ic.done:
@@ -661,6 +670,9 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if ic == nil {
 			return false, nil
 		}
+		if ic.refused != "" {
+			return true, errors.New(ic.refused)
+		}
 		if ic.offer.Ahead {
 			if stub != nil && len(ic.offer.Layout) > 0 {
 				began := time.Now()
@@ -709,7 +721,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if ic.offer.StdinEof {
 			std.closeStdin()
 		}
-		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds}
+		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds, cpuUsed: ic.offer.CpuFeatures}
 		if !e.add(st.Id, g) {
 			g = nil
 			return true, fmt.Errorf("node %s is shutting down", e.node)

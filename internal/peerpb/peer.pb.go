@@ -1373,7 +1373,12 @@ type ImageOffer struct {
 	// cpu_seconds: the CPU time the process (with what moves with it) has
 	// used so far, on this node and those it left: the kernel's count
 	// starts again at the target, which adds it to its own for listings.
-	CpuSeconds    float64 `protobuf:"fixed64,8,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	CpuSeconds float64 `protobuf:"fixed64,8,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	// cpu_features: the instruction-set extensions the process may use
+	// (internal/cpufeat): those of every node it ran on, since its code may
+	// have been chosen by any of them. Sent ahead and with the offer proper;
+	// a target whose CPU lacks one refuses the process before it stops.
+	CpuFeatures   []string `protobuf:"bytes,9,rep,name=cpu_features,json=cpuFeatures,proto3" json:"cpu_features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1462,6 +1467,13 @@ func (x *ImageOffer) GetCpuSeconds() float64 {
 		return x.CpuSeconds
 	}
 	return 0
+}
+
+func (x *ImageOffer) GetCpuFeatures() []string {
+	if x != nil {
+		return x.CpuFeatures
+	}
+	return nil
 }
 
 type ExecIn struct {
@@ -3332,7 +3344,7 @@ const file_peer_proto_rawDesc = "" +
 	"\aMigrate\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12\x12\n" +
-	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\xea\x01\n" +
+	"\x04lazy\x18\x03 \x01(\bR\x04lazy\"\x8d\x02\n" +
 	"\n" +
 	"ImageOffer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -3343,7 +3355,8 @@ const file_peer_proto_rawDesc = "" +
 	"\x05ahead\x18\x06 \x01(\bR\x05ahead\x12\x16\n" +
 	"\x06layout\x18\a \x01(\fR\x06layout\x12\x1f\n" +
 	"\vcpu_seconds\x18\b \x01(\x01R\n" +
-	"cpuSeconds\"\xc6\x04\n" +
+	"cpuSeconds\x12!\n" +
+	"\fcpu_features\x18\t \x03(\tR\vcpuFeatures\"\xc6\x04\n" +
 	"\x06ExecIn\x121\n" +
 	"\x05start\x18\x01 \x01(\v2\x19.mosaic.peer.v1.ExecStartH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
