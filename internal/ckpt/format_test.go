@@ -18,7 +18,7 @@ func sampleImage() *Image {
 		data[i] = byte(i * 31)
 	}
 	return &Image{
-		Version: ImageVersion, Pid: 42, Exe: "/bin/x", Cwd: "/tmp", Umask: 0o22,
+		Version: ImageVersion, Pid: 42, Exe: "/bin/x", Cwd: "/tmp", Umask: 0o22, CPUFeatures: []string{"avx2", "sse2"},
 		MM:      MM{StartCode: 0x400000, Auxv: []uint64{6, 4096, 0, 0}},
 		VMAs:    []VMA{{Start: 0x1000, End: 0x3000, Prot: 3, Kind: VMAAnon}},
 		Pages:   []PageRun{{Addr: 0x10000, Data: data}, {Addr: 0x7f0000000000, Data: []byte("tail page")}},

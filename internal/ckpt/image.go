@@ -62,6 +62,10 @@ type Image struct {
 	// e.g. ADDR_NO_RANDOMIZE from `setarch -R`), which shape its later
 	// mappings and what it executes.
 	Personality uint32
+	// CPUFeatures are the instruction-set extensions the process may use
+	// (internal/cpufeat: those of every node it ran on), set by the node
+	// that saves it; a node whose CPU lacks one does not restore it.
+	CPUFeatures []string
 	MM          MM
 	VMAs        []VMA
 	Pages       []PageRun // memory contents, in address order

@@ -54,6 +54,7 @@ func (e *Executor) checkpointOut(s ServerStream, g *guest, m *peerpb.Checkpoint)
 		return
 	}
 	frozen.UseBuffers(e.buffers)
+	img.CPUFeatures = e.cpuNeeds(g) // for the node that restores it
 	n, err := sendImage(link, &peerpb.ImageOffer{Id: id, Token: m.Token}, false, func(w io.Writer) error {
 		enc, err := ckpt.NewEncoder(w, img)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
+	"github.com/mosaic-cluster/mosaic/internal/cpufeat"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
@@ -185,6 +186,7 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	steps.mark("drain")
+	img.CPUFeatures = needs
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded(),
 		CpuSeconds: g.cpuSeconds(pid), CpuFeatures: needs}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
@@ -705,6 +707,10 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if img.UID != st.Uid {
 			return true, fmt.Errorf("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
 		}
+		// An image from a file was offered with no list of its own.
+		if why := e.lacks(st.Id, img.CPUFeatures); why != "" {
+			return true, errors.New(why)
+		}
 		if len(img.Lazy) > 0 && uffdErr != nil {
 			return true, fmt.Errorf("node %s cannot take a process lazily: %v", e.node, uffdErr)
 		}
@@ -721,7 +727,8 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if ic.offer.StdinEof {
 			std.closeStdin()
 		}
-		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds, cpuUsed: ic.offer.CpuFeatures}
+		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds,
+			cpuUsed: cpufeat.Union(ic.offer.CpuFeatures, img.CPUFeatures)}
 		if !e.add(st.Id, g) {
 			g = nil
 			return true, fmt.Errorf("node %s is shutting down", e.node)
