@@ -56,6 +56,10 @@ func (p *peakLoad) see(load float64, now time.Time) {
 // it had just arrived).
 const processBackoff = 5 * time.Second
 
+// unfitFor is how long a node whose CPU refused a process is not offered
+// for it again (a node of that name may come back on other hardware).
+const unfitFor = time.Hour
+
 // balancer is the node's policy state.
 type balancer struct {
 	mu       sync.Mutex
@@ -71,6 +75,9 @@ type balancer struct {
 	sent     []sentTo             // the last moves this node's policy made (its placements: home.RunningSince)
 	failed   map[string]time.Time // node -> not offered before
 	held     map[string]time.Time // process -> not offered before (a move of it failed)
+	// unfit are the nodes each process may not go to, and until when:
+	// their CPU lacks an extension it may use (executor, cpufeat).
+	unfit map[string]map[string]time.Time
 	// expelled are the guests a drain sent away, and when: their copy
 	// here lingers a moment after the home switched, and must not be
 	// sent away again (the home would move it on from where it went).
@@ -89,7 +96,8 @@ type sentTo struct {
 }
 
 func newBalancer(name string, manual, noGuests bool) (*balancer, error) {
-	b := &balancer{cpu: map[string]cpuSample{}, failed: map[string]time.Time{}, held: map[string]time.Time{}, expelled: map[string]time.Time{}, manual: manual, noGuests: noGuests}
+	b := &balancer{cpu: map[string]cpuSample{}, failed: map[string]time.Time{}, held: map[string]time.Time{}, unfit: map[string]map[string]time.Time{},
+		expelled: map[string]time.Time{}, manual: manual, noGuests: noGuests}
 	return b, b.set(name)
 }
 
@@ -279,15 +287,45 @@ func (b *balancer) procs(now time.Time, running []executor.Running, capacity flo
 		if !measured {
 			resident = 0
 		}
-		out = append(out, policy.Proc{ID: r.ID, Demand: demand, Mem: r.RSS, Age: now.Sub(r.Since), Resident: resident, Pinned: r.Pinned != "" || held})
+		var avoid []string
+		for node, until := range b.unfit[r.ID] {
+			if now.Before(until) {
+				avoid = append(avoid, node)
+			}
+		}
+		out = append(out, policy.Proc{ID: r.ID, Demand: demand, Mem: r.RSS, Age: now.Sub(r.Since), Resident: resident, Pinned: r.Pinned != "" || held, Avoid: avoid})
 	}
 	for id := range b.cpu {
 		if !seen[id] {
 			delete(b.cpu, id)
 			delete(b.held, id)
+			delete(b.unfit, id)
 		}
 	}
 	return out
+}
+
+// moveFailed remembers a move that failed: the process waits before it
+// is offered again; the target too, when it was the target that failed
+// (unreachable, refusing, dying); and a target whose CPU lacks what the
+// process may use is not offered for it again, though it may go
+// elsewhere at once.
+func (b *balancer) moveFailed(id, to string, err error, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "the CPU of "+to+" lacks"):
+		if b.unfit[id] == nil {
+			b.unfit[id] = map[string]time.Time{}
+		}
+		b.unfit[id][to] = now.Add(unfitFor)
+	case strings.Contains(msg, "reach "+to) || strings.Contains(msg, "takes no guests") || strings.Contains(msg, "node "+to+" is"):
+		b.failed[to] = now.Add(targetBackoff)
+		b.held[id] = now.Add(processBackoff)
+	default:
+		b.held[id] = now.Add(processBackoff)
+	}
 }
 
 func (d *Daemon) capacity() float64 {
@@ -394,15 +432,7 @@ func (d *Daemon) autoMove(ctx context.Context, id, to, reason string) error {
 	if err != nil {
 		d.log.Info("policy move failed", "id", id, "to", to, "reason", reason, "err", err)
 		if !errors.Is(err, context.Canceled) {
-			// The process waits before it is offered again; the target
-			// too, when it was the target that failed (unreachable,
-			// refusing, dying).
-			b.mu.Lock()
-			b.held[id] = time.Now().Add(processBackoff)
-			if msg := err.Error(); strings.Contains(msg, "reach "+to) || strings.Contains(msg, "takes no guests") || strings.Contains(msg, "node "+to+" is") {
-				b.failed[to] = time.Now().Add(targetBackoff)
-			}
-			b.mu.Unlock()
+			b.moveFailed(id, to, err, time.Now())
 		}
 		return err
 	}

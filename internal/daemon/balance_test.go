@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -86,5 +88,38 @@ func TestBalancerPeak(t *testing.T) {
 	}
 	if err := b.set("emosix"); err != nil || b.peak.value != 0 {
 		t.Fatalf("set to another policy: peak %v, want 0 (%v)", b.peak.value, err)
+	}
+}
+
+// A node whose CPU refused a process is not offered for it again, and
+// the process may go elsewhere at once; other failures hold the process
+// a while, and a failed target is kept from every process a while.
+func TestBalancerMoveFailed(t *testing.T) {
+	b, err := newBalancer("mosix", false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	running := []executor.Running{{ID: "n1.1", Since: t0.Add(-time.Minute)}, {ID: "n1.2", Since: t0.Add(-time.Minute)}}
+	b.procs(t0, running, 1)
+	b.moveFailed("n1.1", "n3", errors.New("n1.1 stays on n1: n3 did not take it: the CPU of n3 lacks avx512f, which n1.1 may use"), t0)
+	b.moveFailed("n1.2", "n2", errors.New("n1.2 stays on n1: it holds a socket"), t0)
+	procs := b.procs(t0.Add(time.Second), running, 1)
+	if p := procs[0]; p.Pinned || !slices.Equal(p.Avoid, []string{"n3"}) {
+		t.Errorf("after its CPU refusal: %+v, want movable, avoiding n3", p)
+	}
+	if p := procs[1]; !p.Pinned || len(p.Avoid) != 0 {
+		t.Errorf("after another failure: %+v, want held a while, avoiding nothing", p)
+	}
+	if _, failed := b.failed["n3"]; failed {
+		t.Error("a node that refused one process for its CPU is kept from all")
+	}
+	later := b.procs(t0.Add(unfitFor+time.Second), running, 1)
+	if len(later[0].Avoid) != 0 {
+		t.Errorf("after %v: still avoiding %v", unfitFor, later[0].Avoid)
+	}
+	b.procs(t0.Add(unfitFor+2*time.Second), running[1:], 1)
+	if len(b.unfit) != 0 {
+		t.Errorf("a process that is gone is still remembered: %v", b.unfit)
 	}
 }

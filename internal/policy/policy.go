@@ -38,7 +38,13 @@ type Proc struct {
 	// here): processes that arrived recently do not move again.
 	Resident time.Duration
 	Pinned   bool // it must not move (the user said so, or it cannot)
+	// Avoid are nodes it must not move to: they refused it for good
+	// (their CPU lacks an extension it may use).
+	Avoid []string
 }
+
+// avoids says whether p must not move to node.
+func (p *Proc) avoids(node string) bool { return len(p.Avoid) > 0 && slices.Contains(p.Avoid, node) }
 
 // Move is a migration a policy proposes.
 type Move struct {
@@ -222,7 +228,7 @@ func (m Mosix) Balance(v View) []Move {
 		}
 		best, bestLoad := "", math.Inf(1)
 		for _, t := range v.Nodes {
-			if t.Self || !t.HasLoad || t.NoGuests || (t.MemTotal > 0 && t.FreeMem < p.Mem) {
+			if t.Self || !t.HasLoad || t.NoGuests || (t.MemTotal > 0 && t.FreeMem < p.Mem) || p.avoids(t.Name) {
 				continue
 			}
 			unit := unitLoad(t)
@@ -254,7 +260,7 @@ func (m Mosix) usher(v View, self Node, movable []Proc) (Move, bool) {
 	for _, p := range movable {
 		best, bestLoad := "", math.Inf(1)
 		for _, t := range v.Nodes {
-			if t.Self || !t.HasLoad || t.NoGuests || t.MemTotal == 0 {
+			if t.Self || !t.HasLoad || t.NoGuests || t.MemTotal == 0 || p.avoids(t.Name) {
 				continue
 			}
 			if float64(t.MemUsed+p.Mem) > (1-m.UsherFree)*float64(t.MemTotal) {
@@ -617,6 +623,9 @@ func (e EMosix) Balance(v View) []Move {
 			cpu := cpus[k]
 			if here-cpu <= bestGain || here-cpu-memLows[k] <= bestGain {
 				continue // memory only adds (as above), at least memLows
+			}
+			if p.avoids(v.Nodes[t.node].Name) {
+				continue
 			}
 			mem := 0.0
 			if t.total > 0 {

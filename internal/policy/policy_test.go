@@ -94,6 +94,10 @@ func TestMosixBalance(t *testing.T) {
 		{"memory ushering before paging", []Node{selfNode(withMem(node("a", 1), 950)), withMem(node("b", 3), 100), withMem(node("c", 0), 800)},
 			[]Proc{{ID: "small", Demand: 1, Resident: old, Mem: 50}, {ID: "big", Demand: 1, Resident: old, Mem: 400}},
 			[]Move{{Proc: "big", To: "b"}}},
+		{"not to a node it must avoid", []Node{selfNode(node("a", 4)), node("b", 1), node("c", 0)},
+			[]Proc{{ID: "p", Demand: 1, Age: old, Resident: old, Avoid: []string{"c"}}}, []Move{{Proc: "p", To: "b"}}},
+		{"nor ushered there", []Node{selfNode(withMem(node("a", 1), 950)), withMem(node("b", 3), 100), withMem(node("c", 0), 100)},
+			[]Proc{{ID: "big", Demand: 1, Resident: old, Mem: 400, Avoid: []string{"c"}}}, []Move{{Proc: "big", To: "b"}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -177,6 +181,18 @@ func TestEMosixBalance(t *testing.T) {
 	v := View{Nodes: []Node{selfNode(node("a", 2)), node("b", 0)}, Procs: []Proc{cpuBound("p1", old), cpuBound("p2", old)}}
 	if got := e.Balance(v); len(got) != 1 || got[0].To != "b" {
 		t.Fatalf("E-Mosix proposed %v, want one move to b", got)
+	}
+	// Not to a node it must avoid: to the next best, or nowhere.
+	v = View{Nodes: []Node{selfNode(node("a", 2)), node("b", 0), node("c", 1)}, Procs: []Proc{cpuBound("p1", old), cpuBound("p2", old)}}
+	for i := range v.Procs {
+		v.Procs[i].Avoid = []string{"b"}
+	}
+	if got := e.Balance(v); len(got) == 1 && got[0].To == "b" {
+		t.Fatalf("E-Mosix proposed %v, to a node they must avoid", got)
+	}
+	v.Nodes = v.Nodes[:2]
+	if got := e.Balance(v); got != nil {
+		t.Fatalf("E-Mosix proposed %v, with no node they may go to", got)
 	}
 	// One process each: moving it would not lower the cost.
 	v = View{Nodes: []Node{selfNode(node("a", 1)), node("b", 1)}, Procs: []Proc{cpuBound("p1", old)}}
