@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/ckpt"
-	"github.com/mosaic-cluster/mosaic/internal/cpufeat"
 	"github.com/mosaic-cluster/mosaic/internal/peerpb"
 	"github.com/mosaic-cluster/mosaic/internal/spawn"
 )
@@ -186,7 +185,6 @@ func (e *Executor) migrateOut(s ServerStream, g *guest, m *peerpb.Migrate) {
 		return
 	}
 	steps.mark("drain")
-	img.CPUFeatures = needs
 	offer := &peerpb.ImageOffer{Id: id, Token: m.Token, PendingStdin: pending, Tty: std.terminal(), StdinEof: std.inputEnded(),
 		CpuSeconds: g.cpuSeconds(pid), CpuFeatures: needs}
 	sent, err := sendImage(link, offer, len(img.Lazy) > 0, func(w io.Writer) error {
@@ -523,8 +521,10 @@ func (e *Executor) serveImage(from string, s ServerStream, out *sender, offer *p
 	}
 	ic := &imageConn{s: s, out: out, offer: offer, done: make(chan struct{})}
 	if why := e.lacks(offer.Id, offer.CpuFeatures); why != "" {
-		// Before the source freezes it (the offer ahead): it goes on
-		// there. The adoption learns at once and gives up.
+		// Before anything stops or runs: a move's source sends this
+		// offer ahead of the freeze (the process goes on there), a
+		// restore's home before the image. The adoption learns at once
+		// and gives up.
 		ic.refused = why
 	}
 	a.image <- ic // buffered, and handed over once
@@ -707,10 +707,6 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 		if img.UID != st.Uid {
 			return true, fmt.Errorf("the image of %s is of user %d, the process of user %d", st.Id, img.UID, st.Uid)
 		}
-		// An image from a file was offered with no list of its own.
-		if why := e.lacks(st.Id, img.CPUFeatures); why != "" {
-			return true, errors.New(why)
-		}
 		if len(img.Lazy) > 0 && uffdErr != nil {
 			return true, fmt.Errorf("node %s cannot take a process lazily: %v", e.node, uffdErr)
 		}
@@ -728,7 +724,7 @@ func (e *Executor) serveAdopt(from string, s ServerStream, out *sender, a *peerp
 			std.closeStdin()
 		}
 		g = &guest{start: st, started: time.Now(), out: out, std: std, cpuBefore: ic.offer.CpuSeconds,
-			cpuUsed: cpufeat.Union(ic.offer.CpuFeatures, img.CPUFeatures)}
+			cpuUsed: ic.offer.CpuFeatures}
 		if !e.add(st.Id, g) {
 			g = nil
 			return true, fmt.Errorf("node %s is shutting down", e.node)

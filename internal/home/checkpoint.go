@@ -136,7 +136,7 @@ func (h *Home) restore(ctx context.Context, caller api.Caller, args api.RunArgs,
 	fixed := args.On != "" || args.Here
 	var misses []string
 	for _, node := range candidates {
-		s, err := h.adopt(ctx, p, start, node, image)
+		s, err := h.adopt(ctx, p, start, node, image, img.CPUFeatures)
 		if err == nil {
 			events.send(api.RunEvent{Started: &api.RunStarted{ID: id, Node: s.node, PID: s.pid}})
 			h.cfg.Log.Info("process restored", "id", id, "node", s.node, "pid", s.pid, "uid", img.UID)
@@ -150,8 +150,10 @@ func (h *Home) restore(ctx context.Context, caller api.Caller, args api.RunArgs,
 	return fail(api.StatusMosaicError, "could not restore the image: %s", strings.Join(misses, "; "))
 }
 
-// adopt sends the image to node and has it take the process in.
-func (h *Home) adopt(ctx context.Context, p *proc, start *peerpb.ExecStart, node string, image *os.File) (*stream, error) {
+// adopt sends the image to node and has it take the process in; cpu is
+// what the image says the process may use of the CPU, which the node
+// checks before it reads the image.
+func (h *Home) adopt(ctx context.Context, p *proc, start *peerpb.ExecStart, node string, image *os.File, cpu []string) (*stream, error) {
 	p.mu.Lock()
 	p.node = node
 	p.mu.Unlock()
@@ -181,7 +183,7 @@ func (h *Home) adopt(ctx context.Context, p *proc, start *peerpb.ExecStart, node
 		s.close()
 		return nil, fmt.Errorf("read the image: %v", err)
 	}
-	if _, err := executor.SendImage(link, &peerpb.ImageOffer{Id: start.Id, Token: token}, image); err != nil {
+	if _, err := executor.SendImage(link, &peerpb.ImageOffer{Id: start.Id, Token: token, CpuFeatures: cpu}, image); err != nil {
 		// A target that refuses the image part-way (a damaged one) says
 		// why and drops the image's connection, which the write here sees
 		// first: its word is the better error.

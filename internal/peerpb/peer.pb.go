@@ -1376,8 +1376,9 @@ type ImageOffer struct {
 	CpuSeconds float64 `protobuf:"fixed64,8,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
 	// cpu_features: the instruction-set extensions the process may use
 	// (internal/cpufeat): those of every node it ran on, since its code may
-	// have been chosen by any of them. Sent ahead and with the offer proper;
-	// a target whose CPU lacks one refuses the process before it stops.
+	// have been chosen by any of them. A move sends it ahead and with the
+	// offer proper, a restore's home from the image's header; a target whose
+	// CPU lacks one refuses the process before it stops or runs.
 	CpuFeatures   []string `protobuf:"bytes,9,rep,name=cpu_features,json=cpuFeatures,proto3" json:"cpu_features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
