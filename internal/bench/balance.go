@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -45,16 +44,11 @@ func Balance(ctx context.Context, w io.Writer, cfg BalanceConfig) error {
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "mosaic-bench-")
+	c, stop, err := startCluster(ctx, up.Config{Nodes: len(cfg.Capacities), Capacities: cfg.Capacities, Out: io.Discard})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: len(cfg.Capacities), Capacities: cfg.Capacities, Out: io.Discard})
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
+	defer stop()
 	sock := c.Nodes[0].Socket
 
 	// A job's work is a number of iterations, fixed from the first

@@ -24,7 +24,7 @@ type FailureConfig struct {
 // node declares it dead, then restarts it and times until every node sees
 // it alive again; it prints both beside the bound the protocol guarantees.
 func Failure(ctx context.Context, w io.Writer, cfg FailureConfig) error {
-	c, stop, err := startCluster(ctx, w, cfg.Nodes, cfg.NetNS, cfg.Binary)
+	c, stop, err := startCluster(ctx, up.Config{Nodes: cfg.Nodes, NetNS: cfg.NetNS, Binary: cfg.Binary, Out: w})
 	if err != nil {
 		return err
 	}

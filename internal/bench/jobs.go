@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"github.com/mosaic-cluster/mosaic/internal/up"
 	"io"
 	"os/exec"
 	"regexp"
@@ -29,7 +30,7 @@ func Jobs(ctx context.Context, w io.Writer, cfg JobsConfig) error {
 	if err != nil {
 		return err
 	}
-	c, stop, err := startCluster(ctx, w, cfg.Nodes, false, "")
+	c, stop, err := startCluster(ctx, up.Config{Nodes: cfg.Nodes, Out: w})
 	if err != nil {
 		return err
 	}

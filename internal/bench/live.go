@@ -30,7 +30,7 @@ type LiveConfig struct {
 // node's view to measure the age of load information, as the simulator
 // does.
 func Live(ctx context.Context, w io.Writer, cfg LiveConfig) error {
-	c, stop, err := startCluster(ctx, w, cfg.Nodes, cfg.NetNS, cfg.Binary)
+	c, stop, err := startCluster(ctx, up.Config{Nodes: cfg.Nodes, NetNS: cfg.NetNS, Binary: cfg.Binary, Out: w})
 	if err != nil {
 		return err
 	}
@@ -142,14 +142,15 @@ func Live(ctx context.Context, w io.Writer, cfg LiveConfig) error {
 	return nil
 }
 
-// startCluster starts a throw-away cluster; stop stops it and removes its
-// directory.
-func startCluster(ctx context.Context, w io.Writer, nodes int, netns bool, binary string) (_ *up.Cluster, stop func(), err error) {
+// startCluster starts a throw-away cluster as cfg says, in a directory of
+// its own; stop stops it and removes the directory.
+func startCluster(ctx context.Context, cfg up.Config) (_ *up.Cluster, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "mosaic-bench-")
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: nodes, NetNS: netns, Binary: binary, Out: w})
+	cfg.Dir = dir
+	c, err := up.Start(ctx, cfg)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, err

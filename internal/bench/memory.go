@@ -57,18 +57,13 @@ func Memory(ctx context.Context, w io.Writer, cfg MemoryConfig) error {
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "mosaic-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
 	mems := make([]uint64, cfg.Nodes)
 	mems[0] = cfg.Memory
-	c, err := up.Start(ctx, up.Config{Dir: dir, Nodes: cfg.Nodes, Memories: mems, Out: io.Discard})
+	c, stop, err := startCluster(ctx, up.Config{Nodes: cfg.Nodes, Memories: mems, Out: io.Discard})
 	if err != nil {
 		return err
 	}
-	defer c.Stop()
+	defer stop()
 	sock := c.Nodes[0].Socket
 	group := cgroup.Open(cgroup.DefaultRoot, filepath.Join("mosaic", c.ID(), c.Nodes[0].Name))
 

@@ -27,6 +27,7 @@ import (
 	"github.com/mosaic-cluster/mosaic/internal/api"
 	"github.com/mosaic-cluster/mosaic/internal/bufpool"
 	"github.com/mosaic-cluster/mosaic/internal/procstream"
+	"github.com/mosaic-cluster/mosaic/internal/up"
 )
 
 //go:embed workload/migrate.c
@@ -70,7 +71,7 @@ func Migrate(ctx context.Context, w io.Writer, cfg MigrateConfig) error {
 	if out, err := exec.CommandContext(ctx, "gcc", "-O1", "-o", prog, src).CombinedOutput(); err != nil {
 		return fmt.Errorf("build the workload (needs gcc): %v: %s", err, out)
 	}
-	c, stop, err := startCluster(ctx, w, 2, false, "")
+	c, stop, err := startCluster(ctx, up.Config{Nodes: 2, Out: w})
 	if err != nil {
 		return err
 	}

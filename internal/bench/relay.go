@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"github.com/mosaic-cluster/mosaic/internal/up"
 	"io"
 	"os"
 	"os/exec"
@@ -39,7 +40,7 @@ func Relay(ctx context.Context, w io.Writer, cfg RelayConfig) error {
 	if err != nil {
 		return err
 	}
-	c, stop, err := startCluster(ctx, w, 2, false, "")
+	c, stop, err := startCluster(ctx, up.Config{Nodes: 2, Out: w})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mosaic-cluster/mosaic/internal/api"
+	"github.com/mosaic-cluster/mosaic/internal/up"
 )
 
 // StartConfig describes the daemons' start-latency benchmark.
@@ -26,7 +27,7 @@ func Start(ctx context.Context, w io.Writer, cfg StartConfig) error {
 	if cfg.Runs < 1 {
 		return fmt.Errorf("--runs %d: run at least once", cfg.Runs)
 	}
-	c, stop, err := startCluster(ctx, w, 2, false, "")
+	c, stop, err := startCluster(ctx, up.Config{Nodes: 2, Out: w})
 	if err != nil {
 		return err
 	}
